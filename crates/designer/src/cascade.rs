@@ -1,0 +1,89 @@
+//! A chain of layers run in one process: the single-process reference the
+//! distributed run is compared with.
+
+use mixnn_grad::pb;
+use mixnn_layer::{LossKind, NamedTensor, Tensor, TrainConfig};
+use mixnn_sandbox::Sandbox;
+
+use crate::backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config};
+use crate::DesignerError;
+
+pub struct Cascade {
+    layers: Vec<Box<dyn LayerBackend>>,
+}
+
+/// The loss that fits a model's last op: NLL after LogSoftmax (the paper's
+/// MLP), softmax cross-entropy on raw logits otherwise.
+pub fn loss_for(last_shard: &pb::ModelProto) -> LossKind {
+    let last_op = last_shard.graph.as_ref().and_then(|g| g.node.last()).map(|n| n.op_type.as_str());
+    if last_op == Some("LogSoftmax") { LossKind::Nll } else { LossKind::SoftmaxCrossEntropy }
+}
+
+impl Cascade {
+    /// Loads every shard on `engine` (the wasm engine needs a sandbox).
+    pub fn load(
+        engine: EngineKind,
+        shards: &[pb::ModelProto],
+        base: &TrainConfig,
+        sandbox: Option<&Sandbox>,
+    ) -> Result<Self, DesignerError> {
+        let last = shards.last().ok_or_else(|| DesignerError::Invalid("no shards to load".into()))?;
+        let loss = loss_for(last);
+        let mut layers: Vec<Box<dyn LayerBackend>> = Vec::with_capacity(shards.len());
+        for (i, shard) in shards.iter().enumerate() {
+            let bytes = mixnn_shard::encode(shard);
+            let cfg = layer_config(base, i, shards.len(), loss);
+            layers.push(match engine {
+                EngineKind::Native => Box::new(NativeLayer::load(i, &bytes, cfg)?),
+                EngineKind::Wasm => {
+                    let sb = sandbox.ok_or_else(|| DesignerError::Invalid("the wasm engine needs a sandbox".into()))?;
+                    Box::new(WasmLayer::load(i, sb, &bytes, &cfg)?)
+                }
+            });
+        }
+        Ok(Cascade { layers })
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// One SGD step on a batch: forward through every layer, loss at the
+    /// last, backward and update from the last to the first. Returns the loss.
+    pub fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+        let mut z = x;
+        for l in self.layers.iter_mut() {
+            z = l.forward(z)?;
+        }
+        let last = self.layers.len() - 1;
+        let (loss, mut grad) = self.layers[last].loss(&z, labels)?;
+        for (i, l) in self.layers.iter_mut().enumerate().rev() {
+            let dx = l.backward(grad)?;
+            l.step()?;
+            match dx {
+                Some(dx) => grad = dx,
+                None if i == 0 => break,
+                None => return Err(DesignerError::Invalid(format!("layer {i} returned no input gradient"))),
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Test-phase forward through every layer.
+    pub fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
+        let mut z = x;
+        for l in self.layers.iter_mut() {
+            z = l.infer(&z)?;
+        }
+        Ok(z)
+    }
+
+    /// Parameters of every layer, in shard order.
+    pub fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
+        self.layers.iter_mut().map(|l| l.export_params()).collect()
+    }
+}

@@ -1,0 +1,148 @@
+//! The local training loop (`mixnn train --local`): seeded shuffling, the
+//! paper's batching (last partial batch kept), a test pass per epoch.
+
+use std::time::Instant;
+
+use mixnn_data::{Dataset, Mnist};
+use mixnn_grad::pb;
+use mixnn_layer::{Tensor, TrainConfig};
+use mixnn_sandbox::Sandbox;
+
+use crate::backend::EngineKind;
+use crate::cascade::Cascade;
+use crate::report::{EpochReport, TrainReport, params_sha256};
+use crate::DesignerError;
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub engine: EngineKind,
+    pub epochs: usize,
+    pub batch: usize,
+    pub config: TrainConfig,
+    /// Use only the first N training samples (CI, quick runs).
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    /// Batch size of the test pass (a larger batch is faster; results are per sample).
+    pub eval_batch: usize,
+    /// A label for the report (e.g. the model file).
+    pub model_name: String,
+}
+
+/// Trains `shards` on `data`; calls `progress` after each epoch. Returns the
+/// report and the trained cascade (for export).
+pub fn train_local(
+    shards: &[pb::ModelProto],
+    data: &Mnist,
+    opts: &TrainOptions,
+    sandbox: Option<&Sandbox>,
+    progress: &mut dyn FnMut(&EpochReport),
+) -> Result<(TrainReport, Cascade), DesignerError> {
+    if opts.batch == 0 || opts.eval_batch == 0 {
+        return Err(DesignerError::Invalid("batch sizes must be positive".into()));
+    }
+    let first = shards.first().ok_or_else(|| DesignerError::Invalid("no shards".into()))?;
+    let sample: Vec<usize> = mixnn_layer::declared_input_shape(first)
+        .map_err(|source| DesignerError::Layer { index: 0, source })?[1..]
+        .to_vec();
+    let train = limit(&data.train, opts.train_limit);
+    let test = limit(&data.test, opts.test_limit);
+    if sample.iter().product::<usize>() != train.rows * train.cols {
+        return Err(DesignerError::Data(format!(
+            "the model takes samples of shape {sample:?}, the data has {}x{} images",
+            train.rows, train.cols
+        )));
+    }
+    let mut cascade = Cascade::load(opts.engine, shards, &opts.config, sandbox)?;
+    let mut epochs = Vec::with_capacity(opts.epochs);
+    let mut train_seconds = 0.0;
+    for epoch in 1..=opts.epochs {
+        let start = Instant::now();
+        let order = train.epoch_order(opts.config.seed, epoch);
+        let (mut loss_sum, mut batches) = (0.0f64, 0usize);
+        for idx in order.chunks(opts.batch) {
+            let (x, labels) = batch_tensor(&train, idx, &sample)?;
+            loss_sum += f64::from(cascade.train_batch(x, &labels)?);
+            batches += 1;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        train_seconds += seconds;
+        let t = Instant::now();
+        let test_accuracy = evaluate(&mut cascade, &test, &sample, opts.eval_batch)?;
+        let report = EpochReport {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            test_accuracy,
+            seconds,
+            test_seconds: t.elapsed().as_secs_f64(),
+        };
+        progress(&report);
+        epochs.push(report);
+    }
+    let final_test_accuracy = match epochs.last() {
+        Some(e) => e.test_accuracy,
+        None => evaluate(&mut cascade, &test, &sample, opts.eval_batch)?,
+    };
+    let params = cascade.export_params()?;
+    let report = TrainReport {
+        engine: opts.engine.to_string(),
+        model: opts.model_name.clone(),
+        shards: shards.len(),
+        optimizer: format!("{:?}", opts.config.optimizer).to_lowercase(),
+        learning_rate: opts.config.learning_rate,
+        momentum: opts.config.momentum,
+        batch: opts.batch,
+        seed: opts.config.seed,
+        train_samples: train.count,
+        test_samples: test.count,
+        epochs,
+        final_test_accuracy,
+        train_seconds,
+        params_sha256: params_sha256(&params),
+    };
+    Ok((report, cascade))
+}
+
+fn limit(d: &Dataset, n: Option<usize>) -> Dataset {
+    match n {
+        Some(n) if n < d.count => d.subset(n),
+        _ => d.clone(),
+    }
+}
+
+fn batch_tensor(d: &Dataset, idx: &[usize], sample: &[usize]) -> Result<(Tensor, Vec<i64>), DesignerError> {
+    let (x, labels) = d.batch(idx);
+    let mut shape = vec![idx.len()];
+    shape.extend_from_slice(sample);
+    let x = Tensor::new(shape, x).map_err(|e| DesignerError::Data(e.to_string()))?;
+    Ok((x, labels))
+}
+
+/// Test accuracy of the cascade on `test` (argmax of each output row).
+pub fn evaluate(cascade: &mut Cascade, test: &Dataset, sample: &[usize], eval_batch: usize) -> Result<f64, DesignerError> {
+    let order: Vec<usize> = (0..test.count).collect();
+    let mut correct = 0usize;
+    for idx in order.chunks(eval_batch) {
+        let (x, labels) = batch_tensor(test, idx, sample)?;
+        let out = cascade.infer(x)?;
+        let classes = out.shape.get(1).copied().unwrap_or(0);
+        if classes == 0 || out.data.len() != idx.len() * classes {
+            return Err(DesignerError::Invalid(format!("model output of shape {:?} is not [batch, classes]", out.shape)));
+        }
+        for (row, &label) in out.data.chunks(classes).zip(&labels) {
+            if argmax(row) == label as usize {
+                correct += 1;
+            }
+        }
+    }
+    Ok(correct as f64 / test.count.max(1) as f64)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}

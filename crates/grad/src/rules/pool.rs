@@ -1,0 +1,190 @@
+//! Gradient rules for MaxPool and AveragePool.
+//!
+//! What tract 0.23.9 does with the ops emitted here (MaxPool's Indices
+//! convention, ScatterElements reductions, AveragePool divisors, ceil mode,
+//! ConvTranspose geometry) is written down at the top of [`super::conv`],
+//! next to the window geometry both files share.
+//!
+//! # MaxPool
+//! The backward graph recomputes the pool with its second output, Indices
+//! (row-major storage order, whatever the forward node asked for), so the
+//! argmax of every window is known; each `dY` value is then added at its
+//! argmax with a ScatterElements over the flattened input. `reduction = "add"`
+//! matters: with overlapping windows one input can be the max of several
+//! windows and must receive the sum of their gradients. tract supports the
+//! reduction (the attribute is ONNX opset 16; tract reads it at any opset).
+//! Padding is never an argmax in tract, so no index points outside X.
+//!
+//! # AveragePool
+//! `Y[o] = sum_{t in window(o)} X[t] / div(o)`, so `dX = ConvTranspose(dY /
+//! div)` with a kernel of ones, one per channel (group = C), on the forward
+//! window geometry. `div(o)` depends only on the spatial position: the kernel
+//! size, or with `count_include_pad = 0` the number of taps inside X, or in
+//! ceil mode the taps inside the padded input. It is computed at build time
+//! exactly as tract computes it and folded into a constant.
+
+use crate::GradError;
+use crate::pb;
+use crate::proto::numel;
+use crate::rules::conv::Geometry;
+use crate::rules::{Ctx, a_int, a_string};
+
+/// Input and output shapes of a pool node, checked to be `(N, C, spatial...)`
+/// with the same N and C, plus the window geometry.
+fn pool_geometry(
+    ctx: &Ctx,
+    node: &pb::NodeProto,
+) -> Result<(Vec<usize>, Vec<usize>, Geometry), GradError> {
+    let (Some(x), Some(y)) = (node.input.first(), node.output.first()) else {
+        return Err(ctx.node_error(node, "pool node without input or output"));
+    };
+    let x_shape = ctx.shape(x)?;
+    let y_shape = ctx.shape(y)?;
+    if x_shape.len() < 3 || y_shape.len() != x_shape.len() || x_shape[..2] != y_shape[..2] {
+        return Err(ctx.node_error(
+            node,
+            format!("shapes X {x_shape:?} and Y {y_shape:?} are not a pool's (N, C, spatial...)"),
+        ));
+    }
+    let kernel = ctx
+        .attr_ints(node, "kernel_shape")
+        .ok_or_else(|| ctx.node_error(node, "kernel_shape attribute is required"))?;
+    let kernel = kernel
+        .iter()
+        .map(|&k| usize::try_from(k).map_err(|_| ctx.node_error(node, "negative kernel_shape")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let geo = Geometry::resolve(ctx, node, &x_shape[2..], &y_shape[2..], &kernel)?;
+    Ok((x_shape, y_shape, geo))
+}
+
+/// Element count of a shape, as an error naming the node on overflow.
+fn count(ctx: &Ctx, node: &pb::NodeProto, shape: &[usize]) -> Result<usize, GradError> {
+    numel(shape).ok_or_else(|| ctx.node_error(node, format!("shape {shape:?} is too large")))
+}
+
+/// MaxPool: routes each `dY` value to its window's argmax (Indices output of
+/// a recomputed MaxPool + ScatterElements with `reduction = "add"`).
+pub(crate) fn max_pool(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let mut grads = vec![None; node.input.len()];
+    let Some(dy) = gy.first().cloned().flatten() else {
+        return Ok(grads);
+    };
+    if node.input.len() != 1 || !ctx.requires_grad(&node.input[0]) {
+        return Ok(grads);
+    }
+    let (x_shape, y_shape, _geo) = pool_geometry(ctx, node)?;
+    let x_len = count(ctx, node, &x_shape)?;
+    let y_len = count(ctx, node, &y_shape)?;
+
+    // Same window attributes; Indices in row-major order so they index the
+    // flattened X directly.
+    let attrs: Vec<pb::AttributeProto> =
+        node.attribute.iter().filter(|a| a.name != "storage_order").cloned().collect();
+    let pooled = ctx.emit_n("MaxPool", &[&node.input[0]], 2, attrs);
+    let indices = ctx.reshape(&pooled[1], &[y_len]);
+    let updates = ctx.reshape(&dy, &[y_len]);
+    let zeros = ctx.zeros(&[x_len])?;
+    let scattered = ctx.emit(
+        "ScatterElements",
+        &[&zeros, &indices, &updates],
+        vec![a_int("axis", 0), a_string("reduction", "add")],
+    );
+    grads[0] = Some(ctx.reshape(&scattered, &x_shape));
+    Ok(grads)
+}
+
+/// Per output position on axis `a`, how many kernel taps the AveragePool
+/// divides by (see the module docs).
+fn divisors_on_axis(geo: &Geometry, a: usize, include_pad: bool, ceil: bool) -> Vec<usize> {
+    let (pb, len, s, d) = (geo.pads_begin[a], geo.input[a], geo.strides[a], geo.dilations[a]);
+    let padded = pb + len + geo.pads_end[a];
+    (0..geo.output[a])
+        .map(|o| {
+            let taps = (0..geo.kernel[a]).map(|t| o * s + t * d);
+            if !include_pad {
+                taps.filter(|&p| p >= pb && p < pb + len).count()
+            } else if ceil {
+                taps.filter(|&p| p < padded).count()
+            } else {
+                geo.kernel[a]
+            }
+        })
+        .collect()
+}
+
+/// AveragePool: `dX = ConvTranspose(dY / div, ones)` per channel.
+pub(crate) fn average_pool(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let mut grads = vec![None; node.input.len()];
+    let Some(dy) = gy.first().cloned().flatten() else {
+        return Ok(grads);
+    };
+    if node.input.len() != 1 || !ctx.requires_grad(&node.input[0]) {
+        return Ok(grads);
+    }
+    let (x_shape, _y_shape, geo) = pool_geometry(ctx, node)?;
+    let include_pad = match ctx.attr_int(node, "count_include_pad", 0) {
+        0 => false,
+        1 => true,
+        v => return Err(ctx.node_error(node, format!("count_include_pad = {v}: want 0 or 1"))),
+    };
+    let ceil = match ctx.attr_int(node, "ceil_mode", 0) {
+        0 => false,
+        1 => true,
+        v => return Err(ctx.node_error(node, format!("ceil_mode = {v}: want 0 or 1"))),
+    };
+    // tract applies ceil mode only with explicit (NOTSET) padding.
+    let ceil = ceil && ctx.attr_string(node, "auto_pad", "NOTSET") == "NOTSET";
+
+    let r = geo.rank();
+    let per_axis: Vec<Vec<usize>> =
+        (0..r).map(|a| divisors_on_axis(&geo, a, include_pad, ceil)).collect();
+    let first = per_axis.iter().map(|v| v.first().copied().unwrap_or(1)).product::<usize>();
+    let uniform = per_axis.iter().all(|v| v.iter().all(|&x| Some(&x) == v.first()));
+    let scaled = if uniform {
+        ctx.scale(&dy, recip(first))
+    } else {
+        // Reciprocal divisors over the spatial output grid, row-major.
+        let n_out = count(ctx, node, &geo.output)?;
+        let mut recips = Vec::with_capacity(n_out);
+        let mut pos = vec![0usize; r];
+        for _ in 0..n_out {
+            recips.push(recip((0..r).map(|a| per_axis[a][pos[a]]).product()));
+            for a in (0..r).rev() {
+                pos[a] += 1;
+                if pos[a] < geo.output[a] {
+                    break;
+                }
+                pos[a] = 0;
+            }
+        }
+        let shape: Vec<usize> = [1, 1].iter().chain(&geo.output).copied().collect();
+        let k = ctx.const_tensor(&recips, &shape);
+        ctx.mul(&dy, &k)
+    };
+
+    let channels = x_shape[1];
+    let kernel_len = count(ctx, node, &geo.kernel)?;
+    let ones_len = channels
+        .checked_mul(kernel_len)
+        .ok_or_else(|| ctx.node_error(node, "kernel too large"))?;
+    let ones_shape: Vec<usize> = [channels, 1].iter().chain(&geo.kernel).copied().collect();
+    let ones = ctx.const_tensor(&vec![1.0; ones_len], &ones_shape);
+    let mut attrs = geo.transposed_attrs(ctx, node)?;
+    attrs.push(a_int("group", channels as i64));
+    grads[0] = Some(ctx.emit("ConvTranspose", &[&scaled, &ones], attrs));
+    Ok(grads)
+}
+
+/// `1 / n`, or 0 for a window with no taps inside X: such an output takes
+/// nothing from X, so no gradient flows back through it.
+fn recip(n: usize) -> f64 {
+    if n == 0 { 0.0 } else { 1.0 / n as f64 }
+}

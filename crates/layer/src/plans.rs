@@ -1,0 +1,83 @@
+//! Compiling generated ONNX graphs into tract plans, and running them.
+//!
+//! A plan is built once per (graph, batch size) and kept: tract's
+//! optimisation pass costs far more than one batch, and the guest must not pay
+//! it on every call.
+
+use crate::{LayerError, Tensor};
+use mixnn_grad::pb;
+use tract_onnx::prelude::*;
+
+/// A compiled graph with the shapes of its inputs, checked on every run.
+pub(crate) struct Plan {
+    runnable: Arc<TypedRunnableModel>,
+}
+
+/// What a graph input is fed with.
+pub(crate) enum Feed<'a> {
+    F32(&'a Tensor),
+    Shared(Arc<tract_onnx::prelude::Tensor>),
+    I64(&'a [i64]),
+}
+
+impl Plan {
+    /// Compiles `model`, fixing each input to the given shape and type.
+    pub fn compile(model: &pb::ModelProto, inputs: &[(Vec<usize>, DatumType)]) -> Result<Self, LayerError> {
+        let mut m = tract_onnx::onnx()
+            .model_for_proto_model(model)
+            .map_err(|e| LayerError::tract("loading graph", e))?;
+        if m.inputs.len() != inputs.len() {
+            return Err(LayerError::Tract(format!(
+                "graph has {} inputs, expected {}",
+                m.inputs.len(),
+                inputs.len()
+            )));
+        }
+        for (ix, (shape, dt)) in inputs.iter().enumerate() {
+            m.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.as_slice()))
+                .map_err(|e| LayerError::tract("setting input shape", e))?;
+        }
+        let runnable = m
+            .into_optimized()
+            .map_err(|e| LayerError::tract("optimizing graph", e))?
+            .into_runnable()
+            .map_err(|e| LayerError::tract("planning graph", e))?;
+        Ok(Plan { runnable })
+    }
+
+    /// Runs the plan and returns its outputs as f32 tensors.
+    pub fn run(&self, feeds: Vec<Feed<'_>>) -> Result<Vec<Tensor>, LayerError> {
+        let mut inputs: TVec<TValue> = tvec![];
+        for f in feeds {
+            let v = match f {
+                Feed::F32(t) => tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data)
+                    .map_err(|e| LayerError::tract("input tensor", e))?
+                    .into_tvalue(),
+                Feed::Shared(t) => TValue::Const(t),
+                Feed::I64(v) => tract_onnx::prelude::Tensor::from_shape(&[v.len()], v)
+                    .map_err(|e| LayerError::tract("label tensor", e))?
+                    .into_tvalue(),
+            };
+            inputs.push(v);
+        }
+        let outputs = self.runnable.run(inputs).map_err(|e| LayerError::tract("running graph", e))?;
+        outputs.into_iter().map(|o| to_tensor(&o)).collect()
+    }
+}
+
+/// Copies a tract value out as an f32 tensor (casting scalars such as the loss).
+pub(crate) fn to_tensor(v: &tract_onnx::prelude::Tensor) -> Result<Tensor, LayerError> {
+    let v = v.cast_to::<f32>().map_err(|e| LayerError::tract("reading output", e))?;
+    let data = v
+        .as_slice::<f32>()
+        .map_err(|e| LayerError::tract("reading output", e))?
+        .to_vec();
+    Ok(Tensor { shape: v.shape().to_vec(), data })
+}
+
+/// Wraps parameter values so plans can take them without a copy per call.
+pub(crate) fn shared(shape: &[usize], data: &[f32]) -> Result<Arc<tract_onnx::prelude::Tensor>, LayerError> {
+    tract_onnx::prelude::Tensor::from_shape(shape, data)
+        .map(Arc::new)
+        .map_err(|e| LayerError::tract("parameter tensor", e))
+}

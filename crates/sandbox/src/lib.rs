@@ -1,0 +1,220 @@
+//! The wasmtime sandbox that runs layer guests.
+//!
+//! Used by the node (later) and by the designer's local runs, so it depends on
+//! neither. One [`Sandbox`] owns the shared [`wasmtime::Engine`] and the
+//! compiled guests; each [`GuestLayer`] is one instance in its own `Store`
+//! with its own memory cap and a CPU deadline per call, so one misbehaving
+//! layer fails only its own calls.
+//!
+//! Determinism is part of the contract: NaN canonicalisation is on, relaxed
+//! SIMD (whose results may differ between machines) is off, and the WASI
+//! world the guest sees has frozen clocks and seeded randomness.
+
+mod cache;
+mod guest;
+mod wasi;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use guest::GuestLayer;
+
+/// Types of the `mixnn:layer` world, generated from `wit/layer.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({ world: "layer", path: "../../wit" });
+}
+pub use bindings::mixnn::layer::types::{
+    LayerInfo, LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TrainConfig,
+};
+
+/// The guests built from `guest-layers/` by this crate's build script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestKind {
+    /// tract-onnx layer: trains and serves real shards.
+    Standard,
+    /// Dummy hop: identity or ReLU, no parameters.
+    Relay,
+}
+
+impl GuestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestKind::Standard => "standard",
+            GuestKind::Relay => "relay",
+        }
+    }
+
+    pub fn wasm(self) -> &'static [u8] {
+        match self {
+            GuestKind::Standard => include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_standard.wasm")),
+            GuestKind::Relay => include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_relay.wasm")),
+        }
+    }
+}
+
+/// A deliberately malicious guest (loops, hoards memory, traps on request).
+/// Only for tests of the sandbox's limits; never deployed.
+#[doc(hidden)]
+pub fn hostile_guest_wasm() -> &'static [u8] {
+    include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_hostile.wasm"))
+}
+
+/// Limits every guest instance runs under.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory cap per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock CPU bound for one call, enforced by epoch interruption.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 1 << 30, call_timeout: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SandboxOptions {
+    pub limits: Limits,
+    /// Where compiled guests are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl SandboxOptions {
+    /// Default cache location: `$MIXNN_CACHE_DIR`, else `$XDG_CACHE_HOME/mixnn`,
+    /// else `~/.cache/mixnn`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("MIXNN_CACHE_DIR") {
+            return Some(PathBuf::from(d));
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(d).join("mixnn"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mixnn"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("wasmtime setup: {0}")]
+    Setup(String),
+    #[error("compiling guest `{name}`: {message}")]
+    Compile { name: String, message: String },
+    #[error("guest `{name}` does not implement the mixnn:layer world: {message}")]
+    Instantiate { name: String, message: String },
+    #[error("guest call `{call}` exceeded its CPU time limit of {limit:?}")]
+    Timeout { call: &'static str, limit: Duration },
+    #[error("guest call `{call}` exceeded the memory limit of {limit} bytes")]
+    OutOfMemory { call: &'static str, limit: usize },
+    #[error("guest call `{call}` trapped: {message}")]
+    Trap { call: &'static str, message: String },
+    #[error("guest call `{call}` failed: {message}")]
+    Guest { call: &'static str, message: String },
+    #[error("guest call `{call}` refused: this instance trapped earlier and must be reloaded")]
+    Poisoned { call: &'static str },
+}
+
+/// A compiled guest, ready to be instantiated many times.
+#[derive(Clone)]
+pub struct CompiledGuest {
+    name: String,
+    component: Component,
+}
+
+impl CompiledGuest {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Shared engine, linker and compiled guests; cheap to share behind an `Arc`.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<guest::GuestState>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    standard: CompiledGuest,
+    relay: CompiledGuest,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+/// Epoch tick: the granularity of the per-call CPU deadline.
+const TICK: Duration = Duration::from_millis(5);
+
+impl Sandbox {
+    pub fn new(opts: SandboxOptions) -> Result<Self, SandboxError> {
+        let mut cfg = Config::new();
+        cfg.cranelift_nan_canonicalization(true)
+            .wasm_relaxed_simd(false)
+            .wasm_simd(true)
+            .epoch_interruption(true);
+        let engine = Engine::new(&cfg).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), stop_ticker.clone())?;
+
+        let cache_dir = opts.cache_dir;
+        let standard = cache::compile(&engine, cache_dir.as_deref(), GuestKind::Standard.name(), GuestKind::Standard.wasm())?;
+        let relay = cache::compile(&engine, cache_dir.as_deref(), GuestKind::Relay.name(), GuestKind::Relay.wasm())?;
+        Ok(Sandbox { engine, linker, limits: opts.limits, cache_dir, standard, relay, stop_ticker })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compiles (or loads from the cache) any component, e.g. another guest
+    /// version. It must still export the `mixnn:layer` world to be used.
+    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledGuest, SandboxError> {
+        cache::compile(&self.engine, self.cache_dir.as_deref(), name, wasm)
+    }
+
+    pub fn guest(&self, kind: GuestKind) -> &CompiledGuest {
+        match kind {
+            GuestKind::Standard => &self.standard,
+            GuestKind::Relay => &self.relay,
+        }
+    }
+
+    /// A fresh instance with its own store, memory cap and CPU deadline.
+    pub fn instantiate(&self, guest: &CompiledGuest) -> Result<GuestLayer, SandboxError> {
+        GuestLayer::new(&self.engine, &self.linker, guest, &self.limits)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Advances the engine's epoch every [`TICK`] so call deadlines fire.
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), SandboxError> {
+    std::thread::Builder::new()
+        .name("mixnn-epoch".into())
+        .spawn(move || {
+            let start = Instant::now();
+            let mut n: u32 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                // Sleep to the next absolute tick so drift does not stretch deadlines.
+                let next = start + TICK * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                engine.increment_epoch();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| SandboxError::Setup(format!("epoch ticker thread: {e}")))
+}
+
+pub(crate) fn ticks(limit: Duration) -> u64 {
+    (limit.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+}

@@ -1,0 +1,201 @@
+//! Builders for the two reference networks: the MixNN paper's MLP and LeNet-5.
+//!
+//! They are written the way PyTorch's exporter writes them (node names like
+//! `/fc1/Gemm`, initializers `fc1.weight`, graph input `input`, output
+//! `output`), so the splitter, the gradient builder and the guests are tested
+//! against the shape of model users will actually bring. Weights are drawn
+//! like PyTorch's default init so training from them behaves like the paper.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::pb;
+use crate::pb::tensor_proto::DataType;
+use crate::proto::{
+    IR_VERSION, attr_float, attr_int, attr_ints, f32_tensor, node, opset_imports, value_info,
+};
+
+/// How fully-connected layers are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// PyTorch exporter style: `Gemm` with `transB=1`, weight `[out, in]`.
+    Gemm,
+    /// `MatMul` with weight `[in, out]` followed by `Add` of the bias (the form
+    /// other exporters and hand-written graphs use).
+    MatMulAdd,
+}
+
+/// Accumulates nodes and initializers while a model is being built.
+struct Builder {
+    rng: ChaCha8Rng,
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    form: Form,
+    /// Name of the tensor the next layer reads.
+    cur: String,
+}
+
+impl Builder {
+    fn new(seed: u64, form: Form) -> Self {
+        Builder {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            form,
+            cur: "input".to_string(),
+        }
+    }
+
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what PyTorch's kaiming-uniform with
+    /// a = sqrt(5) gives for weights, and its default bias init.
+    fn uniform(&mut self, n: usize, fan_in: usize) -> Vec<f32> {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        (0..n).map(|_| self.rng.gen_range(-bound..bound)).collect()
+    }
+
+    /// Appends a node that reads the current tensor and makes it current.
+    fn push(&mut self, module: &str, op: &str, extra_inputs: &[&str], attrs: Vec<pb::AttributeProto>) {
+        let name = format!("/{module}/{op}");
+        let out = format!("{name}_output_0");
+        let mut inputs = vec![self.cur.as_str()];
+        inputs.extend_from_slice(extra_inputs);
+        self.nodes.push(node(&name, op, &inputs, &[&out], attrs));
+        self.cur = out;
+    }
+
+    fn linear(&mut self, module: &str, fan_in: usize, fan_out: usize) {
+        let w = self.uniform(fan_in * fan_out, fan_in);
+        let b = self.uniform(fan_out, fan_in);
+        let wname = format!("{module}.weight");
+        let bname = format!("{module}.bias");
+        match self.form {
+            Form::Gemm => {
+                // PyTorch stores Linear weights as [out, in] and exports transB=1.
+                self.inits.push(f32_tensor(&wname, &[fan_out, fan_in], &w));
+                self.inits.push(f32_tensor(&bname, &[fan_out], &b));
+                let attrs = vec![
+                    attr_float("alpha", 1.0),
+                    attr_float("beta", 1.0),
+                    attr_int("transB", 1),
+                ];
+                self.push(module, "Gemm", &[&wname, &bname], attrs);
+            }
+            Form::MatMulAdd => {
+                // Same draws, stored transposed to [in, out] so that both forms
+                // of one seed compute the same function.
+                let mut wt = vec![0.0f32; w.len()];
+                for o in 0..fan_out {
+                    for i in 0..fan_in {
+                        wt[i * fan_out + o] = w[o * fan_in + i];
+                    }
+                }
+                self.inits.push(f32_tensor(&wname, &[fan_in, fan_out], &wt));
+                self.inits.push(f32_tensor(&bname, &[fan_out], &b));
+                self.push(module, "MatMul", &[&wname], vec![]);
+                self.push(module, "Add", &[&bname], vec![]);
+            }
+        }
+    }
+
+    fn conv(&mut self, module: &str, cin: usize, cout: usize, k: usize, pad: usize) {
+        let fan_in = cin * k * k;
+        let w = self.uniform(cout * fan_in, fan_in);
+        let b = self.uniform(cout, fan_in);
+        let wname = format!("{module}.weight");
+        let bname = format!("{module}.bias");
+        self.inits.push(f32_tensor(&wname, &[cout, cin, k, k], &w));
+        self.inits.push(f32_tensor(&bname, &[cout], &b));
+        let p = pad as i64;
+        let k = k as i64;
+        let attrs = vec![
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", 1),
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("pads", &[p, p, p, p]),
+            attr_ints("strides", &[1, 1]),
+        ];
+        self.push(module, "Conv", &[&wname, &bname], attrs);
+    }
+
+    fn relu(&mut self, module: &str) {
+        self.push(module, "Relu", &[], vec![]);
+    }
+
+    fn maxpool(&mut self, module: &str) {
+        let attrs = vec![
+            attr_int("ceil_mode", 0),
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("pads", &[0, 0, 0, 0]),
+            attr_ints("strides", &[2, 2]),
+        ];
+        self.push(module, "MaxPool", &[], attrs);
+    }
+
+    fn flatten(&mut self) {
+        self.push("flatten", "Flatten", &[], vec![attr_int("axis", 1)]);
+    }
+
+    /// Closes the graph with LogSoftmax writing the `output` tensor.
+    fn finish(mut self, graph_name: &str, batch: usize) -> pb::ModelProto {
+        let cur = self.cur.clone();
+        self.nodes.push(node(
+            "/log_softmax/LogSoftmax",
+            "LogSoftmax",
+            &[&cur],
+            &["output"],
+            vec![attr_int("axis", 1)],
+        ));
+        let f32t = DataType::Float as i32;
+        let graph = pb::GraphProto {
+            name: graph_name.to_string(),
+            node: self.nodes,
+            initializer: self.inits,
+            input: vec![value_info("input", f32t, &[batch, 1, 28, 28])],
+            output: vec![value_info("output", f32t, &[batch, 10])],
+            ..Default::default()
+        };
+        pb::ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: opset_imports(),
+            producer_name: "mixnn".to_string(),
+            producer_version: env!("CARGO_PKG_VERSION").to_string(),
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+}
+
+/// The MixNN paper's MLP: Flatten (1x28x28 -> 784), 784-128 ReLU, 128-64 ReLU,
+/// 64-10, LogSoftmax over classes. `batch` is fixed in the declared shapes so
+/// every shard gets concrete shapes.
+pub fn mlp(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
+    let mut b = Builder::new(seed, form);
+    b.flatten();
+    b.linear("fc1", 784, 128);
+    b.relu("relu1");
+    b.linear("fc2", 128, 64);
+    b.relu("relu2");
+    b.linear("fc3", 64, 10);
+    b.finish("mlp", batch)
+}
+
+/// LeNet-5 on 28x28 inputs: Conv 6@5x5 pad 2, ReLU, MaxPool 2/2, Conv 16@5x5,
+/// ReLU, MaxPool 2/2, Flatten (400), 400-120 ReLU, 120-84 ReLU, 84-10,
+/// LogSoftmax. Convolutions are the same in both forms; `form` only changes
+/// the fully-connected layers.
+pub fn lenet5(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
+    let mut b = Builder::new(seed, form);
+    b.conv("conv1", 1, 6, 5, 2);
+    b.relu("relu1");
+    b.maxpool("pool1");
+    b.conv("conv2", 6, 16, 5, 0);
+    b.relu("relu2");
+    b.maxpool("pool2");
+    b.flatten();
+    b.linear("fc1", 400, 120);
+    b.relu("relu3");
+    b.linear("fc2", 120, 84);
+    b.relu("relu4");
+    b.linear("fc3", 84, 10);
+    b.finish("lenet5", batch)
+}

@@ -1,0 +1,184 @@
+//! `mixnn train`: the designer's training job.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use mixnn_designer::{EngineKind, EpochReport, TrainOptions, TrainReport};
+use mixnn_layer::{OptimizerKind, TrainConfig};
+
+use super::SandboxArgs;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EngineArg {
+    /// Every shard in its own wasm guest, as on a node.
+    Wasm,
+    /// Plain tract in this process (the reference).
+    Native,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+/// The training recipe; defaults are the MixNN paper's.
+#[derive(Args, Clone, Debug)]
+pub struct RecipeArgs {
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    pub optimizer: OptimizerArg,
+    /// Seeds shuffling, dropout and any parameter without a value.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on the first N training samples only.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Test on the first N test samples only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+}
+
+impl RecipeArgs {
+    pub fn options(&self, engine: EngineKind, model_name: String) -> TrainOptions {
+        TrainOptions {
+            engine,
+            epochs: self.epochs,
+            batch: self.batch,
+            config: TrainConfig {
+                optimizer: match self.optimizer {
+                    OptimizerArg::Sgd => OptimizerKind::Sgd,
+                    OptimizerArg::Adam => OptimizerKind::Adam,
+                },
+                learning_rate: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                seed: self.seed,
+                ..TrainConfig::default()
+            },
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+            eval_batch: 1000,
+            model_name,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Run every shard in this process (the single-process reference).
+    #[arg(long)]
+    pub local: bool,
+    /// The ONNX model; it is split automatically into per-layer shards.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// MNIST directory (IDX files, gzipped or not). Default: the bundled copy.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = EngineArg::Wasm)]
+    pub engine: EngineArg,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the trained model as one ONNX file.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    if !a.local {
+        bail!("this build trains with --local only: the network cascade (--pool) is not part of it yet");
+    }
+    let model = super::read_model(&a.model)?;
+    let engine = match a.engine {
+        EngineArg::Wasm => EngineKind::Wasm,
+        EngineArg::Native => EngineKind::Native,
+    };
+    let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
+    let opts = a.recipe.options(engine, a.model.display().to_string());
+    let (report, shards) = train_model(&model, &data, &opts, &a.sandbox, a.export.as_deref())?;
+    print_summary(&report, shards);
+    if let Some(p) = &a.report {
+        super::write_json(p, &report)?;
+        println!("report written to {}", p.display());
+    }
+    Ok(())
+}
+
+/// Splits, trains with progress on stdout, optionally exports. Shared with `demo`.
+pub fn train_model(
+    model: &mixnn_shard::pb::ModelProto,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    sandbox: &SandboxArgs,
+    export: Option<&std::path::Path>,
+) -> Result<(TrainReport, usize)> {
+    let plan = mixnn_shard::plan(model, None)?;
+    let shards = mixnn_shard::split(model, &plan)?;
+    let sb = match opts.engine {
+        EngineKind::Wasm => Some(sandbox.sandbox()?),
+        EngineKind::Native => None,
+    };
+    println!(
+        "training {} shards, engine {}, {} epochs, batch {}, {:?} lr {} momentum {}, seed {}",
+        shards.len(),
+        opts.engine,
+        opts.epochs,
+        opts.batch,
+        opts.config.optimizer,
+        opts.config.learning_rate,
+        opts.config.momentum,
+        opts.config.seed
+    );
+    let mut progress = |e: &EpochReport| {
+        println!(
+            "epoch {:>3}  loss {:.4}  test accuracy {:.2}%  train {:.1}s  test {:.1}s",
+            e.epoch,
+            e.train_loss,
+            e.test_accuracy * 100.0,
+            e.seconds,
+            e.test_seconds
+        );
+    };
+    let (report, mut cascade) = mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut progress)?;
+    if let Some(path) = export {
+        let params = cascade.export_params()?;
+        let trained = shards
+            .iter()
+            .zip(&params)
+            .map(|(s, p)| {
+                let p: Vec<_> = p.iter().map(|t| (t.name.clone(), t.tensor.shape.clone(), t.tensor.data.clone())).collect();
+                mixnn_shard::set_params(s, &p)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let merged = mixnn_shard::merge(&trained)?;
+        std::fs::write(path, mixnn_shard::encode(&merged)).with_context(|| format!("writing {}", path.display()))?;
+        println!("trained model exported to {}", path.display());
+    }
+    Ok((report, shards.len()))
+}
+
+pub fn print_summary(r: &TrainReport, shards: usize) {
+    println!(
+        "done: {} shards, engine {}, final test accuracy {:.2}%, training {:.1}s, params sha256 {}",
+        shards,
+        r.engine,
+        r.final_test_accuracy * 100.0,
+        r.train_seconds,
+        r.params_sha256
+    );
+}

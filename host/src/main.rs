@@ -1,0 +1,47 @@
+//! `mixnn`: one binary for every role (designer commands today; node and
+//! bootstrap join it with the network).
+
+mod cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mixnn", version, about = "Train and serve a neural network whose layers live on different machines, each in a WebAssembly sandbox.")]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `mixnn_sandbox=debug`.
+    #[arg(long, global = true, env = "MIXNN_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write an untrained ONNX model (the MixNN paper's MLP or LeNet-5).
+    Model(cmd::model::ModelArgs),
+    /// Cut an ONNX model into per-layer shards and print the plan.
+    Split(cmd::split::SplitArgs),
+    /// Train a split model (today: in one process with `--local`).
+    Train(cmd::train::TrainArgs),
+    /// Performance figures measured against a baseline in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// The paper's MNIST experiment end to end on the bundled data.
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Model(a) => cmd::model::run(a),
+        Command::Split(a) => cmd::split::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Demo(a) => cmd::demo::run(a),
+    }
+}
