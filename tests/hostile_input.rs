@@ -26,7 +26,7 @@ fn sandbox() -> Sandbox {
 }
 
 fn guest(sb: &Sandbox) -> GuestLayer {
-    sb.instantiate(sb.guest(GuestKind::Standard)).expect("instantiate")
+    sb.instantiate(sb.guest(GuestKind::Standard).expect("standard guest")).expect("instantiate")
 }
 
 fn guest_error(e: SandboxError) -> String {

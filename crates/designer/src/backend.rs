@@ -87,7 +87,7 @@ pub struct WasmLayer {
 impl WasmLayer {
     pub fn load(index: usize, sandbox: &Sandbox, shard: &[u8], cfg: &TrainConfig) -> Result<Self, DesignerError> {
         let err = |source| DesignerError::Guest { index, source };
-        let mut guest = sandbox.instantiate(sandbox.guest(mixnn_sandbox::GuestKind::Standard)).map_err(err)?;
+        let mut guest = sandbox.instantiate(sandbox.guest(mixnn_sandbox::GuestKind::Standard).map_err(err)?).map_err(err)?;
         guest.load(shard, &to_wit_config(cfg)).map_err(err)?;
         Ok(WasmLayer { index, guest })
     }

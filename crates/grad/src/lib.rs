@@ -122,6 +122,9 @@ pub struct TrainingGraphs {
 /// respect to the shard output.
 pub const GRAD_OUT: &str = "mixnn_grad_out";
 
+/// Name of the backward graph's dX output (when `need_input_grad`).
+pub const GRAD_INPUT: &str = "mixnn_grad_input";
+
 /// Builds the forward and backward training graphs of a shard.
 ///
 /// The shard's data input is its first graph input without an initializer.

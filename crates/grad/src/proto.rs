@@ -257,3 +257,33 @@ pub(crate) fn node(
         ..Default::default()
     }
 }
+
+/// Checks that a tensor's payload matches its dims, without allocating
+/// anything proportional to the dims (a hostile model may declare absurd ones).
+pub(crate) fn validate_tensor(t: &pb::TensorProto) -> Result<(), String> {
+    if !t.external_data.is_empty() {
+        return Err(format!("tensor `{}` uses external data, which is not supported", t.name));
+    }
+    let dims = dims_of(t)?;
+    let want = numel(&dims).ok_or_else(|| format!("tensor `{}`: element count of {dims:?} overflows", t.name))?;
+    let dt = t.data_type;
+    let elem_size = match DataType::try_from(dt) {
+        Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
+        Ok(DataType::Double | DataType::Int64 | DataType::Uint64) => 8,
+        Ok(DataType::Int8 | DataType::Uint8 | DataType::Bool) => 1,
+        Ok(DataType::Int16 | DataType::Uint16 | DataType::Float16 | DataType::Bfloat16) => 2,
+        _ => return Err(format!("tensor `{}`: unsupported data type {dt}", t.name)),
+    };
+    let got = if !t.raw_data.is_empty() {
+        if t.raw_data.len() % elem_size != 0 {
+            return Err(format!("tensor `{}`: raw_data length {} is not a multiple of {elem_size}", t.name, t.raw_data.len()));
+        }
+        t.raw_data.len() / elem_size
+    } else {
+        t.float_data.len() + t.double_data.len() + t.int32_data.len() + t.int64_data.len() + t.uint64_data.len()
+    };
+    if got != want {
+        return Err(format!("tensor `{}`: {got} values for shape {dims:?}", t.name));
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::DatumType;
 
 use crate::optimizer::{self, ParamState};
-use crate::plans::{Feed, Plan, shared};
+use crate::plans::{Feed, Plan, f32_slice, shared};
 use crate::{LayerError, LossKind, NamedTensor, Tensor, TrainConfig, element_count, rng};
 
 /// Largest batch a layer accepts; larger batches are a caller bug or an attack.
@@ -218,9 +218,10 @@ impl Layer {
         self.step += 1;
         for p in self.params.iter_mut() {
             let Some(g) = p.grad.take() else { continue };
-            let w = Arc::make_mut(&mut p.value)
-                .as_slice_mut::<f32>()
+            let mut view = Arc::make_mut(&mut p.value)
+                .try_as_plain_ram_mut()
                 .map_err(|e| LayerError::tract("parameter", e))?;
+            let w = view.as_slice_mut::<f32>().map_err(|e| LayerError::tract("parameter", e))?;
             optimizer::update(&self.cfg, self.step, w, &g, &mut p.state);
         }
         Ok(())
@@ -246,7 +247,7 @@ impl Layer {
         self.params
             .iter()
             .map(|p| {
-                let data = p.value.as_slice::<f32>().map_err(|e| LayerError::tract("parameter", e))?;
+                let data = f32_slice(&p.value)?;
                 Ok(NamedTensor { name: p.name.clone(), tensor: Tensor { shape: p.shape.clone(), data: data.to_vec() } })
             })
             .collect()

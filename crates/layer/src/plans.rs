@@ -53,7 +53,7 @@ impl Plan {
                 Feed::F32(t) => tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data)
                     .map_err(|e| LayerError::tract("input tensor", e))?
                     .into_tvalue(),
-                Feed::Shared(t) => TValue::Const(t),
+                Feed::Shared(t) => t.into_tvalue(),
                 Feed::I64(v) => tract_onnx::prelude::Tensor::from_shape(&[v.len()], v)
                     .map_err(|e| LayerError::tract("label tensor", e))?
                     .into_tvalue(),
@@ -68,10 +68,7 @@ impl Plan {
 /// Copies a tract value out as an f32 tensor (casting scalars such as the loss).
 pub(crate) fn to_tensor(v: &tract_onnx::prelude::Tensor) -> Result<Tensor, LayerError> {
     let v = v.cast_to::<f32>().map_err(|e| LayerError::tract("reading output", e))?;
-    let data = v
-        .as_slice::<f32>()
-        .map_err(|e| LayerError::tract("reading output", e))?
-        .to_vec();
+    let data = f32_slice(&v)?.to_vec();
     Ok(Tensor { shape: v.shape().to_vec(), data })
 }
 
@@ -80,4 +77,11 @@ pub(crate) fn shared(shape: &[usize], data: &[f32]) -> Result<Arc<tract_onnx::pr
     tract_onnx::prelude::Tensor::from_shape(shape, data)
         .map(Arc::new)
         .map_err(|e| LayerError::tract("parameter tensor", e))
+}
+
+/// The f32 values of a plain in-memory tensor.
+pub(crate) fn f32_slice(t: &tract_onnx::prelude::Tensor) -> Result<&[f32], LayerError> {
+    t.try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>())
+        .map_err(|e| LayerError::tract("reading tensor", e))
 }

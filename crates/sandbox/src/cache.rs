@@ -24,14 +24,21 @@ pub(crate) fn compile(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u
     let Some(dir) = dir else {
         let component = Component::new(engine, wasm).map_err(|e| err(format!("{e:#}")))?;
         tracing::info!(guest = name, ms = start.elapsed().as_millis() as u64, "compiled guest (cache off)");
-        return Ok(CompiledGuest { name: name.to_string(), component });
+        return Ok(CompiledGuest { name: name.to_string(), component, from_cache: false });
     };
     let path = artifact_path(engine, dir, name, wasm);
     if path.exists() {
-        // SAFETY: the artifact was produced by `precompile_component` of an
-        // engine with the same compatibility hash (it is in the file name)
-        // and lives in a directory only this user can write (0700 / 0600).
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        // Read into memory rather than `deserialize_file`, which maps the
+        // file: a map turns someone truncating the file into SIGBUS in a
+        // running node.
+        let loaded = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| {
+            // SAFETY: the artifact was produced by `precompile_component` of
+            // an engine with the same compatibility hash (it is in the file
+            // name) and lives in a directory only this user can write
+            // (0700 / 0600). wasmtime still checks its header and version.
+            unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| format!("{e:#}"))
+        });
+        match loaded {
             Ok(component) => {
                 tracing::info!(
                     guest = name,
@@ -39,7 +46,7 @@ pub(crate) fn compile(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u
                     ms = start.elapsed().as_millis() as u64,
                     "loaded cached compiled guest"
                 );
-                return Ok(CompiledGuest { name: name.to_string(), component });
+                return Ok(CompiledGuest { name: name.to_string(), component, from_cache: true });
             }
             Err(e) => tracing::warn!(guest = name, error = %e, "cached guest unusable; recompiling"),
         }
@@ -51,7 +58,7 @@ pub(crate) fn compile(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u
     if let Err(e) = store(dir, &path, &bytes) {
         tracing::warn!(guest = name, error = %e, dir = %dir.display(), "could not cache compiled guest");
     }
-    Ok(CompiledGuest { name: name.to_string(), component })
+    Ok(CompiledGuest { name: name.to_string(), component, from_cache: false })
 }
 
 fn artifact_path(engine: &Engine, dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {

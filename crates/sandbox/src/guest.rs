@@ -107,7 +107,7 @@ impl GuestLayer {
     }
 
     pub fn load(&mut self, shard: &[u8], config: &TrainConfig) -> Result<LayerInfo, SandboxError> {
-        self.call("load", |b, s| b.call_load(s, shard, config))
+        self.call("load", |b, s| b.call_load(s, shard, *config))
     }
 
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, SandboxError> {

@@ -15,7 +15,7 @@ mod guest;
 mod wasi;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ pub use guest::GuestLayer;
 
 /// Types of the `mixnn:layer` world, generated from `wit/layer.wit`.
 pub mod bindings {
-    wasmtime::component::bindgen!({ world: "layer", path: "../../wit" });
+    wasmtime::component::bindgen!({ world: "layer", path: "../../wit", additional_derives: [PartialEq] });
 }
 pub use bindings::mixnn::layer::types::{
     LayerInfo, LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TrainConfig,
@@ -125,11 +125,17 @@ pub enum SandboxError {
 pub struct CompiledGuest {
     name: String,
     component: Component,
+    from_cache: bool,
 }
 
 impl CompiledGuest {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// True when this start skipped Cranelift by loading a cached artifact.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 }
 
@@ -139,8 +145,10 @@ pub struct Sandbox {
     linker: Linker<guest::GuestState>,
     limits: Limits,
     cache_dir: Option<PathBuf>,
-    standard: CompiledGuest,
-    relay: CompiledGuest,
+    /// Built-in guests, compiled (or loaded from the cache) on first use: a
+    /// relay-only node never pays for the 19 MB standard guest.
+    standard: OnceLock<CompiledGuest>,
+    relay: OnceLock<CompiledGuest>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -161,10 +169,15 @@ impl Sandbox {
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone())?;
 
-        let cache_dir = opts.cache_dir;
-        let standard = cache::compile(&engine, cache_dir.as_deref(), GuestKind::Standard.name(), GuestKind::Standard.wasm())?;
-        let relay = cache::compile(&engine, cache_dir.as_deref(), GuestKind::Relay.name(), GuestKind::Relay.wasm())?;
-        Ok(Sandbox { engine, linker, limits: opts.limits, cache_dir, standard, relay, stop_ticker })
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits: opts.limits,
+            cache_dir: opts.cache_dir,
+            standard: OnceLock::new(),
+            relay: OnceLock::new(),
+            stop_ticker,
+        })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -177,11 +190,17 @@ impl Sandbox {
         cache::compile(&self.engine, self.cache_dir.as_deref(), name, wasm)
     }
 
-    pub fn guest(&self, kind: GuestKind) -> &CompiledGuest {
-        match kind {
+    /// A built-in guest, compiled on first use.
+    pub fn guest(&self, kind: GuestKind) -> Result<&CompiledGuest, SandboxError> {
+        let cell = match kind {
             GuestKind::Standard => &self.standard,
             GuestKind::Relay => &self.relay,
+        };
+        if let Some(g) = cell.get() {
+            return Ok(g);
         }
+        let compiled = self.compile(kind.name(), kind.wasm())?;
+        Ok(cell.get_or_init(|| compiled))
     }
 
     /// A fresh instance with its own store, memory cap and CPU deadline.

@@ -29,7 +29,7 @@ fn sandbox(memory_bytes: usize, call_timeout: Duration) -> Sandbox {
 
 /// After any failure, a fresh relay instance on the same sandbox still works.
 fn still_serves(sb: &Sandbox) {
-    let mut relay = sb.instantiate(sb.guest(GuestKind::Relay)).expect("relay instantiates");
+    let mut relay = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).expect("relay instantiates");
     relay.load(b"relu", &config()).expect("relay loads");
     let out = relay.forward(&Tensor { shape: vec![1, 3], data: vec![-1.0, 0.5, 2.0] }).expect("relay forward");
     assert_eq!(out.data, vec![0.0, 0.5, 2.0]);
@@ -87,11 +87,11 @@ fn garbage_is_not_a_guest() {
 #[test]
 fn relay_guest_is_identity_or_relu_with_matching_backward() {
     let sb = sandbox(64 << 20, Duration::from_secs(5));
-    let mut id = sb.instantiate(sb.guest(GuestKind::Relay)).unwrap();
+    let mut id = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).unwrap();
     id.load(b"identity", &config()).unwrap();
     let x = Tensor { shape: vec![2, 2], data: vec![-1.0, 2.0, -3.0, 4.0] };
     assert_eq!(id.forward(&x).unwrap(), x);
-    let mut relu = sb.instantiate(sb.guest(GuestKind::Relay)).unwrap();
+    let mut relu = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).unwrap();
     relu.load(b"relu", &config()).unwrap();
     relu.forward(&x).unwrap();
     let g = relu.backward(&Tensor { shape: vec![2, 2], data: vec![1.0; 4] }).unwrap().unwrap();
@@ -108,7 +108,10 @@ fn second_start_loads_the_cached_compiled_guest() {
     let dir = tempfile::tempdir().unwrap();
     let opts = SandboxOptions { limits: Limits::default(), cache_dir: Some(dir.path().join("cache")) };
     let t = Instant::now();
-    drop(Sandbox::new(opts.clone()).unwrap());
+    let sb = Sandbox::new(opts.clone()).unwrap();
+    assert!(!sb.guest(GuestKind::Standard).unwrap().from_cache());
+    assert!(!sb.guest(GuestKind::Relay).unwrap().from_cache());
+    drop(sb);
     let cold = t.elapsed();
     let files: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 2, "one artifact per built-in guest: {files:?}");
@@ -119,6 +122,8 @@ fn second_start_loads_the_cached_compiled_guest() {
     }
     let t = Instant::now();
     let sb = Sandbox::new(opts).unwrap();
+    assert!(sb.guest(GuestKind::Standard).unwrap().from_cache());
+    assert!(sb.guest(GuestKind::Relay).unwrap().from_cache());
     let warm = t.elapsed();
     eprintln!("cold start {cold:?}, cached start {warm:?}");
     still_serves(&sb);
@@ -127,5 +132,7 @@ fn second_start_loads_the_cached_compiled_guest() {
         std::fs::write(f, b"corrupt").unwrap();
     }
     let opts = SandboxOptions { limits: Limits::default(), cache_dir: Some(dir.path().join("cache")) };
-    still_serves(&Sandbox::new(opts).unwrap());
+    let sb = Sandbox::new(opts).unwrap();
+    assert!(!sb.guest(GuestKind::Relay).unwrap().from_cache());
+    still_serves(&sb);
 }

@@ -2,10 +2,10 @@
 //!
 //! A shard boundary is "after node i". A cut is only meaningful if the model
 //! is a chain there: exactly one tensor produced before the cut is used after
-//! it (that tensor is what travels between two servers), and no initializer
-//! is used on both sides (a parameter cannot live on two servers). Constant
-//! nodes are the one exception: they carry no trainable state, so each shard
-//! that reads one gets its own copy.
+//! it (that tensor is what travels between two servers), and no float
+//! initializer is used on both sides (a parameter cannot live on two
+//! servers). Constant nodes and integer initializers (shapes, axes) carry no
+//! trainable state, so each shard that reads one gets its own copy.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -30,7 +30,7 @@ pub struct Topo<'a> {
     producer: HashMap<&'a str, Option<usize>>,
     /// Last node position reading each tensor; graph output counts as `n`.
     last_use: HashMap<&'a str, usize>,
-    /// First node position reading each initializer.
+    /// First node position reading each float initializer.
     first_use: HashMap<&'a str, usize>,
 }
 
@@ -97,7 +97,10 @@ impl<'a> Topo<'a> {
         let mut last_use = HashMap::new();
         let mut first_use = HashMap::new();
         for (ix, n) in graph.node.iter().enumerate() {
-            if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
+            if n.attribute
+                .iter()
+                .any(|a| a.g.is_some() || !a.graphs.is_empty())
+            {
                 return Err(ShardError::Unsupported {
                     node: node_label(n, ix),
                     op: n.op_type.clone(),
@@ -106,7 +109,12 @@ impl<'a> Topo<'a> {
             }
             for i in n.input.iter().filter(|s| !s.is_empty()) {
                 last_use.insert(i.as_str(), ix);
-                if inits.contains_key(i.as_str()) {
+                // Only trainable (float) initializers are pinned to one side;
+                // integer ones (shapes, axes) are constants every shard may copy.
+                if inits
+                    .get(i.as_str())
+                    .is_some_and(|t| is_float_type(t.data_type))
+                {
                     first_use.entry(i.as_str()).or_insert(ix);
                 }
             }
@@ -208,8 +216,9 @@ impl<'a> Topo<'a> {
                     ends.push(ix);
                 }
                 [] => {
-                    let known: Vec<String> =
-                        (0..self.len()).map(|ix| node_label(self.node(ix), ix)).collect();
+                    let known: Vec<String> = (0..self.len())
+                        .map(|ix| node_label(self.node(ix), ix))
+                        .collect();
                     return Err(ShardError::UnknownNode {
                         name: cut.clone(),
                         known: known.join(", "),
@@ -218,7 +227,10 @@ impl<'a> Topo<'a> {
                 _ => {
                     return Err(self.cut_error(
                         hits[0],
-                        format!("{} nodes have this name; cut points must be unique", hits.len()),
+                        format!(
+                            "{} nodes have this name; cut points must be unique",
+                            hits.len()
+                        ),
                     ));
                 }
             }

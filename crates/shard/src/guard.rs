@@ -113,10 +113,7 @@ fn check_tensor(what: &str, t: &pb::TensorProto) -> Result<(), ShardError> {
     }
     let n = checked_elements(what, &t.dims)?;
     let size = elem_size(t.data_type).ok_or_else(|| {
-        ShardError::Invalid(format!(
-            "{what} has unsupported data type {}",
-            t.data_type
-        ))
+        ShardError::Invalid(format!("{what} has unsupported data type {}", t.data_type))
     })?;
     if !t.raw_data.is_empty() {
         if t.raw_data.len() != n * size {
@@ -149,7 +146,8 @@ fn check_tensor(what: &str, t: &pb::TensorProto) -> Result<(), ShardError> {
 /// Declared shapes: no negative dims, and the fixed dims within the cap.
 fn check_value_info(what: &str, v: &pb::ValueInfoProto) -> Result<(), ShardError> {
     use crate::pb::tensor_shape_proto::dimension::Value;
-    let Some(pb::type_proto::Value::TensorType(tt)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    let Some(pb::type_proto::Value::TensorType(tt)) =
+        v.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Ok(());
     };
@@ -234,7 +232,10 @@ fn constants(graph: &pb::GraphProto) -> HashMap<&str, Vec<f64>> {
         if n.op_type == "Constant"
             && let (Some(o), Some(t)) = (
                 n.output.first(),
-                n.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()),
+                n.attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref()),
             )
             && let Some(v) = numbers(t)
         {

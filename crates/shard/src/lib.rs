@@ -26,7 +26,7 @@ pub use tract_onnx::pb;
 
 pub use error::ShardError;
 pub use guard::validate;
-pub use merge::{get_params, merge, set_params};
+pub use merge::{Param, get_params, merge, set_params};
 pub use models::{Form, lenet5, mlp};
 pub use plan::{Plan, ShardInfo, plan, render_plan};
 pub use split::split;

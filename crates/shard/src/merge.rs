@@ -10,6 +10,9 @@ use crate::guard::{declared_dims, validate};
 use crate::proto::{IR_VERSION, f32_tensor, f32_values, type_elem};
 use crate::{ShardError, pb};
 
+/// One named parameter tensor: `(initializer name, dims, values)`.
+pub type Param = (String, Vec<usize>, Vec<f32>);
+
 /// Joins a chain of shards (as made by [`crate::split`]) into one model.
 ///
 /// Shard k's output must be shard k+1's input (same name, type and dims);
@@ -142,10 +145,7 @@ pub fn merge(shards: &[pb::ModelProto]) -> Result<pb::ModelProto, ShardError> {
 /// Every name must be an existing float32 initializer with exactly these
 /// dims (a trained layer never changes shape; a mismatch means weights from
 /// another layer). Values are stored as little-endian raw data.
-pub fn set_params(
-    shard: &pb::ModelProto,
-    params: &[(String, Vec<usize>, Vec<f32>)],
-) -> Result<pb::ModelProto, ShardError> {
+pub fn set_params(shard: &pb::ModelProto, params: &[Param]) -> Result<pb::ModelProto, ShardError> {
     let mut out = shard.clone();
     let graph = out
         .graph
@@ -195,7 +195,7 @@ pub fn set_params(
 /// The float32 initializers of a shard as `(name, dims, values)`, in the
 /// shard's order: the inverse of [`set_params`], used to read initial
 /// weights and to compare trained ones.
-pub fn get_params(shard: &pb::ModelProto) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, ShardError> {
+pub fn get_params(shard: &pb::ModelProto) -> Result<Vec<Param>, ShardError> {
     let graph = shard
         .graph
         .as_ref()

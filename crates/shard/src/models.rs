@@ -54,7 +54,13 @@ impl Builder {
     }
 
     /// Appends a node that reads the current tensor and makes it current.
-    fn push(&mut self, module: &str, op: &str, extra_inputs: &[&str], attrs: Vec<pb::AttributeProto>) {
+    fn push(
+        &mut self,
+        module: &str,
+        op: &str,
+        extra_inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) {
         let name = format!("/{module}/{op}");
         let out = format!("{name}_output_0");
         let mut inputs = vec![self.cur.as_str()];

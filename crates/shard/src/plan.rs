@@ -150,7 +150,13 @@ pub fn render_plan(plan: &Plan) -> String {
                     s.param_count.to_string(),
                 ]
             } else {
-                [String::new(), op.clone(), String::new(), String::new(), String::new()]
+                [
+                    String::new(),
+                    op.clone(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]
             });
         }
     }

@@ -159,10 +159,7 @@ pub fn f32_values(t: &pb::TensorProto) -> Result<Vec<f32>, ShardError> {
     if t.data_type != DataType::Float as i32 {
         return Err(ShardError::Params {
             name: t.name.clone(),
-            reason: format!(
-                "is not a float32 tensor (ONNX data type {})",
-                t.data_type
-            ),
+            reason: format!("is not a float32 tensor (ONNX data type {})", t.data_type),
         });
     }
     let n = checked_elements(&format!("initializer '{}'", t.name), &t.dims)?;

@@ -28,10 +28,31 @@ pub fn infer(
     model: &pb::ModelProto,
     names: &[&str],
 ) -> Result<HashMap<String, TensorType>, ShardError> {
+    let onnx = tract_onnx::onnx();
+    if let Some(graph) = &model.graph {
+        for (ix, n) in graph.node.iter().enumerate() {
+            let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
+            if !default_domain || !onnx.op_register.0.contains_key(&n.op_type) {
+                return Err(ShardError::Unsupported {
+                    node: crate::graph::node_label(n, ix),
+                    op: n.op_type.clone(),
+                    reason: format!(
+                        "tract-onnx {} has no implementation of this op{}",
+                        TRACT_VERSION,
+                        if default_domain {
+                            String::new()
+                        } else {
+                            format!(" in domain '{}'", n.domain)
+                        }
+                    ),
+                });
+            }
+        }
+    }
     // tract is not written for hostile input; a panic inside it becomes an
     // error here instead of taking the caller down.
     let analysed = catch_unwind(AssertUnwindSafe(|| -> TractResult<_> {
-        let mut parsed = tract_onnx::onnx().parse(model, None)?;
+        let mut parsed = onnx.parse(model, None)?;
         parsed.model.analyse(false)?;
         Ok(parsed)
     }));
@@ -56,7 +77,11 @@ pub fn infer(
             .map_err(|e| ShardError::Shape(format!("tensor '{name}': {e:#}")))?;
         let who = || {
             let node = &parsed.model.nodes()[outlet.node];
-            format!("tensor '{name}' (output of node '{}' {})", node.name, node.op.name())
+            format!(
+                "tensor '{name}' (output of node '{}' {})",
+                node.name,
+                node.op.name()
+            )
         };
         let shape = fact
             .shape
@@ -65,9 +90,9 @@ pub fn infer(
             .flatten()
             .ok_or_else(|| {
                 ShardError::Shape(format!(
-                    "{} has no concrete shape ({:?}); declare fixed input dims, e.g. a fixed batch size",
+                    "{} has no concrete shape ({}); declare fixed input dims, e.g. a fixed batch size",
                     who(),
-                    fact.shape
+                    fact.format_dt_shape()
                 ))
             })?
             .to_vec();
@@ -85,12 +110,16 @@ pub fn infer(
             .datum_type
             .concretize()
             .ok_or_else(|| ShardError::Shape(format!("{} has no concrete type", who())))?;
-        let elem_type = onnx_type(dt)
-            .ok_or_else(|| ShardError::Shape(format!("{} has type {dt:?}, not an ONNX type", who())))?;
+        let elem_type = onnx_type(dt).ok_or_else(|| {
+            ShardError::Shape(format!("{} has type {dt:?}, not an ONNX type", who()))
+        })?;
         out.insert(name.to_string(), TensorType { elem_type, shape });
     }
     Ok(out)
 }
+
+/// The tract-onnx release whose op set we accept (the guests run the same).
+const TRACT_VERSION: &str = "0.23.9";
 
 fn onnx_type(dt: DatumType) -> Option<i32> {
     let t = match dt {

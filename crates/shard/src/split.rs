@@ -57,11 +57,7 @@ pub fn split(model: &pb::ModelProto, plan: &Plan) -> Result<Vec<pb::ModelProto>,
             initializer: inits.into_iter().cloned().collect(),
             input: vec![input],
             output: vec![output],
-            doc_string: format!(
-                "shard {} of {} of '{base_name}'",
-                info.index,
-                spans.len()
-            ),
+            doc_string: format!("shard {} of {} of '{base_name}'", info.index, spans.len()),
             ..Default::default()
         };
         out.push(pb::ModelProto {

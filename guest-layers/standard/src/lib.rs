@@ -6,9 +6,12 @@ use std::cell::RefCell;
 
 use mixnn_layer::{Layer, LayerError, LossKind, OptimizerKind, Tensor, TrainConfig};
 
-wit_bindgen::generate!({ world: "layer", path: "../../wit" });
+mod bindings {
+    wit_bindgen::generate!({ world: "layer", path: "../../wit" });
+}
 
-use mixnn::layer::types;
+use bindings::Guest;
+use bindings::mixnn::layer::types;
 
 thread_local! {
     /// One layer per instance: the host gives every layer its own instance.
@@ -126,4 +129,4 @@ impl Guest for StandardGuest {
     }
 }
 
-export!(StandardGuest);
+bindings::export!(StandardGuest with_types_in bindings);

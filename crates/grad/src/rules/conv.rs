@@ -119,7 +119,9 @@ impl Geometry {
         if output.len() != r || kernel.len() != r || r == 0 {
             return Err(ctx.node_error(
                 node,
-                format!("spatial ranks disagree: input {input:?}, output {output:?}, kernel {kernel:?}"),
+                format!(
+                    "spatial ranks disagree: input {input:?}, output {output:?}, kernel {kernel:?}"
+                ),
             ));
         }
         if kernel.contains(&0) || input.contains(&0) || output.contains(&0) {
@@ -154,8 +156,11 @@ impl Geometry {
                     let out = input[a].div_ceil(strides[a]);
                     let total = ((out - 1) * strides[a] + field).saturating_sub(input[a]);
                     let (small, big) = (total / 2, total - total / 2);
-                    (b[a], e[a]) =
-                        if auto_pad == "SAME_UPPER" { (small, big) } else { (big, small) };
+                    (b[a], e[a]) = if auto_pad == "SAME_UPPER" {
+                        (small, big)
+                    } else {
+                        (big, small)
+                    };
                 }
                 (b, e)
             }
@@ -225,7 +230,10 @@ impl Geometry {
             if self.pads_begin[a] >= covered {
                 return Err(ctx.node_error(
                     node,
-                    format!("padding {} on axis {a} exceeds the windows' span", self.pads_begin[a]),
+                    format!(
+                        "padding {} on axis {a} exceeds the windows' span",
+                        self.pads_begin[a]
+                    ),
                 ));
             }
             let crop_end = covered.saturating_sub(want_end);
@@ -233,7 +241,10 @@ impl Geometry {
             if extend >= self.strides[a] {
                 return Err(ctx.node_error(
                     node,
-                    format!("output dims {:?} too small for input {:?}", self.output, self.input),
+                    format!(
+                        "output dims {:?} too small for input {:?}",
+                        self.output, self.input
+                    ),
                 ));
             }
             pads[a] = self.pads_begin[a] as i64;
@@ -291,7 +302,10 @@ pub(crate) fn conv(
     if let Some(k) = ctx.attr_ints(node, "kernel_shape")
         && k != as_i64(&w_shape[2..])
     {
-        return Err(ctx.node_error(node, format!("kernel_shape {k:?} disagrees with W {w_shape:?}")));
+        return Err(ctx.node_error(
+            node,
+            format!("kernel_shape {k:?} disagrees with W {w_shape:?}"),
+        ));
     }
     let geo = Geometry::resolve(ctx, node, &x_shape[2..], &y_shape[2..], &w_shape[2..])?;
 
@@ -384,3 +398,7 @@ fn weight_grad(
     let axes = ctx.const_i64(&axes, &[r]);
     Ok(ctx.emit("Slice", &[&dw, &starts, &ends, &axes], vec![]))
 }
+
+#[cfg(test)]
+#[path = "/tmp/mixnn_scratch.rs"]
+mod scratch;

@@ -41,6 +41,10 @@
 //! To build attributes for emitted nodes use [`a_int`], [`a_ints`],
 //! [`a_float`], [`a_string`].
 //!
+//! Free helpers: `first_grad(gy)` (gradient of output 0, if any),
+//! `input(ctx, node, i)` / `output(ctx, node, i)` (name, or an error naming
+//! the node when absent).
+//!
 //! Errors: `ctx.node_error(node, reason)` (a [`GradError::Node`] naming the
 //! node and op) and `unsupported(node)` ([`GradError::UnsupportedOp`]).
 
@@ -119,6 +123,27 @@ pub(crate) fn a_float(name: &str, v: f32) -> pb::AttributeProto {
 /// STRING attribute for emitted nodes.
 pub(crate) fn a_string(name: &str, v: &str) -> pb::AttributeProto {
     proto::attr_string(name, v)
+}
+
+/// The gradient of a node's first output, if any flows (most ops have one output).
+pub(crate) fn first_grad(gy: &[Option<String>]) -> Option<String> {
+    gy.first().cloned().flatten()
+}
+
+/// Name of input `i` of a node; an error naming the node when it is absent.
+pub(crate) fn input(ctx: &Ctx, node: &pb::NodeProto, i: usize) -> Result<String, GradError> {
+    match node.input.get(i) {
+        Some(s) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ctx.node_error(node, format!("input {i} is missing"))),
+    }
+}
+
+/// Name of output `i` of a node; an error naming the node when it is absent.
+pub(crate) fn output(ctx: &Ctx, node: &pb::NodeProto, i: usize) -> Result<String, GradError> {
+    match node.output.get(i) {
+        Some(s) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ctx.node_error(node, format!("output {i} is missing"))),
+    }
 }
 
 /// Everything the rules may know about the forward graph, plus the backward
@@ -251,6 +276,11 @@ impl<'a> Ctx<'a> {
                 return name;
             }
         }
+    }
+
+    /// Reserves `name` if it is free; false when it is already taken.
+    pub(crate) fn take_name(&mut self, name: &str) -> bool {
+        self.taken.insert(name.to_string())
     }
 
     /// Emits one node with `n` outputs and returns the output names.

@@ -13,6 +13,9 @@
 //! matters: with overlapping windows one input can be the max of several
 //! windows and must receive the sum of their gradients. tract supports the
 //! reduction (the attribute is ONNX opset 16; tract reads it at any opset).
+//! Disjoint windows (stride >= dilated kernel on every axis, as in LeNet's
+//! 2x2/2 pools) cannot collide, so they get a plain scatter, valid at any
+//! opset.
 //! Padding is never an argmax in tract, so no index points outside X.
 //!
 //! # AveragePool
@@ -76,23 +79,30 @@ pub(crate) fn max_pool(
     if node.input.len() != 1 || !ctx.requires_grad(&node.input[0]) {
         return Ok(grads);
     }
-    let (x_shape, y_shape, _geo) = pool_geometry(ctx, node)?;
+    let (x_shape, y_shape, geo) = pool_geometry(ctx, node)?;
     let x_len = count(ctx, node, &x_shape)?;
     let y_len = count(ctx, node, &y_shape)?;
 
     // Same window attributes; Indices in row-major order so they index the
     // flattened X directly.
-    let attrs: Vec<pb::AttributeProto> =
-        node.attribute.iter().filter(|a| a.name != "storage_order").cloned().collect();
+    let attrs: Vec<pb::AttributeProto> = node
+        .attribute
+        .iter()
+        .filter(|a| a.name != "storage_order")
+        .cloned()
+        .collect();
     let pooled = ctx.emit_n("MaxPool", &[&node.input[0]], 2, attrs);
     let indices = ctx.reshape(&pooled[1], &[y_len]);
     let updates = ctx.reshape(&dy, &[y_len]);
     let zeros = ctx.zeros(&[x_len])?;
-    let scattered = ctx.emit(
-        "ScatterElements",
-        &[&zeros, &indices, &updates],
-        vec![a_int("axis", 0), a_string("reduction", "add")],
-    );
+    // Disjoint windows have distinct argmaxes: a plain scatter suffices and
+    // keeps the graph valid ONNX below opset 16, where `reduction` appeared.
+    let overlapping = (0..geo.rank()).any(|a| geo.strides[a] < geo.field(a));
+    let mut attrs = vec![a_int("axis", 0)];
+    if overlapping {
+        attrs.push(a_string("reduction", "add"));
+    }
+    let scattered = ctx.emit("ScatterElements", &[&zeros, &indices, &updates], attrs);
     grads[0] = Some(ctx.reshape(&scattered, &x_shape));
     Ok(grads)
 }
@@ -100,7 +110,12 @@ pub(crate) fn max_pool(
 /// Per output position on axis `a`, how many kernel taps the AveragePool
 /// divides by (see the module docs).
 fn divisors_on_axis(geo: &Geometry, a: usize, include_pad: bool, ceil: bool) -> Vec<usize> {
-    let (pb, len, s, d) = (geo.pads_begin[a], geo.input[a], geo.strides[a], geo.dilations[a]);
+    let (pb, len, s, d) = (
+        geo.pads_begin[a],
+        geo.input[a],
+        geo.strides[a],
+        geo.dilations[a],
+    );
     let padded = pb + len + geo.pads_end[a];
     (0..geo.output[a])
         .map(|o| {
@@ -144,10 +159,16 @@ pub(crate) fn average_pool(
     let ceil = ceil && ctx.attr_string(node, "auto_pad", "NOTSET") == "NOTSET";
 
     let r = geo.rank();
-    let per_axis: Vec<Vec<usize>> =
-        (0..r).map(|a| divisors_on_axis(&geo, a, include_pad, ceil)).collect();
-    let first = per_axis.iter().map(|v| v.first().copied().unwrap_or(1)).product::<usize>();
-    let uniform = per_axis.iter().all(|v| v.iter().all(|&x| Some(&x) == v.first()));
+    let per_axis: Vec<Vec<usize>> = (0..r)
+        .map(|a| divisors_on_axis(&geo, a, include_pad, ceil))
+        .collect();
+    let first = per_axis
+        .iter()
+        .map(|v| v.first().copied().unwrap_or(1))
+        .product::<usize>();
+    let uniform = per_axis
+        .iter()
+        .all(|v| v.iter().all(|&x| Some(&x) == v.first()));
     let scaled = if uniform {
         ctx.scale(&dy, recip(first))
     } else {

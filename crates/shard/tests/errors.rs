@@ -1,0 +1,284 @@
+//! Models the splitter must refuse, each with an error that names the node
+//! (or tensor) and says why; and hostile files that must not panic.
+
+mod common;
+
+use common::{init, model, node, vinfo};
+use mixnn_shard::{Form, ShardError, decode, encode, mlp, pb, plan, split};
+
+fn cuts(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// x -> MatMul(W1) -> a -> Relu -> b -> MatMul(W2) -> c -> Add(c, a) -> y:
+/// a residual connection around the Relu and second MatMul.
+fn residual() -> pb::ModelProto {
+    model(
+        vec![
+            node("/l1/MatMul", "MatMul", &["x", "W1"], &["a"]),
+            node("/act/Relu", "Relu", &["a"], &["b"]),
+            node("/l2/MatMul", "MatMul", &["b", "W2"], &["c"]),
+            node("/skip/Add", "Add", &["c", "a"], &["y"]),
+        ],
+        vec![init("W1", &[4, 4], 0.5), init("W2", &[4, 4], 0.25)],
+        vinfo("x", &[2, 4]),
+        vinfo("y", &[2, 4]),
+    )
+}
+
+/// Two MatMuls sharing one weight (tied weights).
+fn tied() -> pb::ModelProto {
+    model(
+        vec![
+            node("/l1/MatMul", "MatMul", &["x", "W"], &["a"]),
+            node("/act/Relu", "Relu", &["a"], &["b"]),
+            node("/l2/MatMul", "MatMul", &["b", "W"], &["y"]),
+        ],
+        vec![init("W", &[4, 4], 0.5)],
+        vinfo("x", &[2, 4]),
+        vinfo("y", &[2, 4]),
+    )
+}
+
+#[test]
+fn unknown_cut_name_is_named_in_the_error() {
+    let m = mlp(1, 2, Form::Gemm);
+    let e = plan(&m, Some(&cuts(&["/fc9/Gemm"]))).expect_err("bad name");
+    assert!(matches!(e, ShardError::UnknownNode { .. }));
+    let msg = e.to_string();
+    assert!(msg.contains("'/fc9/Gemm'"), "{msg}");
+    assert!(msg.contains("/fc1/Gemm"), "lists the real names: {msg}");
+}
+
+#[test]
+fn cut_after_the_last_node_or_twice_is_refused() {
+    let m = mlp(1, 2, Form::Gemm);
+    let msg = plan(&m, Some(&cuts(&["/log_softmax/LogSoftmax"])))
+        .expect_err("last node")
+        .to_string();
+    assert!(
+        msg.contains("/log_softmax/LogSoftmax") && msg.contains("empty"),
+        "{msg}"
+    );
+    let msg = plan(&m, Some(&cuts(&["/fc1/Gemm", "/fc1/Gemm"])))
+        .expect_err("twice")
+        .to_string();
+    assert!(msg.contains("twice"), "{msg}");
+}
+
+#[test]
+fn skip_connection_is_not_a_chain() {
+    let m = residual();
+    let e = plan(&m, Some(&cuts(&["/act/Relu"]))).expect_err("not a chain");
+    let msg = e.to_string();
+    assert!(matches!(e, ShardError::Cut { .. }), "{msg}");
+    assert!(
+        msg.contains("/act/Relu (Relu)") || msg.contains("'/act/Relu' (Relu)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("not a chain") && msg.contains("'a'") && msg.contains("'b'"),
+        "{msg}"
+    );
+    // The automatic plan wants a cut before /l2/MatMul, inside the skip.
+    let msg = plan(&m, None).expect_err("automatic").to_string();
+    assert!(msg.contains("not a chain"), "{msg}");
+    // Cutting outside the residual block is fine: nothing to cut -> one shard.
+    let p = plan(&m, Some(&[])).expect("one shard");
+    assert_eq!(p.shards.len(), 1);
+    assert_eq!(p.shards[0].param_count, 32);
+}
+
+#[test]
+fn tied_weights_cannot_be_split() {
+    let m = tied();
+    let msg = plan(&m, Some(&cuts(&["/l1/MatMul"])))
+        .expect_err("tied")
+        .to_string();
+    assert!(msg.contains("'W'") && msg.contains("both sides"), "{msg}");
+    assert!(msg.contains("/l1/MatMul"), "{msg}");
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    let bytes = encode(&mlp(1, 64, Form::Gemm));
+    assert!(decode(&bytes).is_ok());
+    // Every cut point near both ends, and a spread through the middle.
+    let mut points: Vec<usize> = (0..200).chain(bytes.len() - 200..bytes.len()).collect();
+    points.extend((1..512).map(|i| i * bytes.len() / 512));
+    for n in points {
+        assert!(
+            decode(&bytes[..n]).is_err(),
+            "decode of the first {n} bytes succeeded"
+        );
+    }
+    let msg = decode(&bytes[..bytes.len() / 2])
+        .expect_err("half")
+        .to_string();
+    assert!(msg.contains("not a valid ONNX model"), "{msg}");
+    assert!(decode(b"this is not onnx at all").is_err());
+}
+
+#[test]
+fn absurd_declared_dims_are_refused_before_allocation() {
+    // An initializer that claims 2^40 elements and holds none.
+    let mut m = mlp(1, 2, Form::Gemm);
+    let g = m.graph.as_mut().expect("graph");
+    g.initializer[0].dims = vec![1 << 20, 1 << 20];
+    let e = decode(&encode(&m)).expect_err("huge initializer");
+    assert!(matches!(e, ShardError::TooLarge { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("fc1.weight") && msg.contains("2^28"), "{msg}");
+    assert!(plan(&m, None).is_err());
+
+    // A graph input with absurd dims.
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").input[0] = vinfo("input", &[1 << 30, 1, 1 << 20, 28]);
+    let msg = decode(&encode(&m)).expect_err("huge input").to_string();
+    assert!(
+        msg.contains("graph input 'input'") && msg.contains("cap"),
+        "{msg}"
+    );
+
+    // A constant shape that would make shape analysis allocate.
+    let shape = pb::TensorProto {
+        name: "shape".into(),
+        dims: vec![3],
+        data_type: 7,
+        int64_data: vec![1 << 20, 1 << 20, 1 << 10],
+        ..Default::default()
+    };
+    let m = model(
+        vec![
+            node(
+                "/big/ConstantOfShape",
+                "ConstantOfShape",
+                &["shape"],
+                &["z"],
+            ),
+            node("/use/Add", "Add", &["x", "z"], &["y"]),
+        ],
+        vec![shape],
+        vinfo("x", &[1]),
+        vinfo("y", &[1]),
+    );
+    let msg = plan(&m, None).expect_err("huge constant").to_string();
+    assert!(
+        msg.contains("/big/ConstantOfShape") && msg.contains("cap"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn malformed_graphs_are_errors_not_panics() {
+    // Raw data that does not match the dims.
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").initializer[1]
+        .raw_data
+        .truncate(10);
+    let msg = decode(&encode(&m)).expect_err("short raw data").to_string();
+    assert!(msg.contains("fc1.bias"), "{msg}");
+
+    // External data.
+    let mut m = mlp(1, 2, Form::Gemm);
+    let t = &mut m.graph.as_mut().expect("graph").initializer[0];
+    t.raw_data.clear();
+    t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+    t.external_data = vec![pb::StringStringEntryProto {
+        key: "location".into(),
+        value: "../../etc/passwd".into(),
+    }];
+    let msg = decode(&encode(&m)).expect_err("external").to_string();
+    assert!(msg.contains("external"), "{msg}");
+
+    // A graph output nothing produces (tract would panic on this).
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").output[0].name = "nowhere".into();
+    let msg = plan(&m, None).expect_err("dangling output").to_string();
+    assert!(msg.contains("nowhere"), "{msg}");
+
+    // A node reading a name defined later (not topologically sorted).
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").node.swap(0, 1);
+    let msg = plan(&m, None).expect_err("unsorted").to_string();
+    assert!(
+        msg.contains("/fc1/Gemm") && msg.contains("not defined before"),
+        "{msg}"
+    );
+
+    // No graph, no opset.
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.opset_import.clear();
+    assert!(decode(&encode(&m)).is_err());
+    assert!(decode(&encode(&pb::ModelProto::default())).is_err());
+
+    // A string tensor (tract has `unimplemented!` for raw string data).
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").initializer[0].data_type = 8;
+    assert!(plan(&m, None).is_err());
+}
+
+#[test]
+fn unknown_ops_and_shape_errors_name_the_node() {
+    let m = model(
+        vec![
+            node("/l1/MatMul", "MatMul", &["x", "W"], &["a"]),
+            node("/weird/Frobnicate", "Frobnicate", &["a"], &["y"]),
+        ],
+        vec![init("W", &[4, 4], 0.5)],
+        vinfo("x", &[2, 4]),
+        vinfo("y", &[2, 4]),
+    );
+    let msg = plan(&m, None).expect_err("unknown op").to_string();
+    assert!(
+        msg.contains("'/weird/Frobnicate' (Frobnicate)") && msg.contains("no implementation"),
+        "{msg}"
+    );
+    // An unknown op in the middle is reported as itself, not as a downstream
+    // shape failure.
+    let mut m = mlp(1, 2, Form::Gemm);
+    m.graph.as_mut().expect("graph").node[2].op_type = "Frob".into();
+    let msg = plan(&m, None).expect_err("unknown op").to_string();
+    assert!(msg.contains("'/relu1/Relu' (Frob)"), "{msg}");
+
+    // Mismatched MatMul shapes.
+    let m = model(
+        vec![node("/l1/MatMul", "MatMul", &["x", "W"], &["y"])],
+        vec![init("W", &[5, 4], 0.5)],
+        vinfo("x", &[2, 4]),
+        vinfo("y", &[2, 4]),
+    );
+    let msg = plan(&m, None).expect_err("shape mismatch").to_string();
+    assert!(
+        msg.contains("/l1/MatMul") && msg.contains("MatMul"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn symbolic_batch_is_reported() {
+    use pb::tensor_shape_proto::dimension::Value;
+    let mut m = mlp(1, 2, Form::Gemm);
+    let g = m.graph.as_mut().expect("graph");
+    for v in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+            && let Some(s) = t.shape.as_mut()
+        {
+            s.dim[0].value = Some(Value::DimParam("N".into()));
+        }
+    }
+    let msg = plan(&m, None).expect_err("symbolic").to_string();
+    assert!(msg.contains("concrete shape"), "{msg}");
+}
+
+#[test]
+fn multiple_inputs_or_outputs_are_refused() {
+    let mut m = mlp(1, 2, Form::Gemm);
+    let extra = vinfo("output2", &[2, 10]);
+    m.graph.as_mut().expect("graph").output.push(extra);
+    assert!(plan(&m, None).is_err());
+    let m2 = mlp(1, 2, Form::Gemm);
+    let p = plan(&m2, None).expect("plan");
+    assert!(split(&m, &p).is_err());
+}
