@@ -23,7 +23,11 @@ fn mixnn(args: &[&str], cache: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -32,33 +36,64 @@ fn model_split_train_export_and_cache() {
     let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let cache = dir.path().join("cache");
 
-    mixnn(&["model", "mlp", "--out", &d("mlp.onnx"), "--seed", "3"], &cache);
+    mixnn(
+        &["model", "mlp", "--out", &d("mlp.onnx"), "--seed", "3"],
+        &cache,
+    );
     let out = mixnn(&["split", &d("mlp.onnx"), "--out", &d("shards")], &cache);
     let table = text(&out);
-    assert!(table.contains("Gemm") && table.contains("LogSoftmax"), "{table}");
+    assert!(
+        table.contains("Gemm") && table.contains("LogSoftmax"),
+        "{table}"
+    );
     for i in 0..3 {
         assert!(dir.path().join(format!("shards/shard{i}.onnx")).exists());
     }
-    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("shards/plan.json")).unwrap()).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("shards/plan.json")).unwrap()).unwrap();
     assert_eq!(plan["shards"].as_array().unwrap().len(), 3);
 
     let train = |report: &str| {
         mixnn(
             &[
-                "train", "--local", "--model", &d("mlp.onnx"), "--engine", "wasm", "--epochs", "1", "--seed", "3",
-                "--train-limit", "640", "--test-limit", "500", "--report", &d(report), "--export", &d("trained.onnx"),
+                "train",
+                "--local",
+                "--model",
+                &d("mlp.onnx"),
+                "--engine",
+                "wasm",
+                "--epochs",
+                "1",
+                "--seed",
+                "3",
+                "--train-limit",
+                "640",
+                "--test-limit",
+                "500",
+                "--report",
+                &d(report),
+                "--export",
+                &d("trained.onnx"),
             ],
             &cache,
         )
     };
     let first = text(&train("r1.json"));
-    assert!(first.contains("compiled guest"), "first start compiles: {first}");
+    assert!(
+        first.contains("compiled guest"),
+        "first start compiles: {first}"
+    );
     let second = text(&train("r2.json"));
-    assert!(second.contains("loaded cached compiled guest"), "second start uses the cache: {second}");
+    assert!(
+        second.contains("loaded cached compiled guest"),
+        "second start uses the cache: {second}"
+    );
     assert!(second.contains("epoch   1"), "progress per epoch: {second}");
 
-    let r1: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("r1.json")).unwrap()).unwrap();
-    let r2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("r2.json")).unwrap()).unwrap();
+    let r1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("r1.json")).unwrap()).unwrap();
+    let r2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("r2.json")).unwrap()).unwrap();
     assert_eq!(r1["engine"], "wasm");
     assert_eq!(r1["epochs"].as_array().unwrap().len(), 1);
     for k in ["epoch", "train_loss", "test_accuracy", "seconds"] {
@@ -67,10 +102,16 @@ fn model_split_train_export_and_cache() {
     let acc = r1["final_test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.3 && acc <= 1.0, "{acc}");
     assert_eq!(r1["params_sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(r1["params_sha256"], r2["params_sha256"], "same seed, same parameters");
+    assert_eq!(
+        r1["params_sha256"], r2["params_sha256"],
+        "same seed, same parameters"
+    );
 
     // The exported model is one ONNX file that splits like the original.
-    let out = mixnn(&["split", &d("trained.onnx"), "--out", &d("trained-shards")], &cache);
+    let out = mixnn(
+        &["split", &d("trained.onnx"), "--out", &d("trained-shards")],
+        &cache,
+    );
     assert!(text(&out).contains("3 shards"));
 }
 
@@ -80,13 +121,33 @@ fn bench_guest_reports_ratios() {
     let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
     let cache = dir.path().join("cache");
     mixnn(&["model", "lenet5", "--out", &d("lenet.onnx")], &cache);
-    let out = mixnn(&["bench", "guest", "--model", &d("lenet.onnx"), "--iterations", "3", "--report", &d("b.json")], &cache);
+    let out = mixnn(
+        &[
+            "bench",
+            "guest",
+            "--model",
+            &d("lenet.onnx"),
+            "--iterations",
+            "3",
+            "--report",
+            &d("b.json"),
+        ],
+        &cache,
+    );
     assert!(text(&out).contains("ratio"));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d("b.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("b.json")).unwrap()).unwrap();
     let shards = r["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 5);
     for s in shards {
-        for k in ["name", "mode", "forward_native_us", "forward_guest_us", "backward_native_us", "backward_guest_us"] {
+        for k in [
+            "name",
+            "mode",
+            "forward_native_us",
+            "forward_guest_us",
+            "backward_native_us",
+            "backward_guest_us",
+        ] {
             assert!(s.get(k).is_some(), "bench entry lacks {k}");
         }
         assert!(s["ratio"].as_f64().unwrap() > 0.0);
@@ -96,14 +157,29 @@ fn bench_guest_reports_ratios() {
 #[test]
 fn every_command_explains_itself_and_bad_input_is_a_clear_error() {
     let cache = tempfile::tempdir().unwrap();
-    for cmd in [&["--help"][..], &["model", "--help"], &["split", "--help"], &["train", "--help"], &["bench", "guest", "--help"], &["demo", "--help"]] {
+    for cmd in [
+        &["--help"][..],
+        &["model", "--help"],
+        &["split", "--help"],
+        &["train", "--help"],
+        &["bench", "guest", "--help"],
+        &["demo", "--help"],
+    ] {
         let out = mixnn(cmd, cache.path());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
     }
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad.path(), b"not an onnx file at all").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(["split", &bad.path().to_string_lossy(), "--out", &cache.path().to_string_lossy()])
+        .args([
+            "split",
+            &bad.path().to_string_lossy(),
+            "--out",
+            &cache.path().to_string_lossy(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -3,7 +3,10 @@
 
 mod common;
 
-use mixnn_sandbox::{GuestKind, GuestLayer, LossKind, OptimizerKind, Sandbox, SandboxError, SandboxOptions, Tensor, TrainConfig};
+use mixnn_sandbox::{
+    GuestKind, GuestLayer, LossKind, OptimizerKind, Sandbox, SandboxError, SandboxOptions, Tensor,
+    TrainConfig,
+};
 use prost::Message;
 
 fn config() -> TrainConfig {
@@ -22,11 +25,16 @@ fn config() -> TrainConfig {
 }
 
 fn sandbox() -> Sandbox {
-    Sandbox::new(SandboxOptions { cache_dir: SandboxOptions::default_cache_dir(), ..Default::default() }).expect("sandbox")
+    Sandbox::new(SandboxOptions {
+        cache_dir: SandboxOptions::default_cache_dir(),
+        ..Default::default()
+    })
+    .expect("sandbox")
 }
 
 fn guest(sb: &Sandbox) -> GuestLayer {
-    sb.instantiate(sb.guest(GuestKind::Standard).expect("standard guest")).expect("instantiate")
+    sb.instantiate(sb.guest(GuestKind::Standard).expect("standard guest"))
+        .expect("instantiate")
 }
 
 fn guest_error(e: SandboxError) -> String {
@@ -39,8 +47,14 @@ fn guest_error(e: SandboxError) -> String {
 /// The same instance still loads and runs a good shard after the failure.
 fn serves_next(g: &mut GuestLayer) {
     let good = common::matmul_then("Relu").encode_to_vec();
-    g.load(&good, &config()).expect("good shard loads after a bad one");
-    let y = g.forward(&Tensor { shape: vec![4, 3], data: vec![1.0; 12] }).expect("forward");
+    g.load(&good, &config())
+        .expect("good shard loads after a bad one");
+    let y = g
+        .forward(&Tensor {
+            shape: vec![4, 3],
+            data: vec![1.0; 12],
+        })
+        .expect("forward");
     assert_eq!(y.shape, vec![4, 2]);
 }
 
@@ -48,8 +62,14 @@ fn serves_next(g: &mut GuestLayer) {
 fn an_op_without_a_gradient_rule_is_named_in_the_error() {
     let sb = sandbox();
     let mut g = guest(&sb);
-    let msg = guest_error(g.load(&common::matmul_then("Erf").encode_to_vec(), &config()).unwrap_err());
-    assert!(msg.contains("act") && msg.contains("Erf"), "error must name node and op: {msg}");
+    let msg = guest_error(
+        g.load(&common::matmul_then("Erf").encode_to_vec(), &config())
+            .unwrap_err(),
+    );
+    assert!(
+        msg.contains("act") && msg.contains("Erf"),
+        "error must name node and op: {msg}"
+    );
     serves_next(&mut g);
 }
 
@@ -82,29 +102,75 @@ fn a_truncated_onnx_file_is_an_error() {
 fn wrong_shape_tensors_are_refused_and_the_layer_keeps_working() {
     let sb = sandbox();
     let mut g = guest(&sb);
-    g.load(&common::matmul_then("Relu").encode_to_vec(), &config()).unwrap();
+    g.load(&common::matmul_then("Relu").encode_to_vec(), &config())
+        .unwrap();
     for bad in [
-        Tensor { shape: vec![4, 5], data: vec![0.0; 20] },
-        Tensor { shape: vec![4, 3], data: vec![0.0; 5] },
-        Tensor { shape: vec![12], data: vec![0.0; 12] },
-        Tensor { shape: vec![0, 3], data: vec![] },
+        Tensor {
+            shape: vec![4, 5],
+            data: vec![0.0; 20],
+        },
+        Tensor {
+            shape: vec![4, 3],
+            data: vec![0.0; 5],
+        },
+        Tensor {
+            shape: vec![12],
+            data: vec![0.0; 12],
+        },
+        Tensor {
+            shape: vec![0, 3],
+            data: vec![],
+        },
     ] {
         let msg = guest_error(g.forward(&bad).unwrap_err());
         assert!(msg.contains("shape"), "{msg}");
     }
     // backward before forward, and a gradient of the wrong shape
-    assert!(guest_error(g.backward(&Tensor { shape: vec![4, 2], data: vec![0.0; 8] }).unwrap_err()).contains("forward"));
-    g.forward(&Tensor { shape: vec![4, 3], data: vec![1.0; 12] }).unwrap();
-    let msg = guest_error(g.backward(&Tensor { shape: vec![4, 3], data: vec![0.0; 12] }).unwrap_err());
+    assert!(
+        guest_error(
+            g.backward(&Tensor {
+                shape: vec![4, 2],
+                data: vec![0.0; 8]
+            })
+            .unwrap_err()
+        )
+        .contains("forward")
+    );
+    g.forward(&Tensor {
+        shape: vec![4, 3],
+        data: vec![1.0; 12],
+    })
+    .unwrap();
+    let msg = guest_error(
+        g.backward(&Tensor {
+            shape: vec![4, 3],
+            data: vec![0.0; 12],
+        })
+        .unwrap_err(),
+    );
     assert!(msg.contains("shape"), "{msg}");
     // The pending forward survived the bad gradient.
-    g.backward(&Tensor { shape: vec![4, 2], data: vec![0.1; 8] }).unwrap();
+    g.backward(&Tensor {
+        shape: vec![4, 2],
+        data: vec![0.1; 8],
+    })
+    .unwrap();
     g.step().unwrap();
     // Labels out of range are refused by the loss.
     let mut cfg = config();
     cfg.loss = LossKind::SoftmaxCrossEntropy;
-    g.load(&common::matmul_then("Relu").encode_to_vec(), &cfg).unwrap();
-    let msg = guest_error(g.loss(&Tensor { shape: vec![4, 2], data: vec![0.0; 8] }, &[0, 1, 2, -1]).unwrap_err());
+    g.load(&common::matmul_then("Relu").encode_to_vec(), &cfg)
+        .unwrap();
+    let msg = guest_error(
+        g.loss(
+            &Tensor {
+                shape: vec![4, 2],
+                data: vec![0.0; 8],
+            },
+            &[0, 1, 2, -1],
+        )
+        .unwrap_err(),
+    );
     assert!(msg.contains("label"), "{msg}");
     serves_next(&mut g);
 }

@@ -13,12 +13,20 @@ use mixnn_shard::{Form, pb};
 fn mnist() -> &'static Mnist {
     static DATA: OnceLock<Mnist> = OnceLock::new();
     DATA.get_or_init(|| {
-        mixnn_data::load_mnist(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist"))).expect("bundled MNIST")
+        mixnn_data::load_mnist(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/mnist"
+        )))
+        .expect("bundled MNIST")
     })
 }
 
 fn sandbox() -> Sandbox {
-    Sandbox::new(SandboxOptions { cache_dir: SandboxOptions::default_cache_dir(), ..Default::default() }).expect("sandbox")
+    Sandbox::new(SandboxOptions {
+        cache_dir: SandboxOptions::default_cache_dir(),
+        ..Default::default()
+    })
+    .expect("sandbox")
 }
 
 fn opts(engine: EngineKind, seed: u64, train: usize, test: Option<usize>) -> TrainOptions {
@@ -26,7 +34,10 @@ fn opts(engine: EngineKind, seed: u64, train: usize, test: Option<usize>) -> Tra
         engine,
         epochs: 1,
         batch: 64,
-        config: TrainConfig { seed, ..TrainConfig::default() },
+        config: TrainConfig {
+            seed,
+            ..TrainConfig::default()
+        },
         train_limit: Some(train),
         test_limit: test,
         eval_batch: 1000,
@@ -34,7 +45,11 @@ fn opts(engine: EngineKind, seed: u64, train: usize, test: Option<usize>) -> Tra
     }
 }
 
-fn train(model: &pb::ModelProto, o: &TrainOptions, sb: Option<&Sandbox>) -> (TrainReport, mixnn_designer::Cascade, Vec<pb::ModelProto>) {
+fn train(
+    model: &pb::ModelProto,
+    o: &TrainOptions,
+    sb: Option<&Sandbox>,
+) -> (TrainReport, mixnn_designer::Cascade, Vec<pb::ModelProto>) {
     let shards = mixnn_shard::split(model, &mixnn_shard::plan(model, None).unwrap()).unwrap();
     let (r, c) = train_local(&shards, mnist(), o, sb, &mut |_| {}).expect("training runs");
     (r, c, shards)
@@ -47,14 +62,33 @@ fn wasm_runs_reproduce_bit_for_bit_and_agree_with_native() {
     let (a, _, _) = train(&model, &opts(EngineKind::Wasm, 7, 5000, None), Some(&sb));
     let (b, _, _) = train(&model, &opts(EngineKind::Wasm, 7, 5000, None), Some(&sb));
     let (n, _, _) = train(&model, &opts(EngineKind::Native, 7, 5000, None), None);
-    assert_eq!(a.params_sha256, b.params_sha256, "two wasm runs with one seed must be bit-identical");
+    assert_eq!(
+        a.params_sha256, b.params_sha256,
+        "two wasm runs with one seed must be bit-identical"
+    );
     assert_eq!(a.epochs[0].train_loss, b.epochs[0].train_loss);
     let diff = (a.final_test_accuracy - n.final_test_accuracy).abs();
-    eprintln!("wasm {:.4} native {:.4} diff {diff:.5}", a.final_test_accuracy, n.final_test_accuracy);
-    assert!(diff < 0.001, "wasm {} vs native {}", a.final_test_accuracy, n.final_test_accuracy);
-    assert!(a.final_test_accuracy > 0.85, "the MLP must learn: {}", a.final_test_accuracy);
+    eprintln!(
+        "wasm {:.4} native {:.4} diff {diff:.5}",
+        a.final_test_accuracy, n.final_test_accuracy
+    );
+    assert!(
+        diff < 0.001,
+        "wasm {} vs native {}",
+        a.final_test_accuracy,
+        n.final_test_accuracy
+    );
+    assert!(
+        a.final_test_accuracy > 0.85,
+        "the MLP must learn: {}",
+        a.final_test_accuracy
+    );
     // A different seed gives a different model.
-    let (c, _, _) = train(&model, &opts(EngineKind::Wasm, 8, 640, Some(100)), Some(&sb));
+    let (c, _, _) = train(
+        &model,
+        &opts(EngineKind::Wasm, 8, 640, Some(100)),
+        Some(&sb),
+    );
     assert_ne!(c.params_sha256, a.params_sha256);
 }
 
@@ -68,7 +102,11 @@ fn lenet5_trains_with_adam_in_guests() {
     let (r, _, shards) = train(&model, &o, Some(&sb));
     assert_eq!(shards.len(), 5);
     eprintln!("lenet5 adam, 4000 samples: {:.4}", r.final_test_accuracy);
-    assert!(r.final_test_accuracy > 0.75, "LeNet-5 must learn: {}", r.final_test_accuracy);
+    assert!(
+        r.final_test_accuracy > 0.75,
+        "LeNet-5 must learn: {}",
+        r.final_test_accuracy
+    );
 }
 
 #[test]
@@ -76,8 +114,16 @@ fn matmul_add_form_trains_like_gemm_form() {
     let sb = sandbox();
     for form in [Form::Gemm, Form::MatMulAdd] {
         let model = mixnn_shard::mlp(5, 64, form);
-        let (r, _, _) = train(&model, &opts(EngineKind::Wasm, 5, 3000, Some(1000)), Some(&sb));
-        assert!(r.final_test_accuracy > 0.8, "{form:?}: {}", r.final_test_accuracy);
+        let (r, _, _) = train(
+            &model,
+            &opts(EngineKind::Wasm, 5, 3000, Some(1000)),
+            Some(&sb),
+        );
+        assert!(
+            r.final_test_accuracy > 0.8,
+            "{form:?}: {}",
+            r.final_test_accuracy
+        );
     }
 }
 
@@ -114,13 +160,26 @@ fn whole_model_accuracy(model: &pb::ModelProto, count: usize) -> f64 {
 fn exported_model_matches_the_trained_cascade() {
     let model = mixnn_shard::mlp(11, 64, Form::Gemm);
     let sb = sandbox();
-    let (r, mut cascade, shards) = train(&model, &opts(EngineKind::Wasm, 11, 3000, Some(2000)), Some(&sb));
+    let (r, mut cascade, shards) = train(
+        &model,
+        &opts(EngineKind::Wasm, 11, 3000, Some(2000)),
+        Some(&sb),
+    );
     let params = cascade.export_params().unwrap();
     let trained: Vec<_> = shards
         .iter()
         .zip(&params)
         .map(|(s, p)| {
-            let p: Vec<_> = p.iter().map(|t| (t.name.clone(), t.tensor.shape.clone(), t.tensor.data.clone())).collect();
+            let p: Vec<_> = p
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.tensor.shape.clone(),
+                        t.tensor.data.clone(),
+                    )
+                })
+                .collect();
             mixnn_shard::set_params(s, &p).unwrap()
         })
         .collect();
@@ -129,6 +188,10 @@ fn exported_model_matches_the_trained_cascade() {
     let merged = mixnn_shard::decode(&mixnn_shard::encode(&merged)).unwrap();
     let acc = whole_model_accuracy(&merged, 2000);
     eprintln!("cascade {:.4}, exported {:.4}", r.final_test_accuracy, acc);
-    assert!((acc - r.final_test_accuracy).abs() <= 0.001, "exported {acc} vs cascade {}", r.final_test_accuracy);
+    assert!(
+        (acc - r.final_test_accuracy).abs() <= 0.001,
+        "exported {acc} vs cascade {}",
+        r.final_test_accuracy
+    );
     assert!(acc > 0.8);
 }

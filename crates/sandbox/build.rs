@@ -10,11 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 3] = ["mixnn_guest_standard", "mixnn_guest_relay", "mixnn_guest_hostile"];
+const GUESTS: [&str; 3] = [
+    "mixnn_guest_standard",
+    "mixnn_guest_relay",
+    "mixnn_guest_hostile",
+];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.join("../..").canonicalize().expect("workspace root");
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=MIXNN_GUEST_DIR");
 
@@ -31,7 +39,10 @@ fn main() {
         let src = dir.join(format!("{g}.wasm"));
         let dst = out.join(format!("{g}.wasm"));
         if let Err(e) = std::fs::copy(&src, &dst) {
-            panic!("guest {} not found ({e}); the guest build above should have produced it", src.display());
+            panic!(
+                "guest {} not found ({e}); the guest build above should have produced it",
+                src.display()
+            );
         }
     }
 }
@@ -42,14 +53,25 @@ fn build_guests(root: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("guest-layers"))
-        .args(["build", "--release", "--locked", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // The outer cargo's settings (target, flags, wrappers such as clippy's)
     // are for the host build; the guest build must not inherit them.
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         let keep = k == "CARGO_HOME" || k == "CARGO_MAKEFLAGS" || k == "CARGO_NET_OFFLINE";
-        if !keep && (k.starts_with("CARGO_") || k.starts_with("RUSTC") || k.starts_with("RUSTFLAGS") || k == "RUSTDOC")
+        if !keep
+            && (k.starts_with("CARGO_")
+                || k.starts_with("RUSTC")
+                || k.starts_with("RUSTFLAGS")
+                || k == "RUSTDOC")
         {
             cmd.env_remove(&k);
         }
@@ -71,13 +93,14 @@ fn ensure_target() {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| PathBuf::from(s.trim()));
-    if let Some(s) = sysroot {
-        if s.join("lib/rustlib").join(TARGET).exists() {
-            return;
-        }
+    if sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists()) {
+        return;
     }
     println!("cargo:warning=installing the {TARGET} target with rustup (once)");
-    let ok = Command::new("rustup").args(["target", "add", TARGET]).status().map(|s| s.success());
+    let ok = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .map(|s| s.success());
     if !matches!(ok, Ok(true)) {
         panic!("could not install the {TARGET} target: run `rustup target add {TARGET}`");
     }

@@ -7,7 +7,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mixnn", version, about = "Train and serve a neural network whose layers live on different machines, each in a WebAssembly sandbox.")]
+#[command(
+    name = "mixnn",
+    version,
+    about = "Train and serve a neural network whose layers live on different machines, each in a WebAssembly sandbox."
+)]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `mixnn_sandbox=debug`.
     #[arg(long, global = true, env = "MIXNN_LOG", default_value = "info")]

@@ -5,7 +5,13 @@ use mixnn_grad::pb;
 
 pub fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
-    let dim = dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() }).collect();
+    let dim = dims
+        .iter()
+        .map(|&d| Dimension {
+            value: Some(Value::DimValue(d)),
+            ..Default::default()
+        })
+        .collect();
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
@@ -40,10 +46,18 @@ pub fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> pb::Node
     }
 }
 
-pub fn model(nodes: Vec<pb::NodeProto>, inits: Vec<pb::TensorProto>, input: pb::ValueInfoProto, output: pb::ValueInfoProto) -> pb::ModelProto {
+pub fn model(
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    input: pb::ValueInfoProto,
+    output: pb::ValueInfoProto,
+) -> pb::ModelProto {
     pb::ModelProto {
         ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
         graph: Some(pb::GraphProto {
             name: "test".into(),
             node: nodes,
@@ -59,7 +73,10 @@ pub fn model(nodes: Vec<pb::NodeProto>, inits: Vec<pb::TensorProto>, input: pb::
 /// x[4,3] -> MatMul W[3,2] -> `op` -> y[4,2]
 pub fn matmul_then(op: &str) -> pb::ModelProto {
     model(
-        vec![node("mm", "MatMul", &["x", "w"], &["h"]), node("act", op, &["h"], &["y"])],
+        vec![
+            node("mm", "MatMul", &["x", "w"], &["h"]),
+            node("act", op, &["h"], &["y"]),
+        ],
         vec![weights("w", &[3, 2])],
         value_info("x", &[4, 3]),
         value_info("y", &[4, 2]),

@@ -39,7 +39,11 @@ pub trait LayerBackend {
 pub fn layer_config(base: &TrainConfig, index: usize, count: usize, loss: LossKind) -> TrainConfig {
     TrainConfig {
         need_input_grad: index > 0,
-        loss: if index + 1 == count { loss } else { LossKind::None },
+        loss: if index + 1 == count {
+            loss
+        } else {
+            LossKind::None
+        },
         seed: base.seed.wrapping_add(index as u64),
         ..base.clone()
     }
@@ -52,30 +56,58 @@ pub struct NativeLayer {
 
 impl NativeLayer {
     pub fn load(index: usize, shard: &[u8], cfg: TrainConfig) -> Result<Self, DesignerError> {
-        let (layer, _) = Layer::load(shard, cfg).map_err(|source| DesignerError::Layer { index, source })?;
+        let (layer, _) =
+            Layer::load(shard, cfg).map_err(|source| DesignerError::Layer { index, source })?;
         Ok(NativeLayer { index, layer })
     }
 }
 
 impl LayerBackend for NativeLayer {
     fn forward(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
-        self.layer.forward(x).map_err(|source| DesignerError::Layer { index: self.index, source })
+        self.layer
+            .forward(x)
+            .map_err(|source| DesignerError::Layer {
+                index: self.index,
+                source,
+            })
     }
     fn loss(&mut self, z: &Tensor, labels: &[i64]) -> Result<(f32, Tensor), DesignerError> {
-        let out = self.layer.loss(z, labels).map_err(|source| DesignerError::Layer { index: self.index, source })?;
+        let out = self
+            .layer
+            .loss(z, labels)
+            .map_err(|source| DesignerError::Layer {
+                index: self.index,
+                source,
+            })?;
         Ok((out.loss, out.grad))
     }
     fn backward(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError> {
-        self.layer.backward(dz).map_err(|source| DesignerError::Layer { index: self.index, source })
+        self.layer
+            .backward(dz)
+            .map_err(|source| DesignerError::Layer {
+                index: self.index,
+                source,
+            })
     }
     fn step(&mut self) -> Result<(), DesignerError> {
-        self.layer.step().map_err(|source| DesignerError::Layer { index: self.index, source })
+        self.layer.step().map_err(|source| DesignerError::Layer {
+            index: self.index,
+            source,
+        })
     }
     fn infer(&mut self, x: &Tensor) -> Result<Tensor, DesignerError> {
-        self.layer.infer(x).map_err(|source| DesignerError::Layer { index: self.index, source })
+        self.layer.infer(x).map_err(|source| DesignerError::Layer {
+            index: self.index,
+            source,
+        })
     }
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError> {
-        self.layer.export_params().map_err(|source| DesignerError::Layer { index: self.index, source })
+        self.layer
+            .export_params()
+            .map_err(|source| DesignerError::Layer {
+                index: self.index,
+                source,
+            })
     }
 }
 
@@ -85,9 +117,20 @@ pub struct WasmLayer {
 }
 
 impl WasmLayer {
-    pub fn load(index: usize, sandbox: &Sandbox, shard: &[u8], cfg: &TrainConfig) -> Result<Self, DesignerError> {
+    pub fn load(
+        index: usize,
+        sandbox: &Sandbox,
+        shard: &[u8],
+        cfg: &TrainConfig,
+    ) -> Result<Self, DesignerError> {
         let err = |source| DesignerError::Guest { index, source };
-        let mut guest = sandbox.instantiate(sandbox.guest(mixnn_sandbox::GuestKind::Standard).map_err(err)?).map_err(err)?;
+        let mut guest = sandbox
+            .instantiate(
+                sandbox
+                    .guest(mixnn_sandbox::GuestKind::Standard)
+                    .map_err(err)?,
+            )
+            .map_err(err)?;
         guest.load(shard, &to_wit_config(cfg)).map_err(err)?;
         Ok(WasmLayer { index, guest })
     }
@@ -110,7 +153,11 @@ impl LayerBackend for WasmLayer {
     }
     fn backward(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError> {
         let e = self.err();
-        self.guest.backward(&to_wit(dz)?).map_err(&e)?.map(from_wit).transpose()
+        self.guest
+            .backward(&to_wit(dz)?)
+            .map_err(&e)?
+            .map(from_wit)
+            .transpose()
     }
     fn step(&mut self) -> Result<(), DesignerError> {
         let e = self.err();
@@ -127,8 +174,14 @@ impl LayerBackend for WasmLayer {
             .map_err(&e)?
             .into_iter()
             .map(|p| {
-                let tensor = from_wit(mixnn_sandbox::Tensor { shape: p.shape, data: p.data })?;
-                Ok(NamedTensor { name: p.name, tensor })
+                let tensor = from_wit(mixnn_sandbox::Tensor {
+                    shape: p.shape,
+                    data: p.data,
+                })?;
+                Ok(NamedTensor {
+                    name: p.name,
+                    tensor,
+                })
             })
             .collect()
     }
@@ -160,9 +213,14 @@ pub fn to_wit(t: Tensor) -> Result<mixnn_sandbox::Tensor, DesignerError> {
     let shape = t
         .shape
         .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| DesignerError::Invalid(format!("dimension {d} too large"))))
+        .map(|&d| {
+            u32::try_from(d).map_err(|_| DesignerError::Invalid(format!("dimension {d} too large")))
+        })
         .collect::<Result<_, _>>()?;
-    Ok(mixnn_sandbox::Tensor { shape, data: t.data })
+    Ok(mixnn_sandbox::Tensor {
+        shape,
+        data: t.data,
+    })
 }
 
 pub fn from_wit(t: mixnn_sandbox::Tensor) -> Result<Tensor, DesignerError> {

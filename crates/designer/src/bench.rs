@@ -41,12 +41,20 @@ pub struct BenchReport {
 }
 
 /// Median (µs) of forward and backward over `iterations` runs.
-fn measure(layer: &mut dyn LayerBackend, x: &Tensor, dz: &Tensor, iterations: usize) -> Result<(f64, f64), DesignerError> {
+fn measure(
+    layer: &mut dyn LayerBackend,
+    x: &Tensor,
+    dz: &Tensor,
+    iterations: usize,
+) -> Result<(f64, f64), DesignerError> {
     for _ in 0..3 {
         layer.forward(x.clone())?;
         layer.backward(dz.clone())?;
     }
-    let (mut f, mut b) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let (mut f, mut b) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
     for _ in 0..iterations {
         let t = Instant::now();
         layer.forward(x.clone())?;
@@ -70,20 +78,32 @@ pub fn bench_guest(
     progress: &mut dyn FnMut(&ShardBench),
 ) -> Result<BenchReport, DesignerError> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-    let base = TrainConfig { seed: opts.seed, ..TrainConfig::default() };
+    let base = TrainConfig {
+        seed: opts.seed,
+        ..TrainConfig::default()
+    };
     let mut out = Vec::with_capacity(shards.len());
     for (i, shard) in shards.iter().enumerate() {
         let bytes = mixnn_shard::encode(shard);
         // Every shard is measured as a middle layer: input gradient on, no loss.
         let mut cfg = layer_config(&base, i, shards.len(), LossKind::None);
         cfg.need_input_grad = i > 0;
-        let mut shape = mixnn_layer::declared_input_shape(shard).map_err(|source| DesignerError::Layer { index: i, source })?;
+        let mut shape = mixnn_layer::declared_input_shape(shard)
+            .map_err(|source| DesignerError::Layer { index: i, source })?;
         shape[0] = opts.batch;
         let n: usize = shape.iter().product();
-        let x = Tensor { shape, data: (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect() };
+        let x = Tensor {
+            shape,
+            data: (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+        };
         let mut native = NativeLayer::load(i, &bytes, cfg.clone())?;
         let z = native.forward(x.clone())?;
-        let dz = Tensor { data: (0..z.data.len()).map(|_| rng.gen_range(-0.01f32..0.01)).collect(), shape: z.shape };
+        let dz = Tensor {
+            data: (0..z.data.len())
+                .map(|_| rng.gen_range(-0.01f32..0.01))
+                .collect(),
+            shape: z.shape,
+        };
         let (fwd_n, bwd_n) = measure(&mut native, &x, &dz, opts.iterations)?;
         drop(native);
         let mut guest = WasmLayer::load(i, sandbox, &bytes, &cfg)?;
@@ -118,7 +138,14 @@ pub fn render_bench(r: &BenchReport) -> String {
     for b in &r.shards {
         s += &format!(
             "{:<22} {:>5} {:>6} {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>6.2}x\n",
-            b.name, b.mode, b.batch, b.forward_native_us, b.forward_guest_us, b.backward_native_us, b.backward_guest_us, b.ratio
+            b.name,
+            b.mode,
+            b.batch,
+            b.forward_native_us,
+            b.forward_guest_us,
+            b.backward_native_us,
+            b.backward_guest_us,
+            b.ratio
         );
     }
     s

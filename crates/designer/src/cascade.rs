@@ -5,8 +5,8 @@ use mixnn_grad::pb;
 use mixnn_layer::{LossKind, NamedTensor, Tensor, TrainConfig};
 use mixnn_sandbox::Sandbox;
 
-use crate::backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config};
 use crate::DesignerError;
+use crate::backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config};
 
 pub struct Cascade {
     layers: Vec<Box<dyn LayerBackend>>,
@@ -15,8 +15,16 @@ pub struct Cascade {
 /// The loss that fits a model's last op: NLL after LogSoftmax (the paper's
 /// MLP), softmax cross-entropy on raw logits otherwise.
 pub fn loss_for(last_shard: &pb::ModelProto) -> LossKind {
-    let last_op = last_shard.graph.as_ref().and_then(|g| g.node.last()).map(|n| n.op_type.as_str());
-    if last_op == Some("LogSoftmax") { LossKind::Nll } else { LossKind::SoftmaxCrossEntropy }
+    let last_op = last_shard
+        .graph
+        .as_ref()
+        .and_then(|g| g.node.last())
+        .map(|n| n.op_type.as_str());
+    if last_op == Some("LogSoftmax") {
+        LossKind::Nll
+    } else {
+        LossKind::SoftmaxCrossEntropy
+    }
 }
 
 impl Cascade {
@@ -27,7 +35,9 @@ impl Cascade {
         base: &TrainConfig,
         sandbox: Option<&Sandbox>,
     ) -> Result<Self, DesignerError> {
-        let last = shards.last().ok_or_else(|| DesignerError::Invalid("no shards to load".into()))?;
+        let last = shards
+            .last()
+            .ok_or_else(|| DesignerError::Invalid("no shards to load".into()))?;
         let loss = loss_for(last);
         let mut layers: Vec<Box<dyn LayerBackend>> = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
@@ -36,7 +46,9 @@ impl Cascade {
             layers.push(match engine {
                 EngineKind::Native => Box::new(NativeLayer::load(i, &bytes, cfg)?),
                 EngineKind::Wasm => {
-                    let sb = sandbox.ok_or_else(|| DesignerError::Invalid("the wasm engine needs a sandbox".into()))?;
+                    let sb = sandbox.ok_or_else(|| {
+                        DesignerError::Invalid("the wasm engine needs a sandbox".into())
+                    })?;
                     Box::new(WasmLayer::load(i, sb, &bytes, &cfg)?)
                 }
             });
@@ -67,7 +79,11 @@ impl Cascade {
             match dx {
                 Some(dx) => grad = dx,
                 None if i == 0 => break,
-                None => return Err(DesignerError::Invalid(format!("layer {i} returned no input gradient"))),
+                None => {
+                    return Err(DesignerError::Invalid(format!(
+                        "layer {i} returned no input gradient"
+                    )));
+                }
             }
         }
         Ok(loss)

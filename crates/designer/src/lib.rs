@@ -20,9 +20,15 @@ pub use train::{TrainOptions, train_local};
 #[derive(Debug, thiserror::Error)]
 pub enum DesignerError {
     #[error("layer {index}: {source}")]
-    Layer { index: usize, source: mixnn_layer::LayerError },
+    Layer {
+        index: usize,
+        source: mixnn_layer::LayerError,
+    },
     #[error("guest layer {index}: {source}")]
-    Guest { index: usize, source: mixnn_sandbox::SandboxError },
+    Guest {
+        index: usize,
+        source: mixnn_sandbox::SandboxError,
+    },
     #[error(transparent)]
     Sandbox(#[from] mixnn_sandbox::SandboxError),
     #[error(transparent)]

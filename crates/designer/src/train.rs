@@ -8,10 +8,10 @@ use mixnn_grad::pb;
 use mixnn_layer::{Tensor, TrainConfig};
 use mixnn_sandbox::Sandbox;
 
+use crate::DesignerError;
 use crate::backend::EngineKind;
 use crate::cascade::Cascade;
 use crate::report::{EpochReport, TrainReport, params_sha256};
-use crate::DesignerError;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -38,9 +38,13 @@ pub fn train_local(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(TrainReport, Cascade), DesignerError> {
     if opts.batch == 0 || opts.eval_batch == 0 {
-        return Err(DesignerError::Invalid("batch sizes must be positive".into()));
+        return Err(DesignerError::Invalid(
+            "batch sizes must be positive".into(),
+        ));
     }
-    let first = shards.first().ok_or_else(|| DesignerError::Invalid("no shards".into()))?;
+    let first = shards
+        .first()
+        .ok_or_else(|| DesignerError::Invalid("no shards".into()))?;
     let sample: Vec<usize> = mixnn_layer::declared_input_shape(first)
         .map_err(|source| DesignerError::Layer { index: 0, source })?[1..]
         .to_vec();
@@ -109,7 +113,11 @@ fn limit(d: &Dataset, n: Option<usize>) -> Dataset {
     }
 }
 
-fn batch_tensor(d: &Dataset, idx: &[usize], sample: &[usize]) -> Result<(Tensor, Vec<i64>), DesignerError> {
+fn batch_tensor(
+    d: &Dataset,
+    idx: &[usize],
+    sample: &[usize],
+) -> Result<(Tensor, Vec<i64>), DesignerError> {
     let (x, labels) = d.batch(idx);
     let mut shape = vec![idx.len()];
     shape.extend_from_slice(sample);
@@ -118,7 +126,12 @@ fn batch_tensor(d: &Dataset, idx: &[usize], sample: &[usize]) -> Result<(Tensor,
 }
 
 /// Test accuracy of the cascade on `test` (argmax of each output row).
-pub fn evaluate(cascade: &mut Cascade, test: &Dataset, sample: &[usize], eval_batch: usize) -> Result<f64, DesignerError> {
+pub fn evaluate(
+    cascade: &mut Cascade,
+    test: &Dataset,
+    sample: &[usize],
+    eval_batch: usize,
+) -> Result<f64, DesignerError> {
     let order: Vec<usize> = (0..test.count).collect();
     let mut correct = 0usize;
     for idx in order.chunks(eval_batch) {
@@ -126,7 +139,10 @@ pub fn evaluate(cascade: &mut Cascade, test: &Dataset, sample: &[usize], eval_ba
         let out = cascade.infer(x)?;
         let classes = out.shape.get(1).copied().unwrap_or(0);
         if classes == 0 || out.data.len() != idx.len() * classes {
-            return Err(DesignerError::Invalid(format!("model output of shape {:?} is not [batch, classes]", out.shape)));
+            return Err(DesignerError::Invalid(format!(
+                "model output of shape {:?} is not [batch, classes]",
+                out.shape
+            )));
         }
         for (row, &label) in out.data.chunks(classes).zip(&labels) {
             if argmax(row) == label as usize {

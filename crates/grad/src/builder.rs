@@ -43,13 +43,32 @@ fn rewrite_dropouts(a: &mut Analysis, mode: DropoutMode) -> Vec<pb::NodeProto> {
                 let masked = format!("{}/masked", d.mask);
                 let scale = format!("{}/scale", d.mask);
                 let t = proto::float_tensor(&scale, a.float, &[1.0 / (1.0 - d.ratio as f64)], &[]);
-                out.push(proto::node(&scale, "Constant", &[], &[&scale], vec![proto::attr_tensor("value", t.clone())]));
-                out.push(proto::node(&format!("{}/mask", n.name), "Mul", &[&x, &d.mask], &[&masked], vec![]));
-                out.push(proto::node(&n.name, "Mul", &[&masked, &scale], &[&y], vec![]));
+                out.push(proto::node(
+                    &scale,
+                    "Constant",
+                    &[],
+                    &[&scale],
+                    vec![proto::attr_tensor("value", t.clone())],
+                ));
+                out.push(proto::node(
+                    &format!("{}/mask", n.name),
+                    "Mul",
+                    &[&x, &d.mask],
+                    &[&masked],
+                    vec![],
+                ));
+                out.push(proto::node(
+                    &n.name,
+                    "Mul",
+                    &[&masked, &scale],
+                    &[&y],
+                    vec![],
+                ));
                 a.shapes.insert(d.mask.clone(), d.shape.clone());
                 a.shapes.insert(masked.clone(), d.shape.clone());
                 a.shapes.insert(scale.clone(), vec![]);
-                a.float_tensors.extend([d.mask.clone(), masked, scale.clone()]);
+                a.float_tensors
+                    .extend([d.mask.clone(), masked, scale.clone()]);
                 a.consts.insert(scale, t);
             }
         }
@@ -65,17 +84,38 @@ fn make_model(
     outputs: Vec<pb::ValueInfoProto>,
 ) -> pb::ModelProto {
     let mut opset_import = a.opset_import.clone();
-    if !opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
-        opset_import.push(pb::OperatorSetIdProto { domain: String::new(), version: a.opset });
+    if !opset_import
+        .iter()
+        .any(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
+        opset_import.push(pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: a.opset,
+        });
     }
     // Initializers only for the constants some node still reads.
-    let read: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-    let initializer = a.constants.iter().filter(|t| read.contains(t.name.as_str())).cloned().collect();
+    let read: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let initializer = a
+        .constants
+        .iter()
+        .filter(|t| read.contains(t.name.as_str()))
+        .cloned()
+        .collect();
     pb::ModelProto {
         ir_version: a.ir_version,
         opset_import,
         producer_name: "mixnn-grad".into(),
-        graph: Some(pb::GraphProto { name: name.into(), node: nodes, initializer, input: inputs, output: outputs, ..Default::default() }),
+        graph: Some(pb::GraphProto {
+            name: name.into(),
+            node: nodes,
+            initializer,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -91,13 +131,22 @@ fn prune(nodes: Vec<pb::NodeProto>, outputs: &[String]) -> Vec<pb::NodeProto> {
             needed.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
         }
     }
-    nodes.into_iter().zip(keep).filter(|(_, k)| *k).map(|(n, _)| n).collect()
+    nodes
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(n, _)| n)
+        .collect()
 }
 
 fn param_inputs(a: &Analysis) -> Vec<pb::ValueInfoProto> {
     let f = a.float.onnx();
     let mut v = vec![proto::value_info(&a.input_name, f, &a.input_shape)];
-    v.extend(a.params.iter().map(|p| proto::value_info(&p.name, f, &p.shape)));
+    v.extend(
+        a.params
+            .iter()
+            .map(|p| proto::value_info(&p.name, f, &p.shape)),
+    );
     v
 }
 
@@ -106,19 +155,34 @@ fn output_info(a: &Analysis) -> pb::ValueInfoProto {
 }
 
 /// See [`crate::build`].
-pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<TrainingGraphs, GradError> {
+pub(crate) fn build(
+    model: &pb::ModelProto,
+    opts: &GradOptions,
+) -> Result<TrainingGraphs, GradError> {
     let mut a = graph::analyse(model, &opts.input_shape)?;
     for reserved in [GRAD_OUT, GRAD_INPUT] {
         if a.shapes.contains_key(reserved) {
-            return Err(GradError::Invalid(format!("the shard uses the reserved tensor name `{reserved}`")));
+            return Err(GradError::Invalid(format!(
+                "the shard uses the reserved tensor name `{reserved}`"
+            )));
         }
     }
     let nodes = rewrite_dropouts(&mut a, DropoutMode::Train);
     let f = a.float.onnx();
 
     let mut inputs = param_inputs(&a);
-    inputs.extend(a.dropouts.iter().map(|d| proto::value_info(&d.mask, f, &d.shape)));
-    let forward = make_model(&a, "mixnn_forward", nodes.clone(), inputs.clone(), vec![output_info(&a)]);
+    inputs.extend(
+        a.dropouts
+            .iter()
+            .map(|d| proto::value_info(&d.mask, f, &d.shape)),
+    );
+    let forward = make_model(
+        &a,
+        "mixnn_forward",
+        nodes.clone(),
+        inputs.clone(),
+        vec![output_info(&a)],
+    );
 
     // Which tensors need a gradient: those depending, through differentiable
     // slots, on a parameter (or on the input when dX is wanted).
@@ -127,30 +191,37 @@ pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<Traini
         requires.insert(a.input_name.clone());
     }
     for n in &nodes {
-        let any = n
-            .input
-            .iter()
-            .enumerate()
-            .any(|(k, s)| rules::is_differentiable_input(&n.op_type, k) && requires.contains(s));
+        let any =
+            n.input.iter().enumerate().any(|(k, s)| {
+                rules::is_differentiable_input(&n.op_type, k) && requires.contains(s)
+            });
         if any {
-            requires.extend(n.output.iter().filter(|o| a.float_tensors.contains(*o)).cloned());
+            requires.extend(
+                n.output
+                    .iter()
+                    .filter(|o| a.float_tensors.contains(*o))
+                    .cloned(),
+            );
         }
     }
 
     let mut taken: HashSet<String> = a.shapes.keys().cloned().collect();
     taken.extend(inputs.iter().map(|i| i.name.clone()));
-    taken.extend(nodes.iter().flat_map(|n| n.output.iter().chain([&n.name]).cloned()));
+    taken.extend(
+        nodes
+            .iter()
+            .flat_map(|n| n.output.iter().chain([&n.name]).cloned()),
+    );
     taken.extend([GRAD_OUT.to_string(), GRAD_INPUT.to_string()]);
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.insert(a.output_name.clone(), vec![GRAD_OUT.to_string()]);
     let mut ctx = Ctx::new(&a.shapes, &a.consts, &requires, a.float, a.opset, taken);
 
     for n in nodes.iter().rev() {
-        let wanted = n
-            .input
-            .iter()
-            .enumerate()
-            .any(|(k, s)| rules::is_differentiable_input(&n.op_type, k) && requires.contains(s));
+        let wanted =
+            n.input.iter().enumerate().any(|(k, s)| {
+                rules::is_differentiable_input(&n.op_type, k) && requires.contains(s)
+            });
         if !wanted || !n.output.iter().any(|o| grads.contains_key(o)) {
             continue;
         }
@@ -162,8 +233,10 @@ pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<Traini
                 None => None,
             });
         }
-        let rule = rules::rule_for(&n.op_type)
-            .ok_or_else(|| GradError::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone() })?;
+        let rule = rules::rule_for(&n.op_type).ok_or_else(|| GradError::UnsupportedOp {
+            node: n.name.clone(),
+            op: n.op_type.clone(),
+        })?;
         let gx = rule(&mut ctx, n, &gy)?;
         for (k, g) in gx.into_iter().enumerate() {
             if let (Some(g), Some(x)) = (g, n.input.get(k))
@@ -179,11 +252,19 @@ pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<Traini
     ctx.set_prefix("mixnn");
     let mut wanted: Vec<(String, String, Vec<usize>)> = Vec::new();
     if opts.need_input_grad {
-        wanted.push((a.input_name.clone(), GRAD_INPUT.to_string(), a.input_shape.clone()));
+        wanted.push((
+            a.input_name.clone(),
+            GRAD_INPUT.to_string(),
+            a.input_shape.clone(),
+        ));
     }
     for p in &a.params {
         let preferred = format!("mixnn_grad/{}", p.name);
-        let name = if ctx.take_name(&preferred) { preferred } else { ctx.fresh(&format!("{}.grad", p.name)) };
+        let name = if ctx.take_name(&preferred) {
+            preferred
+        } else {
+            ctx.fresh(&format!("{}.grad", p.name))
+        };
         wanted.push((p.name.clone(), name, p.shape.clone()));
     }
     let mut outputs = Vec::new();
@@ -193,7 +274,13 @@ pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<Traini
             Some(parts) => ctx.sum(parts)?,
             None => ctx.zeros(shape)?,
         };
-        out_nodes.push(proto::node(out_name, "Identity", &[&g], &[out_name], vec![]));
+        out_nodes.push(proto::node(
+            out_name,
+            "Identity",
+            &[&g],
+            &[out_name],
+            vec![],
+        ));
         outputs.push(proto::value_info(out_name, f, shape));
     }
     let mut all = nodes;
@@ -211,7 +298,11 @@ pub(crate) fn build(model: &pb::ModelProto, opts: &GradOptions) -> Result<Traini
         masks: a
             .dropouts
             .iter()
-            .map(|d| crate::MaskSpec { name: d.mask.clone(), shape: d.shape.clone(), ratio: d.ratio })
+            .map(|d| crate::MaskSpec {
+                name: d.mask.clone(),
+                shape: d.shape.clone(),
+                ratio: d.ratio,
+            })
             .collect(),
         params: a.params.clone(),
         input_name: a.input_name.clone(),
@@ -228,6 +319,12 @@ pub(crate) fn inference_graph(
 ) -> Result<(pb::ModelProto, Vec<ParamSpec>), GradError> {
     let mut a = graph::analyse(model, input_shape)?;
     let nodes = rewrite_dropouts(&mut a, DropoutMode::Inference);
-    let m = make_model(&a, "mixnn_inference", nodes, param_inputs(&a), vec![output_info(&a)]);
+    let m = make_model(
+        &a,
+        "mixnn_inference",
+        nodes,
+        param_inputs(&a),
+        vec![output_info(&a)],
+    );
     Ok((m, a.params))
 }

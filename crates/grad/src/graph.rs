@@ -9,12 +9,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
-
 use crate::pb;
 use crate::proto::{self, FloatType};
 use crate::rules;
+use crate::shapes;
 use crate::{GradError, ParamSpec};
 
 /// A Dropout node found in the shard.
@@ -63,7 +61,11 @@ fn invalid(msg: impl Into<String>) -> GradError {
 }
 
 fn node_err(node: &pb::NodeProto, reason: impl Into<String>) -> GradError {
-    GradError::Node { node: node.name.clone(), op: node.op_type.clone(), reason: reason.into() }
+    GradError::Node {
+        node: node.name.clone(),
+        op: node.op_type.clone(),
+        reason: reason.into(),
+    }
 }
 
 /// The ai.onnx opset version a model imports.
@@ -83,7 +85,10 @@ fn is_onnx_domain(node: &pb::NodeProto) -> bool {
 
 /// Sorts nodes so every tensor is produced before it is read; rejects reads
 /// of undefined tensors and cycles.
-fn topo_sort(nodes: Vec<pb::NodeProto>, available: &HashSet<String>) -> Result<Vec<pb::NodeProto>, GradError> {
+fn topo_sort(
+    nodes: Vec<pb::NodeProto>,
+    available: &HashSet<String>,
+) -> Result<Vec<pb::NodeProto>, GradError> {
     let mut have: HashSet<String> = available.clone();
     let mut pending: Vec<pb::NodeProto> = nodes;
     let mut sorted = Vec::with_capacity(pending.len());
@@ -100,8 +105,18 @@ fn topo_sort(nodes: Vec<pb::NodeProto>, available: &HashSet<String>) -> Result<V
         }
         if rest.len() == before {
             let n = &rest[0];
-            let missing = n.input.iter().find(|i| !i.is_empty() && !have.contains(*i)).cloned().unwrap_or_default();
-            return Err(node_err(n, format!("reads tensor `{missing}`, which nothing defines (or the graph has a cycle)")));
+            let missing = n
+                .input
+                .iter()
+                .find(|i| !i.is_empty() && !have.contains(*i))
+                .cloned()
+                .unwrap_or_default();
+            return Err(node_err(
+                n,
+                format!(
+                    "reads tensor `{missing}`, which nothing defines (or the graph has a cycle)"
+                ),
+            ));
         }
         pending = rest;
     }
@@ -128,26 +143,41 @@ fn constant_value(node: &pb::NodeProto) -> Option<pb::TensorProto> {
 }
 
 /// Analyses a shard for a concrete input shape.
-pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<Analysis, GradError> {
-    let graph = model.graph.as_ref().ok_or_else(|| invalid("the model has no graph"))?;
+pub(crate) fn analyse(
+    model: &pb::ModelProto,
+    input_shape: &[usize],
+) -> Result<Analysis, GradError> {
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| invalid("the model has no graph"))?;
     let opset = onnx_opset(model).ok_or_else(|| invalid("the model imports no ai.onnx opset"))?;
     if opset < 13 {
-        return Err(invalid(format!("opset {opset} is too old: shards must use ai.onnx opset 13 or newer")));
+        return Err(invalid(format!(
+            "opset {opset} is too old: shards must use ai.onnx opset 13 or newer"
+        )));
     }
     if proto::numel(input_shape).is_none() {
         return Err(invalid(format!("input shape {input_shape:?} is too large")));
     }
 
-    let inits: HashMap<String, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.clone(), t)).collect();
+    let inits: HashMap<String, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
     let data_input = graph
         .input
         .iter()
         .find(|i| !inits.contains_key(&i.name))
         .ok_or_else(|| invalid("every graph input has an initializer: no data input"))?;
-    let (elem, declared) =
-        proto::declared_type(data_input).ok_or_else(|| invalid(format!("input `{}` has no tensor type", data_input.name)))?;
+    let (elem, declared) = proto::declared_type(data_input)
+        .ok_or_else(|| invalid(format!("input `{}` has no tensor type", data_input.name)))?;
     let float = FloatType::from_onnx(elem).ok_or_else(|| {
-        invalid(format!("input `{}` has element type {elem}; only float and double shards are supported", data_input.name))
+        invalid(format!(
+            "input `{}` has element type {elem}; only float and double shards are supported",
+            data_input.name
+        ))
     })?;
     if let Some(d) = declared
         && d.len() != input_shape.len()
@@ -161,14 +191,23 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
     }
     let output = match graph.output.as_slice() {
         [o] => o,
-        outs => return Err(invalid(format!("a shard must have exactly one output, this one has {}", outs.len()))),
+        outs => {
+            return Err(invalid(format!(
+                "a shard must have exactly one output, this one has {}",
+                outs.len()
+            )));
+        }
     };
 
     // Name unnamed nodes after their first output, so errors can name them.
     let mut all_nodes = graph.node.clone();
     for n in &mut all_nodes {
         if n.name.is_empty() {
-            n.name = n.output.first().cloned().unwrap_or_else(|| n.op_type.clone());
+            n.name = n
+                .output
+                .first()
+                .cloned()
+                .unwrap_or_else(|| n.op_type.clone());
         }
     }
     let mut available: HashSet<String> = graph.input.iter().map(|i| i.name.clone()).collect();
@@ -184,11 +223,24 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
             needed.extend(n.input.iter().filter(|s| !s.is_empty()).map(String::as_str));
         }
     }
-    let nodes: Vec<pb::NodeProto> =
-        all_nodes.iter().zip(&keep).filter(|(_, k)| **k).map(|(n, _)| n.clone()).collect();
-    let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
-    if !produced.contains(output.name.as_str()) && output.name != data_input.name && !inits.contains_key(&output.name) {
-        return Err(invalid(format!("output `{}` is not computed by any node", output.name)));
+    let nodes: Vec<pb::NodeProto> = all_nodes
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let produced: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
+    if !produced.contains(output.name.as_str())
+        && output.name != data_input.name
+        && !inits.contains_key(&output.name)
+    {
+        return Err(invalid(format!(
+            "output `{}` is not computed by any node",
+            output.name
+        )));
     }
 
     // Parameters: float initializers in differentiable slots, and extra float
@@ -211,11 +263,20 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
                 if !used_inits.contains(name) {
                     used_inits.push(name.clone());
                 }
-                if !rules::is_differentiable_input(&n.op_type, idx) || !proto::is_float_code(t.data_type) {
+                if !rules::is_differentiable_input(&n.op_type, idx)
+                    || !proto::is_float_code(t.data_type)
+                {
                     continue;
                 }
                 if t.data_type != float.onnx() {
-                    return Err(node_err(n, format!("parameter `{name}` has data type {}, the graph's is {}", t.data_type, float.onnx())));
+                    return Err(node_err(
+                        n,
+                        format!(
+                            "parameter `{name}` has data type {}, the graph's is {}",
+                            t.data_type,
+                            float.onnx()
+                        ),
+                    ));
                 }
                 let shape = proto::dims_of(t).map_err(invalid)?;
                 let values = proto::tensor_f64(t).map_err(invalid)?;
@@ -226,16 +287,27 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
                 });
                 param_names.insert(name.clone());
             } else if let Some(vi) = extra_inputs.get(name.as_str()) {
-                let (elem, shape) = proto::declared_type(vi).ok_or_else(|| invalid(format!("input `{name}` has no tensor type")))?;
+                let (elem, shape) = proto::declared_type(vi)
+                    .ok_or_else(|| invalid(format!("input `{name}` has no tensor type")))?;
                 let shape: Option<Vec<usize>> = shape.and_then(|s| s.into_iter().collect());
-                let shape = shape.ok_or_else(|| invalid(format!("parameter input `{name}` must have a static shape")))?;
+                let shape = shape.ok_or_else(|| {
+                    invalid(format!("parameter input `{name}` must have a static shape"))
+                })?;
                 if elem != float.onnx() {
-                    return Err(invalid(format!("extra input `{name}` has data type {elem}: only float parameters can be graph inputs")));
+                    return Err(invalid(format!(
+                        "extra input `{name}` has data type {elem}: only float parameters can be graph inputs"
+                    )));
                 }
                 if proto::numel(&shape).is_none() {
-                    return Err(invalid(format!("parameter input `{name}` has an absurd shape {shape:?}")));
+                    return Err(invalid(format!(
+                        "parameter input `{name}` has an absurd shape {shape:?}"
+                    )));
                 }
-                params.push(ParamSpec { name: name.clone(), shape, init: None });
+                params.push(ParamSpec {
+                    name: name.clone(),
+                    shape,
+                    init: None,
+                });
                 param_names.insert(name.clone());
             }
         }
@@ -263,12 +335,24 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
 
     check_rules(&nodes, &data_input.name, &param_names, &output.name)?;
 
-    let (shapes, float_tensors) =
-        infer_shapes(model, graph, &nodes, &data_input.name, elem, input_shape, &params, &used_inits, &inits, output)?;
-    let output_shape = shapes
-        .get(&output.name)
-        .cloned()
-        .ok_or_else(|| invalid(format!("could not infer the shape of output `{}`", output.name)))?;
+    let (shapes, float_tensors) = shapes::infer_shapes(
+        model,
+        graph,
+        &nodes,
+        &data_input.name,
+        elem,
+        input_shape,
+        &params,
+        &used_inits,
+        &inits,
+        output,
+    )?;
+    let output_shape = shapes.get(&output.name).cloned().ok_or_else(|| {
+        invalid(format!(
+            "could not infer the shape of output `{}`",
+            output.name
+        ))
+    })?;
 
     // Dropout masks.
     let mut taken: HashSet<String> = shapes.keys().cloned().collect();
@@ -294,11 +378,23 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
         if !(0.0..1.0).contains(&ratio) {
             return Err(node_err(n, format!("ratio {ratio} is outside [0, 1)")));
         }
-        if n.output.get(1).is_some_and(|m| !m.is_empty() && nodes.iter().any(|c| c.input.contains(m))) {
-            return Err(node_err(n, "the Dropout mask output is read by another node, which is not supported"));
+        if n.output
+            .get(1)
+            .is_some_and(|m| !m.is_empty() && nodes.iter().any(|c| c.input.contains(m)))
+        {
+            return Err(node_err(
+                n,
+                "the Dropout mask output is read by another node, which is not supported",
+            ));
         }
-        let x = n.input.first().ok_or_else(|| node_err(n, "Dropout without input"))?;
-        let shape = shapes.get(x).cloned().ok_or_else(|| node_err(n, "unknown input shape"))?;
+        let x = n
+            .input
+            .first()
+            .ok_or_else(|| node_err(n, "Dropout without input"))?;
+        let shape = shapes
+            .get(x)
+            .cloned()
+            .ok_or_else(|| node_err(n, "unknown input shape"))?;
         let base = format!("mixnn_mask_{}", dropouts.len());
         let mut mask = base.clone();
         let mut k = 0;
@@ -307,7 +403,12 @@ pub(crate) fn analyse(model: &pb::ModelProto, input_shape: &[usize]) -> Result<A
             mask = format!("{base}_{k}");
         }
         taken.insert(mask.clone());
-        dropouts.push(Dropout { node_index: i, mask, ratio, shape });
+        dropouts.push(Dropout {
+            node_index: i,
+            mask,
+            ratio,
+            shape,
+        });
     }
 
     Ok(Analysis {
@@ -342,14 +443,17 @@ fn check_rules(
     from_src.insert(input);
     let mut on_path = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
-        let reached = n
-            .input
-            .iter()
-            .enumerate()
-            .any(|(k, s)| rules::is_differentiable_input(&n.op_type, k) && from_src.contains(s.as_str()));
+        let reached = n.input.iter().enumerate().any(|(k, s)| {
+            rules::is_differentiable_input(&n.op_type, k) && from_src.contains(s.as_str())
+        });
         if reached {
             on_path[i] = true;
-            from_src.extend(n.output.iter().filter(|o| !o.is_empty()).map(String::as_str));
+            from_src.extend(
+                n.output
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .map(String::as_str),
+            );
         }
     }
     let mut to_out: HashSet<&str> = HashSet::from([output]);
@@ -366,95 +470,14 @@ fn check_rules(
     }
     for (i, n) in nodes.iter().enumerate() {
         // Dropout is rewritten into Muls by the builder; Constant has no input.
-        let has_rule = is_onnx_domain(n) && (n.op_type == "Dropout" || rules::rule_for(&n.op_type).is_some());
+        let has_rule =
+            is_onnx_domain(n) && (n.op_type == "Dropout" || rules::rule_for(&n.op_type).is_some());
         if on_path[i] && !has_rule {
-            return Err(GradError::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone() });
+            return Err(GradError::UnsupportedOp {
+                node: n.name.clone(),
+                op: n.op_type.clone(),
+            });
         }
     }
     Ok(())
-}
-
-type Shapes = (HashMap<String, Vec<usize>>, HashSet<String>);
-
-/// Static shapes and float-ness of every tensor of the pruned graph, by
-/// tract's analysis seeded with the concrete input shape.
-#[allow(clippy::too_many_arguments)]
-fn infer_shapes(
-    model: &pb::ModelProto,
-    graph: &pb::GraphProto,
-    nodes: &[pb::NodeProto],
-    input: &str,
-    elem: i32,
-    input_shape: &[usize],
-    params: &[ParamSpec],
-    used_inits: &[String],
-    inits: &HashMap<String, &pb::TensorProto>,
-    output: &pb::ValueInfoProto,
-) -> Result<Shapes, GradError> {
-    // A copy of the pruned graph with concrete input shapes and no declared
-    // intermediate shapes (those may carry symbolic batch dims that would
-    // conflict with the concrete one).
-    let mut inputs = vec![proto::value_info(input, elem, input_shape)];
-    for p in params.iter().filter(|p| p.init.is_none()) {
-        inputs.push(proto::value_info(&p.name, elem, &p.shape));
-    }
-    let out_elem = proto::declared_type(output).map(|(e, _)| e).unwrap_or(elem);
-    let mut out_vi = proto::value_info(&output.name, out_elem, &[]);
-    if let Some(pb::type_proto::Value::TensorType(t)) = out_vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        t.shape = None;
-    }
-    let g = pb::GraphProto {
-        name: graph.name.clone(),
-        node: nodes.to_vec(),
-        initializer: used_inits.iter().filter_map(|n| inits.get(n).map(|t| (*t).clone())).collect(),
-        input: inputs,
-        output: vec![out_vi],
-        ..Default::default()
-    };
-    let m = pb::ModelProto {
-        ir_version: model.ir_version.max(7),
-        opset_import: model.opset_import.clone(),
-        graph: Some(g),
-        ..Default::default()
-    };
-    let parsed = tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .parse(&m, None)
-        .map_err(|e| invalid(format!("tract could not load the shard: {e:#}")))?;
-    let mut tm = parsed.model;
-    let analysis = tm.analyse(false);
-
-    let mut shapes = HashMap::new();
-    let mut floats = HashSet::new();
-    for (name, outlet) in &parsed.outlets_by_name {
-        let Ok(fact) = tm.outlet_fact(*outlet) else { continue };
-        if let Ok(Some(s)) = fact.shape.as_concrete_finite() {
-            shapes.insert(name.clone(), s.to_vec());
-        }
-        if let Some(dt) = fact.datum_type.concretize()
-            && dt.is_float()
-        {
-            floats.insert(name.clone());
-        }
-    }
-    // Report the first node whose outputs have no static shape.
-    let read: HashSet<&str> = nodes
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .chain([output.name.as_str()])
-        .collect();
-    for n in nodes {
-        let missing = n.output.iter().find(|o| read.contains(o.as_str()) && !shapes.contains_key(*o));
-        if let Some(o) = missing {
-            let why = match &analysis {
-                Err(e) => format!("shape inference failed: {e:#}"),
-                Ok(_) => format!("no static shape could be inferred for output `{o}`"),
-            };
-            return Err(node_err(n, why));
-        }
-    }
-    if let Err(e) = analysis {
-        return Err(invalid(format!("shape inference failed: {e:#}")));
-    }
-    Ok((shapes, floats))
 }

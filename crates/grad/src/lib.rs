@@ -25,12 +25,13 @@ mod graph;
 mod loss;
 mod proto;
 pub(crate) mod rules;
+mod shapes;
 #[doc(hidden)]
 pub mod testing;
 
-pub use loss::{LossKind, loss_graph};
 #[doc(hidden)]
 pub use loss::loss_graph_typed;
+pub use loss::{LossKind, loss_graph};
 pub use proto::FloatType;
 
 /// Why a shard could not be turned into training graphs.

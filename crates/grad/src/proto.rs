@@ -57,25 +57,34 @@ pub(crate) fn numel(shape: &[usize]) -> Option<usize> {
 pub(crate) fn dims_of(t: &pb::TensorProto) -> Result<Vec<usize>, String> {
     t.dims
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| format!("tensor `{}` has negative dim {d}", t.name)))
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| format!("tensor `{}` has negative dim {d}", t.name))
+        })
         .collect()
 }
 
 fn check_len(t: &pb::TensorProto, got: usize) -> Result<(), String> {
     let dims = dims_of(t)?;
-    let want = numel(&dims).ok_or_else(|| format!("tensor `{}`: element count overflows", t.name))?;
+    let want =
+        numel(&dims).ok_or_else(|| format!("tensor `{}`: element count overflows", t.name))?;
     if got != want {
-        return Err(format!("tensor `{}`: {got} values for shape {dims:?}", t.name));
+        return Err(format!(
+            "tensor `{}`: {got} values for shape {dims:?}",
+            t.name
+        ));
     }
     Ok(())
 }
 
 fn raw_chunks<const N: usize>(t: &pb::TensorProto) -> Result<Vec<[u8; N]>, String> {
-    if t.raw_data.len() % N != 0 {
-        return Err(format!("tensor `{}`: raw_data length {} is not a multiple of {N}", t.name, t.raw_data.len()));
+    if !t.raw_data.len().is_multiple_of(N) {
+        return Err(format!(
+            "tensor `{}`: raw_data length {} is not a multiple of {N}",
+            t.name,
+            t.raw_data.len()
+        ));
     }
-    Ok(t
-        .raw_data
+    Ok(t.raw_data
         .chunks_exact(N)
         .map(|c| {
             let mut a = [0u8; N];
@@ -89,46 +98,71 @@ fn raw_chunks<const N: usize>(t: &pb::TensorProto) -> Result<Vec<[u8; N]>, Strin
 /// them. External data is rejected: a shard must carry its weights.
 pub(crate) fn tensor_f64(t: &pb::TensorProto) -> Result<Vec<f64>, String> {
     if !t.external_data.is_empty() {
-        return Err(format!("tensor `{}` uses external data, which is not supported", t.name));
+        return Err(format!(
+            "tensor `{}` uses external data, which is not supported",
+            t.name
+        ));
     }
     let v: Vec<f64> = if t.data_type == DataType::Float as i32 {
         if !t.raw_data.is_empty() {
-            raw_chunks::<4>(t)?.into_iter().map(|b| f32::from_le_bytes(b) as f64).collect()
+            raw_chunks::<4>(t)?
+                .into_iter()
+                .map(|b| f32::from_le_bytes(b) as f64)
+                .collect()
         } else {
             t.float_data.iter().map(|&x| x as f64).collect()
         }
     } else if t.data_type == DataType::Double as i32 {
         if !t.raw_data.is_empty() {
-            raw_chunks::<8>(t)?.into_iter().map(f64::from_le_bytes).collect()
+            raw_chunks::<8>(t)?
+                .into_iter()
+                .map(f64::from_le_bytes)
+                .collect()
         } else {
             t.double_data.clone()
         }
     } else {
-        return Err(format!("tensor `{}`: expected a float tensor, got data type {}", t.name, t.data_type));
+        return Err(format!(
+            "tensor `{}`: expected a float tensor, got data type {}",
+            t.name, t.data_type
+        ));
     };
     check_len(t, v.len())?;
     Ok(v)
 }
 
 /// Values of an integer tensor (INT64 or INT32) as i64.
+#[allow(dead_code)] // backs `Ctx::const_i64_of`
 pub(crate) fn tensor_i64(t: &pb::TensorProto) -> Result<Vec<i64>, String> {
     if !t.external_data.is_empty() {
-        return Err(format!("tensor `{}` uses external data, which is not supported", t.name));
+        return Err(format!(
+            "tensor `{}` uses external data, which is not supported",
+            t.name
+        ));
     }
     let v: Vec<i64> = if t.data_type == DataType::Int64 as i32 {
         if !t.raw_data.is_empty() {
-            raw_chunks::<8>(t)?.into_iter().map(i64::from_le_bytes).collect()
+            raw_chunks::<8>(t)?
+                .into_iter()
+                .map(i64::from_le_bytes)
+                .collect()
         } else {
             t.int64_data.clone()
         }
     } else if t.data_type == DataType::Int32 as i32 {
         if !t.raw_data.is_empty() {
-            raw_chunks::<4>(t)?.into_iter().map(|b| i32::from_le_bytes(b) as i64).collect()
+            raw_chunks::<4>(t)?
+                .into_iter()
+                .map(|b| i32::from_le_bytes(b) as i64)
+                .collect()
         } else {
             t.int32_data.iter().map(|&x| x as i64).collect()
         }
     } else {
-        return Err(format!("tensor `{}`: expected an integer tensor, got data type {}", t.name, t.data_type));
+        return Err(format!(
+            "tensor `{}`: expected an integer tensor, got data type {}",
+            t.name, t.data_type
+        ));
     };
     check_len(t, v.len())?;
     Ok(v)
@@ -139,7 +173,12 @@ fn dims_i64(shape: &[usize]) -> Vec<i64> {
 }
 
 /// A float tensor of type `ty` holding `values` (narrowed to f32 when `ty` is F32).
-pub(crate) fn float_tensor(name: &str, ty: FloatType, values: &[f64], shape: &[usize]) -> pb::TensorProto {
+pub(crate) fn float_tensor(
+    name: &str,
+    ty: FloatType,
+    values: &[f64],
+    shape: &[usize],
+) -> pb::TensorProto {
     let mut t = pb::TensorProto {
         name: name.to_string(),
         dims: dims_i64(shape),
@@ -175,7 +214,10 @@ pub(crate) fn value_info(name: &str, elem: i32, shape: &[usize]) -> pb::ValueInf
                 shape: Some(pb::TensorShapeProto {
                     dim: shape
                         .iter()
-                        .map(|&d| Dimension { value: Some(Value::DimValue(d as i64)), ..Default::default() })
+                        .map(|&d| Dimension {
+                            value: Some(Value::DimValue(d as i64)),
+                            ..Default::default()
+                        })
                         .collect(),
                 }),
             })),
@@ -207,17 +249,32 @@ pub(crate) fn declared_type(vi: &pb::ValueInfoProto) -> Option<(i32, Option<Vec<
 
 /// Attribute builders: each sets the `type` field, which tract checks.
 pub(crate) fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
 }
 
 /// INTS attribute.
 pub(crate) fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// FLOAT attribute.
 pub(crate) fn attr_float(name: &str, v: f32) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
 }
 
 /// STRING attribute.
@@ -232,7 +289,12 @@ pub(crate) fn attr_string(name: &str, v: &str) -> pb::AttributeProto {
 
 /// TENSOR attribute (the `value` of a Constant node).
 pub(crate) fn attr_tensor(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Tensor as i32, t: Some(t), ..Default::default() }
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(t),
+        ..Default::default()
+    }
 }
 
 /// Looks an attribute up by name.
@@ -262,10 +324,14 @@ pub(crate) fn node(
 /// anything proportional to the dims (a hostile model may declare absurd ones).
 pub(crate) fn validate_tensor(t: &pb::TensorProto) -> Result<(), String> {
     if !t.external_data.is_empty() {
-        return Err(format!("tensor `{}` uses external data, which is not supported", t.name));
+        return Err(format!(
+            "tensor `{}` uses external data, which is not supported",
+            t.name
+        ));
     }
     let dims = dims_of(t)?;
-    let want = numel(&dims).ok_or_else(|| format!("tensor `{}`: element count of {dims:?} overflows", t.name))?;
+    let want = numel(&dims)
+        .ok_or_else(|| format!("tensor `{}`: element count of {dims:?} overflows", t.name))?;
     let dt = t.data_type;
     let elem_size = match DataType::try_from(dt) {
         Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
@@ -275,15 +341,26 @@ pub(crate) fn validate_tensor(t: &pb::TensorProto) -> Result<(), String> {
         _ => return Err(format!("tensor `{}`: unsupported data type {dt}", t.name)),
     };
     let got = if !t.raw_data.is_empty() {
-        if t.raw_data.len() % elem_size != 0 {
-            return Err(format!("tensor `{}`: raw_data length {} is not a multiple of {elem_size}", t.name, t.raw_data.len()));
+        if !t.raw_data.len().is_multiple_of(elem_size) {
+            return Err(format!(
+                "tensor `{}`: raw_data length {} is not a multiple of {elem_size}",
+                t.name,
+                t.raw_data.len()
+            ));
         }
         t.raw_data.len() / elem_size
     } else {
-        t.float_data.len() + t.double_data.len() + t.int32_data.len() + t.int64_data.len() + t.uint64_data.len()
+        t.float_data.len()
+            + t.double_data.len()
+            + t.int32_data.len()
+            + t.int64_data.len()
+            + t.uint64_data.len()
     };
     if got != want {
-        return Err(format!("tensor `{}`: {got} values for shape {dims:?}", t.name));
+        return Err(format!(
+            "tensor `{}`: {got} values for shape {dims:?}",
+            t.name
+        ));
     }
     Ok(())
 }

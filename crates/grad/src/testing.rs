@@ -11,7 +11,6 @@ use crate::pb;
 use crate::proto::{self, FloatType};
 use crate::{GradOptions, TrainingGraphs, build};
 
-
 /// INT attribute.
 pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     proto::attr_int(name, v)
@@ -27,6 +26,12 @@ pub fn attr_float(name: &str, v: f32) -> pb::AttributeProto {
 /// STRING attribute.
 pub fn attr_string(name: &str, v: &str) -> pb::AttributeProto {
     proto::attr_string(name, v)
+}
+
+/// A DOUBLE value info with a static shape (tests edit it further, e.g. to
+/// make a dim symbolic).
+pub fn value_info_f64(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
+    proto::value_info(name, FloatType::F64.onnx(), shape)
 }
 
 /// A deterministic generator (splitmix64), so the checker needs no `rand`
@@ -76,7 +81,14 @@ pub struct ModelBuilder {
 impl ModelBuilder {
     /// An empty model of the given float type, opset 13.
     pub fn new(float: FloatType) -> Self {
-        ModelBuilder { float, opset: 13, inputs: vec![], inits: vec![], nodes: vec![], outputs: vec![] }
+        ModelBuilder {
+            float,
+            opset: 13,
+            inputs: vec![],
+            inits: vec![],
+            nodes: vec![],
+            outputs: vec![],
+        }
     }
     /// Sets the ai.onnx opset.
     pub fn opset(mut self, v: i64) -> Self {
@@ -85,12 +97,14 @@ impl ModelBuilder {
     }
     /// A float graph input (the first one is the data input).
     pub fn input(mut self, name: &str, shape: &[usize]) -> Self {
-        self.inputs.push(proto::value_info(name, self.float.onnx(), shape));
+        self.inputs
+            .push(proto::value_info(name, self.float.onnx(), shape));
         self
     }
     /// A float initializer (a parameter when used as a float operand).
     pub fn init(mut self, name: &str, shape: &[usize], values: &[f64]) -> Self {
-        self.inits.push(proto::float_tensor(name, self.float, values, shape));
+        self.inits
+            .push(proto::float_tensor(name, self.float, values, shape));
         self
     }
     /// An INT64 initializer (shapes, axes).
@@ -99,15 +113,24 @@ impl ModelBuilder {
         self
     }
     /// A node; its name is its first output's name prefixed with `n_`.
-    pub fn node(mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) -> Self {
+    pub fn node(
+        mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> Self {
         let name = format!("n_{}", outputs.first().copied().unwrap_or(op));
-        self.nodes.push(proto::node(&name, op, inputs, outputs, attrs));
+        self.nodes
+            .push(proto::node(&name, op, inputs, outputs, attrs));
         self
     }
     /// A graph output of the model's float type (shape left to inference).
     pub fn output(mut self, name: &str) -> Self {
         let mut vi = proto::value_info(name, self.float.onnx(), &[]);
-        if let Some(pb::type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
             t.shape = None;
         }
         self.outputs.push(vi);
@@ -117,7 +140,10 @@ impl ModelBuilder {
     pub fn build(self) -> pb::ModelProto {
         pb::ModelProto {
             ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: self.opset,
+            }],
             graph: Some(pb::GraphProto {
                 name: "test".into(),
                 node: self.nodes,
@@ -147,17 +173,38 @@ pub struct Runner {
 impl Runner {
     /// Loads `model` with concrete input facts: float inputs of `float`
     /// type, except those listed in `int_inputs` (INT64).
-    pub fn new(model: &pb::ModelProto, shapes: &[Vec<usize>], float: FloatType, int_inputs: &[usize]) -> Result<Runner, String> {
-        let mut m = tract_onnx::onnx().model_for_proto_model(model).map_err(err("load"))?;
+    pub fn new(
+        model: &pb::ModelProto,
+        shapes: &[Vec<usize>],
+        float: FloatType,
+        int_inputs: &[usize],
+    ) -> Result<Runner, String> {
+        // Declared intermediate and output shapes may be symbolic ("N");
+        // the concrete input facts below must decide.
+        let mut m = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .with_ignore_output_shapes(true)
+            .model_for_proto_model(model)
+            .map_err(err("load"))?;
         let dt = match float {
             FloatType::F32 => DatumType::F32,
             FloatType::F64 => DatumType::F64,
         };
         for (i, s) in shapes.iter().enumerate() {
-            let t = if int_inputs.contains(&i) { DatumType::I64 } else { dt };
-            m = m.with_input_fact(i, InferenceFact::dt_shape(t, s.clone())).map_err(err("input fact"))?;
+            let t = if int_inputs.contains(&i) {
+                DatumType::I64
+            } else {
+                dt
+            };
+            m = m
+                .with_input_fact(i, InferenceFact::dt_shape(t, s.clone()))
+                .map_err(err("input fact"))?;
         }
-        let plan = m.into_optimized().map_err(err("optimize"))?.into_runnable().map_err(err("plan"))?;
+        let plan = m
+            .into_optimized()
+            .map_err(err("optimize"))?
+            .into_runnable()
+            .map_err(err("plan"))?;
         Ok(Runner { plan, float })
     }
 
@@ -171,7 +218,9 @@ impl Runner {
                 Tensor::from_shape(s, &iv)
             } else {
                 match self.float {
-                    FloatType::F32 => Tensor::from_shape(s, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+                    FloatType::F32 => {
+                        Tensor::from_shape(s, &v.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                    }
                     FloatType::F64 => Tensor::from_shape(s, v),
                 }
             }
@@ -242,9 +291,14 @@ pub struct CheckReport {
 fn declared_input_shape(model: &pb::ModelProto) -> Result<Vec<usize>, String> {
     let g = model.graph.as_ref().ok_or("no graph")?;
     let inits: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let i = g.input.iter().find(|i| !inits.contains(&i.name.as_str())).ok_or("no data input")?;
+    let i = g
+        .input
+        .iter()
+        .find(|i| !inits.contains(&i.name.as_str()))
+        .ok_or("no data input")?;
     let (_, s) = proto::declared_type(i).ok_or("input has no type")?;
-    s.and_then(|s| s.into_iter().collect()).ok_or_else(|| "input shape is not static".to_string())
+    s.and_then(|s| s.into_iter().collect())
+        .ok_or_else(|| "input shape is not static".to_string())
 }
 
 /// Checks [`build`]'s backward graph against central finite differences of
@@ -260,19 +314,38 @@ pub fn check_gradients(model: &pb::ModelProto, opts: &CheckOptions) -> Result<Ch
         Some(s) => s.clone(),
         None => declared_input_shape(model)?,
     };
-    let g = build(model, &GradOptions { input_shape: input_shape.clone(), need_input_grad: opts.need_input_grad })
-        .map_err(|e| e.to_string())?;
-    let float = match g.forward.graph.as_ref().and_then(|g| g.input.first()).and_then(proto::declared_type) {
+    let g = build(
+        model,
+        &GradOptions {
+            input_shape: input_shape.clone(),
+            need_input_grad: opts.need_input_grad,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let float = match g
+        .forward
+        .graph
+        .as_ref()
+        .and_then(|g| g.input.first())
+        .and_then(proto::declared_type)
+    {
         Some((code, _)) => FloatType::from_onnx(code).ok_or("forward input is not float")?,
         None => return Err("forward graph has no input".into()),
     };
     let mut rng = SplitMix::new(opts.seed);
 
     // Forward inputs: x, params, masks.
-    let model_inits: Vec<pb::TensorProto> = model.graph.as_ref().map(|g| g.initializer.clone()).unwrap_or_default();
+    let model_inits: Vec<pb::TensorProto> = model
+        .graph
+        .as_ref()
+        .map(|g| g.initializer.clone())
+        .unwrap_or_default();
     let mut fwd: Vec<Data> = Vec::new();
     let n_x = proto::numel(&input_shape).ok_or("input too large")?;
-    fwd.push((input_shape.clone(), rng.vec(n_x, opts.input_range.0, opts.input_range.1)));
+    fwd.push((
+        input_shape.clone(),
+        rng.vec(n_x, opts.input_range.0, opts.input_range.1),
+    ));
     for p in &g.params {
         let n = proto::numel(&p.shape).ok_or("param too large")?;
         let v = match model_inits.iter().find(|t| t.name == p.name) {
@@ -284,53 +357,93 @@ pub fn check_gradients(model: &pb::ModelProto, opts: &CheckOptions) -> Result<Ch
     for m in &g.masks {
         let n = proto::numel(&m.shape).ok_or("mask too large")?;
         let keep = 1.0 - m.ratio as f64;
-        let v = (0..n).map(|_| if rng.uniform(0.0, 1.0) < keep { 1.0 } else { 0.0 }).collect();
+        let v = (0..n)
+            .map(|_| {
+                if rng.uniform(0.0, 1.0) < keep {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         fwd.push((m.shape.clone(), v));
     }
     let n_out = proto::numel(&g.output_shape).ok_or("output too large")?;
     let dz: Data = (g.output_shape.clone(), rng.vec(n_out, -1.0, 1.0));
 
     let shapes: Vec<Vec<usize>> = fwd.iter().map(|d| d.0.clone()).collect();
-    let f_run = Runner::new(&g.forward, &shapes, float, &[]).map_err(|e| format!("forward graph: {e}"))?;
+    let f_run =
+        Runner::new(&g.forward, &shapes, float, &[]).map_err(|e| format!("forward graph: {e}"))?;
     let mut b_shapes = shapes.clone();
     b_shapes.push(dz.0.clone());
-    let b_run = Runner::new(&g.backward, &b_shapes, float, &[]).map_err(|e| format!("backward graph: {e}"))?;
+    let b_run = Runner::new(&g.backward, &b_shapes, float, &[])
+        .map_err(|e| format!("backward graph: {e}"))?;
 
     if g.masks.is_empty() {
-        let orig = Runner::new(model, &[input_shape.clone()], float, &[]).map_err(|e| format!("original model: {e}"))?;
-        let want = orig.run(&fwd[..1], &[]).map_err(|e| format!("original model: {e}"))?;
-        let got = f_run.run(&fwd, &[]).map_err(|e| format!("forward graph: {e}"))?;
+        let orig = Runner::new(model, std::slice::from_ref(&input_shape), float, &[])
+            .map_err(|e| format!("original model: {e}"))?;
+        let want = orig
+            .run(&fwd[..1], &[])
+            .map_err(|e| format!("original model: {e}"))?;
+        let got = f_run
+            .run(&fwd, &[])
+            .map_err(|e| format!("forward graph: {e}"))?;
         let (w, o) = (&want[0], &got[0]);
         if w.0 != o.0 {
-            return Err(format!("forward graph output shape {:?} != original {:?}", o.0, w.0));
+            return Err(format!(
+                "forward graph output shape {:?} != original {:?}",
+                o.0, w.0
+            ));
         }
         for (k, (a, b)) in w.1.iter().zip(&o.1).enumerate() {
             if (a - b).abs() > opts.atol + opts.rtol * a.abs().max(b.abs()) {
-                return Err(format!("forward graph output [{k}] = {b} but the original model gives {a}"));
+                return Err(format!(
+                    "forward graph output [{k}] = {b} but the original model gives {a}"
+                ));
             }
         }
     }
 
     let mut b_in = fwd.clone();
     b_in.push(dz.clone());
-    let grads = b_run.run(&b_in, &[]).map_err(|e| format!("backward graph: {e}"))?;
-    let checked_tensors: Vec<usize> =
-        if opts.need_input_grad { (0..=g.params.len()).collect() } else { (1..=g.params.len()).collect() };
+    let grads = b_run
+        .run(&b_in, &[])
+        .map_err(|e| format!("backward graph: {e}"))?;
+    let checked_tensors: Vec<usize> = if opts.need_input_grad {
+        (0..=g.params.len()).collect()
+    } else {
+        (1..=g.params.len()).collect()
+    };
     if grads.len() != checked_tensors.len() {
-        return Err(format!("backward graph has {} outputs, expected {}", grads.len(), checked_tensors.len()));
+        return Err(format!(
+            "backward graph has {} outputs, expected {}",
+            grads.len(),
+            checked_tensors.len()
+        ));
     }
 
     let loss = |inputs: &[Data]| -> Result<f64, String> {
         let out = f_run.run(inputs, &[])?;
         Ok(out[0].1.iter().zip(&dz.1).map(|(a, b)| a * b).sum())
     };
-    let mut report = CheckReport { checked: 0, max_abs_err: 0.0, graphs: g.clone() };
+    let mut report = CheckReport {
+        checked: 0,
+        max_abs_err: 0.0,
+        graphs: g.clone(),
+    };
     let mut failures = Vec::new();
     for (gi, &ti) in checked_tensors.iter().enumerate() {
-        let name = if ti == 0 { g.input_name.clone() } else { g.params[ti - 1].name.clone() };
+        let name = if ti == 0 {
+            g.input_name.clone()
+        } else {
+            g.params[ti - 1].name.clone()
+        };
         let (gs, gv) = &grads[gi];
         if *gs != fwd[ti].0 {
-            return Err(format!("gradient of `{name}` has shape {gs:?}, expected {:?}", fwd[ti].0));
+            return Err(format!(
+                "gradient of `{name}` has shape {gs:?}, expected {:?}",
+                fwd[ti].0
+            ));
         }
         let n = gv.len();
         let points: Vec<usize> = if n <= opts.max_points {
@@ -349,12 +462,18 @@ pub fn check_gradients(model: &pb::ModelProto, opts: &CheckOptions) -> Result<Ch
             report.checked += 1;
             report.max_abs_err = report.max_abs_err.max(e);
             if e > opts.atol + opts.rtol * numeric.abs().max(analytic.abs()) {
-                failures.push(format!("d/d{name}[{k}]: analytic {analytic:.9e}, numeric {numeric:.9e}"));
+                failures.push(format!(
+                    "d/d{name}[{k}]: analytic {analytic:.9e}, numeric {numeric:.9e}"
+                ));
             }
         }
     }
     if !failures.is_empty() {
-        return Err(format!("{} gradient mismatches:\n{}", failures.len(), failures.join("\n")));
+        return Err(format!(
+            "{} gradient mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ));
     }
     Ok(report)
 }

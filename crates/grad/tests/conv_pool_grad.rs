@@ -461,3 +461,44 @@ fn lenet_shaped_chain() {
         .build();
     check(&model, 6);
 }
+
+#[test]
+fn max_pool_with_its_own_indices_output() {
+    // A forward MaxPool that already yields Indices: the rule reuses them
+    // (row-major) or pools again (column-major).
+    for order in [0, 1] {
+        let model = ModelBuilder::new(F64)
+            .input("x", &[2, 2, 7, 6])
+            .node(
+                "MaxPool",
+                &["x"],
+                &["y", "ind"],
+                vec![
+                    attr_ints("kernel_shape", &[3, 2]),
+                    attr_ints("strides", &[2, 1]),
+                    attr_ints("pads", &[1, 0, 1, 1]),
+                    attr_int("storage_order", order),
+                ],
+            )
+            .output("y")
+            .build();
+        let opts = CheckOptions {
+            seed: 30 + order as u64,
+            max_points: usize::MAX,
+            ..Default::default()
+        };
+        let rep =
+            check_gradients(&model, &opts).unwrap_or_else(|e| panic!("gradient check failed: {e}"));
+        let nodes = rep
+            .graphs
+            .backward
+            .graph
+            .map(|g| g.node)
+            .unwrap_or_default();
+        let pools = nodes.iter().filter(|n| n.op_type == "MaxPool").count();
+        assert_eq!(
+            pools, 1,
+            "storage_order {order}: the backward graph pools once"
+        );
+    }
+}

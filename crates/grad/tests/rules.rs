@@ -12,7 +12,9 @@ fn rng(seed: u64) -> ChaCha8Rng {
 }
 
 fn values(r: &mut ChaCha8Rng, shape: &[usize]) -> Vec<f64> {
-    (0..shape.iter().product::<usize>()).map(|_| r.gen_range(-1.0..1.0)).collect()
+    (0..shape.iter().product::<usize>())
+        .map(|_| r.gen_range(-1.0..1.0))
+        .collect()
 }
 
 fn dims(r: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
@@ -21,7 +23,10 @@ fn dims(r: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
 
 /// Checks a model in f64 (dX and every parameter), printing what was checked.
 fn check(model: &pb::ModelProto, seed: u64) {
-    let opts = CheckOptions { seed, ..Default::default() };
+    let opts = CheckOptions {
+        seed,
+        ..Default::default()
+    };
     match check_gradients(model, &opts) {
         Ok(rep) => assert!(rep.checked > 0, "nothing was checked"),
         Err(e) => panic!("gradient check failed: {e}\nmodel: {model:#?}"),
@@ -33,7 +38,13 @@ fn check(model: &pb::ModelProto, seed: u64) {
 /// eps = 1e-2 the central difference has a truncation error ~1e-4 and an f32
 /// rounding error ~1e-5 on values of order 1, so rtol 1e-2 and atol 2e-3.
 fn check_f32(model: &pb::ModelProto, seed: u64) {
-    let opts = CheckOptions { seed, eps: 1e-2, rtol: 1e-2, atol: 2e-3, ..Default::default() };
+    let opts = CheckOptions {
+        seed,
+        eps: 1e-2,
+        rtol: 1e-2,
+        atol: 2e-3,
+        ..Default::default()
+    };
     match check_gradients(model, &opts) {
         Ok(rep) => assert!(rep.checked > 0, "nothing was checked"),
         Err(e) => panic!("gradient check failed: {e}\nmodel: {model:#?}"),
@@ -46,7 +57,14 @@ fn gemm_all_transposes_alpha_beta_and_bias_shapes() {
     let mut case = 0;
     for ta in [0, 1] {
         for tb in [0, 1] {
-            for (bias_kind, scaled) in [(0, false), (1, true), (2, false), (3, true), (4, false), (5, true)] {
+            for (bias_kind, scaled) in [
+                (0, false),
+                (1, true),
+                (2, false),
+                (3, true),
+                (4, false),
+                (5, true),
+            ] {
                 let (m, k, n) = (r.gen_range(1..5), r.gen_range(1..5), r.gen_range(1..5));
                 let a_s = if ta == 1 { vec![k, m] } else { vec![m, k] };
                 let b_s = if tb == 1 { vec![n, k] } else { vec![k, n] };
@@ -67,7 +85,11 @@ fn gemm_all_transposes_alpha_beta_and_bias_shapes() {
                 // its alpha/beta constants in f32): the rest is checked in f32.
                 let in_f64 = !scaled && bias_kind == 0;
                 let float = if in_f64 { F64 } else { F32 };
-                let mut b = ModelBuilder::new(float).input("A", &a_s).init("B", &b_s, &values(&mut r, &b_s));
+                let mut b = ModelBuilder::new(float).input("A", &a_s).init(
+                    "B",
+                    &b_s,
+                    &values(&mut r, &b_s),
+                );
                 let inputs: Vec<&str> = if let Some(c_s) = &c_s {
                     b = b.init("C", c_s, &values(&mut r, c_s));
                     vec!["A", "B", "C"]
@@ -139,7 +161,10 @@ fn broadcast_pair(r: &mut ChaCha8Rng) -> (Vec<usize>, Vec<usize>) {
     let rank = r.gen_range(1..4);
     let x = dims(r, rank);
     let prank = r.gen_range(0..=rank);
-    let p: Vec<usize> = x[rank - prank..].iter().map(|&d| if r.gen_bool(0.5) { 1 } else { d }).collect();
+    let p: Vec<usize> = x[rank - prank..]
+        .iter()
+        .map(|&d| if r.gen_bool(0.5) { 1 } else { d })
+        .collect();
     (x, p)
 }
 
@@ -161,7 +186,11 @@ fn binary_op(op: &str, seed: u64) {
     }
     // Both operands the same tensor.
     let x = dims(&mut r, 3);
-    let model = ModelBuilder::new(F64).input("X", &x).node(op, &["X", "X"], &["Y"], vec![]).output("Y").build();
+    let model = ModelBuilder::new(F64)
+        .input("X", &x)
+        .node(op, &["X", "X"], &["Y"], vec![])
+        .output("Y")
+        .build();
     if op != "Sub" {
         check(&model, 99);
     }
@@ -188,9 +217,16 @@ fn div_broadcasting() {
     let mut r = rng(24);
     for case in 0..6u64 {
         let (x, p) = broadcast_pair(&mut r);
-        let pv: Vec<f64> = values(&mut r, &p).into_iter().map(|v| v.signum() * (1.0 + v.abs())).collect();
-        let model =
-            ModelBuilder::new(F64).input("X", &x).init("P", &p, &pv).node("Div", &["X", "P"], &["Y"], vec![]).output("Y").build();
+        let pv: Vec<f64> = values(&mut r, &p)
+            .into_iter()
+            .map(|v| v.signum() * (1.0 + v.abs()))
+            .collect();
+        let model = ModelBuilder::new(F64)
+            .input("X", &x)
+            .init("P", &p, &pv)
+            .node("Div", &["X", "P"], &["Y"], vec![])
+            .output("Y")
+            .build();
         check(&model, case);
     }
 }
@@ -200,7 +236,11 @@ fn unary(op: &str, seed: u64, attrs: Vec<pb::AttributeProto>, float: FloatType) 
     for case in 0..3u64 {
         let rank = r.gen_range(1..4);
         let x = dims(&mut r, rank);
-        let model = ModelBuilder::new(float).input("X", &x).node(op, &["X"], &["Y"], attrs.clone()).output("Y").build();
+        let model = ModelBuilder::new(float)
+            .input("X", &x)
+            .node(op, &["X"], &["Y"], attrs.clone())
+            .output("Y")
+            .build();
         match float {
             F64 => check(&model, case),
             F32 => check_f32(&model, case),
@@ -242,7 +282,11 @@ fn softmax_like(op: &str, seed: u64) {
         check(&model, axis as u64);
     }
     // Default axis (-1) on a 2-D input.
-    let model = ModelBuilder::new(F64).input("X", &[3, 5]).node(op, &["X"], &["Y"], vec![]).output("Y").build();
+    let model = ModelBuilder::new(F64)
+        .input("X", &[3, 5])
+        .node(op, &["X"], &["Y"], vec![])
+        .output("Y")
+        .build();
     check(&model, 7);
 }
 
@@ -307,13 +351,22 @@ fn concat_several_axes() {
     let mut r = rng(61);
     let base = dims(&mut r, 3);
     for axis in [0i64, 1, 2, -1] {
-        let a = if axis < 0 { (axis + 3) as usize } else { axis as usize };
+        let a = if axis < 0 {
+            (axis + 3) as usize
+        } else {
+            axis as usize
+        };
         let mut p = base.clone();
         p[a] = r.gen_range(1..4);
         let model = ModelBuilder::new(F64)
             .input("X", &base)
             .init("P", &p, &values(&mut r, &p))
-            .node("Concat", &["X", "P", "X"], &["Y"], vec![attr_int("axis", axis)])
+            .node(
+                "Concat",
+                &["X", "P", "X"],
+                &["Y"],
+                vec![attr_int("axis", axis)],
+            )
             .output("Y")
             .build();
         check(&model, axis as u64);
@@ -336,7 +389,11 @@ fn variadic(op: &str, seed: u64) {
             .build();
         check(&model, case);
     }
-    let model = ModelBuilder::new(F64).input("X", &[3, 2]).node(op, &["X"], &["Y"], vec![]).output("Y").build();
+    let model = ModelBuilder::new(F64)
+        .input("X", &[3, 2])
+        .node(op, &["X"], &["Y"], vec![])
+        .output("Y")
+        .build();
     check(&model, 9);
 }
 
@@ -348,7 +405,11 @@ fn max_variadic() {
 #[test]
 fn max_ties_go_to_the_first_input() {
     // max(X, X): the whole gradient goes to one operand, so dX = dY exactly once.
-    let model = ModelBuilder::new(F64).input("X", &[2, 3]).node("Max", &["X", "X"], &["Y"], vec![]).output("Y").build();
+    let model = ModelBuilder::new(F64)
+        .input("X", &[2, 3])
+        .node("Max", &["X", "X"], &["Y"], vec![])
+        .output("Y")
+        .build();
     check(&model, 1);
 }
 
@@ -360,6 +421,13 @@ fn mean_variadic() {
 #[test]
 fn sum_variadic() {
     variadic("Sum", 73);
+    // Three contributions to one tensor: the driver accumulates them with Sum.
+    let model = ModelBuilder::new(F64)
+        .input("X", &[2, 3])
+        .node("Sum", &["X", "X", "X"], &["Y"], vec![])
+        .output("Y")
+        .build();
+    check(&model, 5);
 }
 
 #[test]
@@ -376,7 +444,10 @@ fn dropout_with_random_mask() {
             .node("Dropout", &["H", "ratio"], &["Y"], vec![])
             .output("Y")
             .build();
-        let opts = CheckOptions { seed: case as u64, ..Default::default() };
+        let opts = CheckOptions {
+            seed: case as u64,
+            ..Default::default()
+        };
         let rep = check_gradients(&model, &opts).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rep.graphs.masks.len(), 1);
         assert_eq!(rep.graphs.masks[0].shape, x);

@@ -104,7 +104,9 @@ impl Layer {
                         spec.shape
                     )));
                 }
-                None => rng::kaiming_uniform(&spec.shape, &mut rng::rng(layer.cfg.seed, i as u64 + 1)),
+                None => {
+                    rng::kaiming_uniform(&spec.shape, &mut rng::rng(layer.cfg.seed, i as u64 + 1))
+                }
             };
             layer.params.push(Param {
                 value: shared(&spec.shape, &data)?,
@@ -116,7 +118,11 @@ impl Layer {
         }
         let info = LayerInfo {
             params: layer.params.iter().map(|p| p.name.clone()).collect(),
-            param_count: layer.params.iter().map(|p| p.shape.iter().product::<usize>() as u64).sum(),
+            param_count: layer
+                .params
+                .iter()
+                .map(|p| p.shape.iter().product::<usize>() as u64)
+                .sum(),
             input_shape,
             output_shape: layer.train[&batch].output_shape.clone(),
         };
@@ -132,7 +138,10 @@ impl Layer {
         for m in &plans.masks {
             let n = element_count(&m.shape)?;
             let data = rng::dropout_mask(n, m.ratio, &mut self.mask_rng);
-            masks.push(Tensor { shape: m.shape.clone(), data });
+            masks.push(Tensor {
+                shape: m.shape.clone(),
+                data,
+            });
         }
         let mut feeds = vec![Feed::F32(&input)];
         feeds.extend(self.params.iter().map(|p| Feed::Shared(p.value.clone())));
@@ -145,33 +154,52 @@ impl Layer {
     /// Loss and its gradient for `output` against class labels.
     pub fn loss(&mut self, output: &Tensor, labels: &[i64]) -> Result<LossOutput, LayerError> {
         let kind = match self.cfg.loss {
-            LossKind::None => return Err(LayerError::Order("this layer was loaded without a loss".into())),
+            LossKind::None => {
+                return Err(LayerError::Order(
+                    "this layer was loaded without a loss".into(),
+                ));
+            }
             LossKind::Nll => mixnn_grad::LossKind::Nll,
             LossKind::SoftmaxCrossEntropy => mixnn_grad::LossKind::SoftmaxCrossEntropy,
         };
         let (n, c) = match output.shape.as_slice() {
             &[n, c] if n > 0 && c > 0 => (n, c),
-            s => return Err(LayerError::BadTensor(format!("loss needs a [batch, classes] output, got {s:?}"))),
+            s => {
+                return Err(LayerError::BadTensor(format!(
+                    "loss needs a [batch, classes] output, got {s:?}"
+                )));
+            }
         };
         if output.data.len() != n * c {
-            return Err(LayerError::BadTensor("output data does not fill its shape".into()));
+            return Err(LayerError::BadTensor(
+                "output data does not fill its shape".into(),
+            ));
         }
         if labels.len() != n {
-            return Err(LayerError::BadTensor(format!("{} labels for a batch of {n}", labels.len())));
+            return Err(LayerError::BadTensor(format!(
+                "{} labels for a batch of {n}",
+                labels.len()
+            )));
         }
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= c) {
             return Err(LayerError::BadTensor(format!("label {bad} outside 0..{c}")));
         }
         if !self.loss.contains_key(&(n, c)) {
             let g = mixnn_grad::loss_graph(kind, n, c);
-            let plan = Plan::compile(&g, &[(vec![n, c], DatumType::F32), (vec![n], DatumType::I64)])?;
+            let plan = Plan::compile(
+                &g,
+                &[(vec![n, c], DatumType::F32), (vec![n], DatumType::I64)],
+            )?;
             self.loss.insert((n, c), plan);
         }
         let outs = self.loss[&(n, c)].run(vec![Feed::F32(output), Feed::I64(labels)])?;
         let [loss, grad]: [Tensor; 2] = outs
             .try_into()
             .map_err(|_| LayerError::Tract("loss graph must have two outputs".into()))?;
-        let loss = *loss.data.first().ok_or_else(|| LayerError::Tract("empty loss".into()))?;
+        let loss = *loss
+            .data
+            .first()
+            .ok_or_else(|| LayerError::Tract("empty loss".into()))?;
         Ok(LossOutput { loss, grad })
     }
 
@@ -184,7 +212,9 @@ impl Layer {
             .ok_or_else(|| LayerError::Order("backward without a preceding forward".into()))?;
         let batch = pending.input.shape[0];
         let plans = &self.train[&batch];
-        if grad_output.shape != plans.output_shape || grad_output.data.len() != element_count(&grad_output.shape)? {
+        if grad_output.shape != plans.output_shape
+            || grad_output.data.len() != element_count(&grad_output.shape)?
+        {
             let want = plans.output_shape.clone();
             self.pending = Some(pending);
             return Err(LayerError::BadTensor(format!(
@@ -197,13 +227,20 @@ impl Layer {
         feeds.extend(pending.masks.iter().map(Feed::F32));
         feeds.push(Feed::F32(&grad_output));
         let mut outs = plans.backward.run(feeds)?.into_iter();
-        let dx = if self.cfg.need_input_grad { outs.next() } else { None };
+        let dx = if self.cfg.need_input_grad {
+            outs.next()
+        } else {
+            None
+        };
         for p in self.params.iter_mut() {
-            let g = outs
-                .next()
-                .ok_or_else(|| LayerError::Tract(format!("backward graph lacks the gradient of `{}`", p.name)))?;
+            let g = outs.next().ok_or_else(|| {
+                LayerError::Tract(format!("backward graph lacks the gradient of `{}`", p.name))
+            })?;
             if g.data.len() != p.state.m.len() {
-                return Err(LayerError::Tract(format!("gradient of `{}` has the wrong size", p.name)));
+                return Err(LayerError::Tract(format!(
+                    "gradient of `{}` has the wrong size",
+                    p.name
+                )));
             }
             p.grad = Some(g.data);
         }
@@ -213,7 +250,9 @@ impl Layer {
     /// Applies the optimizer to the gradients of the last backward.
     pub fn step(&mut self) -> Result<(), LayerError> {
         if self.params.iter().any(|p| p.grad.is_none()) {
-            return Err(LayerError::Order("step without a preceding backward".into()));
+            return Err(LayerError::Order(
+                "step without a preceding backward".into(),
+            ));
         }
         self.step += 1;
         for p in self.params.iter_mut() {
@@ -221,7 +260,9 @@ impl Layer {
             let mut view = Arc::make_mut(&mut p.value)
                 .try_as_plain_ram_mut()
                 .map_err(|e| LayerError::tract("parameter", e))?;
-            let w = view.as_slice_mut::<f32>().map_err(|e| LayerError::tract("parameter", e))?;
+            let w = view
+                .as_slice_mut::<f32>()
+                .map_err(|e| LayerError::tract("parameter", e))?;
             optimizer::update(&self.cfg, self.step, w, &g, &mut p.state);
         }
         Ok(())
@@ -235,7 +276,11 @@ impl Layer {
             let (g, specs) = mixnn_grad::inference_graph(&self.model, &shape)?;
             self.check_specs(specs.iter().map(|s| (&s.name, &s.shape)))?;
             let mut inputs = vec![(shape, DatumType::F32)];
-            inputs.extend(self.params.iter().map(|p| (p.shape.clone(), DatumType::F32)));
+            inputs.extend(
+                self.params
+                    .iter()
+                    .map(|p| (p.shape.clone(), DatumType::F32)),
+            );
             self.infer.insert(batch, Plan::compile(&g, &inputs)?);
         }
         let mut feeds = vec![Feed::F32(input)];
@@ -248,7 +293,13 @@ impl Layer {
             .iter()
             .map(|p| {
                 let data = f32_slice(&p.value)?;
-                Ok(NamedTensor { name: p.name.clone(), tensor: Tensor { shape: p.shape.clone(), data: data.to_vec() } })
+                Ok(NamedTensor {
+                    name: p.name.clone(),
+                    tensor: Tensor {
+                        shape: p.shape.clone(),
+                        data: data.to_vec(),
+                    },
+                })
             })
             .collect()
     }
@@ -257,12 +308,22 @@ impl Layer {
     /// mismatch leaves the layer as it was.
     pub fn import_params(&mut self, params: Vec<NamedTensor>) -> Result<(), LayerError> {
         if params.len() != self.params.len() {
-            return Err(LayerError::Params(format!("{} tensors for {} parameters", params.len(), self.params.len())));
+            return Err(LayerError::Params(format!(
+                "{} tensors for {} parameters",
+                params.len(),
+                self.params.len()
+            )));
         }
         let mut values = Vec::with_capacity(params.len());
         for (p, new) in self.params.iter().zip(&params) {
-            if p.name != new.name || p.shape != new.tensor.shape || new.tensor.data.len() != p.state.m.len() {
-                return Err(LayerError::Params(format!("`{}` does not match parameter `{}` {:?}", new.name, p.name, p.shape)));
+            if p.name != new.name
+                || p.shape != new.tensor.shape
+                || new.tensor.data.len() != p.state.m.len()
+            {
+                return Err(LayerError::Params(format!(
+                    "`{}` does not match parameter `{}` {:?}",
+                    new.name, p.name, p.shape
+                )));
             }
             values.push(shared(&p.shape, &new.tensor.data)?);
         }
@@ -281,7 +342,8 @@ impl Layer {
 
     /// Validates an incoming tensor against the shard's input and returns its batch size.
     fn check_input(&self, t: &Tensor) -> Result<usize, LayerError> {
-        let ok_rank = t.shape.len() == self.input_shape.len() && t.shape[1..] == self.input_shape[1..];
+        let ok_rank =
+            t.shape.len() == self.input_shape.len() && t.shape[1..] == self.input_shape[1..];
         let batch = t.shape.first().copied().unwrap_or(0);
         if !ok_rank || batch == 0 || batch > MAX_BATCH {
             return Err(LayerError::BadTensor(format!(
@@ -290,7 +352,10 @@ impl Layer {
             )));
         }
         if t.data.len() != element_count(&t.shape)? {
-            return Err(LayerError::BadTensor(format!("input data does not fill shape {:?}", t.shape)));
+            return Err(LayerError::BadTensor(format!(
+                "input data does not fill shape {:?}",
+                t.shape
+            )));
         }
         Ok(batch)
     }
@@ -304,10 +369,16 @@ impl Layer {
     }
 
     /// Builds and stores the training plans for `batch`; returns the parameter specs.
-    fn build_train_plans(&mut self, batch: usize) -> Result<Vec<mixnn_grad::ParamSpec>, LayerError> {
+    fn build_train_plans(
+        &mut self,
+        batch: usize,
+    ) -> Result<Vec<mixnn_grad::ParamSpec>, LayerError> {
         let shape = self.batch_shape(batch);
         element_count(&shape)?;
-        let opts = GradOptions { input_shape: shape.clone(), need_input_grad: self.cfg.need_input_grad };
+        let opts = GradOptions {
+            input_shape: shape.clone(),
+            need_input_grad: self.cfg.need_input_grad,
+        };
         let g = mixnn_grad::build(&self.model, &opts)?;
         let mut inputs = vec![(shape, DatumType::F32)];
         inputs.extend(g.params.iter().map(|p| (p.shape.clone(), DatumType::F32)));
@@ -317,34 +388,53 @@ impl Layer {
         let backward = Plan::compile(&g.backward, &inputs)?;
         self.train.insert(
             batch,
-            TrainPlans { forward, backward, masks: g.masks, output_shape: g.output_shape },
+            TrainPlans {
+                forward,
+                backward,
+                masks: g.masks,
+                output_shape: g.output_shape,
+            },
         );
         Ok(g.params)
     }
 
     /// Graphs for another batch size must take the same parameters.
-    fn check_specs<'a>(&self, specs: impl Iterator<Item = (&'a String, &'a Vec<usize>)>) -> Result<(), LayerError> {
+    fn check_specs<'a>(
+        &self,
+        specs: impl Iterator<Item = (&'a String, &'a Vec<usize>)>,
+    ) -> Result<(), LayerError> {
         let got: Vec<_> = specs.collect();
         let same = got.len() == self.params.len()
-            && got.iter().zip(&self.params).all(|((n, s), p)| **n == p.name && **s == p.shape);
+            && got
+                .iter()
+                .zip(&self.params)
+                .all(|((n, s), p)| **n == p.name && **s == p.shape);
         if same {
             Ok(())
         } else {
-            Err(LayerError::Shard("parameters differ between batch sizes".into()))
+            Err(LayerError::Shard(
+                "parameters differ between batch sizes".into(),
+            ))
         }
     }
 }
 
 fn first(outs: Vec<Tensor>) -> Result<Tensor, LayerError> {
-    outs.into_iter().next().ok_or_else(|| LayerError::Tract("graph produced no output".into()))
+    outs.into_iter()
+        .next()
+        .ok_or_else(|| LayerError::Tract("graph produced no output".into()))
 }
 
 /// The shard's data input shape, batch first. A symbolic batch dimension
 /// becomes 1 (plans are built per actual batch anyway); any other symbolic
 /// or absurd dimension is refused.
 pub fn declared_input_shape(model: &pb::ModelProto) -> Result<Vec<usize>, LayerError> {
-    let graph = model.graph.as_ref().ok_or_else(|| LayerError::Shard("model has no graph".into()))?;
-    let inits: std::collections::BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| LayerError::Shard("model has no graph".into()))?;
+    let inits: std::collections::BTreeSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let input = graph
         .input
         .iter()
@@ -374,7 +464,10 @@ pub fn declared_input_shape(model: &pb::ModelProto) -> Result<Vec<usize>, LayerE
         shape.push(v);
     }
     if shape.is_empty() {
-        return Err(LayerError::Shard(format!("input `{}` is a scalar; a batch dimension is needed", input.name)));
+        return Err(LayerError::Shard(format!(
+            "input `{}` is a scalar; a batch dimension is needed",
+            input.name
+        )));
     }
     element_count(&shape)?;
     Ok(shape)

@@ -19,7 +19,10 @@ impl ParamState {
             OptimizerKind::Sgd => Vec::new(),
             OptimizerKind::Adam => vec![0.0; len],
         };
-        ParamState { m: vec![0.0; len], v }
+        ParamState {
+            m: vec![0.0; len],
+            v,
+        }
     }
 }
 
@@ -50,7 +53,12 @@ pub(crate) fn update(cfg: &TrainConfig, t: u64, w: &mut [f32], g: &[f32], st: &m
             let exp = i32::try_from(t).unwrap_or(i32::MAX);
             let c1 = 1.0 - b1.powi(exp);
             let c2 = 1.0 - b2.powi(exp);
-            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
+            for (((w, &g), m), v) in w
+                .iter_mut()
+                .zip(g)
+                .zip(st.m.iter_mut())
+                .zip(st.v.iter_mut())
+            {
                 let g = g + wd * *w;
                 *m = b1 * *m + (1.0 - b1) * g;
                 *v = b2 * *v + (1.0 - b2) * g * g;
@@ -68,7 +76,11 @@ mod tests {
 
     #[test]
     fn sgd_momentum_matches_hand_computation() {
-        let cfg = TrainConfig { learning_rate: 0.1, momentum: 0.5, ..Default::default() };
+        let cfg = TrainConfig {
+            learning_rate: 0.1,
+            momentum: 0.5,
+            ..Default::default()
+        };
         let mut w = vec![1.0f32];
         let mut st = ParamState::new(1, OptimizerKind::Sgd);
         update(&cfg, 1, &mut w, &[2.0], &mut st); // buf = 2, w = 1 - 0.2

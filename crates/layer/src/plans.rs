@@ -22,7 +22,10 @@ pub(crate) enum Feed<'a> {
 
 impl Plan {
     /// Compiles `model`, fixing each input to the given shape and type.
-    pub fn compile(model: &pb::ModelProto, inputs: &[(Vec<usize>, DatumType)]) -> Result<Self, LayerError> {
+    pub fn compile(
+        model: &pb::ModelProto,
+        inputs: &[(Vec<usize>, DatumType)],
+    ) -> Result<Self, LayerError> {
         let mut m = tract_onnx::onnx()
             .model_for_proto_model(model)
             .map_err(|e| LayerError::tract("loading graph", e))?;
@@ -60,20 +63,31 @@ impl Plan {
             };
             inputs.push(v);
         }
-        let outputs = self.runnable.run(inputs).map_err(|e| LayerError::tract("running graph", e))?;
+        let outputs = self
+            .runnable
+            .run(inputs)
+            .map_err(|e| LayerError::tract("running graph", e))?;
         outputs.into_iter().map(|o| to_tensor(&o)).collect()
     }
 }
 
 /// Copies a tract value out as an f32 tensor (casting scalars such as the loss).
 pub(crate) fn to_tensor(v: &tract_onnx::prelude::Tensor) -> Result<Tensor, LayerError> {
-    let v = v.cast_to::<f32>().map_err(|e| LayerError::tract("reading output", e))?;
+    let v = v
+        .cast_to::<f32>()
+        .map_err(|e| LayerError::tract("reading output", e))?;
     let data = f32_slice(&v)?.to_vec();
-    Ok(Tensor { shape: v.shape().to_vec(), data })
+    Ok(Tensor {
+        shape: v.shape().to_vec(),
+        data,
+    })
 }
 
 /// Wraps parameter values so plans can take them without a copy per call.
-pub(crate) fn shared(shape: &[usize], data: &[f32]) -> Result<Arc<tract_onnx::prelude::Tensor>, LayerError> {
+pub(crate) fn shared(
+    shape: &[usize],
+    data: &[f32],
+) -> Result<Arc<tract_onnx::prelude::Tensor>, LayerError> {
     tract_onnx::prelude::Tensor::from_shape(shape, data)
         .map(Arc::new)
         .map_err(|e| LayerError::tract("parameter tensor", e))

@@ -15,12 +15,18 @@ pub(crate) fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
 /// product of all but the first dimension (or the length of a 1-D tensor).
 pub(crate) fn kaiming_uniform(shape: &[usize], r: &mut ChaCha8Rng) -> Vec<f32> {
     let n: usize = shape.iter().product();
-    let fan_in: usize = if shape.len() > 1 { shape[1..].iter().product() } else { n };
+    let fan_in: usize = if shape.len() > 1 {
+        shape[1..].iter().product()
+    } else {
+        n
+    };
     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
     (0..n).map(|_| r.gen_range(-bound..bound)).collect()
 }
 
 /// A 0/1 keep-mask with keep probability 1 − ratio.
 pub(crate) fn dropout_mask(len: usize, ratio: f32, r: &mut ChaCha8Rng) -> Vec<f32> {
-    (0..len).map(|_| if r.r#gen::<f32>() < ratio { 0.0 } else { 1.0 }).collect()
+    (0..len)
+        .map(|_| if r.r#gen::<f32>() < ratio { 0.0 } else { 1.0 })
+        .collect()
 }

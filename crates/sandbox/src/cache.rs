@@ -18,26 +18,44 @@ use wasmtime::component::Component;
 
 use crate::{CompiledGuest, SandboxError};
 
-pub(crate) fn compile(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u8]) -> Result<CompiledGuest, SandboxError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    dir: Option<&Path>,
+    name: &str,
+    wasm: &[u8],
+) -> Result<CompiledGuest, SandboxError> {
     let start = Instant::now();
-    let err = |message: String| SandboxError::Compile { name: name.to_string(), message };
+    let err = |message: String| SandboxError::Compile {
+        name: name.to_string(),
+        message,
+    };
     let Some(dir) = dir else {
         let component = Component::new(engine, wasm).map_err(|e| err(format!("{e:#}")))?;
-        tracing::info!(guest = name, ms = start.elapsed().as_millis() as u64, "compiled guest (cache off)");
-        return Ok(CompiledGuest { name: name.to_string(), component, from_cache: false });
+        tracing::info!(
+            guest = name,
+            ms = start.elapsed().as_millis() as u64,
+            "compiled guest (cache off)"
+        );
+        return Ok(CompiledGuest {
+            name: name.to_string(),
+            component,
+            from_cache: false,
+        });
     };
     let path = artifact_path(engine, dir, name, wasm);
     if path.exists() {
         // Read into memory rather than `deserialize_file`, which maps the
         // file: a map turns someone truncating the file into SIGBUS in a
         // running node.
-        let loaded = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| {
-            // SAFETY: the artifact was produced by `precompile_component` of
-            // an engine with the same compatibility hash (it is in the file
-            // name) and lives in a directory only this user can write
-            // (0700 / 0600). wasmtime still checks its header and version.
-            unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| format!("{e:#}"))
-        });
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                // SAFETY: the artifact was produced by `precompile_component` of
+                // an engine with the same compatibility hash (it is in the file
+                // name) and lives in a directory only this user can write
+                // (0700 / 0600). wasmtime still checks its header and version.
+                unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| format!("{e:#}"))
+            });
         match loaded {
             Ok(component) => {
                 tracing::info!(
@@ -46,19 +64,36 @@ pub(crate) fn compile(engine: &Engine, dir: Option<&Path>, name: &str, wasm: &[u
                     ms = start.elapsed().as_millis() as u64,
                     "loaded cached compiled guest"
                 );
-                return Ok(CompiledGuest { name: name.to_string(), component, from_cache: true });
+                return Ok(CompiledGuest {
+                    name: name.to_string(),
+                    component,
+                    from_cache: true,
+                });
             }
-            Err(e) => tracing::warn!(guest = name, error = %e, "cached guest unusable; recompiling"),
+            Err(e) => {
+                tracing::warn!(guest = name, error = %e, "cached guest unusable; recompiling")
+            }
         }
     }
-    let bytes = engine.precompile_component(wasm).map_err(|e| err(format!("{e:#}")))?;
+    let bytes = engine
+        .precompile_component(wasm)
+        .map_err(|e| err(format!("{e:#}")))?;
     // SAFETY: these bytes were produced by this very engine a moment ago.
-    let component = unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| err(format!("{e:#}")))?;
-    tracing::info!(guest = name, ms = start.elapsed().as_millis() as u64, "compiled guest with Cranelift");
+    let component =
+        unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| err(format!("{e:#}")))?;
+    tracing::info!(
+        guest = name,
+        ms = start.elapsed().as_millis() as u64,
+        "compiled guest with Cranelift"
+    );
     if let Err(e) = store(dir, &path, &bytes) {
         tracing::warn!(guest = name, error = %e, dir = %dir.display(), "could not cache compiled guest");
     }
-    Ok(CompiledGuest { name: name.to_string(), component, from_cache: false })
+    Ok(CompiledGuest {
+        name: name.to_string(),
+        component,
+        from_cache: false,
+    })
 }
 
 fn artifact_path(engine: &Engine, dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {
@@ -68,7 +103,10 @@ fn artifact_path(engine: &Engine, dir: &Path, name: &str, wasm: &[u8]) -> PathBu
     d.update(wasm);
     d.update(h.finish().to_le_bytes());
     let key = hex::encode(&d.finalize()[..12]);
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     dir.join(format!("{safe}-{key}.cwasm"))
 }
 
@@ -84,7 +122,10 @@ fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(unix)]
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(not(unix))]
@@ -95,7 +136,12 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(unix)]
 fn open_private(p: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)
 }
 
 #[cfg(not(unix))]

@@ -9,7 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::Layer;
 use crate::{
-    CompiledGuest, LayerInfo, Limits, LossOutput, NamedTensor, SandboxError, Tensor, TrainConfig, ticks, wasi,
+    CompiledGuest, LayerInfo, Limits, LossOutput, NamedTensor, SandboxError, Tensor, TrainConfig,
+    ticks, wasi,
 };
 
 pub(crate) struct GuestState {
@@ -20,7 +21,10 @@ pub(crate) struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -59,7 +63,10 @@ impl GuestLayer {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(ticks(limits.call_timeout));
         let bindings = Layer::instantiate(&mut store, &guest.component, linker).map_err(|e| {
-            SandboxError::Instantiate { name: guest.name.clone(), message: format!("{e:#}") }
+            SandboxError::Instantiate {
+                name: guest.name.clone(),
+                message: format!("{e:#}"),
+            }
         })?;
         Ok(GuestLayer {
             store,
@@ -95,12 +102,24 @@ impl GuestLayer {
             Err(e) => {
                 self.poisoned = true;
                 Err(match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => SandboxError::Timeout { call, limit: self.call_timeout },
-                    Some(Trap::AllocationTooLarge) => SandboxError::OutOfMemory { call, limit: self.memory_limit },
+                    Some(Trap::Interrupt) => SandboxError::Timeout {
+                        call,
+                        limit: self.call_timeout,
+                    },
+                    Some(Trap::AllocationTooLarge) => SandboxError::OutOfMemory {
+                        call,
+                        limit: self.memory_limit,
+                    },
                     _ if format!("{e:#}").contains("forcing trap when growing memory") => {
-                        SandboxError::OutOfMemory { call, limit: self.memory_limit }
+                        SandboxError::OutOfMemory {
+                            call,
+                            limit: self.memory_limit,
+                        }
                     }
-                    _ => SandboxError::Trap { call, message: format!("{e:#}") },
+                    _ => SandboxError::Trap {
+                        call,
+                        message: format!("{e:#}"),
+                    },
                 })
             }
         }

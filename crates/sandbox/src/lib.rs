@@ -15,8 +15,8 @@ mod guest;
 mod wasi;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
@@ -51,7 +51,9 @@ impl GuestKind {
 
     pub fn wasm(self) -> &'static [u8] {
         match self {
-            GuestKind::Standard => include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_standard.wasm")),
+            GuestKind::Standard => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_standard.wasm"))
+            }
             GuestKind::Relay => include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_relay.wasm")),
         }
     }
@@ -75,7 +77,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 1 << 30, call_timeout: Duration::from_secs(60) }
+        Limits {
+            memory_bytes: 1 << 30,
+            call_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -164,7 +169,8 @@ impl Sandbox {
             .epoch_interruption(true);
         let engine = Engine::new(&cfg).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone())?;

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use mixnn_sandbox::{
-    GuestKind, Limits, LossKind, OptimizerKind, Sandbox, SandboxError, SandboxOptions, Tensor, TrainConfig,
+    GuestKind, Limits, LossKind, OptimizerKind, Sandbox, SandboxError, SandboxOptions, Tensor,
+    TrainConfig,
 };
 
 fn config() -> TrainConfig {
@@ -23,37 +24,67 @@ fn config() -> TrainConfig {
 }
 
 fn sandbox(memory_bytes: usize, call_timeout: Duration) -> Sandbox {
-    let opts = SandboxOptions { limits: Limits { memory_bytes, call_timeout }, cache_dir: None };
+    let opts = SandboxOptions {
+        limits: Limits {
+            memory_bytes,
+            call_timeout,
+        },
+        cache_dir: None,
+    };
     Sandbox::new(opts).expect("sandbox starts")
 }
 
 /// After any failure, a fresh relay instance on the same sandbox still works.
 fn still_serves(sb: &Sandbox) {
-    let mut relay = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).expect("relay instantiates");
+    let mut relay = sb
+        .instantiate(sb.guest(GuestKind::Relay).unwrap())
+        .expect("relay instantiates");
     relay.load(b"relu", &config()).expect("relay loads");
-    let out = relay.forward(&Tensor { shape: vec![1, 3], data: vec![-1.0, 0.5, 2.0] }).expect("relay forward");
+    let out = relay
+        .forward(&Tensor {
+            shape: vec![1, 3],
+            data: vec![-1.0, 0.5, 2.0],
+        })
+        .expect("relay forward");
     assert_eq!(out.data, vec![0.0, 0.5, 2.0]);
 }
 
 #[test]
 fn a_guest_that_loops_forever_hits_the_cpu_deadline() {
     let sb = sandbox(256 << 20, Duration::from_millis(300));
-    let hostile = sb.compile("hostile", mixnn_sandbox::hostile_guest_wasm()).expect("compiles");
+    let hostile = sb
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
     let mut g = sb.instantiate(&hostile).expect("instantiates");
     let t = Instant::now();
     let err = g.load(b"loop", &config()).expect_err("must not return");
-    assert!(matches!(err, SandboxError::Timeout { call: "load", .. }), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5), "deadline took {:?}", t.elapsed());
+    assert!(
+        matches!(err, SandboxError::Timeout { call: "load", .. }),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "deadline took {:?}",
+        t.elapsed()
+    );
     assert!(err.to_string().contains("CPU time limit"));
     // The instance is poisoned, the sandbox is not.
-    assert!(matches!(g.forward(&Tensor { shape: vec![1], data: vec![1.0] }), Err(SandboxError::Poisoned { .. })));
+    assert!(matches!(
+        g.forward(&Tensor {
+            shape: vec![1],
+            data: vec![1.0]
+        }),
+        Err(SandboxError::Poisoned { .. })
+    ));
     still_serves(&sb);
 }
 
 #[test]
 fn a_guest_that_allocates_without_bound_hits_the_memory_cap() {
     let sb = sandbox(64 << 20, Duration::from_secs(30));
-    let hostile = sb.compile("hostile", mixnn_sandbox::hostile_guest_wasm()).expect("compiles");
+    let hostile = sb
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
     let mut g = sb.instantiate(&hostile).expect("instantiates");
     let err = g.load(b"alloc", &config()).expect_err("must not succeed");
     assert!(
@@ -66,10 +97,15 @@ fn a_guest_that_allocates_without_bound_hits_the_memory_cap() {
 #[test]
 fn a_guest_that_traps_fails_the_call_with_a_clear_error() {
     let sb = sandbox(256 << 20, Duration::from_secs(30));
-    let hostile = sb.compile("hostile", mixnn_sandbox::hostile_guest_wasm()).expect("compiles");
+    let hostile = sb
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
     let mut g = sb.instantiate(&hostile).expect("instantiates");
     let err = g.load(b"trap", &config()).expect_err("must trap");
-    assert!(matches!(err, SandboxError::Trap { call: "load", .. }), "{err}");
+    assert!(
+        matches!(err, SandboxError::Trap { call: "load", .. }),
+        "{err}"
+    );
     // A well-behaved instance of the same guest next to it is unaffected.
     let mut ok = sb.instantiate(&hostile).expect("instantiates");
     ok.load(b"ok", &config()).expect("loads");
@@ -79,7 +115,10 @@ fn a_guest_that_traps_fails_the_call_with_a_clear_error() {
 #[test]
 fn garbage_is_not_a_guest() {
     let sb = sandbox(64 << 20, Duration::from_secs(5));
-    let err = sb.compile("garbage", b"\0asm but not really").err().expect("must not compile");
+    let err = sb
+        .compile("garbage", b"\0asm but not really")
+        .err()
+        .expect("must not compile");
     assert!(matches!(err, SandboxError::Compile { .. }), "{err}");
     still_serves(&sb);
 }
@@ -89,36 +128,57 @@ fn relay_guest_is_identity_or_relu_with_matching_backward() {
     let sb = sandbox(64 << 20, Duration::from_secs(5));
     let mut id = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).unwrap();
     id.load(b"identity", &config()).unwrap();
-    let x = Tensor { shape: vec![2, 2], data: vec![-1.0, 2.0, -3.0, 4.0] };
+    let x = Tensor {
+        shape: vec![2, 2],
+        data: vec![-1.0, 2.0, -3.0, 4.0],
+    };
     assert_eq!(id.forward(&x).unwrap(), x);
     let mut relu = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).unwrap();
     relu.load(b"relu", &config()).unwrap();
     relu.forward(&x).unwrap();
-    let g = relu.backward(&Tensor { shape: vec![2, 2], data: vec![1.0; 4] }).unwrap().unwrap();
+    let g = relu
+        .backward(&Tensor {
+            shape: vec![2, 2],
+            data: vec![1.0; 4],
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(g.data, vec![0.0, 1.0, 0.0, 1.0]);
     let err = relu.load(b"softmax", &config()).unwrap_err();
     assert!(matches!(err, SandboxError::Guest { .. }), "{err}");
     // A tensor whose data does not fill its shape is refused, not trusted.
-    let bad = Tensor { shape: vec![4, 4], data: vec![1.0] };
+    let bad = Tensor {
+        shape: vec![4, 4],
+        data: vec![1.0],
+    };
     assert!(matches!(id.forward(&bad), Err(SandboxError::Guest { .. })));
 }
 
 #[test]
 fn second_start_loads_the_cached_compiled_guest() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SandboxOptions { limits: Limits::default(), cache_dir: Some(dir.path().join("cache")) };
+    let opts = SandboxOptions {
+        limits: Limits::default(),
+        cache_dir: Some(dir.path().join("cache")),
+    };
     let t = Instant::now();
     let sb = Sandbox::new(opts.clone()).unwrap();
     assert!(!sb.guest(GuestKind::Standard).unwrap().from_cache());
     assert!(!sb.guest(GuestKind::Relay).unwrap().from_cache());
     drop(sb);
     let cold = t.elapsed();
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 2, "one artifact per built-in guest: {files:?}");
     #[cfg(unix)]
     for f in &files {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let t = Instant::now();
     let sb = Sandbox::new(opts).unwrap();
@@ -131,7 +191,10 @@ fn second_start_loads_the_cached_compiled_guest() {
     for f in &files {
         std::fs::write(f, b"corrupt").unwrap();
     }
-    let opts = SandboxOptions { limits: Limits::default(), cache_dir: Some(dir.path().join("cache")) };
+    let opts = SandboxOptions {
+        limits: Limits::default(),
+        cache_dir: Some(dir.path().join("cache")),
+    };
     let sb = Sandbox::new(opts).unwrap();
     assert!(!sb.guest(GuestKind::Relay).unwrap().from_cache());
     still_serves(&sb);

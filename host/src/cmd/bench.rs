@@ -43,7 +43,11 @@ fn guest(a: GuestBenchArgs) -> Result<()> {
     let model = super::read_model(&a.model)?;
     let shards = mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?;
     let sandbox = a.sandbox.sandbox()?;
-    let opts = BenchOptions { batch: a.batch, iterations: a.iterations, seed: a.seed };
+    let opts = BenchOptions {
+        batch: a.batch,
+        iterations: a.iterations,
+        seed: a.seed,
+    };
     let mut progress = |b: &ShardBench| eprintln!("measured {} (ratio {:.2}x)", b.name, b.ratio);
     let report = mixnn_designer::bench_guest(&shards, &opts, &sandbox, &mut progress)?;
     print!("{}", mixnn_designer::render_bench(&report));

@@ -27,7 +27,9 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> Result<()> {
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
     let model = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
-    println!("mixnn demo: the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL) on MNIST, each layer in a wasm guest");
+    println!(
+        "mixnn demo: the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL) on MNIST, each layer in a wasm guest"
+    );
     let opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
     let (report, shards) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
     super::train::print_summary(&report, shards);

@@ -32,7 +32,13 @@ pub struct SandboxArgs {
 
 impl SandboxArgs {
     pub fn sandbox(&self) -> Result<Sandbox> {
-        let cache_dir = if self.no_cache { None } else { self.cache_dir.clone().or_else(SandboxOptions::default_cache_dir) };
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(SandboxOptions::default_cache_dir)
+        };
         let limits = Limits {
             memory_bytes: self.guest_memory_mib.saturating_mul(1 << 20),
             call_timeout: Duration::from_secs(self.guest_call_timeout_s),

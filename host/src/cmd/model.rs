@@ -47,7 +47,15 @@ pub fn run(a: ModelArgs) -> Result<()> {
         Arch::Mlp => mixnn_shard::mlp(a.seed, a.batch, form),
         Arch::Lenet5 => mixnn_shard::lenet5(a.seed, a.batch, form),
     };
-    std::fs::write(&a.out, mixnn_shard::encode(&m)).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("wrote {:?} ({:?} form, batch {}, seed {}) to {}", a.arch, a.form, a.batch, a.seed, a.out.display());
+    std::fs::write(&a.out, mixnn_shard::encode(&m))
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {:?} ({:?} form, batch {}, seed {}) to {}",
+        a.arch,
+        a.form,
+        a.batch,
+        a.seed,
+        a.out.display()
+    );
     Ok(())
 }

@@ -26,10 +26,15 @@ pub fn run(a: SplitArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (i, s) in shards.iter().enumerate() {
         let p = a.out.join(format!("shard{i}.onnx"));
-        std::fs::write(&p, mixnn_shard::encode(s)).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, mixnn_shard::encode(s))
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     super::write_json(&a.out.join("plan.json"), &plan)?;
     print!("{}", mixnn_shard::render_plan(&plan));
-    println!("wrote {} shards and plan.json to {}", shards.len(), a.out.display());
+    println!(
+        "wrote {} shards and plan.json to {}",
+        shards.len(),
+        a.out.display()
+    );
     Ok(())
 }

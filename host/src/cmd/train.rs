@@ -101,7 +101,9 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     if !a.local {
-        bail!("this build trains with --local only: the network cascade (--pool) is not part of it yet");
+        bail!(
+            "this build trains with --local only: the network cascade (--pool) is not part of it yet"
+        );
     }
     let model = super::read_model(&a.model)?;
     let engine = match a.engine {
@@ -154,19 +156,30 @@ pub fn train_model(
             e.test_seconds
         );
     };
-    let (report, mut cascade) = mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut progress)?;
+    let (report, mut cascade) =
+        mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut progress)?;
     if let Some(path) = export {
         let params = cascade.export_params()?;
         let trained = shards
             .iter()
             .zip(&params)
             .map(|(s, p)| {
-                let p: Vec<_> = p.iter().map(|t| (t.name.clone(), t.tensor.shape.clone(), t.tensor.data.clone())).collect();
+                let p: Vec<_> = p
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            t.tensor.shape.clone(),
+                            t.tensor.data.clone(),
+                        )
+                    })
+                    .collect();
                 mixnn_shard::set_params(s, &p)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let merged = mixnn_shard::merge(&trained)?;
-        std::fs::write(path, mixnn_shard::encode(&merged)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, mixnn_shard::encode(&merged))
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("trained model exported to {}", path.display());
     }
     Ok((report, shards.len()))

@@ -10,7 +10,11 @@ use crate::rules::{Ctx, a_int, first_grad, input, output};
 
 /// Shared prologue: the gradient of output 0 and the input name, or `None`
 /// when there is nothing to do.
-fn unary(ctx: &Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Option<(String, String)>, GradError> {
+fn unary(
+    ctx: &Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Option<(String, String)>, GradError> {
     let x = input(ctx, node, 0)?;
     match first_grad(gy) {
         Some(dy) if ctx.requires_grad(&x) => Ok(Some((dy, x))),
@@ -25,8 +29,14 @@ fn one(g: String, n: usize) -> Vec<Option<String>> {
 }
 
 /// Relu: `dX = dY * (X > 0)` (the subgradient at 0 is 0).
-pub(crate) fn relu(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else { return Ok(vec![None; node.input.len()]) };
+pub(crate) fn relu(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, x)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
     let zero = ctx.const_scalar(0.0);
     let pos = ctx.emit("Greater", &[&x, &zero], vec![]);
     let mask = ctx.emit("Cast", &[&pos], vec![a_int("to", ctx.float_code() as i64)]);
@@ -34,8 +44,14 @@ pub(crate) fn relu(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -
 }
 
 /// Sigmoid: `dX = dY * Y * (1 - Y)`.
-pub(crate) fn sigmoid(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else { return Ok(vec![None; node.input.len()]) };
+pub(crate) fn sigmoid(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, _)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
     let y = output(ctx, node, 0)?;
     let c1 = ctx.const_scalar(1.0);
     let omy = ctx.sub(&c1, &y);
@@ -44,8 +60,14 @@ pub(crate) fn sigmoid(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]
 }
 
 /// Tanh: `dX = dY * (1 - Y^2)`.
-pub(crate) fn tanh(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else { return Ok(vec![None; node.input.len()]) };
+pub(crate) fn tanh(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, _)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
     let y = output(ctx, node, 0)?;
     let c1 = ctx.const_scalar(1.0);
     let y2 = ctx.mul(&y, &y);
@@ -66,8 +88,14 @@ fn softmax_axis(ctx: &Ctx, node: &pb::NodeProto, x: &str) -> Result<usize, GradE
 }
 
 /// Softmax: `dX = Y * (dY - sum_axis(dY * Y))`.
-pub(crate) fn softmax(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else { return Ok(vec![None; node.input.len()]) };
+pub(crate) fn softmax(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, x)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
     let axis = softmax_axis(ctx, node, &x)?;
     let y = output(ctx, node, 0)?;
     let p = ctx.mul(&dy, &y);
@@ -77,8 +105,14 @@ pub(crate) fn softmax(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]
 }
 
 /// LogSoftmax: `dX = dY - exp(Y) * sum_axis(dY)`.
-pub(crate) fn log_softmax(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else { return Ok(vec![None; node.input.len()]) };
+pub(crate) fn log_softmax(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, x)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
     let axis = softmax_axis(ctx, node, &x)?;
     let y = output(ctx, node, 0)?;
     let s = ctx.reduce_sum(&dy, &[axis], true);

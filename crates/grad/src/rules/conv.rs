@@ -81,6 +81,22 @@ pub(super) struct Geometry {
     pub pads_end: Vec<usize>,
 }
 
+/// Largest span (padded input, or ground covered by the windows) accepted:
+/// far beyond any real tensor, and small enough that sums of a few spans
+/// neither overflow `usize` on wasm32 nor leave `i64` attribute range.
+const MAX_SPAN: usize = 1 << 30;
+
+/// `(out - 1) * stride + (kernel - 1) * dilation + 1`, the ground `out`
+/// windows cover, `None` on overflow (`out` and `kernel` are >= 1).
+fn window_span(out: usize, stride: usize, kernel: usize, dilation: usize) -> Option<usize> {
+    let starts = out.checked_sub(1)?.checked_mul(stride)?;
+    let field = kernel
+        .checked_sub(1)?
+        .checked_mul(dilation)?
+        .checked_add(1)?;
+    starts.checked_add(field)
+}
+
 /// Reads an INTS attribute of `len` positive values, or `default` repeated.
 fn positive_ints(
     ctx: &Ctx,
@@ -152,9 +168,10 @@ impl Geometry {
                 let mut b = vec![0; r];
                 let mut e = vec![0; r];
                 for a in 0..r {
-                    let field = (kernel[a] - 1) * dilations[a] + 1;
                     let out = input[a].div_ceil(strides[a]);
-                    let total = ((out - 1) * strides[a] + field).saturating_sub(input[a]);
+                    let total = window_span(out, strides[a], kernel[a], dilations[a])
+                        .ok_or_else(|| ctx.node_error(node, "window attributes overflow"))?
+                        .saturating_sub(input[a]);
                     let (small, big) = (total / 2, total - total / 2);
                     (b[a], e[a]) = if auto_pad == "SAME_UPPER" {
                         (small, big)
@@ -178,11 +195,20 @@ impl Geometry {
             pads_end,
         };
         for a in 0..r {
-            // Every window must start inside the padded input, or the shapes
+            // Bounded spans make every later sum of these lengths safe, and
+            // every window must start inside the padded input, or the shapes
             // came from somewhere else than this node's attributes.
-            let last_start = (geo.output[a] - 1).checked_mul(geo.strides[a]);
-            let padded = geo.pads_begin[a] + geo.input[a] + geo.pads_end[a];
-            if last_start.is_none_or(|l| l >= padded) {
+            let covered = window_span(output[a], geo.strides[a], kernel[a], geo.dilations[a]);
+            let padded = geo.pads_begin[a]
+                .checked_add(input[a])
+                .and_then(|p| p.checked_add(geo.pads_end[a]));
+            let (Some(covered), Some(padded)) = (covered, padded) else {
+                return Err(ctx.node_error(node, "window attributes overflow"));
+            };
+            if covered.max(padded) > MAX_SPAN {
+                return Err(ctx.node_error(node, "window attributes overflow"));
+            }
+            if (output[a] - 1) * geo.strides[a] >= padded {
                 return Err(ctx.node_error(
                     node,
                     format!("output dims {output:?} do not fit the padded input on axis {a}"),
@@ -293,7 +319,11 @@ pub(crate) fn conv(
     }
     let group = to_usize(ctx, node, ctx.attr_int(node, "group", 1), "group")?;
     let (n, c, o) = (x_shape[0], x_shape[1], w_shape[0]);
-    if group == 0 || c % group != 0 || o % group != 0 || w_shape[1] * group != c {
+    if group == 0
+        || !c.is_multiple_of(group)
+        || !o.is_multiple_of(group)
+        || w_shape[1].checked_mul(group) != Some(c)
+    {
         return Err(ctx.node_error(
             node,
             format!("group {group} does not fit X {x_shape:?} and W {w_shape:?}"),
@@ -351,7 +381,10 @@ fn weight_grad(
         let xs = ctx.reshape(x, &split);
         let perm: Vec<usize> = [2, 1, 0].into_iter().chain(3..r + 3).collect();
         let xp = ctx.transpose(&xs, &perm);
-        let merged: Vec<usize> = [cg, group * n].iter().chain(&geo.input).copied().collect();
+        let gn = group
+            .checked_mul(n)
+            .ok_or_else(|| ctx.node_error(node, "batch too large"))?;
+        let merged: Vec<usize> = [cg, gn].iter().chain(&geo.input).copied().collect();
         ctx.reshape(&xp, &merged)
     };
     // (N, O, out...) -> (O, N, out...): O kernels of N channels each.
@@ -398,7 +431,3 @@ fn weight_grad(
     let axes = ctx.const_i64(&axes, &[r]);
     Ok(ctx.emit("Slice", &[&dw, &starts, &ends, &axes], vec![]))
 }
-
-#[cfg(test)]
-#[path = "/tmp/mixnn_scratch.rs"]
-mod scratch;

@@ -10,9 +10,15 @@ use crate::rules::{Ctx, a_int, first_grad, input, output};
 /// each is written as one Gemm with the transposes folded into its flags, so
 /// no Transpose node is ever materialised. `dC = beta * dY` reduced to C's
 /// (unidirectionally broadcast) shape.
-pub(crate) fn gemm(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn gemm(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let alpha = ctx.attr_float(node, "alpha", 1.0) as f64;
     let beta = ctx.attr_float(node, "beta", 1.0) as f64;
     let ta = ctx.attr_int(node, "transA", 0) != 0;
@@ -22,23 +28,37 @@ pub(crate) fn gemm(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -
     // alpha is applied by a Mul rather than Gemm's attribute: tract's Gemm
     // builds its alpha constant in f32, which breaks f64 graphs.
     let gemm = |ctx: &mut Ctx, p: &str, q: &str, tp: bool, tq: bool| {
-        let g = ctx.emit("Gemm", &[p, q], vec![a_int("transA", tp as i64), a_int("transB", tq as i64)]);
+        let g = ctx.emit(
+            "Gemm",
+            &[p, q],
+            vec![a_int("transA", tp as i64), a_int("transB", tq as i64)],
+        );
         ctx.scale(&g, alpha)
     };
     if ctx.requires_grad(&a) {
         // transA=0: dA = dY B'^T;  transA=1: dA = (dY B'^T)^T = B' dY^T.
-        out[0] = Some(if !ta { gemm(ctx, &dy, &b, false, !tb) } else { gemm(ctx, &b, &dy, tb, true) });
+        out[0] = Some(if !ta {
+            gemm(ctx, &dy, &b, false, !tb)
+        } else {
+            gemm(ctx, &b, &dy, tb, true)
+        });
     }
     if ctx.requires_grad(&b) {
         // transB=0: dB = A'^T dY;  transB=1: dB = (A'^T dY)^T = dY^T A'.
-        out[1] = Some(if !tb { gemm(ctx, &a, &dy, !ta, false) } else { gemm(ctx, &dy, &a, true, ta) });
+        out[1] = Some(if !tb {
+            gemm(ctx, &a, &dy, !ta, false)
+        } else {
+            gemm(ctx, &dy, &a, true, ta)
+        });
     }
     if let Some(c) = node.input.get(2).filter(|c| !c.is_empty())
         && ctx.requires_grad(c)
     {
         let ys = ctx.shape(&output(ctx, node, 0)?)?;
         let cs = ctx.shape(c)?;
-        let g = ctx.unbroadcast(&dy, &ys, &cs).map_err(|e| ctx.node_error(node, e.to_string()))?;
+        let g = ctx
+            .unbroadcast(&dy, &ys, &cs)
+            .map_err(|e| ctx.node_error(node, e.to_string()))?;
         out[2] = Some(ctx.scale(&g, beta));
     }
     Ok(out)
@@ -54,9 +74,15 @@ fn swap_last_two(r: usize) -> Vec<usize> {
 /// MatMul with numpy semantics: 1-D operands are promoted to matrices (A to
 /// `[1,K]`, B to `[K,1]`) and batch dims broadcast. `dA = dY B^T`,
 /// `dB = A^T dY`, each reduced over the batch dims its operand broadcast.
-pub(crate) fn matmul(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn matmul(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let a = input(ctx, node, 0)?;
     let b = input(ctx, node, 1)?;
     let need_a = ctx.requires_grad(&a);
@@ -82,7 +108,11 @@ pub(crate) fn matmul(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>])
         return Err(ctx.node_error(node, format!("unexpected output shape {y_s:?}")));
     }
     let batch = &y2[..y2.len() - 2];
-    let dy2 = if y2 != y_s { ctx.reshape(&dy, &y2) } else { dy.clone() };
+    let dy2 = if y2 != y_s {
+        ctx.reshape(&dy, &y2)
+    } else {
+        dy.clone()
+    };
     let a_m = if a1 { ctx.reshape(&a, &a2) } else { a.clone() };
     let b_m = if b1 { ctx.reshape(&b, &b2) } else { b.clone() };
     let wrap = |ctx: &Ctx, e: GradError| ctx.node_error(node, e.to_string());

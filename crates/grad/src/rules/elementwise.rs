@@ -12,14 +12,22 @@ use crate::rules::{Ctx, a_int, first_grad, input, output};
 fn to_input(ctx: &mut Ctx, node: &pb::NodeProto, g: &str, i: usize) -> Result<String, GradError> {
     let y_s = ctx.shape(&output(ctx, node, 0)?)?;
     let x_s = ctx.shape(&input(ctx, node, i)?)?;
-    ctx.unbroadcast(g, &y_s, &x_s).map_err(|e| ctx.node_error(node, e.to_string()))
+    ctx.unbroadcast(g, &y_s, &x_s)
+        .map_err(|e| ctx.node_error(node, e.to_string()))
 }
 
 /// Gradient `dY * factor_i` for every input that needs one, where the
 /// factor is the same for all inputs (Add, Sum, Mean).
-fn spread(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>], factor: f64) -> Result<Vec<Option<String>>, GradError> {
+fn spread(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+    factor: f64,
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let scaled = ctx.scale(&dy, factor);
     for (i, x) in node.input.iter().enumerate() {
         if ctx.requires_grad(x) {
@@ -30,23 +38,39 @@ fn spread(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>], factor: f6
 }
 
 /// Add: `dA = dY`, `dB = dY`, each reduced to its operand's shape.
-pub(crate) fn add(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn add(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     spread(ctx, node, gy, 1.0)
 }
 
 /// Sum (variadic): every input gets `dY`.
-pub(crate) fn sum(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn sum(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     spread(ctx, node, gy, 1.0)
 }
 
 /// Mean (variadic): every input gets `dY / n`.
-pub(crate) fn mean(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn mean(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let n = node.input.len().max(1) as f64;
     spread(ctx, node, gy, 1.0 / n)
 }
 
 /// Sub: `dA = dY`, `dB = -dY` (negated after the reduction, on the smaller tensor).
-pub(crate) fn sub(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn sub(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = spread(ctx, node, gy, 1.0)?;
     if let Some(Some(g)) = out.get(1).cloned() {
         out[1] = Some(ctx.neg(&g));
@@ -55,7 +79,11 @@ pub(crate) fn sub(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) ->
 }
 
 /// Neg: `dX = -dY`.
-pub(crate) fn neg(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn neg(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
     if let Some(dy) = first_grad(gy)
         && ctx.requires_grad(&input(ctx, node, 0)?)
@@ -67,9 +95,15 @@ pub(crate) fn neg(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) ->
 
 /// Mul: `dA = dY * B`, `dB = dY * A`. `x * x` works too: the driver adds the
 /// two contributions to the same tensor.
-pub(crate) fn mul(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn mul(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let a = input(ctx, node, 0)?;
     let b = input(ctx, node, 1)?;
     if ctx.requires_grad(&a) {
@@ -84,9 +118,15 @@ pub(crate) fn mul(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) ->
 }
 
 /// Div: `dA = dY / B`, `dB = -dY * A / B^2 = -(dY * Y) / B`.
-pub(crate) fn div(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn div(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let a = input(ctx, node, 0)?;
     let b = input(ctx, node, 1)?;
     if ctx.requires_grad(&a) {
@@ -106,9 +146,15 @@ pub(crate) fn div(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) ->
 /// Max (variadic, broadcasting): `dY` flows to the input that holds the
 /// maximum. Ties go to the first such input (lowest index), so exactly one
 /// input receives each element's gradient and the result is deterministic.
-pub(crate) fn max(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn max(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     if node.input.len() == 1 {
         if ctx.requires_grad(&node.input[0]) {
             out[0] = Some(dy);

@@ -22,7 +22,8 @@
 //! - `const_i64_of(name)`, `const_f64_of(name) -> Option<Vec<..>>`: value of a
 //!   forward tensor when it is an initializer or a Constant node's output.
 //!
-//! Emitting (all names are fresh and unique):
+//! Emitting (all names are fresh and unique; `fresh(hint)` gives one for
+//! your own use, `take_name(name)` reserves a chosen one):
 //! - `emit(op, inputs, attrs) -> String`: one node, one output.
 //! - `emit_n(op, inputs, n_outputs, attrs) -> Vec<String>`.
 //!   Pass `""` in `inputs` for an omitted optional input.
@@ -62,7 +63,8 @@ pub(crate) mod pool;
 pub(crate) mod shape;
 
 /// Signature of a gradient rule (see the module docs).
-pub(crate) type RuleFn = fn(&mut Ctx, &pb::NodeProto, &[Option<String>]) -> Result<Vec<Option<String>>, GradError>;
+pub(crate) type RuleFn =
+    fn(&mut Ctx, &pb::NodeProto, &[Option<String>]) -> Result<Vec<Option<String>>, GradError>;
 
 /// The rule for an op type, `None` when the op has no gradient rule.
 ///
@@ -116,6 +118,7 @@ pub(crate) fn a_int(name: &str, v: i64) -> pb::AttributeProto {
 pub(crate) fn a_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     proto::attr_ints(name, v)
 }
+#[allow(dead_code)] // rule API: offered to every rule, not used by all of them
 /// FLOAT attribute for emitted nodes.
 pub(crate) fn a_float(name: &str, v: f32) -> pb::AttributeProto {
     proto::attr_float(name, v)
@@ -148,6 +151,7 @@ pub(crate) fn output(ctx: &Ctx, node: &pb::NodeProto, i: usize) -> Result<String
 
 /// Everything the rules may know about the forward graph, plus the backward
 /// nodes emitted so far.
+#[allow(dead_code)] // `consts` and `opset` back rule-API methods not every rule uses
 pub(crate) struct Ctx<'a> {
     shapes: &'a HashMap<String, Vec<usize>>,
     consts: &'a HashMap<String, pb::TensorProto>,
@@ -174,7 +178,17 @@ impl<'a> Ctx<'a> {
         opset: i64,
         taken: HashSet<String>,
     ) -> Self {
-        Ctx { shapes, consts, requires, float, opset, taken, counter: 0, prefix: "mixnn".into(), nodes: Vec::new() }
+        Ctx {
+            shapes,
+            consts,
+            requires,
+            float,
+            opset,
+            taken,
+            counter: 0,
+            prefix: "mixnn".into(),
+            nodes: Vec::new(),
+        }
     }
 
     /// Sets the prefix of fresh names (the driver sets it per forward node).
@@ -197,6 +211,7 @@ impl<'a> Ctx<'a> {
         Ok(self.shape(name)?.len())
     }
 
+    #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// The graph's float type.
     pub(crate) fn float_type(&self) -> FloatType {
         self.float
@@ -207,6 +222,7 @@ impl<'a> Ctx<'a> {
         self.float.onnx()
     }
 
+    #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// The ai.onnx opset version of the emitted graphs.
     pub(crate) fn opset(&self) -> i64 {
         self.opset
@@ -218,15 +234,21 @@ impl<'a> Ctx<'a> {
         !name.is_empty() && self.requires.contains(name)
     }
 
+    #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// Value of an integer forward tensor that is constant (initializer or
     /// Constant node output).
     pub(crate) fn const_i64_of(&self, name: &str) -> Option<Vec<i64>> {
-        self.consts.get(name).and_then(|t| proto::tensor_i64(t).ok())
+        self.consts
+            .get(name)
+            .and_then(|t| proto::tensor_i64(t).ok())
     }
 
+    #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// Value of a float forward tensor that is constant.
     pub(crate) fn const_f64_of(&self, name: &str) -> Option<Vec<f64>> {
-        self.consts.get(name).and_then(|t| proto::tensor_f64(t).ok())
+        self.consts
+            .get(name)
+            .and_then(|t| proto::tensor_f64(t).ok())
     }
 
     // ---- attributes of forward nodes ----------------------------------
@@ -257,12 +279,20 @@ impl<'a> Ctx<'a> {
 
     /// An error naming the node and op.
     pub(crate) fn node_error(&self, node: &pb::NodeProto, reason: impl Into<String>) -> GradError {
-        GradError::Node { node: node.name.clone(), op: node.op_type.clone(), reason: reason.into() }
+        GradError::Node {
+            node: node.name.clone(),
+            op: node.op_type.clone(),
+            reason: reason.into(),
+        }
     }
 
+    #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// The op has no gradient rule (or not for these attributes).
     pub(crate) fn unsupported(&self, node: &pb::NodeProto) -> GradError {
-        GradError::UnsupportedOp { node: node.name.clone(), op: node.op_type.clone() }
+        GradError::UnsupportedOp {
+            node: node.name.clone(),
+            op: node.op_type.clone(),
+        }
     }
 
     // ---- emitting -------------------------------------------------------
@@ -297,14 +327,26 @@ impl<'a> Ctx<'a> {
             self.taken.insert(o.clone());
         }
         let outs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-        self.nodes.push(proto::node(&node_name, op, inputs, &outs, attrs));
+        self.nodes
+            .push(proto::node(&node_name, op, inputs, &outs, attrs));
         outputs
     }
 
     /// Emits one node with one output and returns its name.
-    pub(crate) fn emit(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>) -> String {
+    pub(crate) fn emit(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> String {
         let node_name = self.fresh(op);
-        self.nodes.push(proto::node(&node_name, op, inputs, &[node_name.as_str()], attrs));
+        self.nodes.push(proto::node(
+            &node_name,
+            op,
+            inputs,
+            &[node_name.as_str()],
+            attrs,
+        ));
         node_name
     }
 
@@ -312,7 +354,13 @@ impl<'a> Ctx<'a> {
     pub(crate) fn const_i64(&mut self, values: &[i64], shape: &[usize]) -> String {
         let name = self.fresh("const");
         let t = proto::i64_tensor(&name, values, shape);
-        self.nodes.push(proto::node(&name, "Constant", &[], &[name.as_str()], vec![proto::attr_tensor("value", t)]));
+        self.nodes.push(proto::node(
+            &name,
+            "Constant",
+            &[],
+            &[name.as_str()],
+            vec![proto::attr_tensor("value", t)],
+        ));
         name
     }
 
@@ -320,7 +368,13 @@ impl<'a> Ctx<'a> {
     pub(crate) fn const_tensor(&mut self, values: &[f64], shape: &[usize]) -> String {
         let name = self.fresh("const");
         let t = proto::float_tensor(&name, self.float, values, shape);
-        self.nodes.push(proto::node(&name, "Constant", &[], &[name.as_str()], vec![proto::attr_tensor("value", t)]));
+        self.nodes.push(proto::node(
+            &name,
+            "Constant",
+            &[],
+            &[name.as_str()],
+            vec![proto::attr_tensor("value", t)],
+        ));
         name
     }
 
@@ -331,15 +385,22 @@ impl<'a> Ctx<'a> {
 
     /// Zeros of `shape` (a gradient that is identically zero).
     pub(crate) fn zeros(&mut self, shape: &[usize]) -> Result<String, GradError> {
-        proto::numel(shape).ok_or_else(|| GradError::Invalid(format!("shape {shape:?} is too large")))?;
+        proto::numel(shape)
+            .ok_or_else(|| GradError::Invalid(format!("shape {shape:?} is too large")))?;
         let z = self.const_scalar(0.0);
-        let s = self.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), &[shape.len()]);
+        let s = self.const_i64(
+            &shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+            &[shape.len()],
+        );
         Ok(self.emit("Expand", &[&z, &s], vec![]))
     }
 
     /// Reshape to a static shape.
     pub(crate) fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
-        let s = self.const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), &[shape.len()]);
+        let s = self.const_i64(
+            &shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+            &[shape.len()],
+        );
         self.emit("Reshape", &[x, &s], vec![])
     }
 
@@ -386,7 +447,11 @@ impl<'a> Ctx<'a> {
         }
         let a: Vec<i64> = axes.iter().map(|&d| d as i64).collect();
         let ax = self.const_i64(&a, &[a.len()]);
-        self.emit("ReduceSum", &[x, &ax], vec![a_int("keepdims", keepdims as i64)])
+        self.emit(
+            "ReduceSum",
+            &[x, &ax],
+            vec![a_int("keepdims", keepdims as i64)],
+        )
     }
 
     /// Sum of one or more tensors (same shape).
@@ -405,12 +470,19 @@ impl<'a> Ctx<'a> {
     /// Reduces `grad` (of shape `from`, the broadcast result) to `to`, the
     /// shape of an operand that was broadcast (numpy rules: `to` is aligned
     /// right, missing leading dims and dims of size 1 were broadcast).
-    pub(crate) fn unbroadcast(&mut self, grad: &str, from: &[usize], to: &[usize]) -> Result<String, GradError> {
+    pub(crate) fn unbroadcast(
+        &mut self,
+        grad: &str,
+        from: &[usize],
+        to: &[usize],
+    ) -> Result<String, GradError> {
         if from == to {
             return Ok(grad.to_string());
         }
         if to.len() > from.len() {
-            return Err(GradError::Invalid(format!("cannot reduce a gradient of shape {from:?} to {to:?}")));
+            return Err(GradError::Invalid(format!(
+                "cannot reduce a gradient of shape {from:?} to {to:?}"
+            )));
         }
         let lead = from.len() - to.len();
         let mut axes: Vec<usize> = (0..lead).collect();
@@ -420,7 +492,9 @@ impl<'a> Ctx<'a> {
                 continue;
             }
             if t != 1 {
-                return Err(GradError::Invalid(format!("shape {to:?} does not broadcast to {from:?}")));
+                return Err(GradError::Invalid(format!(
+                    "shape {to:?} does not broadcast to {from:?}"
+                )));
             }
             axes.push(lead + i);
         }

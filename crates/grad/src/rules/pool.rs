@@ -83,16 +83,25 @@ pub(crate) fn max_pool(
     let x_len = count(ctx, node, &x_shape)?;
     let y_len = count(ctx, node, &y_shape)?;
 
-    // Same window attributes; Indices in row-major order so they index the
-    // flattened X directly.
-    let attrs: Vec<pb::AttributeProto> = node
-        .attribute
-        .iter()
-        .filter(|a| a.name != "storage_order")
-        .cloned()
-        .collect();
-    let pooled = ctx.emit_n("MaxPool", &[&node.input[0]], 2, attrs);
-    let indices = ctx.reshape(&pooled[1], &[y_len]);
+    // Indices must be row-major to index the flattened X directly. The
+    // forward node's own Indices output (the backward graph holds every
+    // forward node) does when it has the default storage order; otherwise
+    // pool again with the same window attributes.
+    let own = node.output.get(1).filter(|i| !i.is_empty());
+    let indices = match own {
+        Some(i) if ctx.attr_int(node, "storage_order", 0) == 0 => i.clone(),
+        _ => {
+            let attrs: Vec<pb::AttributeProto> = node
+                .attribute
+                .iter()
+                .filter(|a| a.name != "storage_order")
+                .cloned()
+                .collect();
+            ctx.emit_n("MaxPool", &[&node.input[0]], 2, attrs)
+                .swap_remove(1)
+        }
+    };
+    let indices = ctx.reshape(&indices, &[y_len]);
     let updates = ctx.reshape(&dy, &[y_len]);
     let zeros = ctx.zeros(&[x_len])?;
     // Disjoint windows have distinct argmaxes: a plain scatter suffices and
@@ -107,29 +116,40 @@ pub(crate) fn max_pool(
     Ok(grads)
 }
 
+/// Number of taps `t` in `0..k` with `start + t * d` in `lo..hi`, in closed
+/// form so a huge kernel costs nothing at build time.
+fn taps_in(start: usize, d: usize, k: usize, lo: usize, hi: usize) -> usize {
+    // First tap at or after `lo`, first tap at or after `hi`, clamped to 0..=k.
+    let first_at = |bound: usize| bound.saturating_sub(start).div_ceil(d).min(k);
+    first_at(hi).saturating_sub(first_at(lo))
+}
+
 /// Per output position on axis `a`, how many kernel taps the AveragePool
 /// divides by (see the module docs).
 fn divisors_on_axis(geo: &Geometry, a: usize, include_pad: bool, ceil: bool) -> Vec<usize> {
-    let (pb, len, s, d) = (
+    let (pb, len, s, d, k) = (
         geo.pads_begin[a],
         geo.input[a],
         geo.strides[a],
         geo.dilations[a],
+        geo.kernel[a],
     );
     let padded = pb + len + geo.pads_end[a];
     (0..geo.output[a])
         .map(|o| {
-            let taps = (0..geo.kernel[a]).map(|t| o * s + t * d);
             if !include_pad {
-                taps.filter(|&p| p >= pb && p < pb + len).count()
+                taps_in(o * s, d, k, pb, pb + len)
             } else if ceil {
-                taps.filter(|&p| p < padded).count()
+                taps_in(o * s, d, k, 0, padded)
             } else {
-                geo.kernel[a]
+                k
             }
         })
         .collect()
 }
+
+/// Largest divisor grid (spatial output positions) folded into a constant.
+const MAX_GRID: usize = 1 << 24;
 
 /// AveragePool: `dX = ConvTranspose(dY / div, ones)` per channel.
 pub(crate) fn average_pool(
@@ -174,6 +194,9 @@ pub(crate) fn average_pool(
     } else {
         // Reciprocal divisors over the spatial output grid, row-major.
         let n_out = count(ctx, node, &geo.output)?;
+        if n_out > MAX_GRID {
+            return Err(ctx.node_error(node, format!("output grid {:?} is too large", geo.output)));
+        }
         let mut recips = Vec::with_capacity(n_out);
         let mut pos = vec![0usize; r];
         for _ in 0..n_out {

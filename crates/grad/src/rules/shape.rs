@@ -7,7 +7,11 @@ use crate::rules::{Ctx, first_grad, input};
 
 /// Flatten, Reshape, Squeeze, Unsqueeze: the data is unchanged, only its
 /// shape, so `dX = Reshape(dY, shape(X))`. Shape/axes inputs get no gradient.
-pub(crate) fn reshape_like(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn reshape_like(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
     let x = input(ctx, node, 0)?;
     if let Some(dy) = first_grad(gy)
@@ -20,7 +24,11 @@ pub(crate) fn reshape_like(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<Str
 }
 
 /// Identity: `dX = dY`.
-pub(crate) fn identity(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn identity(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
     let x = input(ctx, node, 0)?;
     if let Some(dy) = first_grad(gy)
@@ -32,9 +40,15 @@ pub(crate) fn identity(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>
 }
 
 /// Concat: each input's gradient is its slice of `dY` along the axis.
-pub(crate) fn concat(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn concat(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+) -> Result<Vec<Option<String>>, GradError> {
     let mut out = vec![None; node.input.len()];
-    let Some(dy) = first_grad(gy) else { return Ok(out) };
+    let Some(dy) = first_grad(gy) else {
+        return Ok(out);
+    };
     let first = input(ctx, node, 0)?;
     let rank = ctx.rank(&first)? as i64;
     let axis = ctx.attr_int(node, "axis", i64::MIN);
@@ -54,7 +68,10 @@ pub(crate) fn concat(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>])
     }
     let mut offset = 0usize;
     for (i, x) in node.input.iter().enumerate() {
-        let len = *ctx.shape(x)?.get(a).ok_or_else(|| ctx.node_error(node, format!("input `{x}` has rank < {a}")))?;
+        let len = *ctx
+            .shape(x)?
+            .get(a)
+            .ok_or_else(|| ctx.node_error(node, format!("input `{x}` has rank < {a}")))?;
         if ctx.requires_grad(x) {
             let starts = ctx.const_i64(&[offset as i64], &[1]);
             let ends = ctx.const_i64(&[(offset + len) as i64], &[1]);
