@@ -444,10 +444,7 @@ pub fn declared_input_shape(model: &pb::ModelProto) -> Result<Vec<usize>, LayerE
         .r#type
         .as_ref()
         .and_then(|t| t.value.as_ref())
-        .and_then(|v| match v {
-            pb::type_proto::Value::TensorType(t) => t.shape.as_ref(),
-            _ => None,
-        })
+        .and_then(|pb::type_proto::Value::TensorType(t)| t.shape.as_ref())
         .ok_or_else(|| LayerError::Shard(format!("input `{}` has no tensor shape", input.name)))?;
     let mut shape = Vec::with_capacity(dims.dim.len());
     for (i, d) in dims.dim.iter().enumerate() {
