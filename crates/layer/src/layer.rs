@@ -184,15 +184,15 @@ impl Layer {
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= c) {
             return Err(LayerError::BadTensor(format!("label {bad} outside 0..{c}")));
         }
-        if !self.loss.contains_key(&(n, c)) {
-            let g = mixnn_grad::loss_graph(kind, n, c);
-            let plan = Plan::compile(
-                &g,
-                &[(vec![n, c], DatumType::F32), (vec![n], DatumType::I64)],
-            )?;
-            self.loss.insert((n, c), plan);
-        }
-        let outs = self.loss[&(n, c)].run(vec![Feed::F32(output), Feed::I64(labels)])?;
+        let plan = match self.loss.entry((n, c)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let g = mixnn_grad::loss_graph(kind, n, c);
+                let inputs = [(vec![n, c], DatumType::F32), (vec![n], DatumType::I64)];
+                e.insert(Plan::compile(&g, &inputs)?)
+            }
+        };
+        let outs = plan.run(vec![Feed::F32(output), Feed::I64(labels)])?;
         let [loss, grad]: [Tensor; 2] = outs
             .try_into()
             .map_err(|_| LayerError::Tract("loss graph must have two outputs".into()))?;
