@@ -4,24 +4,13 @@
 mod common;
 
 use mixnn_sandbox::{
-    GuestKind, GuestLayer, LossKind, OptimizerKind, Sandbox, SandboxError, SandboxOptions, Tensor,
+    GuestKind, GuestLayer, LossKind, Sandbox, SandboxError, SandboxOptions, Tensor,
     TrainConfig,
 };
 use prost::Message;
 
 fn config() -> TrainConfig {
-    TrainConfig {
-        optimizer: OptimizerKind::Sgd,
-        learning_rate: 0.01,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        beta1: 0.9,
-        beta2: 0.999,
-        epsilon: 1e-8,
-        seed: 0,
-        loss: LossKind::None,
-        need_input_grad: true,
-    }
+    mixnn_designer::to_wit_config(&mixnn_layer::TrainConfig::default())
 }
 
 fn sandbox() -> Sandbox {
@@ -79,7 +68,7 @@ fn absurd_dimensions_are_refused_before_allocation() {
     let mut g = guest(&sb);
     let mut m = common::matmul_then("Relu");
     let graph = m.graph.as_mut().unwrap();
-    graph.input[0] = common::value_info("x", &[1 << 20, 1 << 20]);
+    graph.input[0] = common::vinfo("x", &[1 << 20, 1 << 20]);
     let msg = guest_error(g.load(&m.encode_to_vec(), &config()).unwrap_err());
     assert!(msg.contains("limit") || msg.contains("exceeds"), "{msg}");
     serves_next(&mut g);

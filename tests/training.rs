@@ -170,25 +170,7 @@ fn exported_model_matches_the_trained_cascade() {
         &opts(EngineKind::Wasm, 11, Some(20000), Some(2000)),
         Some(&sb),
     );
-    let params = cascade.export_params().unwrap();
-    let trained: Vec<_> = shards
-        .iter()
-        .zip(&params)
-        .map(|(s, p)| {
-            let p: Vec<_> = p
-                .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        t.tensor.shape.clone(),
-                        t.tensor.data.clone(),
-                    )
-                })
-                .collect();
-            mixnn_shard::set_params(s, &p).unwrap()
-        })
-        .collect();
-    let merged = mixnn_shard::merge(&trained).unwrap();
+    let merged = cascade.export_model(&shards).unwrap();
     // Round-trip through bytes, as a user would load the file.
     let merged = mixnn_shard::decode(&mixnn_shard::encode(&merged)).unwrap();
     let acc = whole_model_accuracy(&merged, 2000);

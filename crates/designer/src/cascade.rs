@@ -98,6 +98,40 @@ impl Cascade {
         Ok(z)
     }
 
+    /// The trained model as one ONNX graph: each shard with its layer's
+    /// current parameters, merged back into a chain.
+    pub fn export_model(
+        &mut self,
+        shards: &[pb::ModelProto],
+    ) -> Result<pb::ModelProto, DesignerError> {
+        let params = self.export_params()?;
+        if params.len() != shards.len() {
+            return Err(DesignerError::Invalid(format!(
+                "{} shards for {} layers",
+                shards.len(),
+                params.len()
+            )));
+        }
+        let trained = shards
+            .iter()
+            .zip(&params)
+            .map(|(shard, p)| {
+                let p: Vec<_> = p
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            t.tensor.shape.clone(),
+                            t.tensor.data.clone(),
+                        )
+                    })
+                    .collect();
+                mixnn_shard::set_params(shard, &p)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(mixnn_shard::merge(&trained)?)
+    }
+
     /// Parameters of every layer, in shard order.
     pub fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
         self.layers.iter_mut().map(|l| l.export_params()).collect()

@@ -18,7 +18,7 @@ mod guard;
 mod merge;
 mod models;
 mod plan;
-mod proto;
+pub mod proto;
 mod shapes;
 mod split;
 

@@ -33,6 +33,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
     let (report, shards) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
     super::train::print_summary(&report, shards);
+    println!("report:\n{}", serde_json::to_string_pretty(&report)?);
     if let Some(p) = &a.report {
         super::write_json(p, &report)?;
         println!("report written to {}", p.display());

@@ -159,25 +159,7 @@ pub fn train_model(
     let (report, mut cascade) =
         mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut progress)?;
     if let Some(path) = export {
-        let params = cascade.export_params()?;
-        let trained = shards
-            .iter()
-            .zip(&params)
-            .map(|(s, p)| {
-                let p: Vec<_> = p
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.name.clone(),
-                            t.tensor.shape.clone(),
-                            t.tensor.data.clone(),
-                        )
-                    })
-                    .collect();
-                mixnn_shard::set_params(s, &p)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let merged = mixnn_shard::merge(&trained)?;
+        let merged = cascade.export_model(&shards)?;
         std::fs::write(path, mixnn_shard::encode(&merged))
             .with_context(|| format!("writing {}", path.display()))?;
         println!("trained model exported to {}", path.display());
