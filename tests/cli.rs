@@ -129,6 +129,8 @@ fn bench_guest_reports_ratios() {
             &d("lenet.onnx"),
             "--iterations",
             "3",
+            "--batch",
+            "64",
             "--report",
             &d("b.json"),
         ],
@@ -151,6 +153,8 @@ fn bench_guest_reports_ratios() {
             assert!(s.get(k).is_some(), "bench entry lacks {k}");
         }
         assert!(s["ratio"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["batch"].as_u64(), Some(64));
+        assert_eq!(s["mode"].as_str(), Some("wasm"));
     }
 }
 

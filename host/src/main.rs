@@ -33,6 +33,12 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// The paper's MNIST experiment end to end on the bundled data.
     Demo(cmd::demo::DemoArgs),
+    /// Run a bootstrap peer: Kademlia entry point and pool directory of signed node descriptors.
+    Bootstrap(cmd::bootstrap::BootstrapArgs),
+    /// Run a pool node: persistent identity, mix keys, descriptor, packet streams.
+    Node(cmd::node::NodeArgs),
+    /// Show what a running node reports on its metrics endpoint.
+    Status(cmd::status::StatusArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,6 +46,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Model(a) => cmd::model::run(a),
@@ -47,5 +54,8 @@ fn main() -> Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Bootstrap(a) => cmd::bootstrap::run(a),
+        Command::Node(a) => cmd::node::run(a),
+        Command::Status(a) => cmd::status::run(a),
     }
 }

@@ -1,6 +1,12 @@
-//! `mixnn bench guest`: per shard, forward and backward medians of the
-//! native layer against the sandboxed guest, measured in the same run so the
-//! ratio does not depend on the machine.
+//! `mixnn bench guest`: per shard and batch size, forward and backward
+//! medians of the native layer against the sandboxed guest, measured in the
+//! same run so the ratio does not depend on the machine.
+//!
+//! The guest runs under the sandbox it is given, with its real limits
+//! (memory cap, epoch deadline per call, NaN canonicalisation): the figure is
+//! what a node pays, not what an unguarded wasm runtime would. Native and
+//! guest calls alternate in short blocks, so a burst of load from other
+//! processes hits both sides of a ratio alike.
 
 use std::time::Instant;
 
@@ -13,12 +19,39 @@ use serde::{Deserialize, Serialize};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, NativeLayer, WasmLayer, layer_config};
 
+/// Batch sizes measured when none are given (SPEC §11, issue 4).
+pub const DEFAULT_BATCHES: [usize; 3] = [1, 64, 256];
+
+/// Warm-up calls (forward + backward) before timing: plan building for the
+/// batch size happens in the first one.
+const WARMUP: usize = 3;
+
+/// Native and guest calls alternate in blocks of this many iterations: short
+/// enough that both sides see the same load, long enough that each side
+/// mostly runs with its own data in cache.
+const BLOCK: usize = 5;
+
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    pub batch: usize,
+    /// Batch sizes to measure, each shard at each size.
+    pub batches: Vec<usize>,
     /// Timed iterations per measurement (after warm-up).
     pub iterations: usize,
     pub seed: u64,
+    /// Only these shard indices (all when `None`). A shard keeps its position
+    /// in the cascade, so the first shard still skips the input gradient.
+    pub only: Option<Vec<usize>>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            batches: DEFAULT_BATCHES.to_vec(),
+            iterations: 30,
+            seed: 0,
+            only: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +59,10 @@ pub struct ShardBench {
     pub name: String,
     /// `wasm` (everything inside the sandbox).
     pub mode: String,
+    /// What bounds the shard: `conv`, `matmul` or `other` (SPEC §11 sets a
+    /// figure per kind).
+    #[serde(default)]
+    pub kind: String,
     pub batch: usize,
     pub forward_native_us: f64,
     pub forward_guest_us: f64,
@@ -38,37 +75,55 @@ pub struct ShardBench {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
     pub shards: Vec<ShardBench>,
+    /// Timed iterations per figure.
+    #[serde(default)]
+    pub iterations: usize,
+    /// The guest limits in force while measuring.
+    #[serde(default)]
+    pub guest_memory_bytes: usize,
+    #[serde(default)]
+    pub guest_call_timeout_ms: u64,
 }
 
-/// Median (µs) of forward and backward over `iterations` runs.
-fn measure(
-    layer: &mut dyn LayerBackend,
-    x: &Tensor,
-    dz: &Tensor,
-    iterations: usize,
-) -> Result<(f64, f64), DesignerError> {
-    for _ in 0..3 {
-        layer.forward(x.clone())?;
-        layer.backward(dz.clone())?;
-    }
-    let (mut f, mut b) = (
-        Vec::with_capacity(iterations),
-        Vec::with_capacity(iterations),
-    );
-    for _ in 0..iterations {
-        let t = Instant::now();
-        layer.forward(x.clone())?;
-        f.push(t.elapsed().as_secs_f64() * 1e6);
-        let t = Instant::now();
-        layer.backward(dz.clone())?;
-        b.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    Ok((median(&mut f), median(&mut b)))
-}
-
+/// Median of a series, NaN when empty.
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Times one forward and one backward call, in µs.
+fn round(
+    layer: &mut dyn LayerBackend,
+    x: &Tensor,
+    dz: &Tensor,
+) -> Result<(f64, f64), DesignerError> {
+    // The clones are outside the timed region: a caller owns its tensors.
+    let (x, dz) = (x.clone(), dz.clone());
+    let t = Instant::now();
+    layer.forward(x)?;
+    let f = t.elapsed().as_secs_f64() * 1e6;
+    let t = Instant::now();
+    layer.backward(dz)?;
+    let b = t.elapsed().as_secs_f64() * 1e6;
+    Ok((f, b))
+}
+
+/// The shard's main op (the parametrised one), for its name and kind.
+fn main_op(shard: &pb::ModelProto) -> Option<&str> {
+    let nodes = &shard.graph.as_ref()?.node;
+    nodes
+        .iter()
+        .find(|n| matches!(n.op_type.as_str(), "Conv" | "Gemm" | "MatMul"))
+        .or_else(|| nodes.first())
+        .map(|n| n.op_type.as_str())
+}
+
+fn kind_of(op: Option<&str>) -> &'static str {
+    match op {
+        Some("Conv") => "conv",
+        Some("Gemm" | "MatMul") => "matmul",
+        _ => "other",
+    }
 }
 
 pub fn bench_guest(
@@ -77,67 +132,114 @@ pub fn bench_guest(
     sandbox: &Sandbox,
     progress: &mut dyn FnMut(&ShardBench),
 ) -> Result<BenchReport, DesignerError> {
+    if opts.batches.is_empty() || opts.batches.contains(&0) {
+        return Err(DesignerError::Invalid(
+            "bench needs at least one batch size, each at least 1".into(),
+        ));
+    }
+    if opts.iterations == 0 {
+        return Err(DesignerError::Invalid(
+            "bench needs at least one iteration".into(),
+        ));
+    }
+    if let Some(bad) = opts.only.iter().flatten().find(|&&i| i >= shards.len()) {
+        return Err(DesignerError::Invalid(format!(
+            "shard {bad} does not exist (the model has {} shards)",
+            shards.len()
+        )));
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let base = TrainConfig {
         seed: opts.seed,
         ..TrainConfig::default()
     };
-    let mut out = Vec::with_capacity(shards.len());
+    let mut out = Vec::new();
     for (i, shard) in shards.iter().enumerate() {
+        if opts.only.as_ref().is_some_and(|o| !o.contains(&i)) {
+            continue;
+        }
         let bytes = mixnn_shard::encode(shard);
-        // Every shard is measured as a middle layer: input gradient on, no loss.
+        // Every shard is measured as a middle layer: no loss, and the input
+        // gradient on except for the first shard, which never computes it.
         let mut cfg = layer_config(&base, i, shards.len(), LossKind::None);
         cfg.need_input_grad = i > 0;
-        let mut shape = mixnn_layer::declared_input_shape(shard)
+        let declared = mixnn_layer::declared_input_shape(shard)
             .map_err(|source| DesignerError::Layer { index: i, source })?;
-        shape[0] = opts.batch;
-        let n: usize = shape.iter().product();
-        let x = Tensor {
-            shape,
-            data: (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+        let op = main_op(shard);
+        let name = match op {
+            Some(op) => format!("shard{i} ({op})"),
+            None => format!("shard{i}"),
         };
         let mut native = NativeLayer::load(i, &bytes, cfg.clone())?;
-        let z = native.forward(x.clone())?;
-        let dz = Tensor {
-            data: (0..z.data.len())
-                .map(|_| rng.gen_range(-0.01f32..0.01))
-                .collect(),
-            shape: z.shape,
-        };
-        let (fwd_n, bwd_n) = measure(&mut native, &x, &dz, opts.iterations)?;
-        drop(native);
         let mut guest = WasmLayer::load(i, sandbox, &bytes, &cfg)?;
-        let (fwd_g, bwd_g) = measure(&mut guest, &x, &dz, opts.iterations)?;
-        let name = shard
-            .graph
-            .as_ref()
-            .and_then(|g| g.node.first())
-            .map(|n| format!("shard{i} ({})", n.op_type))
-            .unwrap_or_else(|| format!("shard{i}"));
-        let row = ShardBench {
-            name,
-            mode: "wasm".into(),
-            batch: opts.batch,
-            forward_native_us: fwd_n,
-            forward_guest_us: fwd_g,
-            backward_native_us: bwd_n,
-            backward_guest_us: bwd_g,
-            ratio: (fwd_g + bwd_g) / (fwd_n + bwd_n),
-        };
-        progress(&row);
-        out.push(row);
+        for &batch in &opts.batches {
+            let mut shape = declared.clone();
+            shape[0] = batch;
+            let n: usize = shape.iter().product();
+            let x = Tensor {
+                shape,
+                data: (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+            };
+            let z = native.forward(x.clone())?;
+            let dz = Tensor {
+                data: (0..z.data.len())
+                    .map(|_| rng.gen_range(-0.01f32..0.01))
+                    .collect(),
+                shape: z.shape,
+            };
+            for _ in 0..WARMUP {
+                round(&mut native, &x, &dz)?;
+                round(&mut guest, &x, &dz)?;
+            }
+            let mut t: [Vec<f64>; 4] = Default::default();
+            let mut left = opts.iterations;
+            while left > 0 {
+                let block = left.min(BLOCK);
+                left -= block;
+                for _ in 0..block {
+                    let (f, b) = round(&mut native, &x, &dz)?;
+                    t[0].push(f);
+                    t[1].push(b);
+                }
+                for _ in 0..block {
+                    let (f, b) = round(&mut guest, &x, &dz)?;
+                    t[2].push(f);
+                    t[3].push(b);
+                }
+            }
+            let [fwd_n, bwd_n, fwd_g, bwd_g] = t.map(|mut v| median(&mut v));
+            let row = ShardBench {
+                name: name.clone(),
+                mode: "wasm".into(),
+                kind: kind_of(op).into(),
+                batch,
+                forward_native_us: fwd_n,
+                forward_guest_us: fwd_g,
+                backward_native_us: bwd_n,
+                backward_guest_us: bwd_g,
+                ratio: (fwd_g + bwd_g) / (fwd_n + bwd_n),
+            };
+            progress(&row);
+            out.push(row);
+        }
     }
-    Ok(BenchReport { shards: out })
+    let limits = sandbox.limits();
+    Ok(BenchReport {
+        shards: out,
+        iterations: opts.iterations,
+        guest_memory_bytes: limits.memory_bytes,
+        guest_call_timeout_ms: limits.call_timeout.as_millis() as u64,
+    })
 }
 
 pub fn render_bench(r: &BenchReport) -> String {
     let mut s = format!(
-        "{:<22} {:>5} {:>6} {:>12} {:>12} {:>12} {:>12} {:>7}\n",
+        "{:<16} {:>5} {:>6} {:>12} {:>12} {:>12} {:>12} {:>7}\n",
         "shard", "mode", "batch", "fwd native", "fwd guest", "bwd native", "bwd guest", "ratio"
     );
     for b in &r.shards {
         s += &format!(
-            "{:<22} {:>5} {:>6} {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>6.2}x\n",
+            "{:<16} {:>5} {:>6} {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>10.0}µs {:>6.2}x\n",
             b.name,
             b.mode,
             b.batch,
@@ -149,4 +251,25 @@ pub fn render_bench(r: &BenchReport) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_series() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn kinds_follow_the_main_op() {
+        assert_eq!(kind_of(Some("Conv")), "conv");
+        assert_eq!(kind_of(Some("Gemm")), "matmul");
+        assert_eq!(kind_of(Some("MatMul")), "matmul");
+        assert_eq!(kind_of(Some("Relu")), "other");
+        assert_eq!(kind_of(None), "other");
+    }
 }

@@ -12,7 +12,9 @@ mod report;
 mod train;
 
 pub use backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config, to_wit_config};
-pub use bench::{BenchOptions, BenchReport, ShardBench, bench_guest, render_bench};
+pub use bench::{
+    BenchOptions, BenchReport, DEFAULT_BATCHES, ShardBench, bench_guest, render_bench,
+};
 pub use cascade::Cascade;
 pub use report::{EpochReport, TrainReport, params_sha256};
 pub use train::{TrainOptions, train_local};

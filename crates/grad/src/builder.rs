@@ -8,6 +8,7 @@ use crate::graph::{self, Analysis};
 use crate::pb;
 use crate::proto;
 use crate::rules::{self, Ctx};
+use crate::saved::{self, SavedSpec};
 use crate::{GRAD_INPUT, GRAD_OUT, GradError, GradOptions, ParamSpec, TrainingGraphs};
 
 /// How Dropout nodes are rewritten.
@@ -213,6 +214,30 @@ pub(crate) fn build(
             .flat_map(|n| n.output.iter().chain([&n.name]).cloned()),
     );
     taken.extend([GRAD_OUT.to_string(), GRAD_INPUT.to_string()]);
+    // MaxPool's rule reads the argmax indices: have the forward node itself
+    // produce them, so the training pair saves them instead of pooling again.
+    let mut nodes = nodes;
+    let mut indices: HashSet<String> = HashSet::new();
+    for n in &mut nodes {
+        let wants = n.op_type == "MaxPool"
+            && n.output.get(1).is_none_or(|o| o.is_empty())
+            && proto::find_attr(n, "storage_order").is_none_or(|a| a.i == 0)
+            && n.input.first().is_some_and(|x| requires.contains(x));
+        let Some(y_shape) = n.output.first().and_then(|y| a.shapes.get(y)).cloned() else {
+            continue;
+        };
+        if !wants {
+            continue;
+        }
+        let mut name = format!("{}/indices", n.name);
+        while !taken.insert(name.clone()) {
+            name.push('_');
+        }
+        n.output.truncate(1);
+        n.output.push(name.clone());
+        a.shapes.insert(name.clone(), y_shape);
+        indices.insert(name);
+    }
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.insert(a.output_name.clone(), vec![GRAD_OUT.to_string()]);
     let mut ctx = Ctx::new(&a.shapes, &a.consts, &requires, a.float, a.opset, taken);
@@ -283,18 +308,62 @@ pub(crate) fn build(
         ));
         outputs.push(proto::value_info(out_name, f, shape));
     }
-    let mut all = nodes;
-    all.append(&mut ctx.nodes);
-    all.append(&mut out_nodes);
+    let mut gradient = std::mem::take(&mut ctx.nodes);
+    gradient.append(&mut out_nodes);
     let out_names: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
+    let mut all = nodes.clone();
+    all.extend(gradient.iter().cloned());
     let all = prune(all, &out_names);
-    let mut b_inputs = inputs;
+    let mut b_inputs = inputs.clone();
     b_inputs.push(proto::value_info(GRAD_OUT, f, &a.output_shape));
-    let backward = make_model(&a, "mixnn_backward", all, b_inputs, outputs);
+    let backward = make_model(&a, "mixnn_backward", all, b_inputs.clone(), outputs.clone());
+
+    // The training pair (see `saved`): forward returns [output, saved...],
+    // backward takes them after dZ.
+    let mut available: HashSet<String> = b_inputs.iter().map(|i| i.name.clone()).collect();
+    available.insert(a.output_name.clone());
+    let storable = |t: &str| indices.contains(t) || a.float_tensors.contains(t);
+    let split = saved::split(&nodes, &gradient, &out_names, &available, storable);
+    let saved: Vec<SavedSpec> = split
+        .saved
+        .iter()
+        .map(|name| {
+            Ok(SavedSpec {
+                name: name.clone(),
+                shape: a.shapes.get(name).cloned().ok_or_else(|| {
+                    GradError::Invalid(format!("no static shape known for tensor `{name}`"))
+                })?,
+                integer: indices.contains(name),
+            })
+        })
+        .collect::<Result<_, GradError>>()?;
+    let saved_info = |s: &SavedSpec| {
+        let elem = if s.integer {
+            pb::tensor_proto::DataType::Int64 as i32
+        } else {
+            f
+        };
+        proto::value_info(&s.name, elem, &s.shape)
+    };
+    let mut tf_outputs = vec![output_info(&a)];
+    tf_outputs.extend(saved.iter().map(saved_info));
+    let train_forward = make_model(
+        &a,
+        "mixnn_train_forward",
+        nodes,
+        inputs,
+        tf_outputs.clone(),
+    );
+    let mut tb_inputs = b_inputs;
+    tb_inputs.extend(tf_outputs);
+    let train_backward = make_model(&a, "mixnn_train_backward", split.nodes, tb_inputs, outputs);
 
     Ok(TrainingGraphs {
         forward,
         backward,
+        train_forward,
+        train_backward,
+        saved,
         masks: a
             .dropouts
             .iter()

@@ -10,7 +10,11 @@
 //! - a *backward* graph `(x, params..., masks..., dZ) -> (dX?, dParams...)`
 //!   that recomputes the forward activations it needs and chains one
 //!   gradient rule per op (see [`rules`](crate::rules)), in the style of
-//!   onnxruntime's gradient builder.
+//!   onnxruntime's gradient builder;
+//! - the same pair split for training (`train_forward`, `train_backward`):
+//!   the forward graph also returns the activations the rules read, and the
+//!   backward graph takes them instead of recomputing them (see
+//!   [`SavedSpec`]).
 //!
 //! Losses (NLL, softmax cross-entropy) are not tract ops, so [`loss_graph`]
 //! gives a small decomposed model with an analytic gradient output.
@@ -25,6 +29,7 @@ mod graph;
 mod loss;
 mod proto;
 pub(crate) mod rules;
+mod saved;
 mod shapes;
 #[doc(hidden)]
 pub mod testing;
@@ -33,6 +38,7 @@ pub mod testing;
 pub use loss::loss_graph_typed;
 pub use loss::{LossKind, loss_graph};
 pub use proto::FloatType;
+pub use saved::SavedSpec;
 
 /// Why a shard could not be turned into training graphs.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,16 @@ pub struct TrainingGraphs {
     /// output). Outputs: `[dX only if need_input_grad]` + one gradient per
     /// param, same order.
     pub backward: pb::ModelProto,
+    /// Forward graph for training: the inputs of `forward`; outputs: the
+    /// shard output, then one per entry of `saved`.
+    pub train_forward: pb::ModelProto,
+    /// Backward graph for training: the inputs of `backward` (forward
+    /// inputs, then [`GRAD_OUT`]), then every output of `train_forward` in
+    /// order. Outputs as `backward`. It recomputes no forward arithmetic.
+    pub train_backward: pb::ModelProto,
+    /// Activations `train_forward` hands to `train_backward` (see
+    /// [`SavedSpec`]).
+    pub saved: Vec<SavedSpec>,
     /// Trainable parameters.
     pub params: Vec<ParamSpec>,
     /// One per Dropout node.

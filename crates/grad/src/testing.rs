@@ -409,6 +409,7 @@ pub fn check_gradients(model: &pb::ModelProto, opts: &CheckOptions) -> Result<Ch
     let grads = b_run
         .run(&b_in, &[])
         .map_err(|e| format!("backward graph: {e}"))?;
+    check_training_pair(&g, float, &fwd, &b_in, &grads)?;
     let checked_tensors: Vec<usize> = if opts.need_input_grad {
         (0..=g.params.len()).collect()
     } else {
@@ -476,4 +477,71 @@ pub fn check_gradients(model: &pb::ModelProto, opts: &CheckOptions) -> Result<Ch
         ));
     }
     Ok(report)
+}
+
+/// The training pair (forward returning its saved activations, backward
+/// taking them) must give what the self-contained pair gives: the same
+/// output and, up to the rounding of a different fusion, the same gradients.
+fn check_training_pair(
+    g: &TrainingGraphs,
+    float: FloatType,
+    fwd: &[Data],
+    b_in: &[Data],
+    grads: &[Data],
+) -> Result<(), String> {
+    let shapes: Vec<Vec<usize>> = fwd.iter().map(|d| d.0.clone()).collect();
+    let tf = Runner::new(&g.train_forward, &shapes, float, &[])
+        .map_err(|e| format!("training forward graph: {e}"))?;
+    let saved = tf
+        .run(fwd, &[])
+        .map_err(|e| format!("training forward graph: {e}"))?;
+    if saved.len() != 1 + g.saved.len() {
+        return Err(format!(
+            "training forward graph has {} outputs, expected {}",
+            saved.len(),
+            1 + g.saved.len()
+        ));
+    }
+    let mut tb_in = b_in.to_vec();
+    tb_in.extend(saved.iter().cloned());
+    let ints: Vec<usize> = g
+        .saved
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.integer)
+        .map(|(k, _)| b_in.len() + 1 + k)
+        .collect();
+    let tb_shapes: Vec<Vec<usize>> = tb_in.iter().map(|d| d.0.clone()).collect();
+    let tb = Runner::new(&g.train_backward, &tb_shapes, float, &ints)
+        .map_err(|e| format!("training backward graph: {e}"))?;
+    let got = tb
+        .run(&tb_in, &ints)
+        .map_err(|e| format!("training backward graph: {e}"))?;
+    let tol = match float {
+        FloatType::F64 => 1e-9,
+        FloatType::F32 => 1e-4,
+    };
+    if got.len() != grads.len() {
+        return Err(format!(
+            "training backward graph has {} outputs, the backward graph {}",
+            got.len(),
+            grads.len()
+        ));
+    }
+    for (i, (w, o)) in grads.iter().zip(&got).enumerate() {
+        if w.0 != o.0 {
+            return Err(format!(
+                "training backward output {i} has shape {:?}, expected {:?}",
+                o.0, w.0
+            ));
+        }
+        for (k, (a, b)) in w.1.iter().zip(&o.1).enumerate() {
+            if (a - b).abs() > tol * (1.0 + a.abs().max(b.abs())) {
+                return Err(format!(
+                    "training backward output {i}[{k}] = {b} but the backward graph gives {a}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

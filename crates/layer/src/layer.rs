@@ -7,10 +7,10 @@ use std::sync::Arc;
 use mixnn_grad::{GradOptions, MaskSpec, pb};
 use prost::Message;
 use rand_chacha::ChaCha8Rng;
-use tract_onnx::prelude::DatumType;
+use tract_onnx::prelude::{DatumType, TVec, TValue};
 
 use crate::optimizer::{self, ParamState};
-use crate::plans::{Feed, Plan, f32_slice, shared};
+use crate::plans::{Feed, Plan, f32_slice, shared, to_tensor, value};
 use crate::{LayerError, LossKind, NamedTensor, Tensor, TrainConfig, element_count, rng};
 
 /// Largest batch a layer accepts; larger batches are a caller bug or an attack.
@@ -41,7 +41,9 @@ struct Param {
     state: ParamState,
 }
 
-/// Forward and backward plans for one batch size.
+/// Forward and backward plans for one batch size: the training pair of
+/// `mixnn-grad`, whose forward also returns the activations the backward
+/// reads, so no forward arithmetic runs twice.
 struct TrainPlans {
     forward: Plan,
     backward: Plan,
@@ -49,11 +51,14 @@ struct TrainPlans {
     output_shape: Vec<usize>,
 }
 
-/// Saved between `forward` and `backward`: the backward graph recomputes the
-/// forward pass from its input and must see the same dropout masks.
+/// Saved between `forward` and `backward`, as tract values (no copies): the
+/// input and dropout masks (inputs of both graphs) and every output of the
+/// training forward (the shard output, then the saved activations).
 struct Pending {
-    input: Tensor,
-    masks: Vec<Tensor>,
+    batch: usize,
+    input: TValue,
+    masks: Vec<TValue>,
+    saved: TVec<TValue>,
 }
 
 pub struct Layer {
@@ -138,16 +143,27 @@ impl Layer {
         for m in &plans.masks {
             let n = element_count(&m.shape)?;
             let data = rng::dropout_mask(n, m.ratio, &mut self.mask_rng);
-            masks.push(Tensor {
+            masks.push(value(&Tensor {
                 shape: m.shape.clone(),
                 data,
-            });
+            })?);
         }
-        let mut feeds = vec![Feed::F32(&input)];
+        let input = value(&input)?;
+        let mut feeds = vec![Feed::Value(input.clone())];
         feeds.extend(self.params.iter().map(|p| Feed::Shared(p.value.clone())));
-        feeds.extend(masks.iter().map(Feed::F32));
-        let out = first(plans.forward.run(feeds)?)?;
-        self.pending = Some(Pending { input, masks });
+        feeds.extend(masks.iter().cloned().map(Feed::Value));
+        let saved = plans.forward.run_values(feeds)?;
+        let out = to_tensor(
+            saved
+                .first()
+                .ok_or_else(|| LayerError::Tract("graph produced no output".into()))?,
+        )?;
+        self.pending = Some(Pending {
+            batch,
+            input,
+            masks,
+            saved,
+        });
         Ok(out)
     }
 
@@ -210,8 +226,7 @@ impl Layer {
             .pending
             .take()
             .ok_or_else(|| LayerError::Order("backward without a preceding forward".into()))?;
-        let batch = pending.input.shape[0];
-        let plans = &self.train[&batch];
+        let plans = &self.train[&pending.batch];
         if grad_output.shape != plans.output_shape
             || grad_output.data.len() != element_count(&grad_output.shape)?
         {
@@ -222,10 +237,17 @@ impl Layer {
                 grad_output.shape
             )));
         }
-        let mut feeds = vec![Feed::F32(&pending.input)];
+        let Pending {
+            input,
+            masks,
+            saved,
+            ..
+        } = pending;
+        let mut feeds = vec![Feed::Value(input)];
         feeds.extend(self.params.iter().map(|p| Feed::Shared(p.value.clone())));
-        feeds.extend(pending.masks.iter().map(Feed::F32));
+        feeds.extend(masks.into_iter().map(Feed::Value));
         feeds.push(Feed::F32(&grad_output));
+        feeds.extend(saved.into_iter().map(Feed::Value));
         let mut outs = plans.backward.run(feeds)?.into_iter();
         let dx = if self.cfg.need_input_grad {
             outs.next()
@@ -383,9 +405,19 @@ impl Layer {
         let mut inputs = vec![(shape, DatumType::F32)];
         inputs.extend(g.params.iter().map(|p| (p.shape.clone(), DatumType::F32)));
         inputs.extend(g.masks.iter().map(|m| (m.shape.clone(), DatumType::F32)));
-        let forward = Plan::compile(&g.forward, &inputs)?;
+        let forward = Plan::compile(&g.train_forward, &inputs)?;
+        // Backward: the forward's inputs, dZ, then the forward's outputs.
         inputs.push((g.output_shape.clone(), DatumType::F32));
-        let backward = Plan::compile(&g.backward, &inputs)?;
+        inputs.push((g.output_shape.clone(), DatumType::F32));
+        inputs.extend(g.saved.iter().map(|s| {
+            let dt = if s.integer {
+                DatumType::I64
+            } else {
+                DatumType::F32
+            };
+            (s.shape.clone(), dt)
+        }));
+        let backward = Plan::compile(&g.train_backward, &inputs)?;
         self.train.insert(
             batch,
             TrainPlans {

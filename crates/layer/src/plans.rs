@@ -2,7 +2,9 @@
 //!
 //! A plan is built once per (graph, batch size) and kept: tract's
 //! optimisation pass costs far more than one batch, and the guest must not pay
-//! it on every call.
+//! it on every call. Values move between plans as tract values (reference
+//! counted), so the training backward takes the forward's input and saved
+//! activations without a copy.
 
 use crate::{LayerError, Tensor};
 use mixnn_grad::pb;
@@ -17,6 +19,8 @@ pub(crate) struct Plan {
 pub(crate) enum Feed<'a> {
     F32(&'a Tensor),
     Shared(Arc<tract_onnx::prelude::Tensor>),
+    /// A value a plan produced or one already converted (no copy).
+    Value(TValue),
     I64(&'a [i64]),
 }
 
@@ -50,25 +54,39 @@ impl Plan {
 
     /// Runs the plan and returns its outputs as f32 tensors.
     pub fn run(&self, feeds: Vec<Feed<'_>>) -> Result<Vec<Tensor>, LayerError> {
+        self.run_values(feeds)?
+            .into_iter()
+            .map(|o| to_tensor(&o))
+            .collect()
+    }
+
+    /// Runs the plan and returns its outputs as tract values, for callers
+    /// that hand some of them to another plan without copying.
+    pub fn run_values(&self, feeds: Vec<Feed<'_>>) -> Result<TVec<TValue>, LayerError> {
         let mut inputs: TVec<TValue> = tvec![];
         for f in feeds {
             let v = match f {
-                Feed::F32(t) => tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data)
-                    .map_err(|e| LayerError::tract("input tensor", e))?
-                    .into_tvalue(),
+                Feed::F32(t) => value(t)?,
                 Feed::Shared(t) => t.into_tvalue(),
+                Feed::Value(v) => v,
                 Feed::I64(v) => tract_onnx::prelude::Tensor::from_shape(&[v.len()], v)
                     .map_err(|e| LayerError::tract("label tensor", e))?
                     .into_tvalue(),
             };
             inputs.push(v);
         }
-        let outputs = self
-            .runnable
+        self.runnable
             .run(inputs)
-            .map_err(|e| LayerError::tract("running graph", e))?;
-        outputs.into_iter().map(|o| to_tensor(&o)).collect()
+            .map_err(|e| LayerError::tract("running graph", e))
     }
+}
+
+/// Copies a tensor into tract's (aligned) storage, once, so it can be fed to
+/// several plans.
+pub(crate) fn value(t: &Tensor) -> Result<TValue, LayerError> {
+    tract_onnx::prelude::Tensor::from_shape(&t.shape, &t.data)
+        .map(IntoTValue::into_tvalue)
+        .map_err(|e| LayerError::tract("input tensor", e))
 }
 
 /// Copies a tract value out as an f32 tensor (casting scalars such as the loss).

@@ -10,7 +10,8 @@ use super::SandboxArgs;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Per shard: forward/backward medians, native tract vs the wasm guest.
+    /// Per shard and batch size: forward/backward medians, native tract vs
+    /// the wasm guest under the sandbox's limits, and their ratio.
     Guest(GuestBenchArgs),
 }
 
@@ -19,8 +20,12 @@ pub struct GuestBenchArgs {
     /// The ONNX model to split and measure.
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    /// Batch sizes to measure, comma-separated (each shard at each size).
+    #[arg(long, value_delimiter = ',', default_values_t = mixnn_designer::DEFAULT_BATCHES)]
+    pub batch: Vec<usize>,
+    /// Measure only these shards (indices, comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub shard: Vec<usize>,
     /// Timed iterations per measurement, after 3 warm-up runs.
     #[arg(long, default_value_t = 30)]
     pub iterations: usize,
@@ -44,11 +49,17 @@ fn guest(a: GuestBenchArgs) -> Result<()> {
     let shards = mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?;
     let sandbox = a.sandbox.sandbox()?;
     let opts = BenchOptions {
-        batch: a.batch,
+        batches: a.batch,
         iterations: a.iterations,
         seed: a.seed,
+        only: (!a.shard.is_empty()).then_some(a.shard),
     };
-    let mut progress = |b: &ShardBench| eprintln!("measured {} (ratio {:.2}x)", b.name, b.ratio);
+    let mut progress = |b: &ShardBench| {
+        eprintln!(
+            "measured {} at batch {} (ratio {:.2}x)",
+            b.name, b.batch, b.ratio
+        )
+    };
     let report = mixnn_designer::bench_guest(&shards, &opts, &sandbox, &mut progress)?;
     print!("{}", mixnn_designer::render_bench(&report));
     if let Some(p) = &a.report {

@@ -1,9 +1,12 @@
 //! One module per subcommand, plus what they share.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod demo;
 pub mod model;
+pub mod node;
 pub mod split;
+pub mod status;
 pub mod train;
 
 use std::path::{Path, PathBuf};

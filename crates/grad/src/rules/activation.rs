@@ -28,17 +28,21 @@ fn one(g: String, n: usize) -> Vec<Option<String>> {
     v
 }
 
-/// Relu: `dX = dY * (X > 0)` (the subgradient at 0 is 0).
+/// Relu: `dX = dY * (X > 0)` (the subgradient at 0 is 0), computed as
+/// `Y > 0`, the same mask: the output is what a training forward hands over
+/// anyway, while X would have to be kept (and tract could no longer fuse
+/// the Relu into the product before it).
 pub(crate) fn relu(
     ctx: &mut Ctx,
     node: &pb::NodeProto,
     gy: &[Option<String>],
 ) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else {
+    let Some((dy, _)) = unary(ctx, node, gy)? else {
         return Ok(vec![None; node.input.len()]);
     };
+    let y = output(ctx, node, 0)?;
     let zero = ctx.const_scalar(0.0);
-    let pos = ctx.emit("Greater", &[&x, &zero], vec![]);
+    let pos = ctx.emit("Greater", &[&y, &zero], vec![]);
     let mask = ctx.emit("Cast", &[&pos], vec![a_int("to", ctx.float_code() as i64)]);
     Ok(one(ctx.mul(&dy, &mask), node.input.len()))
 }

@@ -1,0 +1,390 @@
+//! The bootstrap peer: Kademlia entry point and pool directory.
+//!
+//! A bootstrap is the MixNN paper's "authority" without the trust: it stores
+//! descriptors that nodes signed themselves, verifies each one on arrival
+//! (signature, peer id, validity window), keeps the newest per peer, drops
+//! expired ones, and answers list requests. Clients verify again, so a
+//! lying bootstrap can hide nodes but never forge one. The only secret it
+//! holds is its own libp2p identity (persisted with `data_dir` so its
+//! multiaddr, which nodes are configured with, survives restarts).
+//!
+//! Several bootstraps may run; they do not talk to each other about the
+//! directory: nodes publish to every bootstrap they know.
+
+pub mod directory;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, noise, ping, tcp, yamux};
+use mixnn_protocol::secret_file::{self, SecretFileError};
+use mixnn_protocol::{
+    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+    MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, MAX_LIST_ENTRIES, SOFTWARE_VERSION,
+    SignedDescriptor, unix_now,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+pub use directory::{Directory, PublishError};
+
+/// The identity file's name inside `data_dir`.
+pub const KEY_FILE: &str = "bootstrap.key";
+
+/// How the bootstrap runs.
+#[derive(Clone, Debug)]
+pub struct BootstrapConfig {
+    /// Addresses to listen on (e.g. `/ip4/127.0.0.1/tcp/4001`).
+    pub listen: Vec<Multiaddr>,
+    /// Where the identity key lives; `None` gives a fresh identity per run.
+    pub data_dir: Option<PathBuf>,
+    /// Directory capacity in peers.
+    pub max_entries: usize,
+    /// How often expired descriptors are dropped.
+    pub expire_interval: Duration,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            data_dir: None,
+            max_entries: 10_000,
+            expire_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors starting a bootstrap.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Identity(#[from] SecretFileError),
+    #[error("identity key is unusable: {0}")]
+    BadKey(String),
+    #[error("no listen address given")]
+    NoListenAddr,
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("building the libp2p transport: {0}")]
+    Transport(String),
+}
+
+/// One behaviour per concern, composed as in rust-libp2p's examples.
+#[derive(NetworkBehaviour)]
+struct BootstrapBehaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    directory: request_response::cbor::Behaviour<DirectoryRequest, DirectoryResponse>,
+}
+
+/// A running bootstrap; [`shutdown`](Self::shutdown) stops it.
+pub struct Bootstrap {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    directory: Arc<Mutex<Directory>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bootstrap {
+    /// Loads or creates the identity, listens, and serves in a background
+    /// task until [`shutdown`](Self::shutdown). Returns once every listen
+    /// address is bound.
+    pub async fn start(cfg: BootstrapConfig) -> Result<Self, BootstrapError> {
+        if cfg.listen.is_empty() {
+            return Err(BootstrapError::NoListenAddr);
+        }
+        let keypair = match &cfg.data_dir {
+            Some(dir) => {
+                secret_file::ensure_private_dir(dir)?;
+                let (seed, created) = secret_file::load_or_create_identity(&dir.join(KEY_FILE))?;
+                let mut copy = zeroize_copy(&seed);
+                let kp = libp2p::identity::Keypair::ed25519_from_bytes(&mut copy[..])
+                    .map_err(|e| BootstrapError::BadKey(e.to_string()))?;
+                info!(created, dir = %dir.display(), "bootstrap identity");
+                kp
+            }
+            None => libp2p::identity::Keypair::generate_ed25519(),
+        };
+        let mut swarm = build_swarm(keypair)?;
+        let peer_id = *swarm.local_peer_id();
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| BootstrapError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let listen_addrs = wait_listening(&mut swarm, cfg.listen.len()).await?;
+        let listen_addrs: Vec<Multiaddr> = listen_addrs
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer_id)))
+            .collect();
+        for a in &listen_addrs {
+            info!(addr = %a, "bootstrap listening");
+        }
+        let directory = Arc::new(Mutex::new(Directory::new(cfg.max_entries)));
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(run(swarm, directory.clone(), stop_rx, cfg.expire_interval));
+        Ok(Self {
+            peer_id,
+            listen_addrs,
+            directory,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The bound addresses, each ending in `/p2p/<peer id>`: what a node
+    /// passes to `--bootstrap`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The stored descriptors still valid now (for tests and operators).
+    pub fn descriptors(&self) -> Vec<SignedDescriptor> {
+        let dir = self.directory.lock().unwrap_or_else(|p| p.into_inner());
+        dir.list(0, usize::MAX, unix_now()).0
+    }
+
+    /// Stops serving and waits for the network task to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            warn!(error = %e, "bootstrap task ended abnormally");
+        }
+    }
+}
+
+fn zeroize_copy(seed: &[u8; 32]) -> zeroize::Zeroizing<[u8; 32]> {
+    zeroize::Zeroizing::new(*seed)
+}
+
+fn build_swarm(
+    keypair: libp2p::identity::Keypair,
+) -> Result<Swarm<BootstrapBehaviour>, BootstrapError> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| BootstrapError::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_cfg.set_query_timeout(Duration::from_secs(30));
+            // The bootstrap is where others start; it learns the pool as
+            // peers connect and has no one to bootstrap from itself.
+            kad_cfg.set_periodic_bootstrap_interval(None);
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_cfg,
+            );
+            // Loopback and private pools have no confirmed external address,
+            // which would leave kad in client mode and useless as a bootstrap.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(SOFTWARE_VERSION.to_string()),
+            );
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_DIRECTORY_REQUEST_BYTES as u64)
+                .set_response_size_maximum(MAX_DIRECTORY_RESPONSE_BYTES as u64);
+            let directory = request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(DIRECTORY_PROTOCOL),
+                    ProtocolSupport::Inbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
+            );
+            BootstrapBehaviour {
+                kad,
+                identify,
+                ping: ping::Behaviour::default(),
+                directory,
+            }
+        })
+        .map_err(|e| BootstrapError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// Drives the swarm until one address per listener is reported.
+async fn wait_listening(
+    swarm: &mut Swarm<BootstrapBehaviour>,
+    listeners: usize,
+) -> Result<Vec<Multiaddr>, BootstrapError> {
+    let mut addrs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    while seen.len() < listeners {
+        tokio::select! {
+            _ = &mut deadline => break,
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    seen.insert(listener_id);
+                    addrs.push(address);
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(BootstrapError::Transport(error.to_string()));
+                }
+                other => debug!(event = ?other, "event while starting"),
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(BootstrapError::Transport(
+            "no listen address was bound within 10 s".into(),
+        ));
+    }
+    Ok(addrs)
+}
+
+async fn run(
+    mut swarm: Swarm<BootstrapBehaviour>,
+    directory: Arc<Mutex<Directory>>,
+    mut stop: oneshot::Receiver<()>,
+    expire_interval: Duration,
+) {
+    let mut expire = tokio::time::interval(expire_interval);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = expire.tick() => {
+                let n = lock(&directory).expire(unix_now());
+                if n > 0 {
+                    info!(expired = n, "dropped stale descriptors");
+                }
+            }
+            ev = swarm.select_next_some() => handle_event(&mut swarm, &directory, ev),
+        }
+    }
+    info!("bootstrap stopped");
+}
+
+fn lock(d: &Mutex<Directory>) -> std::sync::MutexGuard<'_, Directory> {
+    // A panic while holding the lock cannot leave the map half-updated in a
+    // way that matters (entries are inserted whole), so recover the guard.
+    d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn handle_event(
+    swarm: &mut Swarm<BootstrapBehaviour>,
+    directory: &Mutex<Directory>,
+    ev: SwarmEvent<BootstrapBehaviourEvent>,
+) {
+    match ev {
+        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Directory(
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            },
+        )) => {
+            let response = answer(swarm, directory, peer, request);
+            if swarm
+                .behaviour_mut()
+                .directory
+                .send_response(channel, response)
+                .is_err()
+            {
+                debug!(%peer, "directory client left before the answer");
+            }
+        }
+        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Directory(
+            request_response::Event::InboundFailure { peer, error, .. },
+        )) => debug!(%peer, %error, "directory request failed"),
+        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            // Peers of our pool (same identify protocol and kad protocol)
+            // become routable in the DHT under the addresses they listen on.
+            let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+            if info.protocol_version == IDENTIFY_PROTOCOL && speaks_kad {
+                for addr in info.listen_addrs {
+                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
+        SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),
+        SwarmEvent::IncomingConnectionError { error, .. } => {
+            debug!(%error, "incoming connection failed")
+        }
+        other => debug!(event = ?other, "swarm event"),
+    }
+}
+
+fn answer(
+    swarm: &mut Swarm<BootstrapBehaviour>,
+    directory: &Mutex<Directory>,
+    from: PeerId,
+    request: DirectoryRequest,
+) -> DirectoryResponse {
+    let now = unix_now();
+    match request {
+        DirectoryRequest::Publish(signed) => {
+            let result = lock(directory).publish(signed, now);
+            match result {
+                Ok(desc) => {
+                    info!(
+                        peer = %desc.peer_id,
+                        epoch = desc.mix_key.epoch,
+                        %from,
+                        "descriptor stored"
+                    );
+                    if let Ok(pid) = desc.peer_id.parse::<PeerId>() {
+                        for a in desc
+                            .addrs
+                            .iter()
+                            .filter_map(|a| a.parse::<Multiaddr>().ok())
+                        {
+                            swarm.behaviour_mut().kad.add_address(&pid, a);
+                        }
+                    }
+                    DirectoryResponse::Published
+                }
+                Err(e) => {
+                    warn!(%from, error = %e, "descriptor rejected");
+                    DirectoryResponse::Rejected {
+                        reason: e.to_string(),
+                    }
+                }
+            }
+        }
+        DirectoryRequest::List { offset, limit } => {
+            let limit = limit.min(MAX_LIST_ENTRIES) as usize;
+            let (entries, total) = lock(directory).list(offset as usize, limit, now);
+            debug!(%from, returned = entries.len(), total, "directory listed");
+            DirectoryResponse::Descriptors {
+                entries,
+                total: u32::try_from(total).unwrap_or(u32::MAX),
+            }
+        }
+    }
+}

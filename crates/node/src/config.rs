@@ -1,0 +1,196 @@
+//! Node configuration: a TOML file (`--config`), overridden by flags.
+//!
+//! Every field has a default so an empty file is a valid configuration;
+//! unknown keys are an error, because a misspelt limit silently ignored is
+//! worse than a refusal to start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything [`crate::Node::start`] needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identity key, mix keys: everything that must survive a restart.
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs to advertise instead of the bound listen addresses (for a
+    /// node behind a port forward). Empty: advertise what was bound.
+    pub external_addrs: Vec<String>,
+    /// Bootstrap multiaddrs, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+    /// Where to serve Prometheus metrics (plain HTTP); none if unset.
+    pub metrics: Option<SocketAddr>,
+    /// Length of one mix-key epoch in seconds.
+    pub epoch_secs: u64,
+    /// How long a previous epoch's mix key is still accepted after the
+    /// epoch ended, so packets built just before a rotation still decrypt.
+    pub key_grace_secs: u64,
+    /// Lifetime of a published descriptor (at most 24 h).
+    pub descriptor_ttl_secs: u64,
+    /// How often the descriptor is re-signed and re-published (also at
+    /// every epoch change).
+    pub refresh_secs: u64,
+    /// How long start-up waits for the first bootstrap to accept the
+    /// descriptor before giving up with an error.
+    pub bootstrap_timeout_secs: u64,
+    /// Jobs this node hosts at once (advertised).
+    pub jobs: u32,
+    /// Memory per guest in MiB (advertised).
+    pub guest_memory_mib: u64,
+    /// The packet lengths accepted on the wire (the public size classes);
+    /// a frame of any other length is a counted drop.
+    pub packet_sizes: Vec<u32>,
+    /// Packets waiting for the packet handler; beyond this they are dropped
+    /// (counted) rather than buffered without bound.
+    pub inbound_queue: usize,
+    /// Bytes waiting for the packet handler (the same bound in bytes, since
+    /// packets of the large classes are up to 1 MiB each).
+    pub inbound_queue_bytes: usize,
+    /// Packets waiting per outbound neighbour stream.
+    pub outbound_queue: usize,
+    /// Bytes waiting in all outbound streams together.
+    pub outbound_queue_bytes: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("mixnn-node"),
+            listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+            external_addrs: Vec::new(),
+            bootstrap: Vec::new(),
+            metrics: None,
+            epoch_secs: 3600,
+            key_grace_secs: 600,
+            descriptor_ttl_secs: 3600,
+            refresh_secs: 600,
+            bootstrap_timeout_secs: 15,
+            jobs: 4,
+            guest_memory_mib: 1024,
+            packet_sizes: DEFAULT_PACKET_SIZES.to_vec(),
+            inbound_queue: 4096,
+            inbound_queue_bytes: 256 << 20,
+            outbound_queue: 1024,
+            outbound_queue_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Errors loading or checking a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Largest accepted packet class: a bound on what one frame may allocate.
+pub const MAX_PACKET_SIZE: u32 = 16 << 20;
+
+/// Packet lengths of the default Sphinx geometry (crates/sphinx: a 2609-byte
+/// header for 16 hops, payload classes 2 KiB, 32 KiB, 256 KiB, 1 MiB). The
+/// phases work will derive them from the geometry in use instead.
+pub const DEFAULT_PACKET_SIZES: [u32; 4] = [
+    2609 + 2048,
+    2609 + 32 * 1024,
+    2609 + 256 * 1024,
+    2609 + 1024 * 1024,
+];
+
+impl NodeConfig {
+    /// Reads a TOML file (at most 1 MiB).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if meta.len() > 1 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "{} is {} bytes; a config file is at most 1 MiB",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            source,
+        })
+    }
+
+    /// Checks the values that would otherwise fail later, deep in start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return bad("no listen address".into());
+        }
+        if self.epoch_secs < 10 {
+            return bad(format!("epoch_secs = {}: at least 10", self.epoch_secs));
+        }
+        if self.descriptor_ttl_secs < 10
+            || self.descriptor_ttl_secs > mixnn_protocol::descriptor::MAX_LIFETIME_SECS
+        {
+            return bad(format!(
+                "descriptor_ttl_secs = {}: between 10 and {}",
+                self.descriptor_ttl_secs,
+                mixnn_protocol::descriptor::MAX_LIFETIME_SECS
+            ));
+        }
+        if self.refresh_secs == 0 || self.refresh_secs >= self.descriptor_ttl_secs {
+            return bad(format!(
+                "refresh_secs = {} must be positive and shorter than descriptor_ttl_secs = {} \
+                 (or the descriptor expires before it is refreshed)",
+                self.refresh_secs, self.descriptor_ttl_secs
+            ));
+        }
+        if self.packet_sizes.is_empty() {
+            return bad("packet_sizes is empty".into());
+        }
+        if let Some(s) = self
+            .packet_sizes
+            .iter()
+            .find(|&&s| s == 0 || s > MAX_PACKET_SIZE)
+        {
+            return bad(format!(
+                "packet size {s}: between 1 and {MAX_PACKET_SIZE} bytes"
+            ));
+        }
+        let largest = self.packet_sizes.iter().copied().max().unwrap_or(0) as usize;
+        if self.inbound_queue_bytes < largest || self.outbound_queue_bytes < largest {
+            return bad(format!(
+                "queue byte budgets must hold at least one packet of the largest class ({largest} bytes)"
+            ));
+        }
+        if self.inbound_queue == 0 || self.outbound_queue == 0 {
+            return bad("queue lengths must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! A mixnn pool node: identity, mix keys, descriptor, discovery, and the
+//! packet streams between neighbours.
+//!
+//! [`Node::start`] loads a persistent ed25519 identity (its libp2p peer id)
+//! and the per-epoch X25519 mix keys from the data dir, joins the pool
+//! (TCP + Noise + Yamux; Kademlia, identify, ping), publishes a signed
+//! [`mixnn_protocol::NodeDescriptor`] to the bootstraps and keeps it fresh,
+//! and carries fixed-size packets over long-lived streams (see [`packets`]).
+//!
+//! What this crate does not do yet is *interpret* packets: the phases
+//! (Sphinx processing, layers in the sandbox, cover traffic) plug in as the
+//! consumer of [`PacketInbox`] and the user of [`PacketSender`] and
+//! [`MixKeys`].
+
+pub mod config;
+pub mod metrics;
+pub mod mixkeys;
+mod node;
+pub mod packets;
+mod swarm;
+
+pub use config::{ConfigError, NodeConfig};
+pub use libp2p::{Multiaddr, PeerId};
+pub use metrics::{DropReason, Metrics};
+pub use mixkeys::{MixKeyStore, MixKeys};
+pub use node::{IDENTITY_FILE, Node, NodeError};
+pub use packets::{InboundPacket, PacketInbox, PacketSender, SendError};

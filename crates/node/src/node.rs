@@ -1,0 +1,578 @@
+//! [`Node::start`]: identity, keys, swarm, descriptor, packet streams.
+//!
+//! Start-up order matters for the failure modes SPEC §6 names: the identity
+//! and mix keys are loaded (or created and persisted) before any network
+//! activity, so a node that then fails to reach its bootstrap has lost
+//! nothing; and start-up only returns once at least one bootstrap has
+//! accepted the descriptor, so "started" means "listed in the pool".
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use futures::StreamExt as _;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use mixnn_protocol::secret_file::{self, SecretFileError};
+use mixnn_protocol::{
+    Capacity, DirectoryRequest, DirectoryResponse, MixKeyInfo, NodeDescriptor, SOFTWARE_VERSION,
+    SignedDescriptor, unix_now,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::{self, Metrics, MetricsError};
+use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
+use crate::packets::{self, PacketInbox, PacketSender, SizeClasses};
+use crate::swarm::{self, NodeBehaviour, SwarmHandle};
+
+/// The identity file's name inside the data dir.
+pub const IDENTITY_FILE: &str = "identity.key";
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] SecretFileError),
+    #[error(transparent)]
+    MixKeys(#[from] MixKeyError),
+    #[error("bad multiaddr {addr:?}: {reason}")]
+    Addr { addr: String, reason: String },
+    #[error("libp2p: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Descriptor(#[from] mixnn_protocol::DescriptorError),
+    #[error(
+        "no bootstrap accepted this node's descriptor within {secs} s:\n  {}",
+        failures.join("\n  ")
+    )]
+    BootstrapUnreachable { secs: u64, failures: Vec<String> },
+    #[error("no bootstrap configured (give at least one --bootstrap MULTIADDR)")]
+    NoBootstrap,
+    #[error("directory request to {peer}: {reason}")]
+    Directory { peer: PeerId, reason: String },
+}
+
+/// What the node's background tasks share.
+struct Shared {
+    cfg: NodeConfig,
+    signing: SigningKey,
+    peer_id: PeerId,
+    addrs: Vec<String>,
+    bootstraps: Vec<PeerId>,
+    mix_keys: MixKeys,
+    descriptor: Mutex<SignedDescriptor>,
+    swarm: SwarmHandle,
+    metrics: Arc<Metrics>,
+}
+
+/// A running pool node. Dropping it stops its tasks; [`shutdown`](Self::shutdown)
+/// also waits for them.
+pub struct Node {
+    shared: Arc<Shared>,
+    listen_addrs: Vec<Multiaddr>,
+    metrics_addr: Option<SocketAddr>,
+    control: libp2p_stream::Control,
+    sender: PacketSender,
+    inbox: Option<PacketInbox>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn parse_addr(s: &str) -> Result<Multiaddr, NodeError> {
+    s.parse()
+        .map_err(|e: libp2p::multiaddr::Error| NodeError::Addr {
+            addr: s.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Loads (or creates) the identity seed in `data_dir`.
+fn load_identity(data_dir: &Path) -> Result<(libp2p::identity::Keypair, SigningKey), NodeError> {
+    let (seed, created) = secret_file::load_or_create_identity(&data_dir.join(IDENTITY_FILE))?;
+    let mut copy = Zeroizing::new(*seed);
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut copy[..])
+        .map_err(|e| NodeError::Transport(format!("identity key: {e}")))?;
+    let signing = SigningKey::from_bytes(&seed);
+    info!(created, peer_id = %keypair.public().to_peer_id(), "identity");
+    Ok((keypair, signing))
+}
+
+impl Node {
+    /// Starts a node: loads state from `cfg.data_dir`, listens, joins the
+    /// pool through the bootstraps and publishes its descriptor. Fails with
+    /// [`NodeError::BootstrapUnreachable`] if no bootstrap accepts the
+    /// descriptor within `bootstrap_timeout_secs` (nothing stored is lost).
+    pub async fn start(cfg: NodeConfig) -> Result<Self, NodeError> {
+        cfg.validate()?;
+        if cfg.bootstrap.is_empty() {
+            return Err(NodeError::NoBootstrap);
+        }
+        let mut bootstraps = Vec::new();
+        for s in &cfg.bootstrap {
+            let addr = parse_addr(s)?;
+            let (peer, plain) = swarm::split_p2p(&addr).ok_or_else(|| NodeError::Addr {
+                addr: s.clone(),
+                reason: "a bootstrap address must end in /p2p/<peer id> \
+                         (`mixnn bootstrap` prints it)"
+                    .into(),
+            })?;
+            bootstraps.push((peer, plain, addr));
+        }
+        let listen: Vec<Multiaddr> = cfg
+            .listen
+            .iter()
+            .map(|s| parse_addr(s))
+            .collect::<Result<_, _>>()?;
+        let external: Vec<Multiaddr> = cfg
+            .external_addrs
+            .iter()
+            .map(|s| parse_addr(s))
+            .collect::<Result<_, _>>()?;
+
+        secret_file::ensure_private_dir(&cfg.data_dir)?;
+        let (keypair, signing) = load_identity(&cfg.data_dir)?;
+        let now = unix_now();
+        let store = MixKeyStore::open(&cfg.data_dir, cfg.epoch_secs, cfg.key_grace_secs, now)?;
+        let mix_keys = MixKeys(Arc::new(RwLock::new(store)));
+
+        let mut swarm = swarm::build(keypair).map_err(NodeError::Transport)?;
+        let peer_id = *swarm.local_peer_id();
+        let metrics = Arc::new(Metrics::new(peer_id.to_base58()));
+        for a in &listen {
+            swarm.listen_on(a.clone()).map_err(|e| NodeError::Listen {
+                addr: a.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let bound = wait_listening(&mut swarm, listen.len()).await?;
+        let advertised: Vec<String> = if external.is_empty() {
+            &bound
+        } else {
+            &external
+        }
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let control = swarm::stream_control(&swarm);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let (metrics_addr, metrics_task) = match cfg.metrics {
+            Some(addr) => {
+                let (bound, task) = metrics::serve(addr, metrics.clone(), stop_rx.clone()).await?;
+                info!(addr = %bound, "metrics at http://{bound}/metrics");
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        tasks.extend(metrics_task);
+
+        let (handle, swarm_task) = swarm::spawn(swarm, metrics.clone(), stop_rx.clone());
+        tasks.push(swarm_task);
+        for (peer, plain, full) in &bootstraps {
+            handle.add_addresses(*peer, vec![plain.clone()]).await;
+            handle.dial(full.clone()).await;
+        }
+
+        let sizes = SizeClasses::new(&cfg.packet_sizes);
+        let (inbox, inbound_task) = packets::start_inbound(
+            control.clone(),
+            sizes.clone(),
+            cfg.inbound_queue,
+            cfg.inbound_queue_bytes,
+            metrics.clone(),
+            stop_rx.clone(),
+        )
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+        tasks.push(inbound_task);
+        let sender = PacketSender::new(
+            control.clone(),
+            handle.clone(),
+            sizes,
+            cfg.outbound_queue,
+            cfg.outbound_queue_bytes,
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+
+        let descriptor = sign_descriptor(&cfg, &signing, peer_id, &advertised, &mix_keys, now)?;
+        if let Some((epoch, _)) = mix_keys.current(now) {
+            metrics.mix_epoch.store(epoch, Ordering::Relaxed);
+        }
+        let shared = Arc::new(Shared {
+            signing,
+            peer_id,
+            addrs: advertised,
+            bootstraps: bootstraps.iter().map(|(p, _, _)| *p).collect(),
+            mix_keys,
+            descriptor: Mutex::new(descriptor),
+            swarm: handle,
+            metrics,
+            cfg,
+        });
+        let mut node = Self {
+            shared: shared.clone(),
+            listen_addrs: bound
+                .iter()
+                .map(|a| a.clone().with(Protocol::P2p(peer_id)))
+                .collect(),
+            metrics_addr,
+            control,
+            sender,
+            inbox: Some(inbox),
+            stop,
+            tasks,
+        };
+
+        // Join: the first publish must succeed somewhere, retried until the
+        // timeout (a bootstrap that is still starting gets a second chance).
+        let secs = shared.cfg.bootstrap_timeout_secs;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut failures;
+        loop {
+            failures = shared.publish().await;
+            if failures.len() < shared.bootstraps.len() {
+                break;
+            }
+            if tokio::time::Instant::now() + Duration::from_secs(1) >= deadline {
+                for f in &failures {
+                    warn!("{f}");
+                }
+                node.shutdown().await;
+                return Err(NodeError::BootstrapUnreachable { secs, failures });
+            }
+            warn!(failures = ?failures, "no bootstrap reachable yet; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for f in &failures {
+            warn!("{f}");
+        }
+        node.tasks
+            .push(tokio::spawn(refresh_loop(shared.clone(), stop_rx)));
+        info!(peer_id = %peer_id, addrs = ?node.listen_addrs, "node joined the pool");
+        Ok(node)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// The bound listen addresses, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Where the metrics endpoint listens, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The descriptor as last signed and published.
+    pub fn descriptor(&self) -> SignedDescriptor {
+        lock(&self.shared.descriptor).clone()
+    }
+
+    /// The mix keys by epoch, for the packet processor.
+    pub fn mix_keys(&self) -> MixKeys {
+        self.shared.mix_keys.clone()
+    }
+
+    /// Queues packets to neighbours.
+    pub fn sender(&self) -> PacketSender {
+        self.sender.clone()
+    }
+
+    /// The inbound packet queue; there is one, so the first caller gets it.
+    pub fn take_inbox(&mut self) -> Option<PacketInbox> {
+        self.inbox.take()
+    }
+
+    /// Raw stream access (for tools and tests): streams opened here skip
+    /// the packet framing, so the peer sees whatever is written.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Makes `addrs` known as `peer`'s, e.g. from its verified descriptor.
+    pub async fn add_peer_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        self.shared.swarm.add_addresses(peer, addrs).await;
+    }
+
+    /// Signs the descriptor anew and publishes it to every bootstrap now;
+    /// returns one line per bootstrap that refused or was unreachable.
+    pub async fn republish(&self) -> Result<Vec<String>, NodeError> {
+        self.shared.refresh_descriptor()?;
+        Ok(self.shared.publish().await)
+    }
+
+    /// Sends one directory request to `bootstrap` (for tools and tests: the
+    /// answer is not verified here).
+    pub async fn directory_request(
+        &self,
+        bootstrap: PeerId,
+        request: DirectoryRequest,
+    ) -> Result<DirectoryResponse, NodeError> {
+        self.shared
+            .swarm
+            .directory(bootstrap, request)
+            .await
+            .map_err(|reason| NodeError::Directory {
+                peer: bootstrap,
+                reason,
+            })
+    }
+
+    /// The pool as the first answering bootstrap lists it, every entry
+    /// verified; entries that fail verification are skipped with a warning.
+    pub async fn list_directory(&self) -> Result<Vec<NodeDescriptor>, NodeError> {
+        let mut last = None;
+        for &b in &self.shared.bootstraps {
+            match self.list_from(b).await {
+                Ok(list) => return Ok(list),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(NodeError::NoBootstrap))
+    }
+
+    async fn list_from(&self, bootstrap: PeerId) -> Result<Vec<NodeDescriptor>, NodeError> {
+        let mut out = Vec::new();
+        let mut offset = 0u32;
+        loop {
+            let req = DirectoryRequest::List {
+                offset,
+                limit: mixnn_protocol::MAX_LIST_ENTRIES,
+            };
+            let DirectoryResponse::Descriptors { entries, total } =
+                self.directory_request(bootstrap, req).await?
+            else {
+                return Err(NodeError::Directory {
+                    peer: bootstrap,
+                    reason: "unexpected answer to a list request".into(),
+                });
+            };
+            let n = entries.len() as u32;
+            for e in entries {
+                match e.verify() {
+                    Ok(d) => out.push(d),
+                    Err(err) => {
+                        warn!(%bootstrap, error = %err, "directory entry fails verification")
+                    }
+                }
+            }
+            offset = offset.saturating_add(n);
+            if n == 0 || offset >= total {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Stops every task and waits for them (up to 5 s). Stored state is
+    /// written as it changes, so nothing is lost here; the mix keys are
+    /// written once more for good measure.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.shared.mix_keys.read(|s| s.persist()) {
+            warn!(error = %e, "saving mix keys at shutdown");
+        }
+        let tasks = std::mem::take(&mut self.tasks);
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            warn!("some node tasks did not stop within 5 s");
+        }
+        info!(peer_id = %self.shared.peer_id, "node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sign_descriptor(
+    cfg: &NodeConfig,
+    signing: &SigningKey,
+    peer_id: PeerId,
+    addrs: &[String],
+    mix_keys: &MixKeys,
+    now: u64,
+) -> Result<SignedDescriptor, NodeError> {
+    let (epoch, public) = mix_keys
+        .current(now)
+        .ok_or_else(|| NodeError::Transport("no mix key for the current epoch".into()))?;
+    let desc = NodeDescriptor {
+        format: mixnn_protocol::descriptor::DESCRIPTOR_FORMAT,
+        peer_id: peer_id.to_base58(),
+        identity_key: signing.verifying_key().to_bytes(),
+        addrs: addrs.to_vec(),
+        mix_key: MixKeyInfo {
+            epoch,
+            epoch_secs: cfg.epoch_secs,
+            public: public.to_bytes(),
+        },
+        capacity: Capacity {
+            jobs: cfg.jobs,
+            memory_mib: cfg.guest_memory_mib,
+        },
+        software: SOFTWARE_VERSION.to_string(),
+        issued_at: now,
+        expires_at: now + cfg.descriptor_ttl_secs,
+    };
+    Ok(SignedDescriptor::sign(&desc, signing)?)
+}
+
+impl Shared {
+    /// Rotates the mix keys if the epoch changed and re-signs the descriptor.
+    fn refresh_descriptor(&self) -> Result<(), NodeError> {
+        let now = unix_now();
+        self.mix_keys.write(|s| s.rotate(now))?;
+        let d = sign_descriptor(
+            &self.cfg,
+            &self.signing,
+            self.peer_id,
+            &self.addrs,
+            &self.mix_keys,
+            now,
+        )?;
+        if let Some((epoch, _)) = self.mix_keys.current(now) {
+            self.metrics.mix_epoch.store(epoch, Ordering::Relaxed);
+        }
+        *lock(&self.descriptor) = d;
+        Ok(())
+    }
+
+    /// Publishes the current descriptor to every bootstrap at once; returns
+    /// a line per failure.
+    async fn publish(&self) -> Vec<String> {
+        let signed = lock(&self.descriptor).clone();
+        let attempts = self.bootstraps.iter().map(|&b| {
+            let req = DirectoryRequest::Publish(signed.clone());
+            async move { (b, self.swarm.directory(b, req).await) }
+        });
+        let mut failures = Vec::new();
+        for (b, r) in futures::future::join_all(attempts).await {
+            match r {
+                Ok(DirectoryResponse::Published) => {
+                    self.metrics.publish_ok.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(bootstrap = %b, "descriptor published");
+                }
+                Ok(DirectoryResponse::Rejected { reason }) => {
+                    self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+                    failures.push(format!("bootstrap {b} rejected the descriptor: {reason}"));
+                }
+                Ok(_) => {
+                    self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+                    failures.push(format!("bootstrap {b} gave an unexpected answer"));
+                }
+                Err(e) => {
+                    self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+                    failures.push(format!("bootstrap {b} unreachable: {e}"));
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// Re-signs and re-publishes every `refresh_secs` and at each epoch change;
+/// after a failed round it retries sooner (every 10 s), logging each failure.
+async fn refresh_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut failed = false;
+    loop {
+        let now = unix_now();
+        let next_epoch = shared.mix_keys.read(|s| s.next_rotation(now));
+        let mut wait = shared
+            .cfg
+            .refresh_secs
+            .min(next_epoch.saturating_sub(now).max(1));
+        if failed {
+            wait = wait.min(10);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+        }
+        if let Err(e) = shared.refresh_descriptor() {
+            warn!(error = %e, "re-signing the descriptor");
+            failed = true;
+            continue;
+        }
+        let failures = shared.publish().await;
+        for f in &failures {
+            warn!("{f}");
+        }
+        failed = failures.len() == shared.bootstraps.len();
+    }
+}
+
+/// Drives the swarm until each listener reported an address.
+async fn wait_listening(
+    swarm: &mut Swarm<NodeBehaviour>,
+    listeners: usize,
+) -> Result<Vec<Multiaddr>, NodeError> {
+    let mut addrs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    while seen.len() < listeners {
+        tokio::select! {
+            _ = &mut deadline => break,
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    seen.insert(listener_id);
+                    addrs.push(address);
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NodeError::Transport(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    // A wildcard listener reports one address per interface, back to back.
+    let settle = tokio::time::sleep(Duration::from_millis(100));
+    tokio::pin!(settle);
+    loop {
+        tokio::select! {
+            _ = &mut settle => break,
+            ev = swarm.select_next_some() => {
+                if let SwarmEvent::NewListenAddr { address, .. } = ev {
+                    addrs.push(address);
+                }
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(NodeError::Transport(
+            "no listen address was bound within 10 s".into(),
+        ));
+    }
+    addrs.truncate(mixnn_protocol::descriptor::MAX_ADDRS);
+    Ok(addrs)
+}

@@ -1,0 +1,369 @@
+//! The node's libp2p swarm and the task that drives it.
+//!
+//! The swarm is owned by one task; everything else talks to it through
+//! [`SwarmHandle`] commands with oneshot replies. Why: `Swarm` is `!Sync`
+//! and must be polled continuously, and a command channel keeps the rest of
+//! the node (publishing, packet links, later the phases) free of libp2p
+//! event plumbing. Packet streams bypass this task entirely: they go
+//! through `libp2p_stream::Control`, which is designed to be used from any
+//! task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::kad::{self, QueryId, QueryResult};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use mixnn_protocol::{
+    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+    MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, SOFTWARE_VERSION,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+
+/// One behaviour per concern, composed as in rust-libp2p's examples.
+#[derive(NetworkBehaviour)]
+pub(crate) struct NodeBehaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    directory: request_response::cbor::Behaviour<DirectoryRequest, DirectoryResponse>,
+    stream: libp2p_stream::Behaviour,
+}
+
+pub(crate) fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<NodeBehaviour>, String> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| e.to_string())?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_cfg.set_query_timeout(Duration::from_secs(20));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_cfg,
+            );
+            // Pools on loopback or private networks never get a confirmed
+            // external address, which would leave kad in client mode and
+            // the node unfindable.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(SOFTWARE_VERSION.to_string()),
+            );
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_DIRECTORY_REQUEST_BYTES as u64)
+                .set_response_size_maximum(MAX_DIRECTORY_RESPONSE_BYTES as u64);
+            let directory = request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(DIRECTORY_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
+            NodeBehaviour {
+                kad,
+                identify,
+                ping: ping::Behaviour::default(),
+                directory,
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| e.to_string())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+pub(crate) fn stream_control(swarm: &Swarm<NodeBehaviour>) -> libp2p_stream::Control {
+    swarm.behaviour().stream.new_control()
+}
+
+enum Command {
+    Directory {
+        peer: PeerId,
+        request: DirectoryRequest,
+        reply: oneshot::Sender<Result<DirectoryResponse, String>>,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        done: oneshot::Sender<()>,
+    },
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Dial {
+        addr: Multiaddr,
+    },
+}
+
+/// Talks to the swarm task; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SwarmHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl SwarmHandle {
+    /// Sends a directory request to `peer` and waits for its answer.
+    pub(crate) async fn directory(
+        &self,
+        peer: PeerId,
+        request: DirectoryRequest,
+    ) -> Result<DirectoryResponse, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Directory {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the node is shutting down".to_string())?
+    }
+
+    /// Makes `addrs` known as `peer`'s (Kademlia routing table, so dials to
+    /// the peer, including stream opens, find them); returns once they are.
+    pub(crate) async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::AddAddresses { peer, addrs, done })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// Starts a connection to `addr` (which should end in `/p2p/<id>`).
+    pub(crate) async fn dial(&self, addr: Multiaddr) {
+        let _ = self.tx.send(Command::Dial { addr }).await;
+    }
+
+    /// Looks `peer` up in the DHT; true if it was found with an address.
+    pub(crate) async fn find_peer(&self, peer: PeerId) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::FindPeer { peer, reply })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Splits `/…/p2p/<id>` into the peer id and the address without it.
+pub(crate) fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut a = addr.clone();
+    match a.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, a)),
+        _ => None,
+    }
+}
+
+struct Task {
+    swarm: Swarm<NodeBehaviour>,
+    metrics: Arc<Metrics>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryResponse, String>>>,
+    finds: HashMap<QueryId, (PeerId, oneshot::Sender<bool>)>,
+    dial_errors: HashMap<PeerId, String>,
+}
+
+/// Spawns the swarm task; it ends when `stop` changes or every handle is
+/// dropped.
+pub(crate) fn spawn(
+    swarm: Swarm<NodeBehaviour>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let mut task = Task {
+        swarm,
+        metrics,
+        requests: HashMap::new(),
+        finds: HashMap::new(),
+        dial_errors: HashMap::new(),
+    };
+    let join = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => task.command(cmd),
+                    None => break,
+                },
+                ev = task.swarm.select_next_some() => task.event(ev),
+            }
+        }
+        debug!("swarm task stopped");
+    });
+    (SwarmHandle { tx }, join)
+}
+
+impl Task {
+    fn command(&mut self, cmd: Command) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            Command::Directory {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = b.directory.send_request(&peer, request);
+                self.requests.insert(id, reply);
+            }
+            Command::AddAddresses { peer, addrs, done } => {
+                for a in addrs {
+                    b.kad.add_address(&peer, a);
+                }
+                let _ = done.send(());
+            }
+            Command::FindPeer { peer, reply } => {
+                let id = b.kad.get_closest_peers(peer);
+                self.finds.insert(id, (peer, reply));
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    info!(%addr, error = %e, "dial failed");
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Directory(e)) => self.directory_event(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: QueryResult::GetClosestPeers(result),
+                    step,
+                    ..
+                },
+            )) => {
+                let found = match &result {
+                    Ok(ok) => ok.peers.iter().find(|p| {
+                        self.finds
+                            .get(&id)
+                            .is_some_and(|(want, _)| p.peer_id == *want)
+                    }),
+                    Err(_) => None,
+                };
+                if let Some(info) = found.filter(|i| !i.addrs.is_empty()).cloned()
+                    && let Some((peer, reply)) = self.finds.remove(&id)
+                {
+                    for a in info.addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                    }
+                    let _ = reply.send(true);
+                } else if step.last
+                    && let Some((peer, reply)) = self.finds.remove(&id)
+                {
+                    debug!(%peer, "DHT lookup ended without the peer");
+                    let _ = reply.send(false);
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                if info.protocol_version == IDENTIFY_PROTOCOL && speaks_kad {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.dial_errors.remove(&peer_id);
+                if num_established.get() == 1 {
+                    self.metrics.peers_connected.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(%peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.metrics.peers_connected.fetch_sub(1, Ordering::Relaxed);
+                }
+                debug!(%peer_id, "disconnected");
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "outgoing connection failed");
+                self.dial_errors.insert(peer, error.to_string());
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            other => debug!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn directory_event(&mut self, e: request_response::Event<DirectoryRequest, DirectoryResponse>) {
+        match e {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let checked = response
+                        .check_limits()
+                        .map(|()| response)
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(checked);
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let detail = match self.dial_errors.get(&peer) {
+                        Some(d) => format!("{error}: {d}"),
+                        None => error.to_string(),
+                    };
+                    let _ = reply.send(Err(detail));
+                }
+            }
+            // Nodes do not serve the directory (outbound support only).
+            other => debug!(event = ?other, "directory event"),
+        }
+    }
+}

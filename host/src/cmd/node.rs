@@ -1,0 +1,121 @@
+//! `mixnn node`: run a pool node until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mixnn_node::{Node, NodeConfig};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Bootstrap multiaddr ending in `/p2p/<peer id>`, as `mixnn bootstrap`
+    /// prints it. Repeat the flag (or separate with commas) for several; the
+    /// descriptor is published to each.
+    #[arg(long, value_name = "MULTIADDR", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Multiaddr to listen on (repeatable). Default: `/ip4/0.0.0.0/tcp/0`,
+    /// every interface on a random port.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// Multiaddr to advertise in the descriptor instead of the bound ones
+    /// (repeatable), for a node behind a port forward.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
+    /// Where the identity key and mix keys live (created owner-only). The
+    /// same directory gives the same peer id after a restart. Default:
+    /// `mixnn-node` in the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file; flags given here override its values. Every
+    /// key is optional, e.g. `epoch_secs = 3600`, `packet_sizes = [4657]`,
+    /// `inbound_queue = 4096` (crates/node/node.example.toml lists them all).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (plain HTTP, `GET /metrics`),
+    /// e.g. `127.0.0.1:9100`; `mixnn status --metrics` reads it.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Mix-key epoch length in seconds: the X25519 packet key rotates this
+    /// often, and the descriptor is re-published at each rotation.
+    #[arg(long, value_name = "SECS")]
+    pub epoch_secs: Option<u64>,
+    /// Seconds to keep waiting for a bootstrap at start before giving up.
+    #[arg(long, value_name = "SECS")]
+    pub bootstrap_timeout_secs: Option<u64>,
+}
+
+impl NodeArgs {
+    fn config(&self) -> Result<NodeConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => NodeConfig::from_file(p)?,
+            None => NodeConfig::default(),
+        };
+        if !self.bootstrap.is_empty() {
+            cfg.bootstrap = self.bootstrap.clone();
+        }
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen.clone();
+        }
+        if !self.external_addr.is_empty() {
+            cfg.external_addrs = self.external_addr.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if self.metrics.is_some() {
+            cfg.metrics = self.metrics;
+        }
+        if let Some(e) = self.epoch_secs {
+            cfg.epoch_secs = e;
+        }
+        if let Some(t) = self.bootstrap_timeout_secs {
+            cfg.bootstrap_timeout_secs = t;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(a: NodeArgs) -> Result<()> {
+    let cfg = a.config()?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mut node = Node::start(cfg).await.context("starting the node")?;
+        // No packet processor exists yet (the phases bring it): dropping the
+        // inbox makes every arriving packet a counted `no_handler` drop
+        // instead of filling a queue nobody reads.
+        drop(node.take_inbox());
+        println!("node {} listening on:", node.peer_id());
+        for addr in node.listen_addrs() {
+            println!("  {addr}");
+        }
+        if let Some(m) = node.metrics_addr() {
+            println!("metrics: http://{m}/metrics  (mixnn status --metrics {m})");
+        }
+        println!("(Ctrl-C stops; identity and keys stay in the data dir)");
+        wait_for_stop().await?;
+        println!("stopping");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM, which is how a process
+/// supervisor (or `mixnn demo`) stops a node.
+pub async fn wait_for_stop() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
