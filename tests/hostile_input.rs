@@ -4,8 +4,7 @@
 mod common;
 
 use mixnn_sandbox::{
-    GuestKind, GuestLayer, LossKind, Sandbox, SandboxError, SandboxOptions, Tensor,
-    TrainConfig,
+    GuestKind, GuestLayer, LossKind, Sandbox, SandboxError, SandboxOptions, Tensor, TrainConfig,
 };
 use prost::Message;
 

@@ -21,12 +21,10 @@ use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, kad, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
 use mixnn_protocol::secret_file::{self, SecretFileError};
 use mixnn_protocol::{
-    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
-    MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, MAX_LIST_ENTRIES, SOFTWARE_VERSION,
-    SignedDescriptor, unix_now,
+    DirectoryRequest, DirectoryResponse, MAX_LIST_ENTRIES, SignedDescriptor, unix_now,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -81,7 +79,7 @@ struct BootstrapBehaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    directory: request_response::cbor::Behaviour<DirectoryRequest, DirectoryResponse>,
+    directory: mixnn_p2p::DirectoryBehaviour,
 }
 
 /// A running bootstrap; [`shutdown`](Self::shutdown) stops it.
@@ -123,7 +121,9 @@ impl Bootstrap {
                     reason: e.to_string(),
                 })?;
         }
-        let listen_addrs = wait_listening(&mut swarm, cfg.listen.len()).await?;
+        let listen_addrs = mixnn_p2p::wait_listening(&mut swarm, cfg.listen.len(), None)
+            .await
+            .map_err(|e| BootstrapError::Transport(e.to_string()))?;
         let listen_addrs: Vec<Multiaddr> = listen_addrs
             .into_iter()
             .map(|a| a.with(Protocol::P2p(peer_id)))
@@ -177,87 +177,15 @@ fn zeroize_copy(seed: &[u8; 32]) -> zeroize::Zeroizing<[u8; 32]> {
 fn build_swarm(
     keypair: libp2p::identity::Keypair,
 ) -> Result<Swarm<BootstrapBehaviour>, BootstrapError> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| BootstrapError::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
-            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            kad_cfg.set_query_timeout(Duration::from_secs(30));
-            // The bootstrap is where others start; it learns the pool as
-            // peers connect and has no one to bootstrap from itself.
-            kad_cfg.set_periodic_bootstrap_interval(None);
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_cfg,
-            );
-            // Loopback and private pools have no confirmed external address,
-            // which would leave kad in client mode and useless as a bootstrap.
-            kad.set_mode(Some(kad::Mode::Server));
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(SOFTWARE_VERSION.to_string()),
-            );
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_DIRECTORY_REQUEST_BYTES as u64)
-                .set_response_size_maximum(MAX_DIRECTORY_RESPONSE_BYTES as u64);
-            let directory = request_response::Behaviour::with_codec(
-                codec,
-                [(
-                    StreamProtocol::new(DIRECTORY_PROTOCOL),
-                    ProtocolSupport::Inbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
-            );
-            BootstrapBehaviour {
-                kad,
-                identify,
-                ping: ping::Behaviour::default(),
-                directory,
-            }
-        })
-        .map_err(|e| BootstrapError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    Ok(swarm)
-}
-
-/// Drives the swarm until one address per listener is reported.
-async fn wait_listening(
-    swarm: &mut Swarm<BootstrapBehaviour>,
-    listeners: usize,
-) -> Result<Vec<Multiaddr>, BootstrapError> {
-    let mut addrs = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    while seen.len() < listeners {
-        tokio::select! {
-            _ = &mut deadline => break,
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::NewListenAddr { listener_id, address } => {
-                    seen.insert(listener_id);
-                    addrs.push(address);
-                }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(BootstrapError::Transport(error.to_string()));
-                }
-                other => debug!(event = ?other, "event while starting"),
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(BootstrapError::Transport(
-            "no listen address was bound within 10 s".into(),
-        ));
-    }
-    Ok(addrs)
+    mixnn_p2p::build_swarm(keypair, |key| BootstrapBehaviour {
+        // The bootstrap is where others start; it learns the pool as
+        // peers connect and has no one to bootstrap from itself.
+        kad: mixnn_p2p::kad(key, Duration::from_secs(30), false),
+        identify: mixnn_p2p::identify(key),
+        ping: ping::Behaviour::default(),
+        directory: mixnn_p2p::directory(ProtocolSupport::Inbound, Duration::from_secs(15)),
+    })
+    .map_err(BootstrapError::Transport)
 }
 
 async fn run(
@@ -322,14 +250,7 @@ fn handle_event(
             info,
             ..
         })) => {
-            // Peers of our pool (same identify protocol and kad protocol)
-            // become routable in the DHT under the addresses they listen on.
-            let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
-            if info.protocol_version == IDENTIFY_PROTOCOL && speaks_kad {
-                for addr in info.listen_addrs {
-                    swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-            }
+            mixnn_p2p::add_identified_peer(&mut swarm.behaviour_mut().kad, &peer_id, info);
         }
         SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
         SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),

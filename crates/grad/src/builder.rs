@@ -347,13 +347,7 @@ pub(crate) fn build(
     };
     let mut tf_outputs = vec![output_info(&a)];
     tf_outputs.extend(saved.iter().map(saved_info));
-    let train_forward = make_model(
-        &a,
-        "mixnn_train_forward",
-        nodes,
-        inputs,
-        tf_outputs.clone(),
-    );
+    let train_forward = make_model(&a, "mixnn_train_forward", nodes, inputs, tf_outputs.clone());
     let mut tb_inputs = b_inputs;
     tb_inputs.extend(tf_outputs);
     let train_backward = make_model(&a, "mixnn_train_backward", split.nodes, tb_inputs, outputs);

@@ -140,7 +140,10 @@ mod tests {
             n("Gemm", &["g2", "f"], &["dw"]),
             n("Neg", &["h"], &["unused"]),
         ];
-        let avail: HashSet<String> = ["x", "w", "dz", "y"].iter().map(|s| s.to_string()).collect();
+        let avail: HashSet<String> = ["x", "w", "dz", "y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let s = split(&fwd, &grad, &["dw".to_string()], &avail, |_| true);
         assert_eq!(s.saved, vec!["s".to_string()]);
         let ops: Vec<&str> = s.nodes.iter().map(|n| n.op_type.as_str()).collect();

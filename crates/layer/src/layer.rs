@@ -7,7 +7,7 @@ use std::sync::Arc;
 use mixnn_grad::{GradOptions, MaskSpec, pb};
 use prost::Message;
 use rand_chacha::ChaCha8Rng;
-use tract_onnx::prelude::{DatumType, TVec, TValue};
+use tract_onnx::prelude::{DatumType, TValue, TVec};
 
 use crate::optimizer::{self, ParamState};
 use crate::plans::{Feed, Plan, f32_slice, shared, to_tensor, value};

@@ -13,10 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId};
 use mixnn_protocol::secret_file::{self, SecretFileError};
 use mixnn_protocol::{
     Capacity, DirectoryRequest, DirectoryResponse, MixKeyInfo, NodeDescriptor, SOFTWARE_VERSION,
@@ -31,7 +29,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
 use crate::packets::{self, PacketInbox, PacketSender, SizeClasses};
-use crate::swarm::{self, NodeBehaviour, SwarmHandle};
+use crate::swarm::{self, SwarmHandle};
 
 /// The identity file's name inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -158,7 +156,13 @@ impl Node {
                 reason: e.to_string(),
             })?;
         }
-        let bound = wait_listening(&mut swarm, listen.len()).await?;
+        // A wildcard listener reports one address per interface, back to
+        // back: give the rest 100 ms to arrive after the first.
+        let mut bound =
+            mixnn_p2p::wait_listening(&mut swarm, listen.len(), Some(Duration::from_millis(100)))
+                .await
+                .map_err(|e| NodeError::Transport(e.to_string()))?;
+        bound.truncate(mixnn_protocol::descriptor::MAX_ADDRS);
         let advertised: Vec<String> = if external.is_empty() {
             &bound
         } else {
@@ -529,50 +533,4 @@ async fn refresh_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         failed = failures.len() == shared.bootstraps.len();
     }
-}
-
-/// Drives the swarm until each listener reported an address.
-async fn wait_listening(
-    swarm: &mut Swarm<NodeBehaviour>,
-    listeners: usize,
-) -> Result<Vec<Multiaddr>, NodeError> {
-    let mut addrs = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    while seen.len() < listeners {
-        tokio::select! {
-            _ = &mut deadline => break,
-            ev = swarm.select_next_some() => match ev {
-                SwarmEvent::NewListenAddr { listener_id, address } => {
-                    seen.insert(listener_id);
-                    addrs.push(address);
-                }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(NodeError::Transport(error.to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    // A wildcard listener reports one address per interface, back to back.
-    let settle = tokio::time::sleep(Duration::from_millis(100));
-    tokio::pin!(settle);
-    loop {
-        tokio::select! {
-            _ = &mut settle => break,
-            ev = swarm.select_next_some() => {
-                if let SwarmEvent::NewListenAddr { address, .. } = ev {
-                    addrs.push(address);
-                }
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(NodeError::Transport(
-            "no listen address was bound within 10 s".into(),
-        ));
-    }
-    addrs.truncate(mixnn_protocol::descriptor::MAX_ADDRS);
-    Ok(addrs)
 }

@@ -18,11 +18,8 @@ use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
-use mixnn_protocol::{
-    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
-    MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, SOFTWARE_VERSION,
-};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use mixnn_protocol::{DirectoryRequest, DirectoryResponse};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
@@ -34,59 +31,18 @@ pub(crate) struct NodeBehaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    directory: request_response::cbor::Behaviour<DirectoryRequest, DirectoryResponse>,
+    directory: mixnn_p2p::DirectoryBehaviour,
     stream: libp2p_stream::Behaviour,
 }
 
 pub(crate) fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<NodeBehaviour>, String> {
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| e.to_string())?
-        .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
-            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            kad_cfg.set_query_timeout(Duration::from_secs(20));
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_cfg,
-            );
-            // Pools on loopback or private networks never get a confirmed
-            // external address, which would leave kad in client mode and
-            // the node unfindable.
-            kad.set_mode(Some(kad::Mode::Server));
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(SOFTWARE_VERSION.to_string()),
-            );
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(MAX_DIRECTORY_REQUEST_BYTES as u64)
-                .set_response_size_maximum(MAX_DIRECTORY_RESPONSE_BYTES as u64);
-            let directory = request_response::Behaviour::with_codec(
-                codec,
-                [(
-                    StreamProtocol::new(DIRECTORY_PROTOCOL),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            );
-            NodeBehaviour {
-                kad,
-                identify,
-                ping: ping::Behaviour::default(),
-                directory,
-                stream: libp2p_stream::Behaviour::new(),
-            }
-        })
-        .map_err(|e| e.to_string())?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    Ok(swarm)
+    mixnn_p2p::build_swarm(keypair, |key| NodeBehaviour {
+        kad: mixnn_p2p::kad(key, Duration::from_secs(20), true),
+        identify: mixnn_p2p::identify(key),
+        ping: ping::Behaviour::default(),
+        directory: mixnn_p2p::directory(ProtocolSupport::Outbound, Duration::from_secs(10)),
+        stream: libp2p_stream::Behaviour::new(),
+    })
 }
 
 pub(crate) fn stream_control(swarm: &Swarm<NodeBehaviour>) -> libp2p_stream::Control {
@@ -289,12 +245,7 @@ impl Task {
                 info,
                 ..
             })) => {
-                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
-                if info.protocol_version == IDENTIFY_PROTOCOL && speaks_kad {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                }
+                mixnn_p2p::add_identified_peer(&mut self.swarm.behaviour_mut().kad, &peer_id, info);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
