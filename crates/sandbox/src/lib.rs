@@ -173,9 +173,6 @@ impl Sandbox {
         if std::env::var_os("MIXNN_WASM_PERFMAP").is_some_and(|v| v == "1") {
             cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        if std::env::var_os("MIXNN_EXPERIMENT_NO_CANON").is_some() {
-            cfg.cranelift_nan_canonicalization(false);
-        } // EXPERIMENT-REVERT
         let engine = Engine::new(&cfg).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
