@@ -28,6 +28,22 @@ fn one(g: String, n: usize) -> Vec<Option<String>> {
     v
 }
 
+/// The pointwise rules whose derivative is a function of the output:
+/// `dX = dY * deriv(Y)`, with `deriv` emitting the graph of the derivative.
+fn from_output(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+    deriv: impl FnOnce(&mut Ctx, &str) -> String,
+) -> Result<Vec<Option<String>>, GradError> {
+    let Some((dy, _)) = unary(ctx, node, gy)? else {
+        return Ok(vec![None; node.input.len()]);
+    };
+    let y = output(ctx, node, 0)?;
+    let d = deriv(ctx, &y);
+    Ok(one(ctx.mul(&dy, &d), node.input.len()))
+}
+
 /// Relu: `dX = dY * (X > 0)` (the subgradient at 0 is 0), computed as
 /// `Y > 0`, the same mask: the output is what a training forward hands over
 /// anyway, while X would have to be kept (and tract could no longer fuse
@@ -37,14 +53,11 @@ pub(crate) fn relu(
     node: &pb::NodeProto,
     gy: &[Option<String>],
 ) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let y = output(ctx, node, 0)?;
-    let zero = ctx.const_scalar(0.0);
-    let pos = ctx.emit("Greater", &[&y, &zero], vec![]);
-    let mask = ctx.emit("Cast", &[&pos], vec![a_int("to", ctx.float_code() as i64)]);
-    Ok(one(ctx.mul(&dy, &mask), node.input.len()))
+    from_output(ctx, node, gy, |ctx, y| {
+        let zero = ctx.const_scalar(0.0);
+        let pos = ctx.emit("Greater", &[y, &zero], vec![]);
+        ctx.emit("Cast", &[&pos], vec![a_int("to", ctx.float_code() as i64)])
+    })
 }
 
 /// Sigmoid: `dX = dY * Y * (1 - Y)`.
@@ -53,14 +66,11 @@ pub(crate) fn sigmoid(
     node: &pb::NodeProto,
     gy: &[Option<String>],
 ) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let y = output(ctx, node, 0)?;
-    let c1 = ctx.const_scalar(1.0);
-    let omy = ctx.sub(&c1, &y);
-    let d = ctx.mul(&y, &omy);
-    Ok(one(ctx.mul(&dy, &d), node.input.len()))
+    from_output(ctx, node, gy, |ctx, y| {
+        let c1 = ctx.const_scalar(1.0);
+        let omy = ctx.sub(&c1, y);
+        ctx.mul(y, &omy)
+    })
 }
 
 /// Tanh: `dX = dY * (1 - Y^2)`.
@@ -69,14 +79,11 @@ pub(crate) fn tanh(
     node: &pb::NodeProto,
     gy: &[Option<String>],
 ) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let y = output(ctx, node, 0)?;
-    let c1 = ctx.const_scalar(1.0);
-    let y2 = ctx.mul(&y, &y);
-    let d = ctx.sub(&c1, &y2);
-    Ok(one(ctx.mul(&dy, &d), node.input.len()))
+    from_output(ctx, node, gy, |ctx, y| {
+        let c1 = ctx.const_scalar(1.0);
+        let y2 = ctx.mul(y, y);
+        ctx.sub(&c1, &y2)
+    })
 }
 
 /// The normalised `axis` attribute of Softmax/LogSoftmax (opset 13: one
