@@ -16,12 +16,10 @@ pub mod config;
 pub mod metrics;
 pub mod mixkeys;
 mod node;
-pub mod packets;
-mod swarm;
 
 pub use config::{ConfigError, NodeConfig};
 pub use libp2p::{Multiaddr, PeerId};
-pub use metrics::{DropReason, Metrics};
+pub use metrics::{DropReason, LinkMetrics, Metrics};
 pub use mixkeys::{MixKeyStore, MixKeys};
+pub use mixnn_p2p::{InboundPacket, PacketInbox, PacketSender, SendError};
 pub use node::{IDENTITY_FILE, Node, NodeError};
-pub use packets::{InboundPacket, PacketInbox, PacketSender, SendError};

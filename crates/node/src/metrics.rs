@@ -6,9 +6,11 @@
 //! node's attack surface or build time. The endpoint is meant for loopback
 //! or an operator network; it reveals counts, never packet contents.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -16,74 +18,42 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-/// Why a packet was dropped. Every drop is counted under one reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// A frame whose length is not one of the size classes (skipped; the
-    /// stream goes on).
-    BadLength,
-    /// A frame longer than the largest class: the stream is closed, since
-    /// reading it would mean allocating what the peer asks for.
-    OversizeFrame,
-    /// The handler's queue was full (count or bytes).
-    InboundQueueFull,
-    /// No handler is attached (the inbox was dropped).
-    NoHandler,
-    /// The outbound queue of a neighbour was full (count or bytes).
-    OutboundQueueFull,
-    /// Writing to the neighbour's stream failed.
-    StreamError,
-    /// No stream could be opened to the neighbour.
-    NoRoute,
-}
+pub use mixnn_p2p::{DropReason, LinkMetrics};
 
-impl DropReason {
-    pub const ALL: [DropReason; 7] = [
-        Self::BadLength,
-        Self::OversizeFrame,
-        Self::InboundQueueFull,
-        Self::NoHandler,
-        Self::OutboundQueueFull,
-        Self::StreamError,
-        Self::NoRoute,
-    ];
-
-    /// The `reason` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::BadLength => "bad_length",
-            Self::OversizeFrame => "oversize_frame",
-            Self::InboundQueueFull => "inbound_queue_full",
-            Self::NoHandler => "no_handler",
-            Self::OutboundQueueFull => "outbound_queue_full",
-            Self::StreamError => "stream_error",
-            Self::NoRoute => "no_route",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|&r| r == self).unwrap_or(0)
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One metric family: name, type, help, and `(labels, value)` series.
 type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
 
-/// The node's counters; shared by every task through an `Arc`.
+/// The node's counters; shared by every task through an `Arc`. The link
+/// counters (packets, bytes, link drops, streams, peers) live in
+/// [`LinkMetrics`], which this derefs to.
 pub struct Metrics {
     started: Instant,
     peer_id: String,
-    pub packets_in: AtomicU64,
-    pub packets_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    drops: [AtomicU64; DropReason::ALL.len()],
-    pub streams_inbound: AtomicU64,
-    pub streams_outbound: AtomicU64,
-    pub peers_connected: AtomicU64,
+    pub link: Arc<LinkMetrics>,
+    /// Drops after the link layer (Sphinx checks, jobs), by reason label.
+    processing_drops: Mutex<BTreeMap<&'static str, u64>>,
     pub publish_ok: AtomicU64,
     pub publish_failed: AtomicU64,
     pub mix_epoch: AtomicU64,
+    pub jobs: AtomicU64,
+    pub guest_calls: AtomicU64,
+    pub guest_micros: AtomicU64,
+    pub cover_loops_sent: AtomicU64,
+    pub cover_loops_returned: AtomicU64,
+    pub cover_drops_sent: AtomicU64,
+    /// Packets handled after Sphinx processing, by op label.
+    ops: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = LinkMetrics;
+    fn deref(&self) -> &LinkMetrics {
+        &self.link
+    }
 }
 
 impl Metrics {
@@ -91,30 +61,42 @@ impl Metrics {
         Self {
             started: Instant::now(),
             peer_id,
-            packets_in: AtomicU64::new(0),
-            packets_out: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            drops: Default::default(),
-            streams_inbound: AtomicU64::new(0),
-            streams_outbound: AtomicU64::new(0),
-            peers_connected: AtomicU64::new(0),
+            link: Arc::new(LinkMetrics::default()),
+            processing_drops: Mutex::new(BTreeMap::new()),
             publish_ok: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             mix_epoch: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            guest_calls: AtomicU64::new(0),
+            guest_micros: AtomicU64::new(0),
+            cover_loops_sent: AtomicU64::new(0),
+            cover_loops_returned: AtomicU64::new(0),
+            cover_drops_sent: AtomicU64::new(0),
+            ops: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn drop_packet(&self, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    /// Counts a drop after the link layer (a Sphinx check or a job error).
+    pub fn drop_processed(&self, reason: &'static str) {
+        *lock(&self.processing_drops).entry(reason).or_default() += 1;
     }
 
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()].load(Ordering::Relaxed)
+    /// Drops after the link layer with `reason` so far.
+    pub fn processing_dropped(&self, reason: &str) -> u64 {
+        lock(&self.processing_drops)
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// Counts a packet handled as `op`.
+    pub fn count_op(&self, op: &'static str) {
+        *lock(&self.ops).entry(op).or_default() += 1;
+    }
+
+    /// Packets handled as `op` so far.
+    pub fn ops(&self, op: &str) -> u64 {
+        lock(&self.ops).get(op).copied().unwrap_or(0)
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -125,12 +107,27 @@ impl Metrics {
             self.peer_id,
             mixnn_protocol::SOFTWARE_VERSION
         );
-        let drops: Vec<(String, u64)> = DropReason::ALL
+        let mut drops: Vec<(String, u64)> = DropReason::ALL
             .iter()
             .map(|r| (format!("{{reason=\"{}\"}}", r.label()), self.dropped(*r)))
             .collect();
+        drops.extend(
+            lock(&self.processing_drops)
+                .iter()
+                .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n)),
+        );
+        let lengths: Vec<(String, u64)> = self
+            .link
+            .lengths()
+            .into_iter()
+            .map(|(len, n)| (format!("{{length=\"{len}\"}}"), n))
+            .collect();
+        let ops: Vec<(String, u64)> = lock(&self.ops)
+            .iter()
+            .map(|(op, n)| (format!("{{op=\"{op}\"}}"), *n))
+            .collect();
         let one = |v: u64| vec![(String::new(), v)];
-        let families: [Family; 11] = [
+        let families: [Family; 17] = [
             (
                 "mixnn_node_info",
                 "gauge",
@@ -202,6 +199,49 @@ impl Metrics {
                 "gauge",
                 "Epoch of the current mix key.",
                 one(g(&self.mix_epoch)),
+            ),
+            (
+                "mixnn_packet_lengths_total",
+                "counter",
+                "Packets received or sent, by wire length (one length per job is the goal).",
+                lengths,
+            ),
+            (
+                "mixnn_packets_handled_total",
+                "counter",
+                "Packets accepted by the Sphinx processor, by the op they carried.",
+                ops,
+            ),
+            (
+                "mixnn_jobs",
+                "gauge",
+                "Jobs (layers and dummy hops) hosted now.",
+                one(g(&self.jobs)),
+            ),
+            (
+                "mixnn_guest_calls_total",
+                "counter",
+                "Calls into layer guests.",
+                one(g(&self.guest_calls)),
+            ),
+            (
+                "mixnn_guest_microseconds_total",
+                "counter",
+                "Time spent in layer guests, in microseconds.",
+                one(g(&self.guest_micros)),
+            ),
+            (
+                "mixnn_cover_packets_total",
+                "counter",
+                "Cover traffic: loops sent and returned, drop packets sent.",
+                vec![
+                    ("{kind=\"loop_sent\"}".into(), g(&self.cover_loops_sent)),
+                    (
+                        "{kind=\"loop_returned\"}".into(),
+                        g(&self.cover_loops_returned),
+                    ),
+                    ("{kind=\"drop_sent\"}".into(), g(&self.cover_drops_sent)),
+                ],
             ),
         ];
         let mut s = String::with_capacity(2048);

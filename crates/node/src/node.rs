@@ -28,8 +28,8 @@ use zeroize::Zeroizing;
 use crate::config::{ConfigError, NodeConfig};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
-use crate::packets::{self, PacketInbox, PacketSender, SizeClasses};
-use crate::swarm::{self, SwarmHandle};
+use mixnn_p2p::packets::{self, PacketInbox, PacketSender, SizeClasses};
+use mixnn_p2p::peer::{self as swarm, SwarmHandle};
 
 /// The identity file's name inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -185,7 +185,7 @@ impl Node {
         };
         tasks.extend(metrics_task);
 
-        let (handle, swarm_task) = swarm::spawn(swarm, metrics.clone(), stop_rx.clone());
+        let (handle, swarm_task) = swarm::spawn(swarm, metrics.link.clone(), stop_rx.clone());
         tasks.push(swarm_task);
         for (peer, plain, full) in &bootstraps {
             handle.add_addresses(*peer, vec![plain.clone()]).await;
@@ -198,7 +198,7 @@ impl Node {
             sizes.clone(),
             cfg.inbound_queue,
             cfg.inbound_queue_bytes,
-            metrics.clone(),
+            metrics.link.clone(),
             stop_rx.clone(),
         )
         .map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -209,7 +209,7 @@ impl Node {
             sizes,
             cfg.outbound_queue,
             cfg.outbound_queue_bytes,
-            metrics.clone(),
+            metrics.link.clone(),
             stop_rx.clone(),
         );
 
@@ -347,46 +347,19 @@ impl Node {
     /// The pool as the first answering bootstrap lists it, every entry
     /// verified; entries that fail verification are skipped with a warning.
     pub async fn list_directory(&self) -> Result<Vec<NodeDescriptor>, NodeError> {
-        let mut last = None;
-        for &b in &self.shared.bootstraps {
-            match self.list_from(b).await {
-                Ok(list) => return Ok(list),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(NodeError::NoBootstrap))
-    }
-
-    async fn list_from(&self, bootstrap: PeerId) -> Result<Vec<NodeDescriptor>, NodeError> {
-        let mut out = Vec::new();
-        let mut offset = 0u32;
-        loop {
-            let req = DirectoryRequest::List {
-                offset,
-                limit: mixnn_protocol::MAX_LIST_ENTRIES,
-            };
-            let DirectoryResponse::Descriptors { entries, total } =
-                self.directory_request(bootstrap, req).await?
-            else {
-                return Err(NodeError::Directory {
-                    peer: bootstrap,
-                    reason: "unexpected answer to a list request".into(),
-                });
-            };
-            let n = entries.len() as u32;
-            for e in entries {
-                match e.verify() {
-                    Ok(d) => out.push(d),
-                    Err(err) => {
-                        warn!(%bootstrap, error = %err, "directory entry fails verification")
-                    }
-                }
-            }
-            offset = offset.saturating_add(n);
-            if n == 0 || offset >= total {
-                return Ok(out);
-            }
-        }
+        self.shared
+            .swarm
+            .list_directory(&self.shared.bootstraps)
+            .await
+            .map_err(|reason| NodeError::Directory {
+                peer: self
+                    .shared
+                    .bootstraps
+                    .first()
+                    .copied()
+                    .unwrap_or(self.shared.peer_id),
+                reason,
+            })
     }
 
     /// Stops every task and waits for them (up to 5 s). Stored state is

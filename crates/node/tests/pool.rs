@@ -6,7 +6,7 @@ mod common;
 use common::{PACKET, bootstrap, bounded, eventually, init_logs, node};
 use futures::AsyncWriteExt as _;
 use mixnn_node::metrics::{parse_text, scrape};
-use mixnn_node::{DropReason, Metrics};
+use mixnn_node::{DropReason, LinkMetrics};
 use mixnn_protocol::{DirectoryRequest, DirectoryResponse, SignedDescriptor};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,8 +168,8 @@ async fn a_thousand_packets_arrive_in_order_and_are_counted() {
 
         let m1 = n1.metrics();
         let m2 = n2.metrics();
-        assert!(eventually(5, || Metrics::get(&m1.packets_out) == 1000).await);
-        assert!(eventually(5, || Metrics::get(&m2.packets_in) == 1000).await);
+        assert!(eventually(5, || LinkMetrics::get(&m1.packets_out) == 1000).await);
+        assert!(eventually(5, || LinkMetrics::get(&m2.packets_in) == 1000).await);
         // The same figures over the HTTP endpoint (what `mixnn status` reads).
         let text = scrape(n2.metrics_addr().unwrap()).await.unwrap();
         let series = parse_text(&text);
@@ -235,7 +235,7 @@ async fn malformed_frames_are_counted_drops_and_the_node_goes_on() {
         a.sender().send(rx.peer_id(), packet(8)).unwrap();
         assert_eq!(inbox.recv().await.unwrap().data, packet(8));
         // (counted right after queueing, so possibly just after recv)
-        assert!(eventually(5, || Metrics::get(&m.packets_in) == 2).await);
+        assert!(eventually(5, || LinkMetrics::get(&m.packets_in) == 2).await);
 
         // A sender-side wrong length never reaches the wire.
         assert!(a.sender().send(rx.peer_id(), vec![0; 10]).is_err());

@@ -1,4 +1,6 @@
-//! The libp2p pieces the node and the bootstrap share.
+//! The libp2p pieces the pool's peers share: behaviours and swarm setup
+//! (node, bootstrap, designer), the swarm task ([`peer`]) and the packet
+//! streams ([`packets`]) that nodes and the designer both speak.
 //!
 //! Both speak the same protocols (Kademlia, identify, the directory
 //! request-response) with the same codec limits, so the behaviours are built
@@ -19,6 +21,14 @@ use mixnn_protocol::{
     MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, SOFTWARE_VERSION,
 };
 use tracing::debug;
+
+pub mod link_metrics;
+pub mod packets;
+pub mod peer;
+
+pub use link_metrics::{DropReason, LinkMetrics};
+pub use packets::{InboundPacket, PacketInbox, PacketSender, SendError, SizeClasses};
+pub use peer::{PeerBehaviour, SwarmHandle, split_p2p};
 
 /// The directory behaviour both sides compose.
 pub type DirectoryBehaviour =

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mixnn_node::metrics::{DropReason, parse_text, scrape};
+use mixnn_node::metrics::{parse_text, scrape};
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -76,16 +76,39 @@ pub fn run(a: StatusArgs) -> Result<()> {
         get("mixnn_descriptor_publish_total{result=\"ok\"}"),
         get("mixnn_descriptor_publish_total{result=\"failed\"}")
     );
-    let drops: Vec<String> = DropReason::ALL
-        .iter()
-        .map(|r| {
-            let n = get(&format!(
-                "mixnn_packets_dropped_total{{reason=\"{}\"}}",
-                r.label()
-            ));
-            format!("{} {n}", r.label())
-        })
-        .collect();
-    println!("drops      {}", drops.join(", "));
+    println!(
+        "jobs       {} hosted, {} guest calls, {:.3} s in guests",
+        get("mixnn_jobs"),
+        get("mixnn_guest_calls_total"),
+        get("mixnn_guest_microseconds_total") as f64 / 1e6
+    );
+    println!(
+        "cover      loops sent {}, returned {}; drops sent {}",
+        get("mixnn_cover_packets_total{kind=\"loop_sent\"}"),
+        get("mixnn_cover_packets_total{kind=\"loop_returned\"}"),
+        get("mixnn_cover_packets_total{kind=\"drop_sent\"}")
+    );
+    let by_label = |family: &str, label: &str| -> Vec<String> {
+        let prefix = format!("{family}{{{label}=\"");
+        series
+            .iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                Some(format!("{rest} {v}"))
+            })
+            .collect()
+    };
+    println!(
+        "lengths    {}",
+        by_label("mixnn_packet_lengths_total", "length").join(", ")
+    );
+    println!(
+        "handled    {}",
+        by_label("mixnn_packets_handled_total", "op").join(", ")
+    );
+    println!(
+        "drops      {}",
+        by_label("mixnn_packets_dropped_total", "reason").join(", ")
+    );
     Ok(())
 }

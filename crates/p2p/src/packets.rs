@@ -16,8 +16,8 @@
 //! stream (`oversize_frame`), since only a broken or hostile peer sends it.
 //!
 //! Inbound packets go into one bounded queue (count and bytes) read through
-//! [`PacketInbox`] by whatever processes packets (the Sphinx processor of
-//! the phases work). Outbound, [`PacketSender::send`] queues a packet on the
+//! [`PacketInbox`] by whatever processes packets (a node's Sphinx
+//! processor, the designer's reply collector). Outbound, [`PacketSender::send`] queues a packet on the
 //! neighbour's link task, which opens the stream on first use (asking
 //! Kademlia for the peer's addresses if it is not known) and reopens it
 //! after an error.
@@ -33,8 +33,8 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{DropReason, Metrics};
-use crate::swarm::SwarmHandle;
+use crate::link_metrics::{DropReason, LinkMetrics};
+use crate::peer::SwarmHandle;
 
 /// The protocol of packet streams.
 pub fn protocol() -> StreamProtocol {
@@ -129,7 +129,7 @@ impl PacketInbox {
 struct InboundQueue {
     tx: mpsc::Sender<InboundPacket>,
     budget: Arc<Budget>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LinkMetrics>,
 }
 
 impl InboundQueue {
@@ -142,6 +142,7 @@ impl InboundQueue {
         match self.tx.try_send(p) {
             Ok(()) => {
                 self.metrics.packets_in.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count_length(len, 1);
                 self.metrics
                     .bytes_in
                     .fetch_add(len as u64, Ordering::Relaxed);
@@ -159,12 +160,12 @@ impl InboundQueue {
 
 /// Creates the inbound queue and starts accepting packet streams; the task
 /// ends when `stop` changes.
-pub(crate) fn start_inbound(
+pub fn start_inbound(
     mut control: libp2p_stream::Control,
     sizes: SizeClasses,
     queue_len: usize,
     queue_bytes: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LinkMetrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<(PacketInbox, tokio::task::JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
     let mut incoming = control.accept(protocol())?;
@@ -261,7 +262,7 @@ struct SenderInner {
     sizes: SizeClasses,
     queue_len: usize,
     budget: Arc<Budget>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LinkMetrics>,
     stop: watch::Receiver<bool>,
 }
 
@@ -270,13 +271,13 @@ struct SenderInner {
 pub struct PacketSender(Arc<SenderInner>);
 
 impl PacketSender {
-    pub(crate) fn new(
+    pub fn new(
         control: libp2p_stream::Control,
         swarm: SwarmHandle,
         sizes: SizeClasses,
         queue_len: usize,
         queue_bytes: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<LinkMetrics>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self(Arc::new(SenderInner {
@@ -394,6 +395,9 @@ async fn run_link(inner: Arc<SenderInner>, peer: PeerId, mut rx: mpsc::Receiver<
                         .packets_out
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     metrics.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+                    for p in &batch {
+                        metrics.count_length(p.len(), 1);
+                    }
                 }
                 Err(e) => {
                     // A batch that failed mid-way may be partly delivered;

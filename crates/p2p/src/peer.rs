@@ -1,9 +1,9 @@
-//! The node's libp2p swarm and the task that drives it.
+//! A pool peer's libp2p swarm (node or designer) and the task that drives it.
 //!
 //! The swarm is owned by one task; everything else talks to it through
 //! [`SwarmHandle`] commands with oneshot replies. Why: `Swarm` is `!Sync`
 //! and must be polled continuously, and a command channel keeps the rest of
-//! the node (publishing, packet links, later the phases) free of libp2p
+//! the peer (publishing, packet links, the phases) free of libp2p
 //! event plumbing. Packet streams bypass this task entirely: they go
 //! through `libp2p_stream::Control`, which is designed to be used from any
 //! task.
@@ -23,29 +23,29 @@ use mixnn_protocol::{DirectoryRequest, DirectoryResponse};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
-use crate::metrics::Metrics;
+use crate::link_metrics::LinkMetrics;
 
 /// One behaviour per concern, composed as in rust-libp2p's examples.
 #[derive(NetworkBehaviour)]
-pub(crate) struct NodeBehaviour {
+pub struct PeerBehaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    directory: mixnn_p2p::DirectoryBehaviour,
+    directory: crate::DirectoryBehaviour,
     stream: libp2p_stream::Behaviour,
 }
 
-pub(crate) fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<NodeBehaviour>, String> {
-    mixnn_p2p::build_swarm(keypair, |key| NodeBehaviour {
-        kad: mixnn_p2p::kad(key, Duration::from_secs(20), true),
-        identify: mixnn_p2p::identify(key),
+pub fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<PeerBehaviour>, String> {
+    crate::build_swarm(keypair, |key| PeerBehaviour {
+        kad: crate::kad(key, Duration::from_secs(20), true),
+        identify: crate::identify(key),
         ping: ping::Behaviour::default(),
-        directory: mixnn_p2p::directory(ProtocolSupport::Outbound, Duration::from_secs(10)),
+        directory: crate::directory(ProtocolSupport::Outbound, Duration::from_secs(10)),
         stream: libp2p_stream::Behaviour::new(),
     })
 }
 
-pub(crate) fn stream_control(swarm: &Swarm<NodeBehaviour>) -> libp2p_stream::Control {
+pub fn stream_control(swarm: &Swarm<PeerBehaviour>) -> libp2p_stream::Control {
     swarm.behaviour().stream.new_control()
 }
 
@@ -71,13 +71,13 @@ enum Command {
 
 /// Talks to the swarm task; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct SwarmHandle {
+pub struct SwarmHandle {
     tx: mpsc::Sender<Command>,
 }
 
 impl SwarmHandle {
     /// Sends a directory request to `peer` and waits for its answer.
-    pub(crate) async fn directory(
+    pub async fn directory(
         &self,
         peer: PeerId,
         request: DirectoryRequest,
@@ -97,7 +97,7 @@ impl SwarmHandle {
 
     /// Makes `addrs` known as `peer`'s (Kademlia routing table, so dials to
     /// the peer, including stream opens, find them); returns once they are.
-    pub(crate) async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let (done, rx) = oneshot::channel();
         if self
             .tx
@@ -110,12 +110,12 @@ impl SwarmHandle {
     }
 
     /// Starts a connection to `addr` (which should end in `/p2p/<id>`).
-    pub(crate) async fn dial(&self, addr: Multiaddr) {
+    pub async fn dial(&self, addr: Multiaddr) {
         let _ = self.tx.send(Command::Dial { addr }).await;
     }
 
     /// Looks `peer` up in the DHT; true if it was found with an address.
-    pub(crate) async fn find_peer(&self, peer: PeerId) -> bool {
+    pub async fn find_peer(&self, peer: PeerId) -> bool {
         let (reply, rx) = oneshot::channel();
         if self
             .tx
@@ -129,8 +129,59 @@ impl SwarmHandle {
     }
 }
 
+impl SwarmHandle {
+    /// The pool as the first answering bootstrap lists it, every entry
+    /// verified (signature, peer id, expiry); entries that fail are skipped
+    /// with a warning.
+    pub async fn list_directory(
+        &self,
+        bootstraps: &[PeerId],
+    ) -> Result<Vec<mixnn_protocol::NodeDescriptor>, String> {
+        let mut last = None;
+        for &b in bootstraps {
+            match self.list_from(b).await {
+                Ok(list) => return Ok(list),
+                Err(e) => last = Some(format!("directory request to {b}: {e}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| "no bootstrap configured".into()))
+    }
+
+    async fn list_from(
+        &self,
+        bootstrap: PeerId,
+    ) -> Result<Vec<mixnn_protocol::NodeDescriptor>, String> {
+        let mut out = Vec::new();
+        let mut offset = 0u32;
+        loop {
+            let req = DirectoryRequest::List {
+                offset,
+                limit: mixnn_protocol::MAX_LIST_ENTRIES,
+            };
+            let DirectoryResponse::Descriptors { entries, total } =
+                self.directory(bootstrap, req).await?
+            else {
+                return Err("unexpected answer to a list request".into());
+            };
+            let n = entries.len() as u32;
+            for e in entries {
+                match e.verify() {
+                    Ok(d) => out.push(d),
+                    Err(err) => {
+                        tracing::warn!(%bootstrap, error = %err, "directory entry fails verification")
+                    }
+                }
+            }
+            offset = offset.saturating_add(n);
+            if n == 0 || offset >= total {
+                return Ok(out);
+            }
+        }
+    }
+}
+
 /// Splits `/…/p2p/<id>` into the peer id and the address without it.
-pub(crate) fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+pub fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     let mut a = addr.clone();
     match a.pop() {
         Some(Protocol::P2p(peer)) => Some((peer, a)),
@@ -139,8 +190,8 @@ pub(crate) fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
 }
 
 struct Task {
-    swarm: Swarm<NodeBehaviour>,
-    metrics: Arc<Metrics>,
+    swarm: Swarm<PeerBehaviour>,
+    metrics: Arc<LinkMetrics>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryResponse, String>>>,
     finds: HashMap<QueryId, (PeerId, oneshot::Sender<bool>)>,
     dial_errors: HashMap<PeerId, String>,
@@ -148,9 +199,9 @@ struct Task {
 
 /// Spawns the swarm task; it ends when `stop` changes or every handle is
 /// dropped.
-pub(crate) fn spawn(
-    swarm: Swarm<NodeBehaviour>,
-    metrics: Arc<Metrics>,
+pub fn spawn(
+    swarm: Swarm<PeerBehaviour>,
+    metrics: Arc<LinkMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(256);
@@ -207,10 +258,10 @@ impl Task {
         }
     }
 
-    fn event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) {
+    fn event(&mut self, ev: SwarmEvent<PeerBehaviourEvent>) {
         match ev {
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Directory(e)) => self.directory_event(e),
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Directory(e)) => self.directory_event(e),
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Kad(
                 kad::Event::OutboundQueryProgressed {
                     id,
                     result: QueryResult::GetClosestPeers(result),
@@ -240,12 +291,12 @@ impl Task {
                     let _ = reply.send(false);
                 }
             }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
             })) => {
-                mixnn_p2p::add_identified_peer(&mut self.swarm.behaviour_mut().kad, &peer_id, info);
+                crate::add_identified_peer(&mut self.swarm.behaviour_mut().kad, &peer_id, info);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

@@ -1,0 +1,103 @@
+//! Counters of the packet links, shared by every peer that carries packets
+//! (a node, the designer).
+//!
+//! Plain atomics: the node renders them in its Prometheus endpoint, the
+//! designer reads them into its report. Lengths are counted per distinct
+//! value because "every packet of a job has one length" is a property
+//! operators and tests want to see directly.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the link layer dropped a packet. Every drop is counted under one reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A frame whose length is not one of the size classes (skipped; the
+    /// stream goes on).
+    BadLength,
+    /// A frame longer than the largest class: the stream is closed, since
+    /// reading it would mean allocating what the peer asks for.
+    OversizeFrame,
+    /// The handler's queue was full (count or bytes).
+    InboundQueueFull,
+    /// No handler is attached (the inbox was dropped).
+    NoHandler,
+    /// The outbound queue of a neighbour was full (count or bytes).
+    OutboundQueueFull,
+    /// Writing to the neighbour's stream failed.
+    StreamError,
+    /// No stream could be opened to the neighbour.
+    NoRoute,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        Self::BadLength,
+        Self::OversizeFrame,
+        Self::InboundQueueFull,
+        Self::NoHandler,
+        Self::OutboundQueueFull,
+        Self::StreamError,
+        Self::NoRoute,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadLength => "bad_length",
+            Self::OversizeFrame => "oversize_frame",
+            Self::InboundQueueFull => "inbound_queue_full",
+            Self::NoHandler => "no_handler",
+            Self::OutboundQueueFull => "outbound_queue_full",
+            Self::StreamError => "stream_error",
+            Self::NoRoute => "no_route",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&r| r == self).unwrap_or(0)
+    }
+}
+
+/// Packet-link counters; shared through an `Arc`.
+#[derive(Default)]
+pub struct LinkMetrics {
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+    pub streams_inbound: AtomicU64,
+    pub streams_outbound: AtomicU64,
+    pub peers_connected: AtomicU64,
+    /// Packets received and sent, by wire length.
+    lengths: Mutex<BTreeMap<usize, u64>>,
+}
+
+impl LinkMetrics {
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_length(&self, len: usize, n: u64) {
+        let mut m = self.lengths.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(len).or_default() += n;
+    }
+
+    /// Packets received or sent so far, by wire length.
+    pub fn lengths(&self) -> BTreeMap<usize, u64> {
+        self.lengths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
