@@ -18,6 +18,7 @@ use crate::geometry::MAC_LEN;
 pub(crate) const CTX_RHO: &str = "mixnn-sphinx v1 header stream key";
 pub(crate) const CTX_MU: &str = "mixnn-sphinx v1 header mac key";
 pub(crate) const CTX_PI: &str = "mixnn-sphinx v1 payload layer key";
+pub(crate) const CTX_E2E: &str = "mixnn-sphinx v1 end-to-end key";
 pub(crate) const CTX_BLIND: &str = "mixnn-sphinx v1 blinding scalar";
 pub(crate) const CTX_TAG: &str = "mixnn-sphinx v1 replay tag";
 pub(crate) const CTX_PAYLOAD: &str = "mixnn-sphinx v1 payload aead key";
@@ -39,6 +40,9 @@ pub(crate) struct HopKeys {
     pub mu: [u8; 32],
     /// ChaCha20 key for this hop's payload layer (layered mode).
     pub pi: [u8; 32],
+    /// Key shared by this hop and the packet's builder only: for messages
+    /// between the two inside a payload that other hops also carry.
+    pub e2e: [u8; 32],
     /// Blinding factor b: the next group element is b·α.
     pub blind: Scalar,
     /// Replay tag.
@@ -66,6 +70,7 @@ impl HopKeys {
             rho: blake3::derive_key(CTX_RHO, &ikm),
             mu: blake3::derive_key(CTX_MU, &ikm),
             pi: blake3::derive_key(CTX_PI, &ikm),
+            e2e: blake3::derive_key(CTX_E2E, &ikm),
             blind: Scalar::from_bytes_mod_order_wide(&wide),
             tag,
         };

@@ -95,6 +95,7 @@ pub struct DesignerState {
     pub(crate) tags: Vec<ReplayTag>,
     pub(crate) exit_alpha: Option<[u8; 32]>,
     pub(crate) layer_keys: Zeroizing<Vec<[u8; 32]>>,
+    pub(crate) e2e_keys: Zeroizing<Vec<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for DesignerState {
@@ -121,6 +122,13 @@ impl DesignerState {
     /// endpoint recognises the packet (see [`crate::reply_id`]).
     pub fn exit_id(&self) -> Option<[u8; 32]> {
         self.exit_alpha
+    }
+
+    /// The end-to-end key of hop `i` (see [`Processed::e2e_key`]).
+    pub fn e2e_key(&self, i: usize) -> Option<crate::routing::LinkKey> {
+        self.e2e_keys
+            .get(i)
+            .map(|k| crate::routing::LinkKey::from_bytes(*k))
     }
 
     /// XORs every hop's payload layer into `payload` (layered mode): turns the
@@ -175,6 +183,7 @@ pub fn build_packet<R: RngCore + CryptoRng + ?Sized>(
         tags: built.hops.iter().map(|h| ReplayTag(h.keys.tag)).collect(),
         exit_alpha: built.exit_alpha,
         layer_keys,
+        e2e_keys: Zeroizing::new(built.hops.iter().map(|h| h.keys.e2e).collect()),
     };
     Ok((Packet { bytes, header_len }, state))
 }
@@ -197,6 +206,10 @@ pub struct Processed {
     pub replay_tag: ReplayTag,
     /// Epoch of the mix key that opened the header.
     pub key_epoch: u32,
+    /// A key only this hop and the packet's builder know (derived from the
+    /// hop's shared secret): for a message from the builder to this one hop
+    /// that travels inside a payload other hops read (PROTOCOL.md §4).
+    pub e2e_key: crate::routing::LinkKey,
 }
 
 /// Processes one packet in place, as hop: picks the key by the epoch hint,
@@ -238,5 +251,6 @@ pub fn process(
         outgoing,
         replay_tag,
         key_epoch: key.epoch(),
+        e2e_key: crate::routing::LinkKey::from_bytes(opened.keys.e2e),
     })
 }

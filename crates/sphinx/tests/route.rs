@@ -68,6 +68,12 @@ fn sixteen_hops_link_mode() {
         assert_eq!(r.is_final(), i == 15);
         assert_eq!(p.incoming, state.bindings()[i]);
         assert_eq!(p.replay_tag, state.replay_tags()[i]);
+        // The end-to-end key: the designer's copy, unlike any other hop's.
+        assert_eq!(Some(&p.e2e_key), state.e2e_key(i).as_ref());
+        for j in (0..16).filter(|&j| j != i) {
+            assert_ne!(Some(&p.e2e_key), state.e2e_key(j).as_ref());
+        }
+        assert_ne!(&p.e2e_key, &r.key_in);
         if i < 15 {
             assert_eq!(r.next_hop, route[i + 1].node_id);
             assert_eq!(r.next_epoch_hint, 42);
