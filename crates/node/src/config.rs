@@ -103,11 +103,12 @@ pub enum ConfigError {
 pub const MAX_PACKET_SIZE: u32 = 16 << 20;
 
 /// Packet lengths of the default Sphinx geometry (crates/sphinx: a 2609-byte
-/// header for 16 hops, payload classes 2 KiB, 32 KiB, 256 KiB, 1 MiB). The
-/// phases work will derive them from the geometry in use instead.
-pub const DEFAULT_PACKET_SIZES: [u32; 4] = [
+/// header for 16 hops, payload classes 2 KiB, 32 KiB, 64 KiB, 256 KiB,
+/// 1 MiB); a test checks they match.
+pub const DEFAULT_PACKET_SIZES: [u32; 5] = [
     2609 + 2048,
     2609 + 32 * 1024,
+    2609 + 64 * 1024,
     2609 + 256 * 1024,
     2609 + 1024 * 1024,
 ];

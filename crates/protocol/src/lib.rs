@@ -14,6 +14,7 @@
 pub mod cbor;
 pub mod descriptor;
 pub mod directory;
+pub mod job;
 pub mod secret_file;
 
 pub use descriptor::{

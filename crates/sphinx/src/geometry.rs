@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_HOPS: usize = 16;
 /// Payload bytes taken by framing: Poly1305 tag (16) + length field (4).
 pub const PAYLOAD_OVERHEAD: usize = 16 + 4;
 /// The public size classes of [`Geometry::default`]: 2 KiB, 32 KiB, 256 KiB, 1 MiB.
-pub const DEFAULT_SIZE_CLASSES: [usize; 4] = [2 << 10, 32 << 10, 256 << 10, 1 << 20];
+pub const DEFAULT_SIZE_CLASSES: [usize; 5] = [2 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20];
 
 /// Upper bounds that keep every length computation far from overflow.
 const MAX_HOPS_LIMIT: usize = 255;

@@ -1,0 +1,376 @@
+//! The job protocol: what a Sphinx payload carries between the designer and
+//! the hops of a cascade (PROTOCOL.md §12).
+//!
+//! A job payload has two sections. The **tensor** is what the link pair
+//! (hop i and hop i+1, and the designer) may read: the activations going
+//! forward, the gradient going back. The **end-to-end section** is for one
+//! hop only: every hop XORs its own stream (keyed by its Sphinx end-to-end
+//! key) over it, so it changes at each hop and only the hop flagged
+//! [`app_flags::E2E_TARGET`] finds a message under its layer. That is how
+//! labels reach only the loss layer, how a shard reaches only its node
+//! through the hops before it, and how the loss and exported weights travel
+//! back to the designer past the hops after it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cbor::{self, CborError};
+
+/// Bits of the application byte of a hop's routing flags.
+pub mod app_flags {
+    /// The end-to-end section is for this hop.
+    pub const E2E_TARGET: u8 = 1;
+    /// Backward slot of the last layer: forward, loss with the labels from
+    /// the end-to-end section, then backward (the cascade turns here).
+    pub const TURN: u8 = 2;
+}
+
+/// Version byte of a job payload.
+pub const JOB_PAYLOAD_VERSION: u8 = 1;
+/// Most dimensions a wire tensor may have.
+pub const MAX_DIMS: usize = 8;
+/// Largest end-to-end message body a hop decodes.
+pub const MAX_E2E_BODY: usize = 1 << 20;
+/// Bytes of the MAC in front of an end-to-end body.
+pub const E2E_MAC_LEN: usize = 16;
+
+/// Errors decoding job payloads and end-to-end sections.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job payload: {0}")]
+    Malformed(&'static str),
+    #[error("job payload version {0} is not supported")]
+    Version(u8),
+    #[error("end-to-end section fails its MAC")]
+    E2eAuth,
+    #[error(transparent)]
+    Cbor(#[from] CborError),
+}
+
+/// Tensor element encodings on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    /// Bytes standing for `byte / 255.0` as f32: the same arithmetic the
+    /// data loader does, so decoding gives bit-identical floats. The
+    /// designer uses it for image inputs (4× smaller packets).
+    Unit8(Vec<u8>),
+}
+
+/// A tensor as it travels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireTensor {
+    pub shape: Vec<u32>,
+    pub data: TensorData,
+}
+
+impl WireTensor {
+    /// Encodes `data` as [`TensorData::Unit8`] when every value is exactly
+    /// `k / 255.0` for a byte k, else as f32.
+    pub fn compact(shape: Vec<u32>, data: Vec<f32>) -> WireTensor {
+        let bytes: Option<Vec<u8>> = data
+            .iter()
+            .map(|&v| {
+                let k = (v * 255.0).round();
+                ((0.0..=255.0).contains(&k) && f32::from(k as u8) / 255.0 == v).then_some(k as u8)
+            })
+            .collect();
+        let data = match bytes {
+            Some(b) => TensorData::Unit8(b),
+            None => TensorData::F32(data),
+        };
+        WireTensor { shape, data }
+    }
+
+    /// The values as f32.
+    pub fn into_f32(self) -> Vec<f32> {
+        match self.data {
+            TensorData::F32(v) => v,
+            TensorData::Unit8(b) => b.into_iter().map(|p| f32::from(p) / 255.0).collect(),
+        }
+    }
+
+    fn elements(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::Unit8(b) => b.len(),
+        }
+    }
+}
+
+/// The plaintext of a job payload (inside the link AEAD).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobPayload {
+    pub tensor: Option<WireTensor>,
+    /// The end-to-end section, as this hop has it (layers included).
+    pub e2e: Vec<u8>,
+}
+
+impl JobPayload {
+    /// Bytes of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        let t = self.tensor.as_ref().map_or(0, |t| {
+            let width = match t.data {
+                TensorData::F32(_) => 4,
+                TensorData::Unit8(_) => 1,
+            };
+            2 + 4 * t.shape.len() + width * t.elements()
+        });
+        2 + t + 4 + self.e2e.len()
+    }
+
+    /// `version, has_tensor, [dtype, ndim, dims (u32 LE)…, data], e2e_len (u32 LE), e2e`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(JOB_PAYLOAD_VERSION);
+        match &self.tensor {
+            None => out.push(0),
+            Some(t) => {
+                out.push(1);
+                out.push(match t.data {
+                    TensorData::F32(_) => 0,
+                    TensorData::Unit8(_) => 1,
+                });
+                out.push(t.shape.len() as u8);
+                for d in &t.shape {
+                    out.extend_from_slice(&d.to_le_bytes());
+                }
+                match &t.data {
+                    TensorData::F32(v) => {
+                        for x in v {
+                            out.extend_from_slice(&x.to_le_bytes());
+                        }
+                    }
+                    TensorData::Unit8(b) => out.extend_from_slice(b),
+                }
+            }
+        }
+        out.extend_from_slice(&(self.e2e.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.e2e);
+        out
+    }
+
+    /// Decodes a payload; every length is checked against the bytes present
+    /// before anything is allocated.
+    pub fn decode(bytes: &[u8]) -> Result<JobPayload, JobError> {
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if version != JOB_PAYLOAD_VERSION {
+            return Err(JobError::Version(version));
+        }
+        let tensor = match r.u8()? {
+            0 => None,
+            1 => {
+                let dtype = r.u8()?;
+                let ndim = r.u8()? as usize;
+                if ndim > MAX_DIMS {
+                    return Err(JobError::Malformed("too many dimensions"));
+                }
+                let shape = (0..ndim).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+                let count = shape
+                    .iter()
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+                    .ok_or(JobError::Malformed("tensor size overflows"))?;
+                let data = match dtype {
+                    0 => {
+                        let raw = r.take(
+                            count
+                                .checked_mul(4)
+                                .ok_or(JobError::Malformed("tensor size overflows"))?,
+                        )?;
+                        TensorData::F32(
+                            raw.chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect(),
+                        )
+                    }
+                    1 => TensorData::Unit8(r.take(count)?.to_vec()),
+                    _ => return Err(JobError::Malformed("unknown tensor encoding")),
+                };
+                Some(WireTensor { shape, data })
+            }
+            _ => return Err(JobError::Malformed("bad tensor marker")),
+        };
+        let e2e_len = r.u32()? as usize;
+        let e2e = r.take(e2e_len)?.to_vec();
+        if !r.0.is_empty() {
+            return Err(JobError::Malformed("trailing bytes"));
+        }
+        Ok(JobPayload { tensor, e2e })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], JobError> {
+        if n > self.0.len() {
+            return Err(JobError::Malformed("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, JobError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, JobError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// Which way an end-to-end message goes: the key schedule keeps the two
+/// apart so a reply can never be replayed as a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum E2eDirection {
+    ToHop,
+    FromHop,
+}
+
+impl E2eDirection {
+    fn contexts(self) -> (&'static str, &'static str) {
+        match self {
+            E2eDirection::ToHop => ("mixnn job v1 e2e to-hop stream", "mixnn job v1 e2e to-hop mac"),
+            E2eDirection::FromHop => (
+                "mixnn job v1 e2e from-hop stream",
+                "mixnn job v1 e2e from-hop mac",
+            ),
+        }
+    }
+}
+
+fn xor_stream(context: &str, key: &[u8; 32], data: &mut [u8]) {
+    use chacha20::cipher::{KeyIvInit, StreamCipher};
+    let k = zeroize::Zeroizing::new(blake3::derive_key(context, key));
+    let key: &[u8; 32] = &k;
+    let mut c = chacha20::ChaCha20::new(key.into(), &[0u8; 12].into());
+    c.apply_keystream(data);
+}
+
+/// The layer a hop adds or strips (XOR) on an end-to-end section it is not
+/// the target of, and the designer's way to add or remove that layer.
+pub fn e2e_layer(hop_key: &[u8; 32], data: &mut [u8]) {
+    xor_stream(E2eDirection::ToHop.contexts().0, hop_key, data);
+}
+
+/// Seals `body` for (or, with [`E2eDirection::FromHop`], from) the hop whose
+/// end-to-end key is `key`: `MAC(16) || body`, then the direction's stream.
+pub fn seal_e2e(key: &[u8; 32], dir: E2eDirection, body: &[u8]) -> Vec<u8> {
+    let (stream, mac_ctx) = dir.contexts();
+    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
+    let mac = blake3::keyed_hash(&mac_key, body);
+    let mut out = Vec::with_capacity(E2E_MAC_LEN + body.len());
+    out.extend_from_slice(&mac.as_bytes()[..E2E_MAC_LEN]);
+    out.extend_from_slice(body);
+    xor_stream(stream, key, &mut out);
+    out
+}
+
+/// Opens what [`seal_e2e`] made (after every other layer is gone); the MAC
+/// is compared in constant time.
+pub fn open_e2e(key: &[u8; 32], dir: E2eDirection, sealed: &[u8]) -> Result<Vec<u8>, JobError> {
+    use subtle::ConstantTimeEq;
+    if sealed.len() < E2E_MAC_LEN || sealed.len() > E2E_MAC_LEN + MAX_E2E_BODY {
+        return Err(JobError::E2eAuth);
+    }
+    let (stream, mac_ctx) = dir.contexts();
+    let mut plain = sealed.to_vec();
+    xor_stream(stream, key, &mut plain);
+    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
+    let (mac, body) = plain.split_at(E2E_MAC_LEN);
+    let want = blake3::keyed_hash(&mac_key, body);
+    if !bool::from(mac.ct_eq(&want.as_bytes()[..E2E_MAC_LEN])) {
+        return Err(JobError::E2eAuth);
+    }
+    Ok(body.to_vec())
+}
+
+/// Which guest serves a hop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LayerKind {
+    /// The standard guest with a shard (ONNX bytes).
+    Standard,
+    /// A dummy hop: the relay guest with this op (`identity`).
+    Relay(String),
+}
+
+/// Training settings of a layer, as the designer sets them (the guest's
+/// `train-config`, in the protocol's own type).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub kind: LayerKind,
+    /// `sgd` or `adam`.
+    pub optimizer: String,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+    pub seed: u64,
+    /// `none`, `nll` or `softmax-ce`.
+    pub loss: String,
+    pub need_input_grad: bool,
+    /// Total bytes of the shard that the init chunks carry.
+    pub shard_len: u64,
+}
+
+/// End-to-end messages from the designer to one hop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToHop {
+    /// Part of a job's deployment; `spec` comes with the first chunk.
+    Init {
+        index: u32,
+        total: u32,
+        spec: Option<LayerSpec>,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The labels of the batch, for the loss layer only.
+    Labels(Vec<i64>),
+    /// Send part `part` of the trained parameters.
+    Export { part: u32 },
+    /// Forget the job.
+    Close,
+}
+
+/// End-to-end messages from one hop back to the designer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromHop {
+    /// Init chunk `index` stored.
+    Received { index: u32 },
+    /// The layer is built and ready; its parameter count.
+    Ready { params: u64 },
+    /// The loss of the step (f32 bits, so it round-trips exactly).
+    Loss { bits: u32 },
+    /// Part of the CBOR-encoded parameter list.
+    ExportPart {
+        part: u32,
+        total: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    Closed,
+    Error(String),
+}
+
+/// A named parameter tensor, as export parts carry it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamTensor {
+    pub name: String,
+    pub shape: Vec<u32>,
+    pub data: Vec<f32>,
+}
+
+/// Encodes an end-to-end message body.
+pub fn encode_msg<T: Serialize>(what: &'static str, msg: &T) -> Result<Vec<u8>, JobError> {
+    Ok(cbor::encode(what, msg, MAX_E2E_BODY)?)
+}
+
+/// Decodes an end-to-end message body (bounded).
+pub fn decode_msg<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, JobError> {
+    Ok(cbor::decode(what, body, MAX_E2E_BODY)?)
+}
