@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use mixnn_data::Mnist;
+use mixnn_designer::Model;
 use mixnn_designer::{EngineKind, TrainOptions, TrainReport, train_local};
 use mixnn_layer::{OptimizerKind, TrainConfig};
 use mixnn_sandbox::{Sandbox, SandboxOptions};

@@ -63,10 +63,12 @@ impl Cascade {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+}
 
+impl Model for Cascade {
     /// One SGD step on a batch: forward through every layer, loss at the
     /// last, backward and update from the last to the first. Returns the loss.
-    pub fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
         let mut z = x;
         for l in self.layers.iter_mut() {
             z = l.forward(z)?;
@@ -90,7 +92,7 @@ impl Cascade {
     }
 
     /// Test-phase forward through every layer.
-    pub fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
+    fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
         let mut z = x;
         for l in self.layers.iter_mut() {
             z = l.infer(&z)?;
@@ -98,12 +100,25 @@ impl Cascade {
         Ok(z)
     }
 
+    /// Parameters of every layer, in shard order.
+    fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
+        self.layers.iter_mut().map(|l| l.export_params()).collect()
+    }
+}
+
+/// What the training loop needs of a cascade, wherever its layers run (one
+/// process, or pool nodes).
+pub trait Model {
+    /// One optimizer step on a batch; returns the loss.
+    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError>;
+    /// Test-phase forward through every layer.
+    fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
+    /// Parameters of every layer, in shard order.
+    fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError>;
+
     /// The trained model as one ONNX graph: each shard with its layer's
     /// current parameters, merged back into a chain.
-    pub fn export_model(
-        &mut self,
-        shards: &[pb::ModelProto],
-    ) -> Result<pb::ModelProto, DesignerError> {
+    fn export_model(&mut self, shards: &[pb::ModelProto]) -> Result<pb::ModelProto, DesignerError> {
         let params = self.export_params()?;
         if params.len() != shards.len() {
             return Err(DesignerError::Invalid(format!(
@@ -130,10 +145,5 @@ impl Cascade {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(mixnn_shard::merge(&trained)?)
-    }
-
-    /// Parameters of every layer, in shard order.
-    pub fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
-        self.layers.iter_mut().map(|l| l.export_params()).collect()
     }
 }

@@ -3,11 +3,12 @@
 //!
 //! This crate drives layers only through [`LayerBackend`], so the same
 //! training loop runs the native engine (plain tract, the accuracy reference)
-//! and the sandboxed guests; the network cascade arrives as a third backend.
+//! and the sandboxed guests; [`pool::PoolCascade`] runs the same loop over pool nodes.
 
 mod backend;
 mod bench;
 mod cascade;
+pub mod pool;
 mod report;
 mod train;
 
@@ -15,9 +16,9 @@ pub use backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config
 pub use bench::{
     BenchOptions, BenchReport, DEFAULT_BATCHES, ShardBench, bench_guest, render_bench,
 };
-pub use cascade::Cascade;
+pub use cascade::{Cascade, Model};
 pub use report::{EpochReport, TrainReport, params_sha256};
-pub use train::{TrainOptions, train_local};
+pub use train::{TrainOptions, sample_shape, train_local, train_model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DesignerError {
@@ -39,4 +40,6 @@ pub enum DesignerError {
     Data(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("pool: {0}")]
+    Pool(String),
 }

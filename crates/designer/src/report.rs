@@ -33,6 +33,9 @@ pub struct TrainReport {
     /// SHA-256 of every final parameter, shard order, little-endian f32:
     /// equal digests mean bit-identical models.
     pub params_sha256: String,
+    /// Network figures of a pool run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::pool::NetworkReport>,
 }
 
 /// Digest of all parameters in shard order (names excluded: they are fixed by the shards).

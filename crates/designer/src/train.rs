@@ -10,7 +10,7 @@ use mixnn_sandbox::Sandbox;
 
 use crate::DesignerError;
 use crate::backend::EngineKind;
-use crate::cascade::Cascade;
+use crate::cascade::{Cascade, Model};
 use crate::report::{EpochReport, TrainReport, params_sha256};
 
 #[derive(Clone, Debug)]
@@ -37,26 +37,48 @@ pub fn train_local(
     sandbox: Option<&Sandbox>,
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<(TrainReport, Cascade), DesignerError> {
-    if opts.batch == 0 || opts.eval_batch == 0 {
-        return Err(DesignerError::Invalid(
-            "batch sizes must be positive".into(),
-        ));
-    }
+    let sample = sample_shape(shards, data)?;
+    let mut cascade = Cascade::load(opts.engine, shards, &opts.config, sandbox)?;
+    let report = train_model(&mut cascade, shards.len(), &sample, data, opts, progress)?;
+    Ok((report, cascade))
+}
+
+/// The shape of one sample as the first shard takes it, checked against
+/// the data's images.
+pub fn sample_shape(shards: &[pb::ModelProto], data: &Mnist) -> Result<Vec<usize>, DesignerError> {
     let first = shards
         .first()
         .ok_or_else(|| DesignerError::Invalid("no shards".into()))?;
     let sample: Vec<usize> = mixnn_layer::declared_input_shape(first)
         .map_err(|source| DesignerError::Layer { index: 0, source })?[1..]
         .to_vec();
-    let train = limit(&data.train, opts.train_limit);
-    let test = limit(&data.test, opts.test_limit);
-    if sample.iter().product::<usize>() != train.rows * train.cols {
+    let t = &data.train;
+    if sample.iter().product::<usize>() != t.rows * t.cols {
         return Err(DesignerError::Data(format!(
             "the model takes samples of shape {sample:?}, the data has {}x{} images",
-            train.rows, train.cols
+            t.rows, t.cols
         )));
     }
-    let mut cascade = Cascade::load(opts.engine, shards, &opts.config, sandbox)?;
+    Ok(sample)
+}
+
+/// The training loop over any [`Model`]: the same data order, batching and
+/// test pass wherever the layers run, so runs are comparable bit for bit.
+pub fn train_model(
+    cascade: &mut dyn Model,
+    shard_count: usize,
+    sample: &[usize],
+    data: &Mnist,
+    opts: &TrainOptions,
+    progress: &mut dyn FnMut(&EpochReport),
+) -> Result<TrainReport, DesignerError> {
+    if opts.batch == 0 || opts.eval_batch == 0 {
+        return Err(DesignerError::Invalid(
+            "batch sizes must be positive".into(),
+        ));
+    }
+    let train = limit(&data.train, opts.train_limit);
+    let test = limit(&data.test, opts.test_limit);
     let mut epochs = Vec::with_capacity(opts.epochs);
     let mut train_seconds = 0.0;
     for epoch in 1..=opts.epochs {
@@ -64,14 +86,14 @@ pub fn train_local(
         let order = train.epoch_order(opts.config.seed, epoch);
         let (mut loss_sum, mut batches) = (0.0f64, 0usize);
         for idx in order.chunks(opts.batch) {
-            let (x, labels) = batch_tensor(&train, idx, &sample)?;
+            let (x, labels) = batch_tensor(&train, idx, sample)?;
             loss_sum += f64::from(cascade.train_batch(x, &labels)?);
             batches += 1;
         }
         let seconds = start.elapsed().as_secs_f64();
         train_seconds += seconds;
         let t = Instant::now();
-        let test_accuracy = evaluate(&mut cascade, &test, &sample, opts.eval_batch)?;
+        let test_accuracy = evaluate(cascade, &test, sample, opts.eval_batch)?;
         let report = EpochReport {
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
@@ -84,13 +106,13 @@ pub fn train_local(
     }
     let final_test_accuracy = match epochs.last() {
         Some(e) => e.test_accuracy,
-        None => evaluate(&mut cascade, &test, &sample, opts.eval_batch)?,
+        None => evaluate(cascade, &test, sample, opts.eval_batch)?,
     };
     let params = cascade.export_params()?;
     let report = TrainReport {
         engine: opts.engine.to_string(),
         model: opts.model_name.clone(),
-        shards: shards.len(),
+        shards: shard_count,
         optimizer: format!("{:?}", opts.config.optimizer).to_lowercase(),
         learning_rate: opts.config.learning_rate,
         momentum: opts.config.momentum,
@@ -102,8 +124,9 @@ pub fn train_local(
         final_test_accuracy,
         train_seconds,
         params_sha256: params_sha256(&params),
+        network: None,
     };
-    Ok((report, cascade))
+    Ok(report)
 }
 
 fn limit(d: &Dataset, n: Option<usize>) -> Dataset {
@@ -127,7 +150,7 @@ fn batch_tensor(
 
 /// Test accuracy of the cascade on `test` (argmax of each output row).
 pub fn evaluate(
-    cascade: &mut Cascade,
+    cascade: &mut dyn Model,
     test: &Dataset,
     sample: &[usize],
     eval_batch: usize,

@@ -54,6 +54,23 @@ pub struct NodeConfig {
     pub outbound_queue: usize,
     /// Bytes waiting in all outbound streams together.
     pub outbound_queue_bytes: usize,
+    /// Threads that process packets and run guests.
+    pub workers: usize,
+    /// CPU time bound of one guest call, in seconds.
+    pub guest_call_secs: u64,
+    /// A job nobody used for this long is forgotten.
+    pub job_idle_secs: u64,
+    /// Largest shard a job may deploy, in bytes.
+    pub max_shard_bytes: u64,
+    /// Mean interval between loop cover packets, in milliseconds (Poisson);
+    /// 0 turns loops off.
+    pub cover_loop_ms: u64,
+    /// Mean interval between drop cover packets, in milliseconds (Poisson);
+    /// 0 turns them off.
+    pub cover_drop_ms: u64,
+    /// Payload class of cover traffic while no job traffic shows which
+    /// classes are in use (0: the smallest class).
+    pub cover_class: u32,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +93,13 @@ impl Default for NodeConfig {
             inbound_queue_bytes: 256 << 20,
             outbound_queue: 1024,
             outbound_queue_bytes: 256 << 20,
+            workers: 2,
+            guest_call_secs: 60,
+            job_idle_secs: 900,
+            max_shard_bytes: 256 << 20,
+            cover_loop_ms: 1000,
+            cover_drop_ms: 1000,
+            cover_class: 0,
         }
     }
 }
@@ -191,6 +215,12 @@ impl NodeConfig {
         }
         if self.inbound_queue == 0 || self.outbound_queue == 0 {
             return bad("queue lengths must be positive".into());
+        }
+        if self.workers == 0 || self.workers > 64 {
+            return bad(format!("workers = {}: between 1 and 64", self.workers));
+        }
+        if self.jobs == 0 || self.guest_call_secs == 0 {
+            return bad("jobs and guest_call_secs must be positive".into());
         }
         Ok(())
     }

@@ -7,15 +7,15 @@
 //! [`mixnn_protocol::NodeDescriptor`] to the bootstraps and keeps it fresh,
 //! and carries fixed-size packets over long-lived streams (see [`packets`]).
 //!
-//! What this crate does not do yet is *interpret* packets: the phases
-//! (Sphinx processing, layers in the sandbox, cover traffic) plug in as the
-//! consumer of [`PacketInbox`] and the user of [`PacketSender`] and
-//! [`MixKeys`].
+//! [`Node::serve_jobs`] attaches the packet [`processor`]: Sphinx unwrap,
+//! the hop's op on its [`jobs`] (layers in the sandbox), re-seal, forward.
 
 pub mod config;
+pub mod jobs;
 pub mod metrics;
 pub mod mixkeys;
 mod node;
+pub mod processor;
 
 pub use config::{ConfigError, NodeConfig};
 pub use libp2p::{Multiaddr, PeerId};
@@ -23,3 +23,4 @@ pub use metrics::{DropReason, LinkMetrics, Metrics};
 pub use mixkeys::{MixKeyStore, MixKeys};
 pub use mixnn_p2p::{InboundPacket, PacketInbox, PacketSender, SendError};
 pub use node::{IDENTITY_FILE, Node, NodeError};
+pub use processor::{JobView, node_id_of, peer_of};

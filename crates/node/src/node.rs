@@ -26,8 +26,10 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::jobs::{JobLimits, Jobs};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
+use crate::processor::{JobView, Processor};
 use mixnn_p2p::packets::{self, PacketInbox, PacketSender, SizeClasses};
 use mixnn_p2p::peer::{self as swarm, SwarmHandle};
 
@@ -86,6 +88,7 @@ pub struct Node {
     control: libp2p_stream::Control,
     sender: PacketSender,
     inbox: Option<PacketInbox>,
+    processor: Option<Arc<Processor>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -238,6 +241,7 @@ impl Node {
             control,
             sender,
             inbox: Some(inbox),
+            processor: None,
             stop,
             tasks,
         };
@@ -307,6 +311,63 @@ impl Node {
     /// The inbound packet queue; there is one, so the first caller gets it.
     pub fn take_inbox(&mut self) -> Option<PacketInbox> {
         self.inbox.take()
+    }
+
+    /// Starts serving jobs: packets from the inbox go through the Sphinx
+    /// processor to layers in `sandbox`, and the node sends cover traffic.
+    /// Without this call the inbox is left to the caller (tests, tools).
+    pub fn serve_jobs(&mut self, sandbox: Arc<mixnn_sandbox::Sandbox>) -> Result<(), NodeError> {
+        let inbox = self
+            .inbox
+            .take()
+            .ok_or_else(|| NodeError::Transport("the packet inbox is taken already".into()))?;
+        let cfg = &self.shared.cfg;
+        let jobs = Jobs::new(
+            sandbox,
+            JobLimits {
+                max_jobs: cfg.jobs as usize,
+                max_shard_bytes: cfg.max_shard_bytes,
+                idle: Duration::from_secs(cfg.job_idle_secs),
+            },
+            self.shared.metrics.clone(),
+        );
+        let processor = Arc::new(Processor::new(
+            mixnn_sphinx::Geometry::default(),
+            self.shared.mix_keys.clone(),
+            jobs,
+            self.sender.clone(),
+            self.shared.metrics.clone(),
+            self.node_id(),
+        ));
+        let stop = self.stop.subscribe();
+        self.tasks.push(crate::processor::spawn(
+            processor.clone(),
+            inbox,
+            cfg.workers,
+            stop,
+        ));
+        self.processor = Some(processor);
+        Ok(())
+    }
+
+    /// How routing info names this node (its ed25519 identity key).
+    pub fn node_id(&self) -> mixnn_sphinx::NodeId {
+        crate::processor::node_id_of(&self.shared.signing.verifying_key().to_bytes())
+    }
+
+    /// What this node saw of each job it served (empty before
+    /// [`serve_jobs`](Self::serve_jobs)).
+    pub fn job_views(&self) -> Vec<JobView> {
+        match &self.processor {
+            Some(p) => p
+                .views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Raw stream access (for tools and tests): streams opened here skip

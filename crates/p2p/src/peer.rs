@@ -36,8 +36,28 @@ pub struct PeerBehaviour {
 }
 
 pub fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<PeerBehaviour>, String> {
+    build_as(keypair, false)
+}
+
+/// A swarm for a peer that only uses the pool: Kademlia in client mode,
+/// so it never enters the nodes' routing tables (a designer must not be
+/// findable in the DHT).
+pub fn build_client(keypair: libp2p::identity::Keypair) -> Result<Swarm<PeerBehaviour>, String> {
+    build_as(keypair, true)
+}
+
+fn build_as(
+    keypair: libp2p::identity::Keypair,
+    client: bool,
+) -> Result<Swarm<PeerBehaviour>, String> {
     crate::build_swarm(keypair, |key| PeerBehaviour {
-        kad: crate::kad(key, Duration::from_secs(20), true),
+        kad: {
+            let mut kad = crate::kad(key, Duration::from_secs(20), !client);
+            if client {
+                kad.set_mode(Some(kad::Mode::Client));
+            }
+            kad
+        },
         identify: crate::identify(key),
         ping: ping::Behaviour::default(),
         directory: crate::directory(ProtocolSupport::Outbound, Duration::from_secs(10)),

@@ -230,7 +230,10 @@ pub enum E2eDirection {
 impl E2eDirection {
     fn contexts(self) -> (&'static str, &'static str) {
         match self {
-            E2eDirection::ToHop => ("mixnn job v1 e2e to-hop stream", "mixnn job v1 e2e to-hop mac"),
+            E2eDirection::ToHop => (
+                "mixnn job v1 e2e to-hop stream",
+                "mixnn job v1 e2e to-hop mac",
+            ),
             E2eDirection::FromHop => (
                 "mixnn job v1 e2e from-hop stream",
                 "mixnn job v1 e2e from-hop mac",
@@ -338,11 +341,17 @@ pub enum ToHop {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FromHop {
     /// Init chunk `index` stored.
-    Received { index: u32 },
+    Received {
+        index: u32,
+    },
     /// The layer is built and ready; its parameter count.
-    Ready { params: u64 },
+    Ready {
+        params: u64,
+    },
     /// The loss of the step (f32 bits, so it round-trips exactly).
-    Loss { bits: u32 },
+    Loss {
+        bits: u32,
+    },
     /// Part of the CBOR-encoded parameter list.
     ExportPart {
         part: u32,

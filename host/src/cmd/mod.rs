@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod demo;
 pub mod model;
 pub mod node;
+pub mod pool;
 pub mod split;
 pub mod status;
 pub mod train;

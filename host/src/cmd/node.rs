@@ -43,6 +43,26 @@ pub struct NodeArgs {
     /// Seconds to keep waiting for a bootstrap at start before giving up.
     #[arg(long, value_name = "SECS")]
     pub bootstrap_timeout_secs: Option<u64>,
+    /// Jobs (layers or dummy hops) hosted at once.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<u32>,
+    /// Threads that process packets and run guests.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Mean interval between loop cover packets (Poisson), ms; 0 = off.
+    #[arg(long, value_name = "MS")]
+    pub cover_loop_ms: Option<u64>,
+    /// Mean interval between drop cover packets (Poisson), ms; 0 = off.
+    #[arg(long, value_name = "MS")]
+    pub cover_drop_ms: Option<u64>,
+    /// Payload class (bytes) of cover traffic until job traffic shows the
+    /// classes in use; e.g. 65536. Default: the smallest class.
+    #[arg(long, value_name = "BYTES")]
+    pub cover_class: Option<u32>,
+    /// Where compiled guests are cached (default: $MIXNN_CACHE_DIR,
+    /// $XDG_CACHE_HOME/mixnn or ~/.cache/mixnn).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -72,6 +92,21 @@ impl NodeArgs {
         if let Some(t) = self.bootstrap_timeout_secs {
             cfg.bootstrap_timeout_secs = t;
         }
+        if let Some(j) = self.jobs {
+            cfg.jobs = j;
+        }
+        if let Some(w) = self.workers {
+            cfg.workers = w;
+        }
+        if let Some(c) = self.cover_loop_ms {
+            cfg.cover_loop_ms = c;
+        }
+        if let Some(c) = self.cover_drop_ms {
+            cfg.cover_drop_ms = c;
+        }
+        if let Some(c) = self.cover_class {
+            cfg.cover_class = c;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -79,13 +114,18 @@ impl NodeArgs {
 
 pub fn run(a: NodeArgs) -> Result<()> {
     let cfg = a.config()?;
+    let sandbox = super::SandboxArgs {
+        guest_memory_mib: cfg.guest_memory_mib as usize,
+        guest_call_timeout_s: cfg.guest_call_secs,
+        cache_dir: a.cache_dir.clone(),
+        no_cache: false,
+    }
+    .sandbox()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let mut node = Node::start(cfg).await.context("starting the node")?;
-        // No packet processor exists yet (the phases bring it): dropping the
-        // inbox makes every arriving packet a counted `no_handler` drop
-        // instead of filling a queue nobody reads.
-        drop(node.take_inbox());
+        node.serve_jobs(std::sync::Arc::new(sandbox))
+            .context("starting the packet processor")?;
         println!("node {} listening on:", node.peer_id());
         for addr in node.listen_addrs() {
             println!("  {addr}");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use mixnn_designer::{EngineKind, EpochReport, TrainOptions, TrainReport};
+use mixnn_designer::{EngineKind, EpochReport, Model, TrainOptions, TrainReport};
 use mixnn_layer::{OptimizerKind, TrainConfig};
 
 use super::SandboxArgs;
@@ -47,6 +47,11 @@ pub struct RecipeArgs {
     /// Test on the first N test samples only.
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Batch size of the test pass (results are per sample). Default: 1000
+    /// in one process, the training batch on the pool (packets are sized
+    /// for it).
+    #[arg(long)]
+    pub eval_batch: Option<usize>,
 }
 
 impl RecipeArgs {
@@ -68,10 +73,44 @@ impl RecipeArgs {
             },
             train_limit: self.train_limit,
             test_limit: self.test_limit,
-            eval_batch: 1000,
+            eval_batch: self.eval_batch.unwrap_or(1000),
             model_name,
         }
     }
+}
+
+/// Where the pool is and how the cascade is laid out.
+#[derive(Args, Clone, Debug)]
+pub struct PoolArgs {
+    /// Train on pool nodes: the bootstrap's multiaddr ending in
+    /// `/p2p/<peer id>`, as `mixnn bootstrap` prints it (repeatable).
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        value_delimiter = ',',
+        conflicts_with = "local"
+    )]
+    pub pool: Vec<String>,
+    /// Dummy relay hops placed at random positions of the cascade; to their
+    /// neighbours they look like any layer.
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub dummies: usize,
+    /// Run the first shard here: the pool never sees the raw input.
+    #[arg(long)]
+    pub keep_first: bool,
+    /// Run the last shard (and the loss) here: the labels never leave.
+    #[arg(long)]
+    pub keep_last: bool,
+    /// Payload size class of the job's packets in bytes (default: the
+    /// smallest that fits the largest tensor).
+    #[arg(long, value_name = "BYTES")]
+    pub class: Option<usize>,
+    /// Seconds to wait for an answer before calling a hop failed.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout_s: u64,
+    /// Seconds to wait for enough nodes in the directory.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub wait_for_nodes_s: u64,
 }
 
 #[derive(Args)]
@@ -79,6 +118,8 @@ pub struct TrainArgs {
     /// Run every shard in this process (the single-process reference).
     #[arg(long)]
     pub local: bool,
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// The ONNX model; it is split automatically into per-layer shards.
     #[arg(long)]
     pub model: PathBuf,
@@ -100,10 +141,8 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    if !a.local {
-        bail!(
-            "this build trains with --local only: the network cascade (--pool) is not part of it yet"
-        );
+    if !a.local && a.pool.pool.is_empty() {
+        bail!("say where to train: --local (this process) or --pool MULTIADDR (pool nodes)");
     }
     let model = super::read_model(&a.model)?;
     let engine = match a.engine {
@@ -111,8 +150,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
         EngineArg::Native => EngineKind::Native,
     };
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
-    let opts = a.recipe.options(engine, a.model.display().to_string());
-    let (report, shards) = train_model(&model, &data, &opts, &a.sandbox, a.export.as_deref())?;
+    let mut opts = a.recipe.options(engine, a.model.display().to_string());
+    let (report, shards) = if a.local {
+        train_model(&model, &data, &opts, &a.sandbox, a.export.as_deref())?
+    } else {
+        opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
+        super::pool::train_on_pool(
+            &model,
+            &data,
+            &opts,
+            &a.pool,
+            &a.sandbox,
+            a.export.as_deref(),
+        )?
+    };
     print_summary(&report, shards);
     if let Some(p) = &a.report {
         super::write_json(p, &report)?;
@@ -146,18 +197,8 @@ pub fn train_model(
         opts.config.momentum,
         opts.config.seed
     );
-    let mut progress = |e: &EpochReport| {
-        println!(
-            "epoch {:>3}  loss {:.4}  test accuracy {:.2}%  train {:.1}s  test {:.1}s",
-            e.epoch,
-            e.train_loss,
-            e.test_accuracy * 100.0,
-            e.seconds,
-            e.test_seconds
-        );
-    };
     let (report, mut cascade) =
-        mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut progress)?;
+        mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut print_epoch)?;
     if let Some(path) = export {
         let merged = cascade.export_model(&shards)?;
         std::fs::write(path, mixnn_shard::encode(&merged))
@@ -167,7 +208,34 @@ pub fn train_model(
     Ok((report, shards.len()))
 }
 
+/// One line per epoch on stdout.
+pub fn print_epoch(e: &EpochReport) {
+    println!(
+        "epoch {:>3}  loss {:.4}  test accuracy {:.2}%  train {:.1}s  test {:.1}s",
+        e.epoch,
+        e.train_loss,
+        e.test_accuracy * 100.0,
+        e.seconds,
+        e.test_seconds
+    );
+}
+
 pub fn print_summary(r: &TrainReport, shards: usize) {
+    if let Some(n) = &r.network {
+        println!(
+            "network: {} messages over {} hop crossings, {} packets of {} bytes sent, {} received; \
+             init {:.1}s, train {:.1}s, test {:.1}s, export {:.1}s",
+            n.messages,
+            n.hop_crossings,
+            n.packets_sent,
+            n.packet_len,
+            n.packets_received,
+            n.init_seconds,
+            n.train_seconds,
+            n.test_seconds,
+            n.export_seconds
+        );
+    }
     println!(
         "done: {} shards, engine {}, final test accuracy {:.2}%, training {:.1}s, params sha256 {}",
         shards,

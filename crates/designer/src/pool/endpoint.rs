@@ -1,0 +1,193 @@
+//! The designer's own libp2p peer: reads the directory, dials the cascade's
+//! two ends and exchanges packets with them.
+//!
+//! It speaks the pool's protocols as a client (Kademlia client mode, no
+//! descriptor), so it never appears in the DHT or the directory, and it
+//! does not listen: the first and last hop answer over the connections the
+//! designer opened. A fresh identity per run keeps jobs unlinkable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use mixnn_p2p::packets::{self, PacketInbox, PacketSender, SizeClasses};
+use mixnn_p2p::peer::{self, SwarmHandle};
+use mixnn_p2p::{LinkMetrics, split_p2p};
+use mixnn_protocol::NodeDescriptor;
+use mixnn_sphinx::{Geometry, NodeId};
+use tokio::sync::watch;
+
+use crate::DesignerError;
+
+fn err(m: impl std::fmt::Display) -> DesignerError {
+    DesignerError::Pool(m.to_string())
+}
+
+pub struct Endpoint {
+    rt: tokio::runtime::Runtime,
+    swarm: SwarmHandle,
+    sender: PacketSender,
+    inbox: PacketInbox,
+    bootstraps: Vec<PeerId>,
+    node_id: NodeId,
+    pub metrics: Arc<LinkMetrics>,
+    stop: watch::Sender<bool>,
+}
+
+impl Endpoint {
+    /// Starts the peer and connects to the bootstraps.
+    pub fn start(bootstraps: &[String], g: &Geometry) -> Result<Endpoint, DesignerError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("starting the async runtime: {e}")))?;
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let node_id = NodeId(keypair.public().try_into_ed25519().map_err(err)?.to_bytes());
+        let mut parsed = Vec::new();
+        for s in bootstraps {
+            let addr: Multiaddr = s
+                .parse()
+                .map_err(|e| err(format!("bad bootstrap address {s:?}: {e}")))?;
+            let (peer, plain) = split_p2p(&addr).ok_or_else(|| {
+                err(format!(
+                    "bootstrap address {s:?} must end in /p2p/<peer id> (`mixnn bootstrap` prints it)"
+                ))
+            })?;
+            parsed.push((peer, plain, addr));
+        }
+        if parsed.is_empty() {
+            return Err(err("no bootstrap address given (--pool MULTIADDR)"));
+        }
+        let metrics = Arc::new(LinkMetrics::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let sizes: Vec<u32> = g
+            .size_classes()
+            .iter()
+            .filter_map(|&c| g.packet_len(c).ok())
+            .map(|l| l as u32)
+            .collect();
+        let (swarm, sender, inbox) = rt.block_on(async {
+            let swarm = peer::build_client(keypair).map_err(err)?;
+            let control = peer::stream_control(&swarm);
+            let (handle, _task) = peer::spawn(swarm, metrics.clone(), stop_rx.clone());
+            for (peer, plain, full) in &parsed {
+                handle.add_addresses(*peer, vec![plain.clone()]).await;
+                handle.dial(full.clone()).await;
+            }
+            let sizes = SizeClasses::new(&sizes);
+            let (inbox, _accept) = packets::start_inbound(
+                control.clone(),
+                sizes.clone(),
+                4096,
+                512 << 20,
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .map_err(err)?;
+            let sender = PacketSender::new(
+                control,
+                handle.clone(),
+                sizes,
+                1024,
+                512 << 20,
+                metrics.clone(),
+                stop_rx,
+            );
+            Ok::<_, DesignerError>((handle, sender, inbox))
+        })?;
+        Ok(Endpoint {
+            rt,
+            swarm,
+            sender,
+            inbox,
+            bootstraps: parsed.iter().map(|(p, _, _)| *p).collect(),
+            node_id,
+            metrics,
+            stop,
+        })
+    }
+
+    /// How routing info addresses the designer (the exit of every route).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The verified directory, retried for up to `wait` until it lists at
+    /// least `want` nodes (nodes of a freshly started pool are still joining).
+    pub fn directory(
+        &self,
+        want: usize,
+        wait: Duration,
+    ) -> Result<Vec<NodeDescriptor>, DesignerError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let got = self
+                .rt
+                .block_on(self.swarm.list_directory(&self.bootstraps));
+            match got {
+                Ok(list) if list.len() >= want || Instant::now() >= deadline => return Ok(list),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(err(format!("reading the pool directory: {e}")));
+                }
+                _ => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+
+    /// Makes `peer` reachable at `addrs` and opens a connection.
+    pub fn connect(&self, peer: PeerId, addrs: &[String]) {
+        let parsed: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.rt.block_on(async {
+            self.swarm.add_addresses(peer, parsed.clone()).await;
+            for a in parsed {
+                self.swarm
+                    .dial(a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+                    .await;
+            }
+        });
+    }
+
+    /// Queues a packet to `peer`.
+    pub fn send(&self, peer: PeerId, packet: Vec<u8>) -> Result<(), DesignerError> {
+        let _g = self.rt.enter();
+        self.sender
+            .send(peer, packet)
+            .map_err(|e| err(format!("sending to {peer}: {e}")))
+    }
+
+    /// The next packet whose header carries `alpha` (the exit id of the
+    /// message sent); anything else arriving meanwhile is stale and dropped.
+    pub fn receive(
+        &mut self,
+        alpha: &[u8; 32],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, DesignerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let inbox = &mut self.inbox;
+        self.rt.block_on(async {
+            loop {
+                let p = tokio::time::timeout_at(deadline, inbox.recv())
+                    .await
+                    .map_err(|_| {
+                        err(format!(
+                            "no answer from the cascade within {} s (a hop may have crashed or \
+                             dropped the packet; see the nodes' logs and metrics)",
+                            timeout.as_secs()
+                        ))
+                    })?
+                    .ok_or_else(|| err("the designer's peer stopped"))?;
+                if p.data.get(1..33) == Some(&alpha[..]) {
+                    return Ok(p.data);
+                }
+                tracing::debug!(from = %p.from, "stray packet ignored");
+            }
+        })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

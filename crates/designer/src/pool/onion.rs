@@ -1,0 +1,211 @@
+//! Messages as onions: the designer's side of PROTOCOL.md §12.
+//!
+//! A message is one Sphinx packet over a list of *slots* (a hop of the
+//! cascade and what it must do there), ending at the designer. The designer
+//! picks fresh link keys per packet, seals the job payload for the first
+//! link, and puts an end-to-end message for one slot under the layers of
+//! the slots before it. The answer comes back sealed under the last link
+//! key; an end-to-end reply is found under the layers of the slots after
+//! the one that wrote it.
+
+use libp2p::PeerId;
+use mixnn_protocol::job::{self, E2eDirection, FromHop, JobPayload, ToHop, WireTensor, app_flags};
+use mixnn_sphinx::{
+    DesignerState, Exit, Geometry, HeaderBinding, JobHandle, LinkKey, MixPublicKey, NodeId, Op,
+    PayloadMode, RouteHop,
+};
+use rand::{CryptoRng, RngCore};
+
+use crate::DesignerError;
+
+fn err(m: impl std::fmt::Display) -> DesignerError {
+    DesignerError::Pool(m.to_string())
+}
+
+/// What a cascade hop is to the designer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Serves shard `index` of the model.
+    Layer(usize),
+    /// A dummy relay hop.
+    Dummy,
+}
+
+/// One hop of the cascade: a pool node and the job handle it knows the
+/// job by.
+#[derive(Clone, Debug)]
+pub struct Hop {
+    pub node: NodeId,
+    pub peer: PeerId,
+    pub mix_key: MixPublicKey,
+    pub epoch: u32,
+    pub job: JobHandle,
+    pub role: Role,
+}
+
+/// A hop of one message's route: which cascade hop, doing what.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    pub hop: usize,
+    pub op: Op,
+    pub flags: u8,
+}
+
+impl Slot {
+    pub fn new(hop: usize, op: Op) -> Slot {
+        Slot { hop, op, flags: 0 }
+    }
+    pub fn target(hop: usize, op: Op, extra: u8) -> Slot {
+        Slot {
+            hop,
+            op,
+            flags: app_flags::E2E_TARGET | extra,
+        }
+    }
+}
+
+/// What the designer keeps of a packet in flight.
+pub struct Sent {
+    state: DesignerState,
+    last_link: LinkKey,
+    pub slots: Vec<Slot>,
+    pub exit_id: [u8; 32],
+}
+
+/// Builds the packet for `slots` carrying `tensor` and, for the slot at
+/// `e2e.0`, the end-to-end message `e2e.1`.
+#[allow(clippy::too_many_arguments)]
+pub fn build<R: RngCore + CryptoRng>(
+    g: &Geometry,
+    class: usize,
+    hops: &[Hop],
+    slots: Vec<Slot>,
+    designer: NodeId,
+    tensor: Option<WireTensor>,
+    e2e: Option<(usize, ToHop)>,
+    rng: &mut R,
+) -> Result<(Vec<u8>, Sent), DesignerError> {
+    let links: Vec<LinkKey> = (0..=slots.len()).map(|_| LinkKey::random(rng)).collect();
+    let route: Vec<RouteHop> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let h = &hops[s.hop];
+            RouteHop {
+                node_id: h.node,
+                mix_key: h.mix_key,
+                epoch: h.epoch,
+                op: s.op,
+                job: h.job,
+                key_in: links[i].clone(),
+                key_out: links[i + 1].clone(),
+                app_flags: s.flags,
+            }
+        })
+        .collect();
+    let (packet, state) = mixnn_sphinx::build_packet(
+        g,
+        &route,
+        Exit::Endpoint(designer),
+        PayloadMode::Link,
+        class,
+        &[],
+        rng,
+    )
+    .map_err(|e| err(format!("building a packet: {e}")))?;
+    let mut section = Vec::new();
+    if let Some((t, msg)) = e2e {
+        let key = e2e_key(&state, t)?;
+        let body = job::encode_msg("end-to-end message", &msg).map_err(err)?;
+        section = job::seal_e2e(key.as_bytes(), E2eDirection::ToHop, &body);
+        for j in 0..t {
+            job::e2e_layer(e2e_key(&state, j)?.as_bytes(), &mut section);
+        }
+    }
+    let message = JobPayload {
+        tensor,
+        e2e: section,
+    }
+    .encode();
+    let exit_id = state
+        .exit_id()
+        .ok_or_else(|| err("a route to the designer has an exit id"))?;
+    let first = state
+        .bindings()
+        .first()
+        .copied()
+        .ok_or_else(|| err("empty route"))?;
+    let mut bytes = packet.into_bytes();
+    let h = g.header_len();
+    mixnn_sphinx::seal_payload(&links[0], &first, &message, &mut bytes[h..]).map_err(|e| {
+        err(format!(
+            "a message of {} bytes does not fit the job's {class}-byte packets: {e}",
+            message.len()
+        ))
+    })?;
+    let last_link = links.last().cloned().ok_or_else(|| err("no links"))?;
+    Ok((
+        bytes,
+        Sent {
+            state,
+            last_link,
+            slots,
+            exit_id,
+        },
+    ))
+}
+
+fn e2e_key(state: &DesignerState, i: usize) -> Result<LinkKey, DesignerError> {
+    state
+        .e2e_key(i)
+        .ok_or_else(|| err(format!("no end-to-end key for slot {i}")))
+}
+
+/// Opens the answer to `sent`.
+pub fn open(g: &Geometry, sent: &Sent, mut bytes: Vec<u8>) -> Result<JobPayload, DesignerError> {
+    let h = g.header_len();
+    let binding = HeaderBinding::of_header(&bytes[..h.min(bytes.len())])
+        .ok_or_else(|| err("answer too short"))?;
+    let msg = mixnn_sphinx::open_payload(&sent.last_link, &binding, &mut bytes[h..])
+        .map_err(|e| err(format!("the answer does not open: {e}")))?;
+    JobPayload::decode(msg).map_err(err)
+}
+
+/// The end-to-end reply written by slot `target` (or an error any slot
+/// wrote instead), as `Ok(message)`; `Err` names the failing slot.
+pub fn reply(
+    sent: &Sent,
+    section: &[u8],
+    target: Option<usize>,
+    describe: impl Fn(&Slot) -> String,
+) -> Result<Option<FromHop>, DesignerError> {
+    let n = sent.slots.len();
+    let try_open = |k: usize| -> Option<FromHop> {
+        let mut d = section.to_vec();
+        for j in k + 1..n {
+            job::e2e_layer(sent.state.e2e_key(j)?.as_bytes(), &mut d);
+        }
+        let body =
+            job::open_e2e(sent.state.e2e_key(k)?.as_bytes(), E2eDirection::FromHop, &d).ok()?;
+        job::decode_msg("reply", &body).ok()
+    };
+    if let Some(t) = target
+        && let Some(m) = try_open(t)
+    {
+        return match m {
+            FromHop::Error(e) => Err(err(format!("{}: {e}", describe(&sent.slots[t])))),
+            m => Ok(Some(m)),
+        };
+    }
+    if section.is_empty() {
+        return Ok(None);
+    }
+    for k in (0..n).rev() {
+        if let Some(FromHop::Error(e)) = try_open(k) {
+            return Err(err(format!("{}: {e}", describe(&sent.slots[k]))));
+        }
+    }
+    Err(err(
+        "the answer carries an end-to-end section nobody sealed",
+    ))
+}

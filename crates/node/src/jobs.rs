@@ -1,0 +1,354 @@
+//! The layers a node hosts, one per job handle, each in its own sandboxed
+//! guest.
+//!
+//! A job arrives as init chunks (end-to-end encrypted to this node, so the
+//! hops before it never see the shard); once the last chunk is in, the
+//! guest is built and the job answers forward, backward, test and export
+//! calls. Jobs are capped in number and size, and forgotten after an idle
+//! period, so a designer that vanishes does not pin memory forever.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mixnn_protocol::job::{FromHop, LayerKind, LayerSpec, ParamTensor, ToHop, WireTensor};
+use mixnn_sandbox::{GuestKind, GuestLayer, Sandbox, Tensor};
+
+use crate::metrics::Metrics;
+
+/// Bytes of parameters per export part (fits the 64 KiB class with room
+/// for the framing).
+pub const EXPORT_PART_BYTES: usize = 48 * 1024;
+
+/// Limits of the job table.
+#[derive(Clone, Debug)]
+pub struct JobLimits {
+    pub max_jobs: usize,
+    pub max_shard_bytes: u64,
+    pub idle: Duration,
+}
+
+enum State {
+    Receiving {
+        spec: Option<LayerSpec>,
+        chunks: Vec<Option<Vec<u8>>>,
+        bytes: u64,
+    },
+    Ready {
+        guest: Box<GuestLayer>,
+        /// The CBOR parameter list of an export in progress.
+        export: Option<Vec<u8>>,
+    },
+}
+
+struct Job {
+    state: State,
+    last_used: Instant,
+}
+
+/// The job table; shared by the packet workers.
+pub struct Jobs {
+    map: Mutex<HashMap<[u8; 32], Arc<Mutex<Job>>>>,
+    sandbox: Arc<Sandbox>,
+    limits: JobLimits,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Jobs {
+    pub fn new(sandbox: Arc<Sandbox>, limits: JobLimits, metrics: Arc<Metrics>) -> Self {
+        Jobs {
+            map: Mutex::new(HashMap::new()),
+            sandbox,
+            limits,
+            metrics,
+        }
+    }
+
+    fn get(&self, handle: &[u8; 32]) -> Result<Arc<Mutex<Job>>, String> {
+        lock(&self.map)
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| "unknown job".to_string())
+    }
+
+    /// Forgets jobs idle for longer than the limit; returns how many.
+    pub fn expire(&self) -> usize {
+        let idle = self.limits.idle;
+        let mut map = lock(&self.map);
+        let before = map.len();
+        map.retain(|_, j| lock(j).last_used.elapsed() < idle);
+        self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
+        before - map.len()
+    }
+
+    /// Answers an end-to-end control message (init, export, close).
+    pub fn control(&self, handle: &[u8; 32], msg: ToHop) -> FromHop {
+        let r = match msg {
+            ToHop::Init {
+                index,
+                total,
+                spec,
+                bytes,
+            } => self.init(handle, index, total, spec, bytes),
+            ToHop::Export { part } => self.export(handle, part),
+            ToHop::Close => {
+                let mut map = lock(&self.map);
+                map.remove(handle);
+                self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
+                Ok(FromHop::Closed)
+            }
+            ToHop::Labels(_) => Err("labels come with a turn, not alone".into()),
+        };
+        r.unwrap_or_else(FromHop::Error)
+    }
+
+    fn init(
+        &self,
+        handle: &[u8; 32],
+        index: u32,
+        total: u32,
+        spec: Option<LayerSpec>,
+        bytes: Vec<u8>,
+    ) -> Result<FromHop, String> {
+        let max_chunks = self.limits.max_shard_bytes / 1024 + 1;
+        if total == 0 || u64::from(total) > max_chunks || index >= total {
+            return Err(format!("bad init chunk {index} of {total}"));
+        }
+        let job = {
+            let mut map = lock(&self.map);
+            if index == 0 {
+                if map.len() >= self.limits.max_jobs && !map.contains_key(handle) {
+                    return Err(format!(
+                        "this node hosts {} jobs already (its limit)",
+                        self.limits.max_jobs
+                    ));
+                }
+                let job = Arc::new(Mutex::new(Job {
+                    state: State::Receiving {
+                        spec: None,
+                        chunks: vec![None; total as usize],
+                        bytes: 0,
+                    },
+                    last_used: Instant::now(),
+                }));
+                map.insert(*handle, job.clone());
+                self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
+                job
+            } else {
+                map.get(handle)
+                    .cloned()
+                    .ok_or_else(|| "init chunk for an unknown job".to_string())?
+            }
+        };
+        let mut job = lock(&job);
+        job.last_used = Instant::now();
+        let State::Receiving {
+            spec: have_spec,
+            chunks,
+            bytes: received,
+        } = &mut job.state
+        else {
+            return Err("the job is already initialised".into());
+        };
+        if chunks.len() != total as usize {
+            return Err("init chunk count changed".into());
+        }
+        if index == 0 {
+            *have_spec = Some(spec.ok_or("the first init chunk carries no layer spec")?);
+        }
+        *received += bytes.len() as u64;
+        if *received > self.limits.max_shard_bytes {
+            return Err(format!(
+                "shard larger than this node's limit of {} bytes",
+                self.limits.max_shard_bytes
+            ));
+        }
+        chunks[index as usize] = Some(bytes);
+        if chunks.iter().any(Option::is_none) {
+            return Ok(FromHop::Received { index });
+        }
+        let spec = have_spec.take().ok_or("no layer spec")?;
+        let shard: Vec<u8> = chunks
+            .iter_mut()
+            .filter_map(Option::take)
+            .flatten()
+            .collect();
+        if shard.len() as u64 != spec.shard_len {
+            return Err(format!(
+                "shard is {} bytes, the spec says {}",
+                shard.len(),
+                spec.shard_len
+            ));
+        }
+        let (guest, params) = self.build(&spec, &shard)?;
+        job.state = State::Ready {
+            guest: Box::new(guest),
+            export: None,
+        };
+        Ok(FromHop::Ready { params })
+    }
+
+    fn build(&self, spec: &LayerSpec, shard: &[u8]) -> Result<(GuestLayer, u64), String> {
+        let (kind, bytes) = match &spec.kind {
+            LayerKind::Standard => (GuestKind::Standard, shard),
+            LayerKind::Relay(op) => (GuestKind::Relay, op.as_bytes()),
+        };
+        let compiled = self.sandbox.guest(kind).map_err(|e| e.to_string())?;
+        let mut guest = self
+            .sandbox
+            .instantiate(compiled)
+            .map_err(|e| e.to_string())?;
+        let cfg = to_guest_config(spec)?;
+        let info = self.timed(|| guest.load(bytes, &cfg))?;
+        Ok((guest, info.param_count))
+    }
+
+    fn timed<R>(
+        &self,
+        f: impl FnOnce() -> Result<R, mixnn_sandbox::SandboxError>,
+    ) -> Result<R, String> {
+        let t = Instant::now();
+        let r = f();
+        self.metrics.guest_calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .guest_micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Runs `f` on the job's guest.
+    fn with_guest<R>(
+        &self,
+        handle: &[u8; 32],
+        f: impl FnOnce(&Self, &mut GuestLayer) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let job = self.get(handle)?;
+        let mut job = lock(&job);
+        job.last_used = Instant::now();
+        match &mut job.state {
+            State::Ready { guest, .. } => f(self, guest),
+            State::Receiving { .. } => Err("the job is not initialised yet".into()),
+        }
+    }
+
+    /// Training forward (saves what backward needs).
+    pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
+        let x = to_guest(x);
+        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).map(from_guest))
+    }
+
+    /// Backward and optimizer step; the input gradient if the layer has one.
+    pub fn backward(
+        &self,
+        handle: &[u8; 32],
+        dz: WireTensor,
+    ) -> Result<Option<WireTensor>, String> {
+        let dz = to_guest(dz);
+        self.with_guest(handle, |s, g| {
+            let dx = s.timed(|| g.backward(&dz))?;
+            s.timed(|| g.step())?;
+            Ok(dx.map(from_guest))
+        })
+    }
+
+    /// The last layer's turn: forward, loss against `labels`, backward, step.
+    pub fn turn(
+        &self,
+        handle: &[u8; 32],
+        x: WireTensor,
+        labels: &[i64],
+    ) -> Result<(f32, Option<WireTensor>), String> {
+        let x = to_guest(x);
+        self.with_guest(handle, |s, g| {
+            let z = s.timed(|| g.forward(&x))?;
+            let out = s.timed(|| g.loss(&z, labels))?;
+            let dx = s.timed(|| g.backward(&out.grad))?;
+            s.timed(|| g.step())?;
+            Ok((out.loss, dx.map(from_guest)))
+        })
+    }
+
+    /// Test-phase forward.
+    pub fn infer(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
+        let x = to_guest(x);
+        self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).map(from_guest))
+    }
+
+    fn export(&self, handle: &[u8; 32], part: u32) -> Result<FromHop, String> {
+        let job = self.get(handle)?;
+        let mut job = lock(&job);
+        job.last_used = Instant::now();
+        let State::Ready { guest, export } = &mut job.state else {
+            return Err("the job is not initialised yet".into());
+        };
+        if part == 0 || export.is_none() {
+            let params = self.timed(|| guest.export_params())?;
+            let list: Vec<ParamTensor> = params
+                .into_iter()
+                .map(|p| ParamTensor {
+                    name: p.name,
+                    shape: p.shape,
+                    data: p.data,
+                })
+                .collect();
+            let bytes = mixnn_protocol::cbor::encode("parameters", &list, usize::MAX)
+                .map_err(|e| e.to_string())?;
+            *export = Some(bytes);
+        }
+        let bytes = export.as_ref().ok_or("no export in progress")?;
+        let total = bytes.len().div_ceil(EXPORT_PART_BYTES).max(1) as u32;
+        if part >= total {
+            return Err(format!("export part {part} of {total}"));
+        }
+        let start = part as usize * EXPORT_PART_BYTES;
+        let end = (start + EXPORT_PART_BYTES).min(bytes.len());
+        Ok(FromHop::ExportPart {
+            part,
+            total,
+            bytes: bytes[start..end].to_vec(),
+        })
+    }
+}
+
+fn to_guest(t: WireTensor) -> Tensor {
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.into_f32(),
+    }
+}
+
+/// A dummy hop right after the designer passes image input on: keep it
+/// in bytes, so its packets stay in the job's class.
+fn from_guest(t: Tensor) -> WireTensor {
+    WireTensor::compact(t.shape, t.data)
+}
+
+fn to_guest_config(s: &LayerSpec) -> Result<mixnn_sandbox::TrainConfig, String> {
+    use mixnn_sandbox::{LossKind, OptimizerKind};
+    Ok(mixnn_sandbox::TrainConfig {
+        optimizer: match s.optimizer.as_str() {
+            "sgd" => OptimizerKind::Sgd,
+            "adam" => OptimizerKind::Adam,
+            other => return Err(format!("unknown optimizer {other:?}")),
+        },
+        learning_rate: s.learning_rate,
+        momentum: s.momentum,
+        weight_decay: s.weight_decay,
+        beta1: s.beta1,
+        beta2: s.beta2,
+        epsilon: s.epsilon,
+        seed: s.seed,
+        loss: match s.loss.as_str() {
+            "none" => LossKind::None,
+            "nll" => LossKind::Nll,
+            "softmax-ce" => LossKind::SoftmaxCrossEntropy,
+            other => return Err(format!("unknown loss {other:?}")),
+        },
+        need_input_grad: s.need_input_grad,
+    })
+}
