@@ -18,7 +18,7 @@ pub use bench::{
 };
 pub use cascade::{Cascade, Model};
 pub use report::{EpochReport, TrainReport, params_sha256};
-pub use train::{TrainOptions, sample_shape, train_local, train_model};
+pub use train::{TrainOptions, evaluate, sample_shape, train_local, train_model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DesignerError {
