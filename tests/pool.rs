@@ -75,6 +75,11 @@ fn start_pool() -> Pool {
                     .map(ToString::to_string)
                     .collect(),
                 bootstrap_timeout_secs: 10,
+                // Cover traffic on, fast, in the job's class (the MLP at
+                // batch 64 travels in 64 KiB payloads).
+                cover_loop_ms: 100,
+                cover_drop_ms: 100,
+                cover_class: 65536,
                 ..NodeConfig::default()
             };
             let mut node = Node::start(cfg).await.expect("node starts");
@@ -226,6 +231,18 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
             );
         }
         assert!(v.e2e_read.contains_key("init"), "{role}: its shard came end to end");
+    }
+    // The wire: every packet any node sent or received, cover included,
+    // has the one length of the job's class (counted at the stream tap).
+    for n in &pool.nodes {
+        let lengths = n.metrics().link.lengths();
+        assert_eq!(
+            lengths.keys().copied().collect::<Vec<_>>(),
+            vec![2609 + 65536],
+            "packet lengths seen by {}",
+            n.peer_id()
+        );
+        assert!(mixnn_node::LinkMetrics::get(&n.metrics().cover_loops_sent) > 0);
     }
     // Nodes outside the cascade never heard of the job.
     for n in &pool.nodes {

@@ -8,9 +8,11 @@
 //! and carries fixed-size packets over long-lived streams (see [`packets`]).
 //!
 //! [`Node::serve_jobs`] attaches the packet [`processor`]: Sphinx unwrap,
-//! the hop's op on its [`jobs`] (layers in the sandbox), re-seal, forward.
+//! the hop's op on its [`jobs`] (layers in the sandbox), re-seal, forward;
+//! and the node's cover traffic (loops and drops, see `cover`).
 
 pub mod config;
+mod cover;
 pub mod jobs;
 pub mod metrics;
 pub mod mixkeys;

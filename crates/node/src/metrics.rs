@@ -45,6 +45,8 @@ pub struct Metrics {
     pub cover_loops_sent: AtomicU64,
     pub cover_loops_returned: AtomicU64,
     pub cover_drops_sent: AtomicU64,
+    /// Loops that did not come back within their timeout (see `cover`).
+    pub cover_loops_lost: AtomicU64,
     /// Packets handled after Sphinx processing, by op label.
     ops: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -72,6 +74,7 @@ impl Metrics {
             cover_loops_sent: AtomicU64::new(0),
             cover_loops_returned: AtomicU64::new(0),
             cover_drops_sent: AtomicU64::new(0),
+            cover_loops_lost: AtomicU64::new(0),
             ops: Mutex::new(BTreeMap::new()),
         }
     }
@@ -233,7 +236,7 @@ impl Metrics {
             (
                 "mixnn_cover_packets_total",
                 "counter",
-                "Cover traffic: loops sent and returned, drop packets sent.",
+                "Cover traffic: loops sent, returned and lost, drop packets sent.",
                 vec![
                     ("{kind=\"loop_sent\"}".into(), g(&self.cover_loops_sent)),
                     (
@@ -241,6 +244,7 @@ impl Metrics {
                         g(&self.cover_loops_returned),
                     ),
                     ("{kind=\"drop_sent\"}".into(), g(&self.cover_drops_sent)),
+                    ("{kind=\"loop_lost\"}".into(), g(&self.cover_loops_lost)),
                 ],
             ),
         ];

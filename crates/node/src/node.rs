@@ -346,6 +346,13 @@ impl Node {
             cfg.workers,
             stop,
         ));
+        self.tasks.push(crate::cover::spawn(
+            processor.clone(),
+            self.shared.swarm.clone(),
+            self.shared.bootstraps.clone(),
+            cfg,
+            self.stop.subscribe(),
+        ));
         self.processor = Some(processor);
         Ok(())
     }

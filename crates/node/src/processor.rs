@@ -77,6 +77,10 @@ pub struct Processor {
     /// Loops this node sent, by the replay tag the loop's last hop (this
     /// node) will see: a returning loop is recognised by it.
     pub loops: Mutex<HashMap<[u8; 16], Instant>>,
+    /// Payload classes of job (link-mode) packets, with when each was last
+    /// seen: cover traffic copies them so that job packets do not stand out
+    /// by length. At most one entry per class of the geometry.
+    pub classes: Mutex<HashMap<usize, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,7 +130,19 @@ impl Processor {
             views: Arc::new(Mutex::new(HashMap::new())),
             self_id,
             loops: Mutex::new(HashMap::new()),
+            classes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The payload classes job packets used within `window`, smallest first.
+    pub fn classes_in_use(&self, window: Duration) -> Vec<usize> {
+        let mut c: Vec<usize> = lock(&self.classes)
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() <= window)
+            .map(|(&class, _)| class)
+            .collect();
+        c.sort_unstable();
+        c
     }
 
     /// The key ring, rebuilt when the node's epochs change (checked at most
@@ -180,6 +196,8 @@ impl Processor {
             self.forward(&p, bytes);
             return;
         }
+        // A link-mode packet is job traffic: remember its class for cover.
+        lock(&self.classes).insert(p.class, Instant::now());
         let h = self.geometry.header_len();
         let job = p.routing.job.0;
         let opened = mixnn_sphinx::open_payload(&p.routing.key_in, &p.incoming, &mut bytes[h..])

@@ -1,0 +1,364 @@
+//! Cover traffic (SPEC §5): loop and drop packets at Poisson rates.
+//!
+//! Why: a link that carries packets only while a job runs tells an observer
+//! when jobs run and which nodes serve them. Every node therefore sends, at
+//! exponentially distributed gaps, layered packets of the payload classes
+//! job traffic uses: *loops* through 2–3 random pool nodes back to itself,
+//! and *drops* through 1–2 random nodes, the last of which discards them.
+//! On the wire they have the length of job packets and fresh Sphinx headers,
+//! so a relay cannot tell them from real traffic. Loops double as a probe:
+//! if the node keeps sending them and none come back, it is likely cut off
+//! (a partition, or neighbours that drop its packets), and it says so.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use mixnn_p2p::{SendError, SwarmHandle, split_p2p};
+use mixnn_protocol::{NodeDescriptor, unix_now};
+use mixnn_sphinx::{
+    Exit, JobHandle, LinkKey, MixPublicKey, NodeId, Op, PayloadMode, RouteHop, SphinxError,
+};
+use rand::rngs::OsRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng as _};
+use rand_chacha::ChaCha20Rng;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::NodeConfig;
+use crate::processor::{Processor, peer_of};
+
+/// How often the pool view is re-read (new nodes, rotated mix keys).
+const REFRESH: Duration = Duration::from_secs(30);
+/// Re-read sooner while the pool lists no other node (start-up).
+const RETRY: Duration = Duration::from_secs(2);
+/// Bound on one directory read, so a silent bootstrap cannot stall cover.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A class job traffic used this recently is "in use".
+const CLASS_WINDOW: Duration = Duration::from_secs(60);
+/// A loop not back after this long is counted lost.
+const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Loops sent and none returned for this long: the node may be cut off.
+const SILENCE: Duration = Duration::from_secs(60);
+/// Loops in flight at most (the table must not grow without bound when
+/// loops are lost faster than they expire).
+const MAX_LOOPS: usize = 10_000;
+/// Pool nodes kept in the view at most.
+const MAX_POOL: usize = 10_000;
+/// How often lost loops are expired and the silence checked.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why one cover packet was not sent (logged at debug level: cover is best
+/// effort, and a persistent failure shows up as loops that do not return).
+#[derive(Debug, thiserror::Error)]
+pub enum CoverError {
+    #[error("building the packet: {0}")]
+    Sphinx(#[from] SphinxError),
+    #[error("this node has no mix key for the current epoch")]
+    NoKey,
+    #[error("{MAX_LOOPS} loops in flight already")]
+    TooManyLoops,
+    #[error("the route names a node that is no ed25519 key")]
+    BadHop,
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// A pool node (or this node) as cover routes name it.
+struct Peer {
+    id: NodeId,
+    key: MixPublicKey,
+    epoch: u32,
+}
+
+struct Cover {
+    processor: Arc<Processor>,
+    swarm: SwarmHandle,
+    bootstraps: Vec<PeerId>,
+    /// Payload classes whose packets the node's links accept.
+    usable: Vec<usize>,
+    /// The class while job traffic shows none.
+    fallback: usize,
+    pool: Vec<Peer>,
+    /// Addresses already given to the swarm, per peer.
+    known: HashMap<PeerId, Vec<String>>,
+    /// Gaps and route choice; packet keys come from `OsRng` directly.
+    rng: ChaCha20Rng,
+    seen_returned: u64,
+    /// First loop sent since the last one returned.
+    waiting_since: Option<Instant>,
+    warned: bool,
+}
+
+/// Starts the cover task; it ends when `stop` changes. With both rates 0,
+/// or no payload class the links accept, it ends at once.
+pub fn spawn(
+    processor: Arc<Processor>,
+    swarm: SwarmHandle,
+    bootstraps: Vec<PeerId>,
+    cfg: &NodeConfig,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mean = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    let (loop_mean, drop_mean) = (mean(cfg.cover_loop_ms), mean(cfg.cover_drop_ms));
+    if loop_mean.is_none() && drop_mean.is_none() {
+        return tokio::spawn(async {});
+    }
+    let g = &processor.geometry;
+    let mut usable: Vec<usize> = (g.size_classes().iter().copied())
+        .filter(|&c| {
+            let len = g.packet_len(c).ok().and_then(|l| u32::try_from(l).ok());
+            len.is_some_and(|l| cfg.packet_sizes.contains(&l))
+        })
+        .collect();
+    usable.sort_unstable();
+    let wanted = cfg.cover_class as usize;
+    if wanted != 0 && !usable.contains(&wanted) {
+        warn!(
+            cover_class = wanted,
+            "cover_class is no class the links accept; using the smallest"
+        );
+    }
+    let fallback = Some(wanted)
+        .filter(|c| usable.contains(c))
+        .or(usable.first().copied());
+    let (Some(fallback), Ok(rng)) = (fallback, ChaCha20Rng::from_rng(OsRng)) else {
+        warn!("no usable packet class or no OS randomness: cover traffic is off");
+        return tokio::spawn(async {});
+    };
+    let cover = Cover {
+        processor,
+        swarm,
+        bootstraps,
+        usable,
+        fallback,
+        pool: Vec::new(),
+        known: HashMap::new(),
+        rng,
+        seen_returned: 0,
+        waiting_since: None,
+        warned: false,
+    };
+    tokio::spawn(cover.run(loop_mean, drop_mean, stop))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An exponentially distributed gap of mean `mean`: the waiting time of a
+/// Poisson process, so send times carry no pattern.
+fn gap(rng: &mut ChaCha20Rng, mean: Duration) -> Duration {
+    let u: f64 = rng.r#gen();
+    let x = -(1.0 - u).ln();
+    let x = if x > 0.0 { x.min(50.0) } else { 0.0 };
+    Duration::try_from_secs_f64(mean.as_secs_f64() * x).unwrap_or(mean)
+}
+
+fn hop(p: &Peer, op: Op) -> RouteHop {
+    RouteHop {
+        node_id: p.id,
+        mix_key: p.key,
+        epoch: p.epoch,
+        op,
+        job: JobHandle([0; 32]),
+        key_in: LinkKey::random(&mut OsRng),
+        key_out: LinkKey::random(&mut OsRng),
+        app_flags: 0,
+    }
+}
+
+fn peer_from(d: &NodeDescriptor) -> Option<Peer> {
+    Some(Peer {
+        id: NodeId(d.identity_key),
+        key: MixPublicKey::from_bytes(d.mix_key.public).ok()?,
+        epoch: u32::try_from(d.mix_key.epoch).ok()?,
+    })
+}
+
+impl Cover {
+    async fn run(
+        mut self,
+        loop_mean: Option<Duration>,
+        drop_mean: Option<Duration>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let now = Instant::now();
+        let mut next_refresh = now;
+        let mut next_loop = loop_mean.map(|m| now + gap(&mut self.rng, m));
+        let mut next_drop = drop_mean.map(|m| now + gap(&mut self.rng, m));
+        let mut next_tick = now + TICK;
+        while !*stop.borrow() {
+            let wake = [next_loop, next_drop, Some(next_refresh.min(next_tick))];
+            let wake = wake.into_iter().flatten().min().unwrap_or(next_tick);
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if now >= next_refresh {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = self.refresh() => {}
+                }
+                let pause = if self.pool.is_empty() { RETRY } else { REFRESH };
+                next_refresh = Instant::now() + pause;
+            }
+            for (next, mean, is_loop) in [
+                (&mut next_loop, loop_mean, true),
+                (&mut next_drop, drop_mean, false),
+            ] {
+                if let (Some(t), Some(m)) = (*next, mean)
+                    && now >= t
+                {
+                    if let Err(e) = self.send(is_loop) {
+                        debug!(error = %e, is_loop, "cover packet not sent");
+                    }
+                    *next = Some(Instant::now() + gap(&mut self.rng, m));
+                }
+            }
+            if now >= next_tick {
+                self.check(now);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Re-reads the pool from the directory and tells the swarm where new
+    /// nodes listen (so the first packet to one finds it).
+    async fn refresh(&mut self) {
+        let list = self.swarm.list_directory(&self.bootstraps);
+        let list = match tokio::time::timeout(DIRECTORY_TIMEOUT, list).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => return debug!(error = %e, "cover: directory read failed"),
+            Err(_) => return debug!("cover: directory read timed out"),
+        };
+        let me = self.processor.self_id.0;
+        let mut pool = Vec::new();
+        let mut known = HashMap::new();
+        for d in list.iter().filter(|d| d.identity_key != me).take(MAX_POOL) {
+            let Some((p, peer)) = peer_from(d).and_then(|p| Some((peer_of(&p.id)?, p))) else {
+                debug!(peer = %d.peer_id, "cover: unusable descriptor");
+                continue;
+            };
+            if self.known.get(&p) != Some(&d.addrs) {
+                let addrs = (d.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()))
+                    .map(|a| split_p2p(&a).map_or(a, |(_, plain)| plain))
+                    .collect();
+                self.swarm.add_addresses(p, addrs).await;
+            }
+            known.insert(p, d.addrs.clone());
+            pool.push(peer);
+        }
+        (self.known, self.pool) = (known, pool);
+    }
+
+    /// A class job traffic uses now (each equally likely), else the
+    /// configured one.
+    fn class(&mut self) -> usize {
+        let used: Vec<usize> = (self.processor.classes_in_use(CLASS_WINDOW).into_iter())
+            .filter(|c| self.usable.contains(c))
+            .collect();
+        used.choose(&mut self.rng).copied().unwrap_or(self.fallback)
+    }
+
+    /// Sends one loop (2–3 other nodes, then this one) or drop packet (1–2
+    /// other nodes, the last discards it); nothing while the pool lists no
+    /// other node.
+    fn send(&mut self, is_loop: bool) -> Result<(), CoverError> {
+        if self.pool.is_empty() {
+            return Ok(());
+        }
+        let n = if is_loop {
+            self.rng.gen_range(2..=3)
+        } else {
+            self.rng.gen_range(1..=2)
+        };
+        let mut route: Vec<RouteHop> = (self.pool.choose_multiple(&mut self.rng, n))
+            .map(|p| hop(p, Op::Relay))
+            .collect();
+        if is_loop {
+            let (epoch, public) =
+                (self.processor.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
+            let me = Peer {
+                id: self.processor.self_id,
+                key: MixPublicKey::from_bytes(public.to_bytes())?,
+                epoch: u32::try_from(epoch).map_err(|_| CoverError::NoKey)?,
+            };
+            route.push(hop(&me, Op::Loop));
+        } else if let Some(last) = route.last_mut() {
+            last.op = Op::Drop;
+        }
+        let first = route
+            .first()
+            .and_then(|h| peer_of(&h.node_id))
+            .ok_or(CoverError::BadHop)?;
+        let class = self.class();
+        let (packet, state) = mixnn_sphinx::build_packet(
+            &self.processor.geometry,
+            &route,
+            Exit::Final,
+            PayloadMode::Layered,
+            class,
+            &[],
+            &mut OsRng,
+        )?;
+        let metrics = &self.processor.metrics;
+        if !is_loop {
+            self.processor.sender.send(first, packet.into_bytes())?;
+            metrics.cover_drops_sent.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Registered before sending: the loop can be back before `send`
+        // returns.
+        let tag = state.replay_tags().last().ok_or(CoverError::BadHop)?.0;
+        {
+            let mut loops = lock(&self.processor.loops);
+            if loops.len() >= MAX_LOOPS {
+                return Err(CoverError::TooManyLoops);
+            }
+            loops.insert(tag, Instant::now());
+        }
+        if let Err(e) = self.processor.sender.send(first, packet.into_bytes()) {
+            lock(&self.processor.loops).remove(&tag);
+            return Err(e.into());
+        }
+        metrics.cover_loops_sent.fetch_add(1, Ordering::Relaxed);
+        self.waiting_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Expires lost loops and warns once when loops stop returning.
+    fn check(&mut self, now: Instant) {
+        let metrics = &self.processor.metrics;
+        let returned = metrics.cover_loops_returned.load(Ordering::Relaxed);
+        if returned != self.seen_returned {
+            (self.seen_returned, self.waiting_since) = (returned, None);
+            if std::mem::take(&mut self.warned) {
+                info!("cover loops return again");
+            }
+        }
+        let lost = {
+            let mut loops = lock(&self.processor.loops);
+            let before = loops.len();
+            loops.retain(|_, sent| now.saturating_duration_since(*sent) < LOOP_TIMEOUT);
+            before - loops.len()
+        };
+        metrics
+            .cover_loops_lost
+            .fetch_add(lost as u64, Ordering::Relaxed);
+        if let Some(since) = self.waiting_since
+            && !self.warned
+            && now.saturating_duration_since(since) >= SILENCE
+        {
+            warn!(
+                secs = SILENCE.as_secs(),
+                "loops stopped returning: the node may be cut off"
+            );
+            self.warned = true;
+        }
+    }
+}
