@@ -104,7 +104,11 @@ fn train_on_pool(
     pool: &Pool,
     shards: &[mixnn_grad::pb::ModelProto],
     keep_first: bool,
-) -> (TrainReport, Vec<(String, PeerId)>, mixnn_grad::pb::ModelProto) {
+) -> (
+    TrainReport,
+    Vec<(String, PeerId)>,
+    mixnn_grad::pb::ModelProto,
+) {
     let bootstrap: Vec<String> = pool
         .bootstrap
         .listen_addrs()
@@ -168,8 +172,14 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
 
     // The onion path changes nothing numerically.
     let sb = sandbox();
-    let (local, _) = train_local(&shards, &data(), &options(EngineKind::Wasm), Some(&sb), &mut |_| {})
-        .expect("local run");
+    let (local, _) = train_local(
+        &shards,
+        &data(),
+        &options(EngineKind::Wasm),
+        Some(&sb),
+        &mut |_| {},
+    )
+    .expect("local run");
     assert_eq!(report.params_sha256, local.params_sha256);
     assert_eq!(report.final_test_accuracy, local.final_test_accuracy);
     assert_eq!(report.epochs[0].train_loss, local.epochs[0].train_loss);
@@ -214,23 +224,41 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
             .flatten()
             .filter_map(|j| order.get(j).copied())
             .collect();
-        for other in order.iter().filter(|p| **p != *peer && !neighbours.contains(p)) {
-            assert!(!seen.contains(other), "{role} (hop {i}) saw a non-neighbour");
+        for other in order
+            .iter()
+            .filter(|p| **p != *peer && !neighbours.contains(p))
+        {
+            assert!(
+                !seen.contains(other),
+                "{role} (hop {i}) saw a non-neighbour"
+            );
         }
         for n in &neighbours {
-            assert!(seen.contains(n), "{role} (hop {i}) never talked to its neighbour");
+            assert!(
+                seen.contains(n),
+                "{role} (hop {i}) never talked to its neighbour"
+            );
         }
         // At most the two neighbours (the designer counts as one at the ends).
-        assert!(seen.len() <= 2, "{role} (hop {i}) talked to {} peers", seen.len());
+        assert!(
+            seen.len() <= 2,
+            "{role} (hop {i}) talked to {} peers",
+            seen.len()
+        );
         let reads_labels = v.e2e_read.contains_key("labels");
         assert_eq!(reads_labels, role == "layer 2", "{role}: labels");
         if i > first_layer {
             assert!(
-                !v.input_shapes.iter().any(|s| s.len() == 4 && s[1..] == [1, 28, 28]),
+                !v.input_shapes
+                    .iter()
+                    .any(|s| s.len() == 4 && s[1..] == [1, 28, 28]),
                 "{role} (hop {i}) received raw input"
             );
         }
-        assert!(v.e2e_read.contains_key("init"), "{role}: its shard came end to end");
+        assert!(
+            v.e2e_read.contains_key("init"),
+            "{role}: its shard came end to end"
+        );
     }
     // The wire: every packet any node sent or received, cover included,
     // has the one length of the job's class (counted at the stream tap).
@@ -258,8 +286,14 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
     let shards = mlp_shards();
     let (report, cascade, _) = train_on_pool(&pool, &shards, true);
     let sb = sandbox();
-    let (local, _) = train_local(&shards, &data(), &options(EngineKind::Wasm), Some(&sb), &mut |_| {})
-        .expect("local run");
+    let (local, _) = train_local(
+        &shards,
+        &data(),
+        &options(EngineKind::Wasm),
+        Some(&sb),
+        &mut |_| {},
+    )
+    .expect("local run");
     assert_eq!(report.params_sha256, local.params_sha256);
     for (_, peer) in &cascade {
         let node = pool

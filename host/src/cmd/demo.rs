@@ -1,42 +1,413 @@
-//! `mixnn demo`: the paper's MNIST experiment on the bundled data, today in
-//! one process with every shard in its own wasm guest.
+//! `mixnn demo`: the MixNN paper's MNIST experiment three ways, compared.
+//!
+//! 1. **distributed**: the local harness ([`super::harness`]) starts a
+//!    bootstrap and N node processes on 127.0.0.1, and the paper's MLP is
+//!    trained through onion packets with every protection on: dummy hops,
+//!    loop and drop cover traffic at the job's packet length, one size
+//!    class for every packet;
+//! 2. the same shards in one process, each in a wasm guest;
+//! 3. the same in one process with the native engine (the reference).
+//!
+//! All three use the same `TrainOptions`, the test batch included (the
+//! training batch: pool packets are sized for it), so the wasm run must
+//! end with the distributed run's parameters bit for bit; what is left to
+//! compare is what the network costs in time. The pool is stopped before
+//! the single-process runs so its cover traffic does not slow them.
+//! Prints the comparison, writes the JSON report and a PNG in the style
+//! of the paper's Figure 3.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use mixnn_designer::EngineKind;
+use mixnn_designer::{EngineKind, TrainReport};
+use serde::Serialize;
 
 use super::SandboxArgs;
-use super::train::RecipeArgs;
+use super::harness::{LocalPool, LocalPoolOptions};
+use super::train::{PoolArgs, RecipeArgs};
 
 #[derive(Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub recipe: RecipeArgs,
+    /// Pool nodes to start. Default: one per shard and per dummy, plus a
+    /// spare (6 for the paper's MLP with 2 dummies).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
+    /// Dummy relay hops in the cascade (2: a cascade of 5 hops).
+    #[arg(long, default_value_t = 2, value_name = "R")]
+    pub dummies: usize,
+    /// Mean interval between loop cover packets of each node, ms (0 = off).
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub cover_loop_ms: u64,
+    /// Mean interval between drop cover packets of each node, ms (0 = off).
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub cover_drop_ms: u64,
     /// MNIST directory. Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Write the JSON report here.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write the Figure-3-style plot (accuracy and seconds per epoch) here.
+    #[arg(long, value_name = "FILE", default_value = "mixnn-demo.png")]
+    pub plot: PathBuf,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
+/// Cover packets of all nodes together.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoverReport {
+    pub loop_ms: u64,
+    pub drop_ms: u64,
+    pub class: usize,
+    pub loops_sent: u64,
+    pub loops_returned: u64,
+    pub drops_sent: u64,
+}
+
+/// What `--report` writes.
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    pub distributed: TrainReport,
+    pub single_process_wasm: TrainReport,
+    pub single_process_native: TrainReport,
+    /// Training time (tests excluded) distributed / single-process.
+    pub time_ratio_wasm: f64,
+    pub time_ratio_native: f64,
+    /// (distributed − wasm training seconds) per training hop crossing.
+    pub per_hop_overhead_us: f64,
+    /// Hop crossings of the training messages (steps × (2·hops − 1)).
+    pub train_hop_crossings: u64,
+    /// Distinct packet lengths the nodes sent and received.
+    pub packet_lengths: Vec<u64>,
+    /// Packets per length, all nodes together.
+    pub packet_length_counts: BTreeMap<u64, u64>,
+    /// Final test accuracy, distributed − native (fraction).
+    pub accuracy_diff_native: f64,
+    pub bit_identical_wasm: bool,
+    pub bit_identical_native: bool,
+    pub nodes: usize,
+    /// Peer ids of the nodes started (the cascade is in `distributed.network`).
+    pub node_peers: Vec<String>,
+    pub dummies: usize,
+    pub cover: CoverReport,
+    /// Packets the nodes dropped, by reason (non-zero ones).
+    pub node_drops: BTreeMap<String, u64>,
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
+    super::harness::exit_on_interrupt()?;
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
     let model = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
+    let plan = mixnn_shard::plan(&model, None)?;
+    let shards = mixnn_shard::split(&model, &plan)?;
+    let nodes = a.nodes.unwrap_or(shards.len() + a.dummies + 1);
+    if nodes < shards.len() + a.dummies {
+        bail!(
+            "--nodes {nodes}: the cascade needs {} distinct nodes ({} layers + {} dummies)",
+            shards.len() + a.dummies,
+            shards.len(),
+            a.dummies
+        );
+    }
+    let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
+    opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
+    let (class, packet_len) = job_class(&shards, &[opts.batch, opts.eval_batch])?;
     println!(
-        "mixnn demo: the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL) on MNIST, each layer in a wasm guest"
+        "mixnn demo: the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL) on MNIST, \
+         distributed over {nodes} local node processes, then in one process (wasm, native)"
     );
-    let opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
-    let (report, shards) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
-    super::train::print_summary(&report, shards);
-    println!("report:\n{}", serde_json::to_string_pretty(&report)?);
+
+    println!(
+        "\n[1/3] distributed: {} layers + {} dummies, cover loops every {} ms and drops every {} ms per node, \
+         all packets {packet_len} bytes (class {class})",
+        shards.len(),
+        a.dummies,
+        a.cover_loop_ms,
+        a.cover_drop_ms
+    );
+    warm_guest_cache(&a.sandbox)?;
+    let pool = LocalPool::start(
+        &LocalPoolOptions {
+            nodes,
+            cover_loop_ms: a.cover_loop_ms,
+            cover_drop_ms: a.cover_drop_ms,
+            cover_class: Some(u32::try_from(class).context("payload class out of range")?),
+            cache_dir: a.sandbox.cache_dir.clone(),
+            ..LocalPoolOptions::default()
+        },
+        &mut |m| println!("  {m}"),
+    )?;
+    let watch: Vec<String> = pool.metrics_addrs().iter().map(|m| m.to_string()).collect();
+    println!(
+        "  pool up; `mixnn status --metrics ADDR` shows a node while it runs: {}",
+        watch.join(", ")
+    );
+    let node_peers: Vec<String> = pool.nodes().iter().map(|n| n.peer_id.clone()).collect();
+    let pool_args = PoolArgs {
+        pool: vec![pool.bootstrap_addr().to_string()],
+        dummies: a.dummies,
+        keep_first: false,
+        keep_last: false,
+        // The class the cover traffic uses, so both are the same by
+        // construction even if the designer's rule changes.
+        class: Some(class),
+        timeout_s: 60,
+        wait_for_nodes_s: 30,
+    };
+    let (distributed, _) =
+        super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?;
+    let metrics = pool.metrics_sum()?;
+    println!("stopping the local pool ({nodes} nodes and the bootstrap)");
+    pool.stop();
+
+    println!("\n[2/3] single process, every shard in a wasm guest");
+    let (wasm, _) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
+    println!("\n[3/3] single process, native engine");
+    opts.engine = EngineKind::Native;
+    let (native, _) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
+
+    let report = compare(
+        distributed,
+        wasm,
+        native,
+        &metrics,
+        node_peers,
+        a.dummies,
+        CoverReport {
+            loop_ms: a.cover_loop_ms,
+            drop_ms: a.cover_drop_ms,
+            class,
+            ..CoverReport::default()
+        },
+    )?;
+    print_comparison(&report);
+    plot(&report, &a.plot)?;
+    println!("plot written to {}", a.plot.display());
     if let Some(p) = &a.report {
         super::write_json(p, &report)?;
         println!("report written to {}", p.display());
     }
     Ok(())
+}
+
+/// Compiles the guests into the on-disk cache before the nodes start, so
+/// six processes do not all compile them at once on a cold cache.
+fn warm_guest_cache(sandbox: &SandboxArgs) -> Result<()> {
+    if sandbox.no_cache {
+        return Ok(());
+    }
+    println!("  preparing the wasm guests (compiled once, then cached)");
+    let sb = sandbox.sandbox()?;
+    for kind in [
+        mixnn_sandbox::GuestKind::Standard,
+        mixnn_sandbox::GuestKind::Relay,
+    ] {
+        sb.guest(kind)
+            .with_context(|| format!("compiling the {} guest", kind.name()))?;
+    }
+    Ok(())
+}
+
+/// The job's payload class (the designer's own rule, for a cascade with
+/// both ends on the pool) and its packet length. The demo passes the class
+/// to the job and to the nodes' cover traffic, so both agree.
+fn job_class(shards: &[mixnn_shard::pb::ModelProto], batches: &[usize]) -> Result<(usize, usize)> {
+    let g = mixnn_sphinx::Geometry::default();
+    let class = mixnn_designer::pool::payload_class(&g, shards, 0, shards.len(), batches)?;
+    let len = g.packet_len(class).context("packet length of the class")?;
+    Ok((class, len))
+}
+
+fn compare(
+    distributed: TrainReport,
+    wasm: TrainReport,
+    native: TrainReport,
+    metrics: &BTreeMap<String, f64>,
+    node_peers: Vec<String>,
+    dummies: usize,
+    mut cover: CoverReport,
+) -> Result<DemoReport> {
+    let net = distributed
+        .network
+        .as_ref()
+        .context("the distributed run reports no network figures")?;
+    // Training messages only: the designer counts them (a step is one
+    // message over 2·hops − 1 hops with both ends on the pool).
+    let train_hop_crossings = net.train_hop_crossings;
+    let extra = distributed.train_seconds - wasm.train_seconds;
+    let per_hop_overhead_us = extra / train_hop_crossings.max(1) as f64 * 1e6;
+
+    let count = |series: &str| metrics.get(series).copied().unwrap_or(0.0) as u64;
+    let labelled = |family: &str, label: &str| -> Vec<(String, u64)> {
+        let prefix = format!("{family}{{{label}=\"");
+        metrics
+            .iter()
+            .filter_map(|(k, v)| {
+                let value = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                Some((value.to_string(), *v as u64))
+            })
+            .collect()
+    };
+    let packet_length_counts: BTreeMap<u64, u64> = labelled("mixnn_packet_lengths_total", "length")
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(len, n)| Some((len.parse().ok()?, n)))
+        .collect();
+    let node_drops = labelled("mixnn_packets_dropped_total", "reason")
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    cover.loops_sent = count("mixnn_cover_packets_total{kind=\"loop_sent\"}");
+    cover.loops_returned = count("mixnn_cover_packets_total{kind=\"loop_returned\"}");
+    cover.drops_sent = count("mixnn_cover_packets_total{kind=\"drop_sent\"}");
+
+    Ok(DemoReport {
+        time_ratio_wasm: distributed.train_seconds / wasm.train_seconds,
+        time_ratio_native: distributed.train_seconds / native.train_seconds,
+        per_hop_overhead_us,
+        train_hop_crossings,
+        packet_lengths: packet_length_counts.keys().copied().collect(),
+        packet_length_counts,
+        accuracy_diff_native: distributed.final_test_accuracy - native.final_test_accuracy,
+        bit_identical_wasm: distributed.params_sha256 == wasm.params_sha256,
+        bit_identical_native: distributed.params_sha256 == native.params_sha256,
+        nodes: node_peers.len(),
+        node_peers,
+        dummies,
+        cover,
+        node_drops,
+        distributed,
+        single_process_wasm: wasm,
+        single_process_native: native,
+    })
+}
+
+fn print_comparison(r: &DemoReport) {
+    let runs = [
+        &r.distributed,
+        &r.single_process_wasm,
+        &r.single_process_native,
+    ];
+    println!("\ncomparison (test accuracy after each epoch; training seconds of the epoch)");
+    println!(
+        "{:>5}  {:>20}  {:>20}  {:>20}",
+        "epoch", "distributed", "1 process, wasm", "1 process, native"
+    );
+    let epochs = runs.iter().map(|t| t.epochs.len()).max().unwrap_or(0);
+    for e in 0..epochs {
+        let mut line = format!("{:>5}", e + 1);
+        for t in runs {
+            line += &match t.epochs.get(e) {
+                Some(x) => format!("  {:>9.2}% {:>8.1}s", x.test_accuracy * 100.0, x.seconds),
+                None => format!("  {:>20}", "-"),
+            };
+        }
+        println!("{line}");
+    }
+    let row = |label: &str, value: String| println!("{label:<48}{value}");
+    let (dist, wasm, native) = (runs[0], runs[1], runs[2]);
+    let hops = dist.network.as_ref().map_or(0, |n| n.cascade.len());
+    row(
+        "time ratio distributed / single-process wasm",
+        format!("{:.2}x", r.time_ratio_wasm),
+    );
+    row(
+        "time ratio distributed / single-process native",
+        format!("{:.2}x", r.time_ratio_native),
+    );
+    row(
+        "per-hop overhead (µs)",
+        format!(
+            "{:.1}  ({:.1} s more than wasm over {} training hop crossings, {hops} hops)",
+            r.per_hop_overhead_us,
+            dist.train_seconds - wasm.train_seconds,
+            r.train_hop_crossings
+        ),
+    );
+    row(
+        "accuracy difference to native",
+        format!(
+            "{:+.2} points ({:.2}% vs {:.2}%)",
+            r.accuracy_diff_native * 100.0,
+            dist.final_test_accuracy * 100.0,
+            native.final_test_accuracy * 100.0
+        ),
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    row(
+        "bit-identical to wasm",
+        format!(
+            "{}  (to native: {}; params sha256 {})",
+            yes(r.bit_identical_wasm),
+            yes(r.bit_identical_native),
+            dist.params_sha256
+        ),
+    );
+    let list = |items: Vec<String>| items.join(", ");
+    row(
+        "packet lengths on the wire (all nodes)",
+        list(
+            r.packet_length_counts
+                .iter()
+                .map(|(len, n)| format!("{len} bytes ({n} packets)"))
+                .collect(),
+        ),
+    );
+    if let Some(n) = &dist.network {
+        row(
+            "packet lengths at the designer",
+            list(n.packet_lengths.iter().map(ToString::to_string).collect()),
+        );
+    }
+    let c = &r.cover;
+    row(
+        "cover traffic (all nodes)",
+        format!(
+            "loops sent {}, returned {}; drops sent {}",
+            c.loops_sent, c.loops_returned, c.drops_sent
+        ),
+    );
+    if !r.node_drops.is_empty() {
+        row(
+            "packets dropped by nodes",
+            list(
+                r.node_drops
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect(),
+            ),
+        );
+    }
+}
+
+fn plot(r: &DemoReport, path: &std::path::Path) -> Result<()> {
+    let hops = r
+        .distributed
+        .network
+        .as_ref()
+        .map_or(0, |n| n.cascade.len());
+    let series = |label: String, t: &TrainReport| mixnn_plot::Series {
+        label,
+        accuracy: t.epochs.iter().map(|e| e.test_accuracy * 100.0).collect(),
+        seconds: t.epochs.iter().map(|e| e.seconds).collect(),
+    };
+    let all = [
+        series(
+            format!("distributed ({hops} hops, cover on)"),
+            &r.distributed,
+        ),
+        series("single process, wasm".into(), &r.single_process_wasm),
+        series("single process, native".into(), &r.single_process_native),
+    ];
+    mixnn_plot::figure3(
+        "MixNN paper MLP on MNIST: distributed vs single process",
+        &all,
+        path,
+    )
+    .with_context(|| format!("writing the plot {}", path.display()))
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bootstrap;
 pub mod demo;
+pub mod harness;
 pub mod model;
 pub mod node;
 pub mod pool;

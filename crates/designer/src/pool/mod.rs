@@ -71,6 +71,9 @@ pub struct NetworkReport {
     pub messages: u64,
     /// Sum over messages of the hops each crossed.
     pub hop_crossings: u64,
+    /// The same for training messages only (the per-hop overhead's base).
+    pub train_messages: u64,
+    pub train_hop_crossings: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
     pub bytes_sent: u64,
@@ -191,7 +194,7 @@ impl PoolCascade {
         }
         let class = match opts.class {
             Some(c) => c,
-            None => pick_class(&g, shards, lo, hi, &opts.batches)?,
+            None => payload_class(&g, shards, lo, hi, &opts.batches)?,
         };
         let loss = loss_for(&shards[n - 1]);
         let local = |i: usize| -> Result<Box<dyn LayerBackend>, DesignerError> {
@@ -353,7 +356,11 @@ impl PoolCascade {
         let s = start.elapsed().as_secs_f64();
         match phase {
             Phase::Init => self.net.init_seconds += s,
-            Phase::Train => self.net.train_seconds += s,
+            Phase::Train => {
+                self.net.train_seconds += s;
+                self.net.train_messages += 1;
+                self.net.train_hop_crossings += sent.slots.len() as u64;
+            }
             Phase::Test => self.net.test_seconds += s,
             Phase::Export => self.net.export_seconds += s,
         }
@@ -536,10 +543,12 @@ fn spec(kind: LayerKind, c: &TrainConfig, shard_len: usize) -> LayerSpec {
     }
 }
 
-/// The smallest class that carries the largest tensor of the job: the
-/// inputs of the pool's shards (as f32; image input as bytes when the
-/// first shard is remote) at every batch size used.
-fn pick_class(
+/// The payload class a job uses: the smallest that carries the largest
+/// tensor of the job, i.e. the inputs of the pool's shards `lo..=hi` (as
+/// f32; image input as bytes when the first shard is remote) at every
+/// batch size used, plus room for framing and end-to-end messages. Public
+/// so a harness can give cover traffic the job's class.
+pub fn payload_class(
     g: &Geometry,
     shards: &[pb::ModelProto],
     lo: usize,
@@ -547,13 +556,14 @@ fn pick_class(
     batches: &[usize],
 ) -> Result<usize, DesignerError> {
     let mut largest = 0usize;
-    for i in lo..=hi.min(shards.len() - 1) {
-        let shape = mixnn_layer::declared_input_shape(&shards[i])
+    let last = hi.min(shards.len().saturating_sub(1));
+    for (i, shard) in shards.iter().enumerate().take(last + 1).skip(lo) {
+        let shape = mixnn_layer::declared_input_shape(shard)
             .map_err(|source| DesignerError::Layer { index: i, source })?;
-        let per_sample: usize = shape[1..].iter().product();
+        let per_sample: usize = shape.get(1..).unwrap_or_default().iter().product();
         let width = if i == 0 { 1 } else { 4 };
         for &b in batches {
-            largest = largest.max(per_sample * b * width);
+            largest = largest.max(per_sample.saturating_mul(b).saturating_mul(width));
         }
     }
     // Output of the last shard on the test path: classes per sample.
