@@ -190,3 +190,53 @@ fn every_command_explains_itself_and_bad_input_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("parsing"), "{err}");
 }
+
+/// The local harness end to end: a bootstrap and node processes, the job
+/// over the pool with dummies and cover traffic, the two single-process
+/// runs, the report; the processes are gone afterwards.
+#[test]
+fn demo_runs_the_job_on_a_local_pool_of_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("demo.json");
+    let plot = dir.path().join("demo.png");
+    let out = mixnn(
+        &[
+            "demo",
+            "--train-limit",
+            "1280",
+            "--test-limit",
+            "320",
+            "--report",
+            &report.to_string_lossy(),
+            "--plot",
+            &plot.to_string_lossy(),
+        ],
+        &dir.path().join("cache"),
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("time ratio distributed / single-process wasm"),
+        "{t}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["bit_identical_wasm"], serde_json::json!(true), "{t}");
+    assert_eq!(
+        r["distributed"]["params_sha256"],
+        r["single_process_wasm"]["params_sha256"]
+    );
+    let lengths = r["packet_lengths"].as_array().unwrap();
+    assert_eq!(
+        lengths.len(),
+        1,
+        "one packet length on the wire: {lengths:?}"
+    );
+    for k in [
+        "time_ratio_wasm",
+        "time_ratio_native",
+        "per_hop_overhead_us",
+    ] {
+        assert!(r[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+}
