@@ -164,6 +164,20 @@ fn mlp_shards() -> Vec<mixnn_grad::pb::ModelProto> {
     mixnn_shard::split(&model, &plan).expect("split")
 }
 
+/// The single-process reference: the same shards and options in guests.
+fn local_wasm(shards: &[mixnn_grad::pb::ModelProto]) -> TrainReport {
+    let sb = sandbox();
+    train_local(
+        shards,
+        &data(),
+        &options(EngineKind::Wasm),
+        Some(&sb),
+        &mut |_| {},
+    )
+    .expect("local run")
+    .0
+}
+
 #[test]
 fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() {
     let pool = start_pool();
@@ -171,15 +185,7 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
     let (report, cascade, exported) = train_on_pool(&pool, &shards, false);
 
     // The onion path changes nothing numerically.
-    let sb = sandbox();
-    let (local, _) = train_local(
-        &shards,
-        &data(),
-        &options(EngineKind::Wasm),
-        Some(&sb),
-        &mut |_| {},
-    )
-    .expect("local run");
+    let local = local_wasm(&shards);
     assert_eq!(report.params_sha256, local.params_sha256);
     assert_eq!(report.final_test_accuracy, local.final_test_accuracy);
     assert_eq!(report.epochs[0].train_loss, local.epochs[0].train_loss);
@@ -285,15 +291,7 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
     let pool = start_pool();
     let shards = mlp_shards();
     let (report, cascade, _) = train_on_pool(&pool, &shards, true);
-    let sb = sandbox();
-    let (local, _) = train_local(
-        &shards,
-        &data(),
-        &options(EngineKind::Wasm),
-        Some(&sb),
-        &mut |_| {},
-    )
-    .expect("local run");
+    let local = local_wasm(&shards);
     assert_eq!(report.params_sha256, local.params_sha256);
     for (_, peer) in &cascade {
         let node = pool
