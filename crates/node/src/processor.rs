@@ -428,13 +428,17 @@ pub fn spawn(
                     }
                 }
                 p = inbox.recv() => match p {
-                    Some(p) => {
-                        let tx = tx.clone();
-                        // The workers may be busy in a guest: wait off the runtime.
-                        if tokio::task::spawn_blocking(move || tx.send((p.from, p.data))).await.is_err() {
-                            return;
+                    Some(p) => match tx.try_send((p.from, p.data)) {
+                        Ok(()) => {}
+                        Err(std::sync::mpsc::TrySendError::Full(item)) => {
+                            // Workers busy in guests: wait for room off the runtime.
+                            let tx = tx.clone();
+                            if tokio::task::spawn_blocking(move || tx.send(item)).await.is_err() {
+                                return;
+                            }
                         }
-                    }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+                    },
                     None => return,
                 },
             }

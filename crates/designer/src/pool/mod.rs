@@ -442,8 +442,8 @@ impl Model for PoolCascade {
             (loss, grad)
         };
         if let Some(l) = self.first.as_mut() {
-            let dx = l.backward(from_wire(grad, "input gradient")?)?;
-            let _ = dx;
+            // The first shard's own input gradient is not needed.
+            l.backward(from_wire(grad, "input gradient")?)?;
             l.step()?;
         }
         Ok(loss)
