@@ -15,12 +15,21 @@ use mixnn_sandbox::{Sandbox, SandboxOptions};
 
 const NODES: usize = 6;
 
-fn sandbox() -> Sandbox {
-    Sandbox::new(SandboxOptions {
-        cache_dir: std::env::var_os("MIXNN_CACHE_DIR").map(Into::into),
-        ..Default::default()
-    })
-    .expect("sandbox")
+/// One sandbox for every pool, designer and reference run of this test
+/// binary: the tests run at once, and each sandbox compiles its guest once.
+fn sandbox() -> Arc<Sandbox> {
+    static SANDBOX: std::sync::OnceLock<Arc<Sandbox>> = std::sync::OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            Arc::new(
+                Sandbox::new(SandboxOptions {
+                    cache_dir: std::env::var_os("MIXNN_CACHE_DIR").map(Into::into),
+                    ..Default::default()
+                })
+                .expect("sandbox"),
+            )
+        })
+        .clone()
 }
 
 fn data() -> mixnn_data::Mnist {
@@ -52,9 +61,20 @@ struct Pool {
     _dirs: Vec<tempfile::TempDir>,
 }
 
+/// Node and designer logs when `RUST_LOG` is set (e.g. `mixnn_node=debug`).
+fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn start_pool() -> Pool {
+    logs();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let sb = Arc::new(sandbox());
+    let sb = sandbox();
     let (bootstrap, nodes, dirs) = rt.block_on(async {
         let bootstrap = Bootstrap::start(BootstrapConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
@@ -127,7 +147,10 @@ fn train_on_pool(
             keep_last: false,
             local_engine: EngineKind::Wasm,
             class: None,
-            timeout: Duration::from_secs(60),
+            // A bound for failure, not a speed check: on a cold guest cache
+            // and a loaded CI machine the nodes' first compile alone has
+            // taken over a minute.
+            timeout: Duration::from_secs(300),
             wait_for_nodes: Duration::from_secs(20),
             batches: vec![64],
         };

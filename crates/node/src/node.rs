@@ -322,6 +322,9 @@ impl Node {
             .take()
             .ok_or_else(|| NodeError::Transport("the packet inbox is taken already".into()))?;
         let cfg = &self.shared.cfg;
+        if cfg.jobs > 0 {
+            warm_up(sandbox.clone());
+        }
         let jobs = Jobs::new(
             sandbox,
             JobLimits {
@@ -573,5 +576,28 @@ async fn refresh_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             warn!("{f}");
         }
         failed = failures.len() == shared.bootstraps.len();
+    }
+}
+
+/// Compiles (or loads from the cache) the standard guest off the packet
+/// path, so that the first job's init does not stall a worker for the
+/// seconds Cranelift needs while packets for other jobs and cover traffic
+/// pile up behind it. A job that arrives earlier waits for this same compile.
+fn warm_up(sandbox: Arc<mixnn_sandbox::Sandbox>) {
+    let spawned = std::thread::Builder::new()
+        .name("guest-warm-up".into())
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            match sandbox.guest(mixnn_sandbox::GuestKind::Standard) {
+                Ok(g) => info!(
+                    ms = start.elapsed().as_millis() as u64,
+                    from_cache = g.from_cache(),
+                    "layer guest ready"
+                ),
+                Err(e) => warn!(error = %e, "the layer guest does not compile; jobs will fail"),
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the guest warm-up; the first job compiles it");
     }
 }

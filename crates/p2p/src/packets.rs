@@ -65,6 +65,8 @@ pub enum SendError {
     QueueFull(PeerId),
     #[error("the node is shutting down")]
     Closed,
+    #[error("no packet stream to {0} could be opened")]
+    Unreachable(PeerId),
 }
 
 /// The accepted packet lengths.
@@ -253,6 +255,8 @@ async fn read_stream(
 
 struct Link {
     tx: mpsc::Sender<Vec<u8>>,
+    /// True while the link's stream is open.
+    up: watch::Receiver<bool>,
 }
 
 struct SenderInner {
@@ -308,11 +312,14 @@ impl PacketSender {
             return Err(SendError::QueueFull(to));
         }
         let mut links = inner.links.lock().unwrap_or_else(|p| p.into_inner());
-        let link = links.entry(to).or_insert_with(|| self.spawn_link(to));
+        let link = links
+            .entry(to)
+            .or_insert_with(|| self.spawn_link(to, false));
         let result = match link.tx.try_send(packet) {
             Err(mpsc::error::TrySendError::Closed(p)) => {
-                // The link task ended (its peer was unreachable); start anew.
-                *link = self.spawn_link(to);
+                // The link task ended (its peer was unreachable, or left);
+                // start anew.
+                *link = self.spawn_link(to, false);
                 link.tx.try_send(p)
             }
             other => other,
@@ -328,14 +335,48 @@ impl PacketSender {
         }
     }
 
-    fn spawn_link(&self, peer: PeerId) -> Link {
+    /// Opens the link to `peer` now, without a packet, and waits up to
+    /// `wait` for its stream. Why: an open stream keeps the connection up
+    /// in both directions, and a peer without a listen address (the
+    /// designer) is reachable only over connections it opened; without a
+    /// stream the connection is idle and closes after a minute, and packets
+    /// coming back to the designer after a long pause would have no way in.
+    pub async fn open_link(&self, peer: PeerId, wait: Duration) -> Result<(), SendError> {
+        if *self.0.stop.borrow() {
+            return Err(SendError::Closed);
+        }
+        let mut up = {
+            let mut links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
+            let link = links
+                .entry(peer)
+                .or_insert_with(|| self.spawn_link(peer, true));
+            if link.tx.is_closed() {
+                *link = self.spawn_link(peer, true);
+            }
+            link.up.clone()
+        };
+        match tokio::time::timeout(wait, up.wait_for(|open| *open)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(SendError::Unreachable(peer)),
+        }
+    }
+
+    /// `keep`: reopen the stream as soon as it ends, not at the next packet.
+    fn spawn_link(&self, peer: PeerId, keep: bool) -> Link {
         let (tx, rx) = mpsc::channel(self.0.queue_len);
-        tokio::spawn(run_link(self.0.clone(), peer, rx));
-        Link { tx }
+        let (up_tx, up) = watch::channel(false);
+        tokio::spawn(run_link(self.0.clone(), peer, rx, up_tx, keep));
+        Link { tx, up }
     }
 }
 
-async fn run_link(inner: Arc<SenderInner>, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn run_link(
+    inner: Arc<SenderInner>,
+    peer: PeerId,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    up: watch::Sender<bool>,
+    keep: bool,
+) {
     let mut control = inner.control.clone();
     let mut stop = inner.stop.clone();
     let metrics = inner.metrics.clone();
@@ -352,13 +393,37 @@ async fn run_link(inner: Arc<SenderInner>, peer: PeerId, mut rx: mpsc::Receiver<
             return;
         };
         metrics.streams_outbound.fetch_add(1, Ordering::Relaxed);
-        let mut w = BufWriter::with_capacity(WRITE_BUFFER, stream);
+        up.send_replace(true);
+        let (mut r, w) = stream.split();
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
+        let mut probe = [0u8; 1];
         loop {
             let first = tokio::select! {
                 _ = stop.changed() => {
                     let _ = w.close().await;
                     metrics.streams_outbound.fetch_sub(1, Ordering::Relaxed);
                     return;
+                }
+                // The peer never writes on a packet stream, so a read that
+                // returns means the stream or its connection ended. A kept
+                // link (the designer's way back in) reopens now, so it is up
+                // when needed; any other idle link ends quietly (the peer
+                // may have left for good) and the next packet starts anew.
+                _ = r.read(&mut probe) => {
+                    up.send_replace(false);
+                    metrics.streams_outbound.fetch_sub(1, Ordering::Relaxed);
+                    if !keep && rx.is_empty() {
+                        debug!(%peer, "packet stream ended by the peer");
+                        rx.close();
+                        while let Ok(p) = rx.try_recv() {
+                            release(&p);
+                            metrics.drop_packet(DropReason::NoRoute);
+                        }
+                        return;
+                    }
+                    info!(%peer, "packet stream ended by the peer; reopening");
+                    tokio::time::sleep(REOPEN_BACKOFF).await;
+                    continue 'reopen;
                 }
                 p = rx.recv() => match p {
                     Some(p) => p,
@@ -407,6 +472,7 @@ async fn run_link(inner: Arc<SenderInner>, peer: PeerId, mut rx: mpsc::Receiver<
                         metrics.drop_packet(DropReason::StreamError);
                     }
                     metrics.streams_outbound.fetch_sub(1, Ordering::Relaxed);
+                    up.send_replace(false);
                     info!(%peer, error = %e, "packet stream broke; reopening");
                     // A peer that accepts streams and then resets them must
                     // not make this task spin.

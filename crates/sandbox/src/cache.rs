@@ -112,7 +112,11 @@ fn artifact_path(engine: &Engine, dir: &Path, name: &str, wasm: &[u8]) -> PathBu
 
 fn store(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     create_private_dir(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per writer, threads included: two sandboxes of one process
+    // compiling the same guest must not rename each other's file away.
+    static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let mut f = open_private(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -135,8 +135,16 @@ impl Endpoint {
         }
     }
 
-    /// Makes `peer` reachable at `addrs` and opens a connection.
-    pub fn connect(&self, peer: PeerId, addrs: &[String]) {
+    /// Makes `peer` reachable at `addrs` and opens the packet link to it,
+    /// waiting up to `wait`. The designer listens nowhere: the cascade's
+    /// ends answer it over this link's connection, which the open stream
+    /// keeps up however long the job pauses.
+    pub fn connect(
+        &self,
+        peer: PeerId,
+        addrs: &[String],
+        wait: Duration,
+    ) -> Result<(), DesignerError> {
         let parsed: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
         self.rt.block_on(async {
             self.swarm.add_addresses(peer, parsed.clone()).await;
@@ -145,7 +153,11 @@ impl Endpoint {
                     .dial(a.with(libp2p::multiaddr::Protocol::P2p(peer)))
                     .await;
             }
-        });
+            self.sender
+                .open_link(peer, wait)
+                .await
+                .map_err(|e| err(format!("connecting to node {peer} at {addrs:?}: {e}")))
+        })
     }
 
     /// Queues a packet to `peer`.

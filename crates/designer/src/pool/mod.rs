@@ -32,6 +32,9 @@ use crate::cascade::{Model, loss_for};
 use endpoint::Endpoint;
 use onion::{Hop, Role, Sent, Slot};
 
+/// How long connecting to a cascade end (dial, Noise, stream) may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
 fn err(m: impl std::fmt::Display) -> DesignerError {
     DesignerError::Pool(m.to_string())
 }
@@ -189,7 +192,7 @@ impl PoolCascade {
         }
         for h in [hops.first(), hops.last()].into_iter().flatten() {
             if let Some(d) = pool.iter().find(|d| d.identity_key == h.node.0) {
-                ep.connect(h.peer, &d.addrs);
+                ep.connect(h.peer, &d.addrs, CONNECT_WAIT)?;
             }
         }
         let class = match opts.class {
