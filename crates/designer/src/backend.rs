@@ -206,6 +206,7 @@ pub fn to_wit_config(c: &TrainConfig) -> mixnn_sandbox::TrainConfig {
             LossKind::SoftmaxCrossEntropy => mixnn_sandbox::LossKind::SoftmaxCrossEntropy,
         },
         need_input_grad: c.need_input_grad,
+        host_kernels: c.host_kernels,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use mixnn_grad::pb;
 use mixnn_layer::{LossKind, Tensor, TrainConfig};
-use mixnn_sandbox::Sandbox;
+use mixnn_sandbox::{GuestKernels, Sandbox};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,26 @@ pub struct BenchOptions {
     /// Only these shard indices (all when `None`). A shard keeps its position
     /// in the cascade, so the first shard still skips the input gradient.
     pub only: Option<Vec<usize>>,
+    /// The guest modes to measure, each against the same native layer.
+    pub modes: Vec<GuestMode>,
+}
+
+/// How the guest computes its matrix products (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMode {
+    /// Everything inside the sandbox; bit-identical on every machine.
+    Wasm,
+    /// Products on the host's native kernels, the rest in the guest.
+    Host,
+}
+
+impl GuestMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestMode::Wasm => "wasm",
+            GuestMode::Host => "host",
+        }
+    }
 }
 
 impl Default for BenchOptions {
@@ -50,6 +70,7 @@ impl Default for BenchOptions {
             iterations: 30,
             seed: 0,
             only: None,
+            modes: vec![GuestMode::Wasm, GuestMode::Host],
         }
     }
 }
@@ -57,7 +78,8 @@ impl Default for BenchOptions {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardBench {
     pub name: String,
-    /// `wasm` (everything inside the sandbox).
+    /// `wasm` (everything inside the sandbox) or `host` (products on the
+    /// host's kernels).
     pub mode: String,
     /// What bounds the shard: `conv`, `matmul` or `other` (SPEC §11 sets a
     /// figure per kind).
@@ -137,6 +159,17 @@ pub fn bench_guest(
             "bench needs at least one batch size, each at least 1".into(),
         ));
     }
+    if opts.modes.is_empty() {
+        return Err(DesignerError::Invalid(
+            "bench needs at least one mode".into(),
+        ));
+    }
+    if opts.modes.contains(&GuestMode::Host) && sandbox.kernels() != GuestKernels::Host {
+        return Err(DesignerError::Invalid(
+            "host mode asked for, but this sandbox lends no host kernels (--guest-kernels wasm)"
+                .into(),
+        ));
+    }
     if opts.iterations == 0 {
         return Err(DesignerError::Invalid(
             "bench needs at least one iteration".into(),
@@ -171,7 +204,14 @@ pub fn bench_guest(
             None => format!("shard{i}"),
         };
         let mut native = NativeLayer::load(i, &bytes, cfg.clone())?;
-        let mut guest = WasmLayer::load(i, sandbox, &bytes, &cfg)?;
+        let mut guests = Vec::new();
+        for &mode in &opts.modes {
+            let cfg = TrainConfig {
+                host_kernels: mode == GuestMode::Host,
+                ..cfg.clone()
+            };
+            guests.push((mode, WasmLayer::load(i, sandbox, &bytes, &cfg)?));
+        }
         for &batch in &opts.batches {
             let mut shape = declared.clone();
             shape[0] = batch;
@@ -187,40 +227,42 @@ pub fn bench_guest(
                     .collect(),
                 shape: z.shape,
             };
-            for _ in 0..WARMUP {
-                round(&mut native, &x, &dz)?;
-                round(&mut guest, &x, &dz)?;
-            }
-            let mut t: [Vec<f64>; 4] = Default::default();
-            let mut left = opts.iterations;
-            while left > 0 {
-                let block = left.min(BLOCK);
-                left -= block;
-                for _ in 0..block {
-                    let (f, b) = round(&mut native, &x, &dz)?;
-                    t[0].push(f);
-                    t[1].push(b);
+            for (mode, guest) in guests.iter_mut() {
+                for _ in 0..WARMUP {
+                    round(&mut native, &x, &dz)?;
+                    round(guest, &x, &dz)?;
                 }
-                for _ in 0..block {
-                    let (f, b) = round(&mut guest, &x, &dz)?;
-                    t[2].push(f);
-                    t[3].push(b);
+                let mut t: [Vec<f64>; 4] = Default::default();
+                let mut left = opts.iterations;
+                while left > 0 {
+                    let block = left.min(BLOCK);
+                    left -= block;
+                    for _ in 0..block {
+                        let (f, b) = round(&mut native, &x, &dz)?;
+                        t[0].push(f);
+                        t[1].push(b);
+                    }
+                    for _ in 0..block {
+                        let (f, b) = round(guest, &x, &dz)?;
+                        t[2].push(f);
+                        t[3].push(b);
+                    }
                 }
+                let [fwd_n, bwd_n, fwd_g, bwd_g] = t.map(|mut v| median(&mut v));
+                let row = ShardBench {
+                    name: name.clone(),
+                    mode: mode.name().into(),
+                    kind: kind_of(op).into(),
+                    batch,
+                    forward_native_us: fwd_n,
+                    forward_guest_us: fwd_g,
+                    backward_native_us: bwd_n,
+                    backward_guest_us: bwd_g,
+                    ratio: (fwd_g + bwd_g) / (fwd_n + bwd_n),
+                };
+                progress(&row);
+                out.push(row);
             }
-            let [fwd_n, bwd_n, fwd_g, bwd_g] = t.map(|mut v| median(&mut v));
-            let row = ShardBench {
-                name: name.clone(),
-                mode: "wasm".into(),
-                kind: kind_of(op).into(),
-                batch,
-                forward_native_us: fwd_n,
-                forward_guest_us: fwd_g,
-                backward_native_us: bwd_n,
-                backward_guest_us: bwd_g,
-                ratio: (fwd_g + bwd_g) / (fwd_n + bwd_n),
-            };
-            progress(&row);
-            out.push(row);
         }
     }
     let limits = sandbox.limits();

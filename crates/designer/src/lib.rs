@@ -14,7 +14,7 @@ mod train;
 
 pub use backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config, to_wit_config};
 pub use bench::{
-    BenchOptions, BenchReport, DEFAULT_BATCHES, ShardBench, bench_guest, render_bench,
+    BenchOptions, BenchReport, DEFAULT_BATCHES, GuestMode, ShardBench, bench_guest, render_bench,
 };
 pub use cascade::{Cascade, Model};
 pub use report::{EpochReport, TrainReport, params_sha256};

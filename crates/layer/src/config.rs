@@ -29,6 +29,11 @@ pub struct TrainConfig {
     pub seed: u64,
     pub loss: LossKind,
     pub need_input_grad: bool,
+    /// Host-kernel mode: matrix products run on the kernel the host lends
+    /// (see `host_kernels`); off is pure-wasm mode, bit-identical on every
+    /// machine. Without an installed kernel (the native engine) it changes
+    /// nothing.
+    pub host_kernels: bool,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +50,7 @@ impl Default for TrainConfig {
             seed: 0,
             loss: LossKind::None,
             need_input_grad: true,
+            host_kernels: true,
         }
     }
 }

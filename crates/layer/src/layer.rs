@@ -205,7 +205,7 @@ impl Layer {
             std::collections::btree_map::Entry::Vacant(e) => {
                 let g = mixnn_grad::loss_graph(kind, n, c);
                 let inputs = [(vec![n, c], DatumType::F32), (vec![n], DatumType::I64)];
-                e.insert(Plan::compile(&g, &inputs)?)
+                e.insert(Plan::compile(&g, &inputs, self.cfg.host_kernels)?)
             }
         };
         let outs = plan.run(vec![Feed::F32(output), Feed::I64(labels)])?;
@@ -303,7 +303,8 @@ impl Layer {
                     .iter()
                     .map(|p| (p.shape.clone(), DatumType::F32)),
             );
-            self.infer.insert(batch, Plan::compile(&g, &inputs)?);
+            self.infer
+                .insert(batch, Plan::compile(&g, &inputs, self.cfg.host_kernels)?);
         }
         let mut feeds = vec![Feed::F32(input)];
         feeds.extend(self.params.iter().map(|p| Feed::Shared(p.value.clone())));
@@ -405,7 +406,7 @@ impl Layer {
         let mut inputs = vec![(shape, DatumType::F32)];
         inputs.extend(g.params.iter().map(|p| (p.shape.clone(), DatumType::F32)));
         inputs.extend(g.masks.iter().map(|m| (m.shape.clone(), DatumType::F32)));
-        let forward = Plan::compile(&g.train_forward, &inputs)?;
+        let forward = Plan::compile(&g.train_forward, &inputs, self.cfg.host_kernels)?;
         // Backward: the forward's inputs, dZ, then the forward's outputs.
         inputs.push((g.output_shape.clone(), DatumType::F32));
         inputs.push((g.output_shape.clone(), DatumType::F32));
@@ -417,7 +418,7 @@ impl Layer {
             };
             (s.shape.clone(), dt)
         }));
-        let backward = Plan::compile(&g.train_backward, &inputs)?;
+        let backward = Plan::compile(&g.train_backward, &inputs, self.cfg.host_kernels)?;
         self.train.insert(
             batch,
             TrainPlans {

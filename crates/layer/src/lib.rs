@@ -11,6 +11,7 @@
 //! to each other.
 
 mod config;
+pub mod host_kernels;
 mod layer;
 mod optimizer;
 mod plans;

@@ -26,9 +26,12 @@ pub(crate) enum Feed<'a> {
 
 impl Plan {
     /// Compiles `model`, fixing each input to the given shape and type.
+    /// With `host_kernels`, 2-D products run on the installed host kernel
+    /// (see [`crate::host_kernels`]); without one installed nothing changes.
     pub fn compile(
         model: &pb::ModelProto,
         inputs: &[(Vec<usize>, DatumType)],
+        host_kernels: bool,
     ) -> Result<Self, LayerError> {
         let mut m = tract_onnx::onnx()
             .model_for_proto_model(model)
@@ -44,7 +47,15 @@ impl Plan {
             m.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.as_slice()))
                 .map_err(|e| LayerError::tract("setting input shape", e))?;
         }
-        let runnable = m
+        let mut typed = m
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(|e| LayerError::tract("typing graph", e))?;
+        if host_kernels {
+            crate::host_kernels::patch(&mut typed)
+                .map_err(|e| LayerError::tract("routing products to the host", e))?;
+        }
+        let runnable = typed
             .into_optimized()
             .map_err(|e| LayerError::tract("optimizing graph", e))?
             .into_runnable()

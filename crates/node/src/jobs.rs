@@ -350,5 +350,6 @@ fn to_guest_config(s: &LayerSpec) -> Result<mixnn_sandbox::TrainConfig, String> 
             other => return Err(format!("unknown loss {other:?}")),
         },
         need_input_grad: s.need_input_grad,
+        host_kernels: s.host_kernels,
     })
 }

@@ -314,6 +314,10 @@ pub struct LayerSpec {
     /// `none`, `nll` or `softmax-ce`.
     pub loss: String,
     pub need_input_grad: bool,
+    /// Host-kernel mode wanted (products on the node's native kernels);
+    /// false demands pure wasm. A node whose operator turned host kernels
+    /// off runs pure wasm either way.
+    pub host_kernels: bool,
     /// Total bytes of the shard that the init chunks carry.
     pub shard_len: u64,
 }

@@ -1,7 +1,7 @@
 //! One guest instance: a store, its limits, and typed calls into the
 //! `mixnn:layer` world.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
@@ -17,6 +17,11 @@ pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// The operator lends host kernels (see `kernels`).
+    pub(crate) host_kernels: bool,
+    /// When the running call's CPU time is up; host kernels stop there too.
+    pub(crate) deadline: Instant,
+    pub(crate) memory_bytes: usize,
 }
 
 impl WasiView for GuestState {
@@ -46,6 +51,7 @@ impl GuestLayer {
         linker: &Linker<GuestState>,
         guest: &CompiledGuest,
         limits: &Limits,
+        host_kernels: bool,
     ) -> Result<Self, SandboxError> {
         let state = GuestState {
             wasi: wasi::empty_ctx(),
@@ -58,6 +64,9 @@ impl GuestLayer {
                 .table_elements(1 << 20)
                 .trap_on_grow_failure(true)
                 .build(),
+            host_kernels,
+            deadline: Instant::now() + limits.call_timeout,
+            memory_bytes: limits.memory_bytes,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -96,6 +105,7 @@ impl GuestLayer {
             return Err(SandboxError::Poisoned { call });
         }
         self.store.set_epoch_deadline(ticks(self.call_timeout));
+        self.store.data_mut().deadline = Instant::now() + self.call_timeout;
         match f(&self.bindings, &mut self.store) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(message)) => Err(SandboxError::Guest { call, message }),
@@ -126,7 +136,12 @@ impl GuestLayer {
     }
 
     pub fn load(&mut self, shard: &[u8], config: &TrainConfig) -> Result<LayerInfo, SandboxError> {
-        self.call("load", |b, s| b.call_load(s, shard, *config))
+        // A job may ask for host kernels; the operator may refuse them all.
+        let config = TrainConfig {
+            host_kernels: config.host_kernels && self.store.data().host_kernels,
+            ..*config
+        };
+        self.call("load", |b, s| b.call_load(s, shard, config))
     }
 
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, SandboxError> {

@@ -12,6 +12,7 @@
 
 mod cache;
 mod guest;
+pub mod kernels;
 mod wasi;
 
 use std::path::PathBuf;
@@ -84,9 +85,21 @@ impl Default for Limits {
     }
 }
 
+/// Whether guests may borrow the host's matrix kernels (`--guest-kernels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestKernels {
+    /// Host-kernel mode where the job asks for it (the default).
+    #[default]
+    Host,
+    /// Pure wasm for every job: the operator lends no arithmetic.
+    Wasm,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SandboxOptions {
     pub limits: Limits,
+    /// Whether jobs may run their products on host kernels.
+    pub kernels: GuestKernels,
     /// Where compiled guests are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -149,6 +162,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<guest::GuestState>,
     limits: Limits,
+    kernels: GuestKernels,
     cache_dir: Option<PathBuf>,
     /// Built-in guests, compiled (or loaded from the cache) on first use: a
     /// relay-only node never pays for the 19 MB standard guest.
@@ -182,6 +196,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        kernels::add_to_linker(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), stop_ticker.clone())?;
@@ -190,6 +205,7 @@ impl Sandbox {
             engine,
             linker,
             limits: opts.limits,
+            kernels: opts.kernels,
             cache_dir: opts.cache_dir,
             standard: OnceLock::new(),
             relay: OnceLock::new(),
@@ -200,6 +216,11 @@ impl Sandbox {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether this sandbox lends host kernels.
+    pub fn kernels(&self) -> GuestKernels {
+        self.kernels
     }
 
     /// Compiles (or loads from the cache) any component, e.g. another guest
@@ -229,7 +250,13 @@ impl Sandbox {
 
     /// A fresh instance with its own store, memory cap and CPU deadline.
     pub fn instantiate(&self, guest: &CompiledGuest) -> Result<GuestLayer, SandboxError> {
-        GuestLayer::new(&self.engine, &self.linker, guest, &self.limits)
+        GuestLayer::new(
+            &self.engine,
+            &self.linker,
+            guest,
+            &self.limits,
+            self.kernels == GuestKernels::Host,
+        )
     }
 }
 

@@ -20,6 +20,7 @@ fn config() -> TrainConfig {
         seed: 0,
         loss: LossKind::None,
         need_input_grad: true,
+        host_kernels: true,
     }
 }
 
@@ -30,6 +31,7 @@ fn sandbox(memory_bytes: usize, call_timeout: Duration) -> Sandbox {
             call_timeout,
         },
         cache_dir: None,
+        ..Default::default()
     };
     Sandbox::new(opts).expect("sandbox starts")
 }
@@ -160,6 +162,7 @@ fn second_start_loads_the_cached_compiled_guest() {
     let opts = SandboxOptions {
         limits: Limits::default(),
         cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
     };
     let t = Instant::now();
     let sb = Sandbox::new(opts.clone()).unwrap();
@@ -194,8 +197,65 @@ fn second_start_loads_the_cached_compiled_guest() {
     let opts = SandboxOptions {
         limits: Limits::default(),
         cache_dir: Some(dir.path().join("cache")),
+        ..Default::default()
     };
     let sb = Sandbox::new(opts).unwrap();
     assert!(!sb.guest(GuestKind::Relay).unwrap().from_cache());
     still_serves(&sb);
+}
+
+/// The host-kernel interface under abuse: every bad argument is an error or
+/// a trap of that one instance, never a host crash or an out-of-bounds read,
+/// and the sandbox goes on serving. (An output overlapping an operand cannot
+/// be asked for: the host returns a fresh list the guest's allocator places.)
+#[test]
+fn hostile_arguments_to_host_kernels_are_refused() {
+    let sb = sandbox(256 << 20, Duration::from_secs(10));
+    let hostile = sb
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
+    let answer = |mode: &[u8]| {
+        let mut g = sb.instantiate(&hostile).expect("instantiates");
+        g.load(mode, &config())
+            .expect_err("the hostile guest reports")
+    };
+    let msg = |e: SandboxError| e.to_string();
+
+    let ok = msg(answer(b"kernel-ok"));
+    assert!(ok.contains("product [19.0, 22.0, 43.0, 50.0]"), "{ok}");
+
+    let dims = msg(answer(b"kernel-dims"));
+    assert!(
+        dims.contains("refused: operand A holds 6 values, the dimensions need 8"),
+        "{dims}"
+    );
+
+    let huge = msg(answer(b"kernel-huge"));
+    assert!(
+        huge.contains("refused:") && huge.contains("exceed the host's limit"),
+        "{huge}"
+    );
+
+    // Operands outside linear memory: wasmtime refuses to lift the list, so
+    // the host function never runs; the instance traps and is poisoned.
+    match answer(b"kernel-outside") {
+        SandboxError::Trap { message, .. } => {
+            assert!(message.contains("out of bounds"), "{message}")
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    still_serves(&sb);
+
+    // An operator who lends no host kernels: the same call is refused.
+    let off = Sandbox::new(SandboxOptions {
+        kernels: mixnn_sandbox::GuestKernels::Wasm,
+        ..Default::default()
+    })
+    .expect("sandbox");
+    let hostile = off
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
+    let mut g = off.instantiate(&hostile).expect("instantiates");
+    let e = msg(g.load(b"kernel-ok", &config()).expect_err("reports"));
+    assert!(e.contains("refused: host kernels are turned off"), "{e}");
 }

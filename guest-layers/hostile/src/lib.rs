@@ -2,6 +2,11 @@
 //! like an honest layer, but `load` misbehaves as its shard bytes ask:
 //! `loop` spins forever, `alloc` allocates until something gives, `trap`
 //! executes `unreachable`, `ok` loads fine (then `forward` echoes its input).
+//! The `kernel-*` modes abuse the host's product kernel: `kernel-dims`
+//! (lengths that do not match the dimensions), `kernel-huge` (absurd
+//! dimensions), `kernel-outside` (operands outside linear memory); and
+//! `kernel-ok` computes a small product honestly. Each reports what the host
+//! answered as its error message.
 //! The sandbox must turn each into a clear error and keep serving.
 
 wit_bindgen::generate!({ world: "layer", path: "../../wit" });
@@ -33,6 +38,13 @@ fn hoard() -> usize {
     }
 }
 
+fn answer(r: Result<Vec<f32>, String>) -> String {
+    match r {
+        Ok(c) => format!("product {c:?}"),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
 impl Guest for HostileGuest {
     fn load(shard: Vec<u8>, _cfg: types::TrainConfig) -> Result<types::LayerInfo, String> {
         match shard.as_slice() {
@@ -40,6 +52,21 @@ impl Guest for HostileGuest {
             b"alloc" => Err(format!("unreachable {}", hoard())),
             b"trap" => std::process::abort(),
             b"ok" => Ok(types::LayerInfo { params: vec![], param_count: 0, output_shape: vec![] }),
+            b"kernel-dims" => Err(answer(mixnn::layer::kernels::matmul(&[0; 6], &[0; 6], 2, 4, 3, false, false))),
+            b"kernel-huge" => {
+                Err(answer(mixnn::layer::kernels::matmul(&[0; 6], &[0; 6], u32::MAX, u32::MAX, u32::MAX, false, true)))
+            }
+            b"kernel-outside" => {
+                // SAFETY: none, on purpose: the slice points past the end of
+                // linear memory and is never read here; the binding passes
+                // only its address and length to the host.
+                let far = unsafe { std::slice::from_raw_parts(0xFFF0_0000usize as *const u32, 1 << 20) };
+                Err(answer(mixnn::layer::kernels::matmul(far, far, 1024, 1024, 1024, false, false)))
+            }
+            b"kernel-ok" => {
+                let (a, b) = ([1.0f32, 2.0, 3.0, 4.0], [5.0f32, 6.0, 7.0, 8.0]);
+                Err(answer(mixnn::layer::kernels::matmul(&a.map(f32::to_bits), &b.map(f32::to_bits), 2, 2, 2, false, false)))
+            }
             _ => Err("hostile guest: unknown mode".into()),
         }
     }

@@ -63,11 +63,40 @@ fn config(c: types::TrainConfig) -> TrainConfig {
             types::LossKind::SoftmaxCrossEntropy => LossKind::SoftmaxCrossEntropy,
         },
         need_input_grad: c.need_input_grad,
+        host_kernels: c.host_kernels,
     }
+}
+
+/// The host's product kernel, as `mixnn-layer` calls it in host-kernel mode.
+fn host_matmul(
+    a: &[f32],
+    b: &[f32],
+    d: mixnn_layer::host_kernels::MatMulDims,
+) -> Result<Vec<f32>, String> {
+    let dim = |v: usize| u32::try_from(v).map_err(|_| format!("dimension {v} too large"));
+    bindings::mixnn::layer::kernels::matmul(
+        bits(a),
+        bits(b),
+        dim(d.m)?,
+        dim(d.k)?,
+        dim(d.n)?,
+        d.a_trans,
+        d.b_trans,
+    )
+}
+
+/// f32 values as their bit patterns, in place (the host reads them there).
+fn bits(x: &[f32]) -> &[u32] {
+    // SAFETY: same size and alignment, every bit pattern valid for both.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), x.len()) }
 }
 
 impl Guest for StandardGuest {
     fn load(shard: Vec<u8>, cfg: types::TrainConfig) -> Result<types::LayerInfo, String> {
+        if cfg.host_kernels {
+            let limit = bindings::mixnn::layer::kernels::matmul_limit();
+            mixnn_layer::host_kernels::install_host_matmul(host_matmul, limit);
+        }
         let (layer, info) = Layer::load(&shard, config(cfg)).map_err(err)?;
         LAYER.with(|l| *l.borrow_mut() = Some(layer));
         Ok(types::LayerInfo {

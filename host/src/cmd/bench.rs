@@ -29,6 +29,10 @@ pub struct GuestBenchArgs {
     /// Timed iterations per measurement, after 3 warm-up runs.
     #[arg(long, default_value_t = 30)]
     pub iterations: usize,
+    /// Guest modes to measure, comma-separated: `wasm` (pure wasm) and
+    /// `host` (products on host kernels).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [super::KernelsArg::Wasm, super::KernelsArg::Host])]
+    pub mode: Vec<super::KernelsArg>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Write the JSON report here.
@@ -53,11 +57,17 @@ fn guest(a: GuestBenchArgs) -> Result<()> {
         iterations: a.iterations,
         seed: a.seed,
         only: (!a.shard.is_empty()).then_some(a.shard),
+        modes: (a.mode.iter())
+            .map(|m| match m {
+                super::KernelsArg::Wasm => mixnn_designer::GuestMode::Wasm,
+                super::KernelsArg::Host => mixnn_designer::GuestMode::Host,
+            })
+            .collect(),
     };
     let mut progress = |b: &ShardBench| {
         eprintln!(
-            "measured {} at batch {} (ratio {:.2}x)",
-            b.name, b.batch, b.ratio
+            "measured {} in {} mode at batch {} (ratio {:.2}x)",
+            b.name, b.mode, b.batch, b.ratio
         )
     };
     let report = mixnn_designer::bench_guest(&shards, &opts, &sandbox, &mut progress)?;

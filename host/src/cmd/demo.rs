@@ -115,6 +115,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
+    opts.config.host_kernels = a.sandbox.host_kernels();
     opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
     let (class, packet_len) = job_class(&shards, &[opts.batch, opts.eval_batch])?;
     println!(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mixnn_sandbox::{Limits, Sandbox, SandboxOptions};
+use mixnn_sandbox::{GuestKernels, Limits, Sandbox, SandboxOptions};
 
 /// Sandbox limits, shared by every command that runs guests.
 #[derive(Args, Clone, Debug)]
@@ -33,6 +33,20 @@ pub struct SandboxArgs {
     /// Compile the guests on every start instead of using the cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Where guests compute matrix products. `host`: on this machine's
+    /// native kernels, reading the operands in place from the guest's
+    /// memory (fast; results differ from pure wasm by float rounding).
+    /// `wasm`: everything inside the sandbox, bit-identical on every
+    /// machine. On a node this is what the operator lends; a designer's
+    /// `wasm` demands pure wasm from every node of its job.
+    #[arg(long, value_enum, default_value_t = KernelsArg::Host)]
+    pub guest_kernels: KernelsArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelsArg {
+    Host,
+    Wasm,
 }
 
 impl SandboxArgs {
@@ -48,7 +62,21 @@ impl SandboxArgs {
             memory_bytes: self.guest_memory_mib.saturating_mul(1 << 20),
             call_timeout: Duration::from_secs(self.guest_call_timeout_s),
         };
-        Sandbox::new(SandboxOptions { limits, cache_dir }).context("starting the wasm sandbox")
+        let kernels = match self.guest_kernels {
+            KernelsArg::Host => GuestKernels::Host,
+            KernelsArg::Wasm => GuestKernels::Wasm,
+        };
+        Sandbox::new(SandboxOptions {
+            limits,
+            kernels,
+            cache_dir,
+        })
+        .context("starting the wasm sandbox")
+    }
+
+    /// Whether the layers this process configures ask for host kernels.
+    pub fn host_kernels(&self) -> bool {
+        self.guest_kernels == KernelsArg::Host
     }
 }
 

@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// $XDG_CACHE_HOME/mixnn or ~/.cache/mixnn).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Lend this machine's native matrix kernels to the jobs that ask
+    /// (`host`), or run every job in pure wasm (`wasm`).
+    #[arg(long, value_enum, default_value_t = super::KernelsArg::Host)]
+    pub guest_kernels: super::KernelsArg,
 }
 
 impl NodeArgs {
@@ -119,6 +123,7 @@ pub fn run(a: NodeArgs) -> Result<()> {
         guest_call_timeout_s: cfg.guest_call_secs,
         cache_dir: a.cache_dir.clone(),
         no_cache: false,
+        guest_kernels: a.guest_kernels,
     }
     .sandbox()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

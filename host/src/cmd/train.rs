@@ -151,6 +151,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
     let mut opts = a.recipe.options(engine, a.model.display().to_string());
+    opts.config.host_kernels = a.sandbox.host_kernels();
     let (report, shards) = if a.local {
         train_model(&model, &data, &opts, &a.sandbox, a.export.as_deref())?
     } else {

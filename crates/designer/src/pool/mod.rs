@@ -542,6 +542,7 @@ fn spec(kind: LayerKind, c: &TrainConfig, shard_len: usize) -> LayerSpec {
         }
         .into(),
         need_input_grad: c.need_input_grad,
+        host_kernels: c.host_kernels,
         shard_len: shard_len as u64,
     }
 }

@@ -1,0 +1,284 @@
+//! The host side of `mixnn:layer/kernels`: matrix products a guest borrows
+//! in host-kernel mode.
+//!
+//! The guest keeps its graph, parameters and control flow; it hands the
+//! host two operands that stay in its own linear memory. wasmtime checks
+//! that each list lies inside that memory before the host sees it, and this
+//! module checks everything else before touching a number: dimensions
+//! against list lengths, the work of one call against [`MATMUL_LIMIT`], the
+//! result against the instance's memory cap. The product runs in row chunks
+//! on this thread (single-threaded, so deterministic on one machine), and
+//! the call's CPU deadline is checked between chunks: a host call cannot
+//! outlive the deadline the epoch ticker enforces on wasm code.
+//!
+//! Failures the guest may cause (bad arguments) are returned to it as
+//! errors; only a passed deadline traps, exactly like the epoch deadline.
+
+use std::time::Instant;
+
+use wasmtime::component::{Linker, WasmList};
+use wasmtime::{StoreContextMut, Trap};
+
+use crate::guest::GuestState;
+
+/// Largest m · k · n one call computes (about 0.1 s on one core here).
+pub const MATMUL_LIMIT: u64 = 1 << 32;
+/// Multiply-adds per chunk between two deadline checks (about 0.3 ms).
+const CHUNK_WORK: u64 = 1 << 24;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("host kernels read f32 operands in place from little-endian wasm memory");
+
+/// Why a product was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    #[error("host kernels are turned off on this node")]
+    Off,
+    #[error("a dimension is zero (m={m}, k={k}, n={n})")]
+    Empty { m: usize, k: usize, n: usize },
+    #[error("{m}·{k}·{n} multiply-adds exceed the host's limit of {MATMUL_LIMIT} per call")]
+    TooMuchWork { m: usize, k: usize, n: usize },
+    #[error("a {m}×{n} result exceeds the instance's memory cap")]
+    TooLarge { m: usize, n: usize },
+    #[error("operand {which} holds {got} values, the dimensions need {want}")]
+    Length {
+        which: char,
+        got: usize,
+        want: usize,
+    },
+    #[error("the call's CPU deadline passed")]
+    Deadline,
+}
+
+/// The shape of one product as the guest states it (see `wit/layer.wit`).
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a_trans: bool,
+    pub b_trans: bool,
+}
+
+/// Checks `p` against the operands and limits; computes C = op(A) · op(B)
+/// (m × n, row-major) in chunks, giving up at `deadline`.
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    p: Product,
+    max_result_values: usize,
+    deadline: Instant,
+) -> Result<Vec<f32>, KernelError> {
+    let Product { m, k, n, .. } = p;
+    if m == 0 || k == 0 || n == 0 {
+        return Err(KernelError::Empty { m, k, n });
+    }
+    let work = (m as u64)
+        .checked_mul(k as u64)
+        .and_then(|w| w.checked_mul(n as u64))
+        .filter(|&w| w <= MATMUL_LIMIT)
+        .ok_or(KernelError::TooMuchWork { m, k, n })?;
+    // Both below fit: each factor is at most MATMUL_LIMIT.
+    let (len_a, len_b, len_c) = (m * k, k * n, m * n);
+    if len_c > max_result_values {
+        return Err(KernelError::TooLarge { m, n });
+    }
+    for (which, got, want) in [('A', a.len(), len_a), ('B', b.len(), len_b)] {
+        if got != want {
+            return Err(KernelError::Length { which, got, want });
+        }
+    }
+    let (rsa, csa) = if p.a_trans { (1, m) } else { (k, 1) };
+    let (rsb, csb) = if p.b_trans { (1, k) } else { (n, 1) };
+    let mut c = vec![0f32; len_c];
+    let rows_per_chunk = ((CHUNK_WORK / (work / m as u64).max(1)) as usize).clamp(1, m);
+    let mut row = 0;
+    while row < m {
+        if Instant::now() >= deadline {
+            return Err(KernelError::Deadline);
+        }
+        let rows = rows_per_chunk.min(m - row);
+        // SAFETY: the lengths of `a`, `b` and `c` were checked against m, k
+        // and n above, so for rows `row..row + rows` every element the
+        // strides address lies inside its slice; `c`'s chunk is written by
+        // this call alone.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                n,
+                1.0,
+                a.as_ptr().add(row * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                0.0,
+                c.as_mut_ptr().add(row * n),
+                n as isize,
+                1,
+            );
+        }
+        row += rows;
+    }
+    Ok(c)
+}
+
+/// Registers `mixnn:layer/kernels` by hand rather than through `bindgen!`'s
+/// trait: the generated signature would copy both operands into host
+/// vectors, while [`WasmList`] lets the host read them where they are.
+pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    let mut kernels = linker.instance("mixnn:layer/kernels@0.1.0")?;
+    kernels.func_wrap("matmul-limit", |_store, (): ()| Ok((MATMUL_LIMIT,)))?;
+    kernels.func_wrap(
+        "matmul",
+        |store: StoreContextMut<'_, GuestState>,
+         (a, b, m, k, n, a_trans, b_trans): (
+            WasmList<u32>,
+            WasmList<u32>,
+            u32,
+            u32,
+            u32,
+            bool,
+            bool,
+        )| {
+            let p = Product {
+                m: m as usize,
+                k: k as usize,
+                n: n as usize,
+                a_trans,
+                b_trans,
+            };
+            let state = store.data();
+            let (allowed, deadline, cap) = (
+                state.host_kernels,
+                state.deadline,
+                state.memory_bytes / std::mem::size_of::<f32>(),
+            );
+            if !allowed {
+                return Ok((Err(KernelError::Off.to_string()),));
+            }
+            let result = matmul(
+                as_f32(a.as_le_slice(&store)),
+                as_f32(b.as_le_slice(&store)),
+                p,
+                cap,
+                deadline,
+            );
+            match result {
+                Ok(c) => Ok((Ok(c),)),
+                // The epoch deadline traps wasm code; a host call past it
+                // ends the same way.
+                Err(KernelError::Deadline) => Err(Trap::Interrupt.into()),
+                Err(e) => Ok((Err(e.to_string()),)),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// f32 bit patterns as f32 values, in place.
+fn as_f32(bits: &[u32]) -> &[f32] {
+    // SAFETY: u32 and f32 have the same size and alignment and every bit
+    // pattern is a valid f32; the slice's lifetime carries over.
+    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<f32>(), bits.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn naive(a: &[f32], b: &[f32], p: Product) -> Vec<f32> {
+        let at = |i: usize, q: usize| {
+            if p.a_trans {
+                a[q * p.m + i]
+            } else {
+                a[i * p.k + q]
+            }
+        };
+        let bt = |q: usize, j: usize| {
+            if p.b_trans {
+                b[j * p.k + q]
+            } else {
+                b[q * p.n + j]
+            }
+        };
+        let mut c = vec![0f32; p.m * p.n];
+        for i in 0..p.m {
+            for j in 0..p.n {
+                c[i * p.n + j] = (0..p.k).map(|q| at(i, q) * bt(q, j)).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn every_layout_matches_the_textbook_product() {
+        let (m, k, n) = (37, 300, 19);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        for a_trans in [false, true] {
+            for b_trans in [false, true] {
+                let p = Product {
+                    m,
+                    k,
+                    n,
+                    a_trans,
+                    b_trans,
+                };
+                let got = matmul(&a, &b, p, usize::MAX, later()).expect("product");
+                // Small integers: exact in f32 whatever the summation order.
+                assert_eq!(got, naive(&a, &b, p), "{p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_arguments_are_refused() {
+        let a = vec![1.0f32; 6];
+        let p = |m, k, n| Product {
+            m,
+            k,
+            n,
+            a_trans: false,
+            b_trans: false,
+        };
+        let e = |r: Result<Vec<f32>, KernelError>| r.expect_err("refused");
+        assert_eq!(
+            e(matmul(&a, &a, p(2, 4, 3), usize::MAX, later())),
+            KernelError::Length {
+                which: 'A',
+                got: 6,
+                want: 8
+            }
+        );
+        assert!(matches!(
+            e(matmul(
+                &a,
+                &a,
+                p(u32::MAX as usize, u32::MAX as usize, 2),
+                usize::MAX,
+                later()
+            )),
+            KernelError::TooMuchWork { .. }
+        ));
+        assert!(matches!(
+            e(matmul(&a, &a, p(0, 3, 2), usize::MAX, later())),
+            KernelError::Empty { .. }
+        ));
+        assert!(matches!(
+            e(matmul(&a, &a, p(1 << 20, 1, 1 << 11), 1 << 20, later())),
+            KernelError::TooLarge { .. }
+        ));
+        assert_eq!(
+            e(matmul(&a, &a, p(2, 3, 2), usize::MAX, Instant::now())),
+            KernelError::Deadline
+        );
+    }
+}
