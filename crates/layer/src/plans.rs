@@ -49,9 +49,13 @@ impl Plan {
         }
         let mut typed = m
             .into_typed()
-            .and_then(|m| m.into_decluttered())
             .map_err(|e| LayerError::tract("typing graph", e))?;
-        if host_kernels {
+        // Products are recognised in their decluttered form; the pure-wasm
+        // path skips this (optimising declutters anyway) and stays as it was.
+        if host_kernels && crate::host_kernels::host_matmul_installed() {
+            typed = typed
+                .into_decluttered()
+                .map_err(|e| LayerError::tract("decluttering graph", e))?;
             crate::host_kernels::patch(&mut typed)
                 .map_err(|e| LayerError::tract("routing products to the host", e))?;
         }

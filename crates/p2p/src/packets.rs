@@ -257,6 +257,9 @@ struct Link {
     tx: mpsc::Sender<Vec<u8>>,
     /// True while the link's stream is open.
     up: watch::Receiver<bool>,
+    /// Reopens as soon as its stream ends (see [`PacketSender::open_link`]);
+    /// a restarted link keeps this.
+    keep: bool,
 }
 
 struct SenderInner {
@@ -312,14 +315,11 @@ impl PacketSender {
             return Err(SendError::QueueFull(to));
         }
         let mut links = inner.links.lock().unwrap_or_else(|p| p.into_inner());
-        let link = links
-            .entry(to)
-            .or_insert_with(|| self.spawn_link(to, false));
+        let link = self.live_link(&mut links, to, false);
         let result = match link.tx.try_send(packet) {
+            // The task ended between the check and the send: once more.
             Err(mpsc::error::TrySendError::Closed(p)) => {
-                // The link task ended (its peer was unreachable, or left);
-                // start anew.
-                *link = self.spawn_link(to, false);
+                *link = self.spawn_link(to, link.keep);
                 link.tx.try_send(p)
             }
             other => other,
@@ -347,13 +347,7 @@ impl PacketSender {
         }
         let mut up = {
             let mut links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
-            let link = links
-                .entry(peer)
-                .or_insert_with(|| self.spawn_link(peer, true));
-            if link.tx.is_closed() {
-                *link = self.spawn_link(peer, true);
-            }
-            link.up.clone()
+            self.live_link(&mut links, peer, true).up.clone()
         };
         match tokio::time::timeout(wait, up.wait_for(|open| *open)).await {
             Ok(Ok(_)) => Ok(()),
@@ -361,12 +355,30 @@ impl PacketSender {
         }
     }
 
+    /// The link to `peer`, started, or restarted if its task ended (its
+    /// peer was unreachable, or left). `keep` applies to a new link; a
+    /// restarted one keeps its own.
+    fn live_link<'a>(
+        &self,
+        links: &'a mut HashMap<PeerId, Link>,
+        peer: PeerId,
+        keep: bool,
+    ) -> &'a mut Link {
+        let link = links
+            .entry(peer)
+            .or_insert_with(|| self.spawn_link(peer, keep));
+        if link.tx.is_closed() {
+            *link = self.spawn_link(peer, link.keep);
+        }
+        link
+    }
+
     /// `keep`: reopen the stream as soon as it ends, not at the next packet.
     fn spawn_link(&self, peer: PeerId, keep: bool) -> Link {
         let (tx, rx) = mpsc::channel(self.0.queue_len);
         let (up_tx, up) = watch::channel(false);
         tokio::spawn(run_link(self.0.clone(), peer, rx, up_tx, keep));
-        Link { tx, up }
+        Link { tx, up, keep }
     }
 }
 

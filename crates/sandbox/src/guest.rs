@@ -21,6 +21,7 @@ pub(crate) struct GuestState {
     pub(crate) host_kernels: bool,
     /// When the running call's CPU time is up; host kernels stop there too.
     pub(crate) deadline: Instant,
+    /// The instance's memory cap (also what a host-kernel result may use).
     pub(crate) memory_bytes: usize,
 }
 
@@ -40,7 +41,6 @@ pub struct GuestLayer {
     store: Store<GuestState>,
     bindings: Layer,
     name: String,
-    memory_limit: usize,
     call_timeout: Duration,
     poisoned: bool,
 }
@@ -81,7 +81,6 @@ impl GuestLayer {
             store,
             bindings,
             name: guest.name.clone(),
-            memory_limit: limits.memory_bytes,
             call_timeout: limits.call_timeout,
             poisoned: false,
         })
@@ -118,12 +117,12 @@ impl GuestLayer {
                     },
                     Some(Trap::AllocationTooLarge) => SandboxError::OutOfMemory {
                         call,
-                        limit: self.memory_limit,
+                        limit: self.store.data().memory_bytes,
                     },
                     _ if format!("{e:#}").contains("forcing trap when growing memory") => {
                         SandboxError::OutOfMemory {
                             call,
-                            limit: self.memory_limit,
+                            limit: self.store.data().memory_bytes,
                         }
                     }
                     _ => SandboxError::Trap {
