@@ -94,6 +94,38 @@ fn wasm_runs_reproduce_bit_for_bit_and_agree_with_native() {
     assert_ne!(c.params_sha256, a.params_sha256);
 }
 
+/// Both guest modes on one full epoch: pure wasm (every product inside the
+/// sandbox) is bit-identical from run to run, and agrees with host-kernel
+/// mode and with native up to float rounding.
+#[test]
+fn pure_wasm_mode_reproduces_and_agrees_with_host_kernels() {
+    let model = mixnn_shard::mlp(7, 64, Form::Gemm);
+    let sb = sandbox();
+    let mut pure = opts(EngineKind::Wasm, 7, None, None);
+    pure.config.host_kernels = false;
+    let (a, _, _) = train(&model, &pure, Some(&sb));
+    let (b, _, _) = train(&model, &pure, Some(&sb));
+    assert_eq!(
+        a.params_sha256, b.params_sha256,
+        "pure wasm is deterministic"
+    );
+    let (h, _, _) = train(&model, &opts(EngineKind::Wasm, 7, None, None), Some(&sb));
+    let (n, _, _) = train(&model, &opts(EngineKind::Native, 7, None, None), None);
+    assert_ne!(
+        a.params_sha256, h.params_sha256,
+        "host kernels change the rounding, so the modes really differ"
+    );
+    for other in [&h, &n] {
+        let diff = (a.final_test_accuracy - other.final_test_accuracy).abs();
+        assert!(
+            diff < 0.001,
+            "pure {} vs {}",
+            a.final_test_accuracy,
+            other.final_test_accuracy
+        );
+    }
+}
+
 #[test]
 fn lenet5_trains_with_adam_in_guests() {
     let model = mixnn_shard::lenet5(3, 64, Form::Gemm);
