@@ -84,21 +84,9 @@ impl EvalOp for HostMatMul {
     not_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let Some(installed) = KERNEL.get() else {
-            bail!("HostMatMul without a host kernel installed");
-        };
         let a = f32s(&inputs[self.a_input])?;
         let b = f32s(&inputs[1 - self.a_input])?;
-        let d = self.dims;
-        let c = (installed.kernel)(a, b, d).map_err(|e| format_err!("host matmul: {e}"))?;
-        if c.len() != d.m * d.n {
-            bail!(
-                "host matmul returned {} values for {}×{}",
-                c.len(),
-                d.m,
-                d.n
-            );
-        }
+        let c = call_kernel(a, b, self.dims)?;
         let c = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(&*self.out_shape, c)?;
         Ok(tvec!(c.into_tvalue()))
     }
@@ -112,31 +100,53 @@ impl TypedOp for HostMatMul {
     as_op!();
 }
 
+/// One product on the installed kernel, its result checked for size.
+pub(crate) fn call_kernel(a: &[f32], b: &[f32], d: MatMulDims) -> TractResult<Vec<f32>> {
+    let Some(installed) = KERNEL.get() else {
+        bail!("a host product without a host kernel installed");
+    };
+    let c = (installed.kernel)(a, b, d).map_err(|e| format_err!("host matmul: {e}"))?;
+    if c.len() != d.m * d.n {
+        bail!(
+            "host matmul returned {} values for {}×{}",
+            c.len(),
+            d.m,
+            d.n
+        );
+    }
+    Ok(c)
+}
+
 fn f32s(t: &Tensor) -> TractResult<&[f32]> {
     t.try_as_plain_ram()?.as_slice::<f32>()
 }
 
 /// Replaces every eligible product of `model` (decluttered, not yet
-/// optimised) by a [`HostMatMul`]; returns how many. Nothing happens when no
-/// kernel is installed.
+/// optimised) by a [`HostMatMul`], and every eligible convolution by its
+/// host-product form ([`crate::host_conv`]); returns how many. Nothing
+/// happens when no kernel is installed.
 pub(crate) fn patch(model: &mut TypedModel) -> TractResult<usize> {
     let Some(installed) = KERNEL.get() else {
         return Ok(0);
     };
     let mut replaced = 0;
     for id in 0..model.nodes.len() {
-        let Some(es) = model.nodes[id].op_as::<EinSum>() else {
-            continue;
-        };
-        let op = {
+        let op: Option<Box<dyn TypedOp>> = {
+            let node = &model.nodes[id];
             let facts = model.node_input_facts(id)?;
             let out = model.outlet_fact(OutletId::new(id, 0))?;
-            eligible(es, &facts, out, installed.limit)
+            match node.op_as::<EinSum>() {
+                Some(es) => eligible(es, &facts, out, installed.limit).map(|op| Box::new(op) as _),
+                None if node.outputs.len() == 1 => {
+                    crate::host_conv::replacement(node.op.as_ref(), &facts, out, installed.limit)
+                }
+                None => None,
+            }
         };
         let Some(op) = op else {
             continue;
         };
-        model.nodes[id].op = Box::new(op);
+        model.nodes[id].op = op;
         replaced += 1;
     }
     Ok(replaced)
