@@ -11,6 +11,7 @@
 //! to each other.
 
 mod config;
+mod guest_ops;
 mod host_conv;
 pub mod host_kernels;
 mod layer;

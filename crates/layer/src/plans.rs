@@ -58,6 +58,8 @@ impl Plan {
                 .map_err(|e| LayerError::tract("decluttering graph", e))?;
             crate::host_kernels::patch(&mut typed)
                 .map_err(|e| LayerError::tract("routing products to the host", e))?;
+            crate::guest_ops::patch(&mut typed)
+                .map_err(|e| LayerError::tract("replacing slow guest ops", e))?;
         }
         let runnable = typed
             .into_optimized()
