@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub workers: usize,
     /// CPU time bound of one guest call, in seconds.
     pub guest_call_secs: u64,
+    /// Lend this machine's native matrix kernels to the guests of jobs that
+    /// ask for them; `false` runs every job in pure wasm.
+    pub host_kernels: bool,
     /// A job nobody used for this long is forgotten.
     pub job_idle_secs: u64,
     /// Largest shard a job may deploy, in bytes.
@@ -95,6 +98,7 @@ impl Default for NodeConfig {
             outbound_queue_bytes: 256 << 20,
             workers: 2,
             guest_call_secs: 60,
+            host_kernels: true,
             job_idle_secs: 900,
             max_shard_bytes: 256 << 20,
             cover_loop_ms: 1000,

@@ -64,9 +64,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Lend this machine's native matrix kernels to the jobs that ask
-    /// (`host`), or run every job in pure wasm (`wasm`).
-    #[arg(long, value_enum, default_value_t = super::KernelsArg::Host)]
-    pub guest_kernels: super::KernelsArg,
+    /// (`host`), or run every job in pure wasm (`wasm`). Default: the
+    /// config's `host_kernels` (true: `host`).
+    #[arg(long, value_enum)]
+    pub guest_kernels: Option<super::KernelsArg>,
 }
 
 impl NodeArgs {
@@ -111,6 +112,9 @@ impl NodeArgs {
         if let Some(c) = self.cover_class {
             cfg.cover_class = c;
         }
+        if let Some(k) = self.guest_kernels {
+            cfg.host_kernels = k == super::KernelsArg::Host;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -123,7 +127,11 @@ pub fn run(a: NodeArgs) -> Result<()> {
         guest_call_timeout_s: cfg.guest_call_secs,
         cache_dir: a.cache_dir.clone(),
         no_cache: false,
-        guest_kernels: a.guest_kernels,
+        guest_kernels: if cfg.host_kernels {
+            super::KernelsArg::Host
+        } else {
+            super::KernelsArg::Wasm
+        },
     }
     .sandbox()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
