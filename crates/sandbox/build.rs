@@ -1,19 +1,24 @@
 //! Builds the layer guests (`guest-layers/`, a workspace of its own) for
-//! wasm32-wasip2 and hands their paths to the crate, which embeds them.
+//! wasm32-wasip2, and the pure-wasm product kernel (`guest-layers/matmul`, a
+//! core module) for wasm32-wasip1, and hands their paths to the crate, which
+//! embeds them.
 //!
 //! A newcomer types `cargo test` and nothing else, so this script also
-//! installs the wasm target through rustup when it is missing. Set
+//! installs the wasm targets through rustup when they are missing. Set
 //! `MIXNN_GUEST_DIR` to a folder holding prebuilt `mixnn_guest_standard.wasm`,
-//! `mixnn_guest_relay.wasm` and `mixnn_guest_hostile.wasm` to skip the nested build.
+//! `mixnn_guest_relay.wasm`, `mixnn_guest_hostile.wasm` and
+//! `mixnn_guest_matmul.wasm` to skip the nested builds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 3] = [
+const KERNEL_TARGET: &str = "wasm32-wasip1";
+const GUESTS: [&str; 4] = [
     "mixnn_guest_standard",
     "mixnn_guest_relay",
     "mixnn_guest_hostile",
+    "mixnn_guest_matmul",
 ];
 
 fn main() {
@@ -47,21 +52,39 @@ fn main() {
     }
 }
 
+/// Builds both guest workspaces; returns the one folder holding every
+/// `.wasm` (the kernel is copied next to the components).
 fn build_guests(root: &Path) -> PathBuf {
-    ensure_target();
     let target_dir = root.join("target/guest");
+    let out = cargo_build(&root.join("guest-layers"), TARGET, &target_dir);
+    let kernel = cargo_build(
+        &root.join("guest-layers/matmul"),
+        KERNEL_TARGET,
+        &target_dir,
+    );
+    let name = "mixnn_guest_matmul.wasm";
+    if let Err(e) = std::fs::copy(kernel.join(name), out.join(name)) {
+        panic!("product kernel {name} not built: {e}");
+    }
+    out
+}
+
+/// `cargo build --release` of the workspace in `dir` for `target`; returns
+/// the folder the artifacts land in.
+fn cargo_build(dir: &Path, target: &str, target_dir: &Path) -> PathBuf {
+    ensure_target(target);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root.join("guest-layers"))
+    cmd.current_dir(dir)
         .args([
             "build",
             "--release",
             "--locked",
             "--target",
-            TARGET,
+            target,
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(target_dir);
     // The outer cargo's settings (target, flags, wrappers such as clippy's)
     // are for the host build; the guest build must not inherit them.
     for (k, _) in std::env::vars_os() {
@@ -79,13 +102,16 @@ fn build_guests(root: &Path) -> PathBuf {
     cmd.env_remove("CARGO_ENCODED_RUSTFLAGS");
     let status = cmd.status().expect("running cargo for the guests");
     if !status.success() {
-        panic!("building the layer guests failed (see the output above)");
+        panic!(
+            "building the guests in {} failed (see the output above)",
+            dir.display()
+        );
     }
-    target_dir.join(TARGET).join("release")
+    target_dir.join(target).join("release")
 }
 
-/// Installs the wasm target with rustup when the sysroot lacks it.
-fn ensure_target() {
+/// Installs a wasm target with rustup when the sysroot lacks it.
+fn ensure_target(target: &str) {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
@@ -93,15 +119,15 @@ fn ensure_target() {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| PathBuf::from(s.trim()));
-    if sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists()) {
+    if sysroot.is_some_and(|s| s.join("lib/rustlib").join(target).exists()) {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (once)");
+    println!("cargo:warning=installing the {target} target with rustup (once)");
     let ok = Command::new("rustup")
-        .args(["target", "add", TARGET])
+        .args(["target", "add", target])
         .status()
         .map(|s| s.success());
     if !matches!(ok, Ok(true)) {
-        panic!("could not install the {TARGET} target: run `rustup target add {TARGET}`");
+        panic!("could not install the {target} target: run `rustup target add {target}`");
     }
 }

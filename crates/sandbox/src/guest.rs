@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::Layer;
+use crate::wasm_kernel::{KernelInstance, KernelModule};
 use crate::{
     CompiledGuest, LayerInfo, Limits, LossOutput, NamedTensor, SandboxError, Tensor, TrainConfig,
     ticks, wasi,
@@ -16,13 +17,84 @@ use crate::{
 pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    pub(crate) budget: MemoryBudget,
     /// The operator lends host kernels (see `kernels`).
-    pub(crate) host_kernels: bool,
+    pub(crate) lend_native: bool,
+    /// This layer's products run natively: the job asked and the operator
+    /// lends. Otherwise they run in the pure-wasm product kernel.
+    pub(crate) native: bool,
     /// When the running call's CPU time is up; host kernels stop there too.
     pub(crate) deadline: Instant,
     /// The instance's memory cap (also what a host-kernel result may use).
     pub(crate) memory_bytes: usize,
+    /// The pure-wasm product kernel: the module, and this layer's instance
+    /// of it, made on the first product.
+    pub(crate) kernel_module: KernelModule,
+    pub(crate) kernel: Option<KernelInstance>,
+}
+
+/// The layer's memory cap, shared between the guest's memories and its
+/// product kernel's: `StoreLimits` sees the guest's growth as if the
+/// kernel's bytes were part of it, and the kernel grows only into what the
+/// guest leaves.
+pub(crate) struct MemoryBudget {
+    limits: StoreLimits,
+    /// Bytes held by the guest's linear memories.
+    guest_bytes: usize,
+    /// Bytes held by the product kernel's memory.
+    pub(crate) kernel_bytes: usize,
+}
+
+impl MemoryBudget {
+    /// What the product kernel may hold, given what the guest holds.
+    pub(crate) fn kernel_room(&self, cap: usize) -> usize {
+        cap.saturating_sub(self.guest_bytes)
+    }
+}
+
+impl ResourceLimiter for MemoryBudget {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let counted = desired.saturating_add(self.kernel_bytes);
+        let allowed = self.limits.memory_growing(current, counted, maximum)?;
+        if allowed {
+            self.guest_bytes = (self.guest_bytes + desired).saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for GuestState {
@@ -51,25 +123,33 @@ impl GuestLayer {
         linker: &Linker<GuestState>,
         guest: &CompiledGuest,
         limits: &Limits,
-        host_kernels: bool,
+        lend_native: bool,
+        kernel_module: &KernelModule,
     ) -> Result<Self, SandboxError> {
         let state = GuestState {
             wasi: wasi::empty_ctx(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(64)
-                .memories(16)
-                .tables(64)
-                .table_elements(1 << 20)
-                .trap_on_grow_failure(true)
-                .build(),
-            host_kernels,
+            budget: MemoryBudget {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes)
+                    .instances(64)
+                    .memories(16)
+                    .tables(64)
+                    .table_elements(1 << 20)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                guest_bytes: 0,
+                kernel_bytes: 0,
+            },
+            lend_native,
+            native: false,
             deadline: Instant::now() + limits.call_timeout,
             memory_bytes: limits.memory_bytes,
+            kernel_module: kernel_module.clone(),
+            kernel: None,
         };
         let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.budget);
         store.set_epoch_deadline(ticks(limits.call_timeout));
         let bindings = Layer::instantiate(&mut store, &guest.component, linker).map_err(|e| {
             SandboxError::Instantiate {
@@ -136,8 +216,12 @@ impl GuestLayer {
 
     pub fn load(&mut self, shard: &[u8], config: &TrainConfig) -> Result<LayerInfo, SandboxError> {
         // A job may ask for host kernels; the operator may refuse them all.
+        // The guest routes its products to the `kernels` import either way;
+        // this decides whether they run natively or in the wasm kernel.
+        let state = self.store.data_mut();
+        state.native = config.host_kernels && state.lend_native;
         let config = TrainConfig {
-            host_kernels: config.host_kernels && self.store.data().host_kernels,
+            host_kernels: state.native,
             ..*config
         };
         self.call("load", |b, s| b.call_load(s, shard, config))

@@ -1,15 +1,19 @@
-//! The host side of `mixnn:layer/kernels`: matrix products a guest borrows
-//! in host-kernel mode.
+//! The host side of `mixnn:layer/kernels`: the matrix products a guest
+//! hands out, in both modes.
 //!
 //! The guest keeps its graph, parameters and control flow; it hands the
 //! host two operands that stay in its own linear memory. wasmtime checks
 //! that each list lies inside that memory before the host sees it, and this
 //! module checks everything else before touching a number: dimensions
 //! against list lengths, the work of one call against [`MATMUL_LIMIT`], the
-//! result against the instance's memory cap. The product runs in row chunks
-//! on this thread (single-threaded, so deterministic on one machine), and
-//! the call's CPU deadline is checked between chunks: a host call cannot
-//! outlive the deadline the epoch ticker enforces on wasm code.
+//! result against the instance's memory cap.
+//!
+//! In host-kernel mode the product runs natively, in row chunks on this
+//! thread (single-threaded, so deterministic on one machine), and the call's
+//! CPU deadline is checked between chunks: a host call cannot outlive the
+//! deadline the epoch ticker enforces on wasm code. In pure-wasm mode it
+//! runs in the layer's instance of the wasm product kernel
+//! ([`crate::wasm_kernel`]), under the same deadline and memory cap.
 //!
 //! Failures the guest may cause (bad arguments) are returned to it as
 //! errors; only a passed deadline traps, exactly like the epoch deadline.
@@ -20,6 +24,7 @@ use wasmtime::component::{Linker, WasmList};
 use wasmtime::{StoreContextMut, Trap};
 
 use crate::guest::GuestState;
+use crate::wasm_kernel::KernelInstance;
 
 /// Largest m · k · n one call computes (about 0.1 s on one core here).
 pub const MATMUL_LIMIT: u64 = 1 << 32;
@@ -30,10 +35,8 @@ const CHUNK_WORK: u64 = 1 << 24;
 compile_error!("host kernels read f32 operands in place from little-endian wasm memory");
 
 /// Why a product was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KernelError {
-    #[error("host kernels are turned off on this node")]
-    Off,
     #[error("a dimension is zero (m={m}, k={k}, n={n})")]
     Empty { m: usize, k: usize, n: usize },
     #[error("{m}·{k}·{n} multiply-adds exceed the host's limit of {MATMUL_LIMIT} per call")]
@@ -48,6 +51,8 @@ pub enum KernelError {
     },
     #[error("the call's CPU deadline passed")]
     Deadline,
+    #[error("the wasm product kernel failed: {0}")]
+    Failed(String),
 }
 
 /// The shape of one product as the guest states it (see `wit/layer.wit`).
@@ -60,15 +65,14 @@ pub struct Product {
     pub b_trans: bool,
 }
 
-/// Checks `p` against the operands and limits; computes C = op(A) · op(B)
-/// (m × n, row-major) in chunks, giving up at `deadline`.
-pub fn matmul(
-    a: &[f32],
-    b: &[f32],
+/// Checks `p` against the operands' lengths and the limits; returns the
+/// product's work (m · k · n).
+pub fn check(
+    a_len: usize,
+    b_len: usize,
     p: Product,
     max_result_values: usize,
-    deadline: Instant,
-) -> Result<Vec<f32>, KernelError> {
+) -> Result<u64, KernelError> {
     let Product { m, k, n, .. } = p;
     if m == 0 || k == 0 || n == 0 {
         return Err(KernelError::Empty { m, k, n });
@@ -79,15 +83,29 @@ pub fn matmul(
         .filter(|&w| w <= MATMUL_LIMIT)
         .ok_or(KernelError::TooMuchWork { m, k, n })?;
     // Both below fit: each factor is at most MATMUL_LIMIT.
-    let (len_a, len_b, len_c) = (m * k, k * n, m * n);
-    if len_c > max_result_values {
+    if m * n > max_result_values {
         return Err(KernelError::TooLarge { m, n });
     }
-    for (which, got, want) in [('A', a.len(), len_a), ('B', b.len(), len_b)] {
+    for (which, got, want) in [('A', a_len, m * k), ('B', b_len, k * n)] {
         if got != want {
             return Err(KernelError::Length { which, got, want });
         }
     }
+    Ok(work)
+}
+
+/// Checks `p` against the operands and limits; computes C = op(A) · op(B)
+/// (m × n, row-major) natively in chunks, giving up at `deadline`.
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    p: Product,
+    max_result_values: usize,
+    deadline: Instant,
+) -> Result<Vec<f32>, KernelError> {
+    let work = check(a.len(), b.len(), p, max_result_values)?;
+    let Product { m, k, n, .. } = p;
+    let len_c = m * n;
     let (rsa, csa) = if p.a_trans { (1, m) } else { (k, 1) };
     let (rsb, csb) = if p.b_trans { (1, k) } else { (n, 1) };
     let mut c = vec![0f32; len_c];
@@ -151,21 +169,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 b_trans,
             };
             let state = store.data();
-            let (allowed, deadline, cap) = (
-                state.host_kernels,
-                state.deadline,
-                state.memory_bytes / std::mem::size_of::<f32>(),
-            );
-            if !allowed {
-                return Ok((Err(KernelError::Off.to_string()),));
-            }
-            let result = matmul(
-                as_f32(a.as_le_slice(&store)),
-                as_f32(b.as_le_slice(&store)),
-                p,
-                cap,
-                deadline,
-            );
+            let (native, deadline, cap) = (state.native, state.deadline, state.memory_bytes);
+            let max_values = cap / std::mem::size_of::<f32>();
+            let result = if native {
+                matmul(
+                    as_f32(a.as_le_slice(&store)),
+                    as_f32(b.as_le_slice(&store)),
+                    p,
+                    max_values,
+                    deadline,
+                )
+            } else {
+                in_wasm(store, &a, &b, p, max_values, deadline)
+            };
             match result {
                 Ok(c) => Ok((Ok(c),)),
                 // The epoch deadline traps wasm code; a host call past it
@@ -176,6 +192,38 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
         },
     )?;
     Ok(())
+}
+
+/// A product on the layer's wasm kernel instance (made on first use).
+fn in_wasm(
+    mut store: StoreContextMut<'_, GuestState>,
+    a: &WasmList<u32>,
+    b: &WasmList<u32>,
+    p: Product,
+    max_values: usize,
+    deadline: Instant,
+) -> Result<Vec<f32>, KernelError> {
+    let state = store.data_mut();
+    let cap = state.memory_bytes;
+    let mut kernel = match state.kernel.take() {
+        Some(k) => k,
+        None => KernelInstance::new(&state.kernel_module, cap).map_err(KernelError::Failed)?,
+    };
+    let room = state.budget.kernel_room(cap);
+    let ticks = crate::ticks(deadline.saturating_duration_since(Instant::now()));
+    let result = check(a.len(), b.len(), p, max_values).and_then(|_| {
+        kernel.matmul(
+            as_f32(a.as_le_slice(&store)),
+            as_f32(b.as_le_slice(&store)),
+            p,
+            room,
+            ticks,
+        )
+    });
+    let state = store.data_mut();
+    state.budget.kernel_bytes = kernel.memory_bytes();
+    state.kernel = Some(kernel);
+    result
 }
 
 /// f32 bit patterns as f32 values, in place.

@@ -14,6 +14,7 @@ mod cache;
 mod guest;
 pub mod kernels;
 mod wasi;
+mod wasm_kernel;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,6 +174,8 @@ pub struct Sandbox {
     /// (on a loaded 2-core node, five parallel compiles of the standard
     /// guest took 100 s where one takes 7).
     compiling: Mutex<()>,
+    /// Pure-wasm mode's product kernel (compiled by its own engine).
+    kernel_module: wasm_kernel::KernelModule,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -198,8 +201,12 @@ impl Sandbox {
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         kernels::add_to_linker(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
 
+        let kernel_module = wasm_kernel::KernelModule::new()?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), stop_ticker.clone())?;
+        spawn_ticker(
+            vec![engine.clone(), kernel_module.engine().clone()],
+            stop_ticker.clone(),
+        )?;
 
         Ok(Sandbox {
             engine,
@@ -210,6 +217,7 @@ impl Sandbox {
             standard: OnceLock::new(),
             relay: OnceLock::new(),
             compiling: Mutex::new(()),
+            kernel_module,
             stop_ticker,
         })
     }
@@ -256,6 +264,7 @@ impl Sandbox {
             guest,
             &self.limits,
             self.kernels == GuestKernels::Host,
+            &self.kernel_module,
         )
     }
 }
@@ -266,8 +275,8 @@ impl Drop for Sandbox {
     }
 }
 
-/// Advances the engine's epoch every [`TICK`] so call deadlines fire.
-fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), SandboxError> {
+/// Advances the engines' epochs every [`TICK`] so call deadlines fire.
+fn spawn_ticker(engines: Vec<Engine>, stop: Arc<AtomicBool>) -> Result<(), SandboxError> {
     std::thread::Builder::new()
         .name("mixnn-epoch".into())
         .spawn(move || {
@@ -278,7 +287,7 @@ fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), SandboxErro
                 // Sleep to the next absolute tick so drift does not stretch deadlines.
                 let next = start + TICK * n;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                engine.increment_epoch();
+                engines.iter().for_each(Engine::increment_epoch);
             }
         })
         .map(|_| ())

@@ -63,7 +63,9 @@ fn config(c: types::TrainConfig) -> TrainConfig {
             types::LossKind::SoftmaxCrossEntropy => LossKind::SoftmaxCrossEntropy,
         },
         need_input_grad: c.need_input_grad,
-        host_kernels: c.host_kernels,
+        // Products, convolutions and the slow row ops go through `kernels` in
+        // both modes; `c.host_kernels` tells the host, not us, where they run.
+        host_kernels: true,
     }
 }
 
@@ -93,10 +95,10 @@ fn bits(x: &[f32]) -> &[u32] {
 
 impl Guest for StandardGuest {
     fn load(shard: Vec<u8>, cfg: types::TrainConfig) -> Result<types::LayerInfo, String> {
-        if cfg.host_kernels {
-            let limit = bindings::mixnn::layer::kernels::matmul_limit();
-            mixnn_layer::host_kernels::install_host_matmul(host_matmul, limit);
-        }
+        // The host serves `kernels` in both modes (natively or in its wasm
+        // product kernel), so the layer hands it every product.
+        let limit = bindings::mixnn::layer::kernels::matmul_limit();
+        mixnn_layer::host_kernels::install_host_matmul(host_matmul, limit);
         let (layer, info) = Layer::load(&shard, config(cfg)).map_err(err)?;
         LAYER.with(|l| *l.borrow_mut() = Some(layer));
         Ok(types::LayerInfo {
