@@ -29,9 +29,11 @@ pub struct TrainConfig {
     pub seed: u64,
     pub loss: LossKind,
     pub need_input_grad: bool,
-    /// Host-kernel mode: matrix products run on the kernel the host lends
-    /// (see `host_kernels`); off is pure-wasm mode, bit-identical on every
-    /// machine. Without an installed kernel (the native engine) it changes
+    /// Route products, convolutions and the slow row ops through the
+    /// installed product kernel (see `host_kernels`). The standard guest
+    /// always does: its host runs the products natively (host-kernel mode)
+    /// or in a wasm kernel (pure-wasm mode), as the job's `host-kernels`
+    /// asks. Without an installed kernel (the native engine) it changes
     /// nothing.
     pub host_kernels: bool,
 }

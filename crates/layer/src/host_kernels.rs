@@ -1,11 +1,13 @@
-//! Host-kernel mode: matrix products computed by the host, the rest of the
-//! layer in the guest.
+//! Matrix products handed to the host, the rest of the layer in the guest.
 //!
 //! Why: tract's wasm simd128 kernels cannot get under ~4× of the host's
-//! 512-bit FMA kernels on a matrix product, and products are most of a dense
-//! layer's time. So the guest keeps the graph, the parameters and the
-//! control flow, and lends only the arithmetic of each 2-D product to the
-//! host through a narrow call (`mixnn:layer/kernels` in `wit/layer.wit`).
+//! 512-bit FMA kernels on a matrix product (and lose half their speed to NaN
+//! canonicalisation), and products are most of a dense layer's time. So the
+//! guest keeps the graph, the parameters and the control flow, and hands
+//! only each 2-D product to the host through a narrow call
+//! (`mixnn:layer/kernels` in `wit/layer.wit`). The host computes it natively
+//! (host-kernel mode) or in its own wasm product kernel (pure-wasm mode,
+//! bit-identical on every machine); the guest does not know which.
 //!
 //! How: before tract optimises a plan, every `EinSum` that is a plain 2-D
 //! product of two f32 wires is replaced by [`HostMatMul`], whose evaluation

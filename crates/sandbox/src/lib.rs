@@ -8,7 +8,10 @@
 //!
 //! Determinism is part of the contract: NaN canonicalisation is on, relaxed
 //! SIMD (whose results may differ between machines) is off, and the WASI
-//! world the guest sees has frozen clocks and seeded randomness.
+//! world the guest sees has frozen clocks and seeded randomness. The one
+//! module compiled without canonicalisation is the pure-wasm product kernel,
+//! which canonicalises what it stores itself (`wasm_kernel`'s docs say why
+//! that is exact).
 
 mod cache;
 mod guest;
