@@ -49,6 +49,10 @@ pub enum KernelError {
         got: usize,
         want: usize,
     },
+    #[error(
+        "the product kernel needs {bytes} bytes of memory, more than the layer's memory cap leaves"
+    )]
+    KernelMemory { bytes: usize },
     #[error("the call's CPU deadline passed")]
     Deadline,
     #[error("the wasm product kernel failed: {0}")]

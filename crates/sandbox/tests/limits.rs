@@ -256,6 +256,22 @@ fn hostile_arguments_to_host_kernels_are_refused() {
         still_serves(&sb);
     }
 
+    // Pure-wasm mode: the product kernel's memory counts against the layer's
+    // cap together with the guest's own, so a guest holding most of its cap
+    // cannot double it through the kernel.
+    let mut g = sb.instantiate(&hostile).expect("instantiates");
+    let cfg = TrainConfig {
+        host_kernels: false,
+        ..config()
+    };
+    let crowded = msg(g.load(b"kernel-crowded", &cfg).expect_err("reports"));
+    assert!(
+        crowded.contains("refused: the product kernel needs")
+            && crowded.contains("more than the layer's memory cap leaves"),
+        "{crowded}"
+    );
+    still_serves(&sb);
+
     // An operator who lends no native kernels: the job's products still run,
     // in the pure-wasm kernel.
     let off = Sandbox::new(SandboxOptions {

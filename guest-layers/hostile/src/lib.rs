@@ -5,8 +5,10 @@
 //! The `kernel-*` modes abuse the host's product kernel: `kernel-dims`
 //! (lengths that do not match the dimensions), `kernel-huge` (absurd
 //! dimensions), `kernel-outside` (operands outside linear memory); and
-//! `kernel-ok` computes a small product honestly. Each reports what the host
-//! answered as its error message.
+//! `kernel-ok` computes a small product honestly; `kernel-crowded` holds
+//! most of its memory cap, then asks for a product whose working memory
+//! would not fit beside it. Each reports what the host answered as its
+//! error message.
 //! The sandbox must turn each into a clear error and keep serving.
 
 wit_bindgen::generate!({ world: "layer", path: "../../wit" });
@@ -66,6 +68,16 @@ impl Guest for HostileGuest {
             b"kernel-ok" => {
                 let (a, b) = ([1.0f32, 2.0, 3.0, 4.0], [5.0f32, 6.0, 7.0, 8.0]);
                 Err(answer(mixnn::layer::kernels::matmul(&a.map(f32::to_bits), &b.map(f32::to_bits), 2, 2, 2, false, false)))
+            }
+            b"kernel-crowded" => {
+                // 224 MiB of ballast under a 256 MiB cap, then 12 MiB of
+                // operands: a pure-wasm product of 2048×1024 by 1024×1024
+                // needs ~24 MiB of kernel memory, which the cap no longer has.
+                let ballast: Vec<Vec<u8>> = (0..14).map(|_| vec![1u8; 16 << 20]).collect();
+                let (a, b) = (vec![0u32; 2048 * 1024], vec![0u32; 1024 * 1024]);
+                let r = mixnn::layer::kernels::matmul(&a, &b, 2048, 1024, 1024, false, false);
+                std::hint::black_box(&ballast);
+                Err(answer(r.map(|c| c[..4].to_vec())))
             }
             _ => Err("hostile guest: unknown mode".into()),
         }
