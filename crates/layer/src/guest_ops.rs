@@ -6,6 +6,9 @@
 //! sums and broadcast adds: their wasm paths go through an aligned scratch
 //! buffer or an ndarray zip per short row, at 10-30 ns an element. The ops
 //! here work on whole contiguous runs, in loops LLVM vectorises for simd128.
+//! Likewise the flat scatter-add of a MaxPool gradient, which tract indexes
+//! element by element through ndarray (60% of a LeNet conv shard's backward
+//! in the guest).
 //!
 //! Only host-kernel mode uses them (see [`crate::plans`]): the pure-wasm path
 //! stays tract's own, so its results do not move. They compute the same
@@ -14,6 +17,7 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::{ScatterElements, ScatterReduction};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::identity::Identity;
@@ -47,9 +51,16 @@ pub struct RowAdd {
     shape: TVec<usize>,
 }
 
+/// `ScatterElements` on 1-D f32 data (axis 0, no reduction or `add`): the
+/// MaxPool gradient's form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FlatScatter {
+    add: bool,
+}
+
 /// Replaces softmaxes over the last axis (fusing a following `Ln` into a
-/// log-softmax), f32 `Exp`s, sums over adjacent axes and bias-row adds;
-/// returns how many ops changed.
+/// log-softmax), f32 `Exp`s, sums over adjacent axes, bias-row adds and
+/// flat scatters; returns how many ops changed.
 pub(crate) fn patch(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes.len() {
@@ -88,6 +99,9 @@ pub(crate) fn patch(model: &mut TypedModel) -> TractResult<usize> {
         } else if let Some(op) = row_add(model, id)? {
             model.nodes[id].op = Box::new(op);
             replaced += 1;
+        } else if let Some(op) = flat_scatter(model, id)? {
+            model.nodes[id].op = Box::new(op);
+            replaced += 1;
         }
     }
     Ok(replaced)
@@ -124,6 +138,26 @@ fn sum_run(model: &TypedModel, id: usize) -> TractResult<Option<SumRun>> {
         inner: shape[last + 1..].iter().product(),
         out_shape,
     }))
+}
+
+fn flat_scatter(model: &TypedModel, id: usize) -> TractResult<Option<FlatScatter>> {
+    let Some(scatter) = model.nodes[id].op_as::<ScatterElements>() else {
+        return Ok(None);
+    };
+    let add = match scatter.reduction {
+        ScatterReduction::None => false,
+        ScatterReduction::Add => true,
+        _ => return Ok(None),
+    };
+    let facts = model.node_input_facts(id)?;
+    let flat = |f: &TypedFact, dt: DatumType| f.rank() == 1 && f.datum_type == dt;
+    let fits = facts.len() == 3
+        && scatter.axis == 0
+        && flat(facts[0], f32::datum_type())
+        && flat(facts[1], i64::datum_type())
+        && flat(facts[2], f32::datum_type())
+        && facts[1].shape == facts[2].shape;
+    Ok(fits.then_some(FlatScatter { add }))
 }
 
 fn row_add(model: &TypedModel, id: usize) -> TractResult<Option<RowAdd>> {
@@ -316,6 +350,48 @@ impl EvalOp for RowAdd {
 impl TypedOp for RowAdd {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(f32::fact(&*self.shape)))
+    }
+
+    as_op!();
+}
+
+impl Op for FlatScatter {
+    fn name(&self) -> StaticName {
+        "FlatScatter".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FlatScatter {
+    not_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (data, indices, updates) = args_3!(inputs);
+        let indices = indices.try_as_plain_ram()?.as_slice::<i64>()?;
+        let updates = updates.try_as_plain_ram()?.as_slice::<f32>()?;
+        ensure!(indices.len() == updates.len(), "FlatScatter: lengths");
+        let mut t = data.into_tensor();
+        let mut view = t.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        let len = out.len() as i64;
+        for (&i, &u) in indices.iter().zip(updates) {
+            // ONNX: a negative index counts from the end.
+            let at = if i < 0 { i + len } else { i };
+            ensure!(
+                (0..len).contains(&at),
+                "ScatterElements index {i} outside 0..{len}"
+            );
+            let slot = &mut out[at as usize];
+            *slot = if self.add { *slot + u } else { u };
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for FlatScatter {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
 
     as_op!();
