@@ -11,40 +11,18 @@ use mixnn_grad::testing::{ModelBuilder, attr_int, attr_ints};
 use mixnn_layer::host_kernels::{MatMulDims, install_host_matmul};
 use mixnn_layer::{Layer, LossKind, Tensor, TrainConfig};
 
+mod common;
+
 thread_local! {
     /// The products this test's thread sent to the kernel (tests run in
     /// parallel; tract evaluates on the caller's thread).
     static SEEN: RefCell<Vec<MatMulDims>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The textbook triple loop, in f64: a reference, not a fast path.
+/// The reference product, recording what reached it.
 fn reference(a: &[f32], b: &[f32], d: MatMulDims) -> Result<Vec<f32>, String> {
-    if a.len() != d.m * d.k || b.len() != d.k * d.n {
-        return Err(format!("lengths {} {} for {d:?}", a.len(), b.len()));
-    }
     SEEN.with(|s| s.borrow_mut().push(d));
-    let at = |i: usize, p: usize| {
-        if d.a_trans {
-            a[p * d.m + i]
-        } else {
-            a[i * d.k + p]
-        }
-    };
-    let bt = |p: usize, j: usize| {
-        if d.b_trans {
-            b[j * d.k + p]
-        } else {
-            b[p * d.n + j]
-        }
-    };
-    let mut c = vec![0f32; d.m * d.n];
-    for i in 0..d.m {
-        for j in 0..d.n {
-            let s: f64 = (0..d.k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum();
-            c[i * d.n + j] = s as f32;
-        }
-    }
-    Ok(c)
+    common::reference_product(a, b, d)
 }
 
 fn install() {
@@ -86,6 +64,28 @@ struct Case {
     pads: [usize; 4],
     dilations: [usize; 2],
     group: usize,
+}
+
+/// A case: input (N, C, H, W), output channels, kernel, strides, pads
+/// (begins, then ends), dilations, group.
+fn case(
+    x: [usize; 4],
+    out_ch: usize,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    group: usize,
+) -> Case {
+    Case {
+        x,
+        out_ch,
+        kernel,
+        strides,
+        pads,
+        dilations,
+        group,
+    }
 }
 
 fn conv_shard(c: &Case, seed: u64) -> Vec<u8> {
@@ -144,84 +144,20 @@ fn conv_geometries_match_tract() {
     install();
     let cases = [
         // LeNet's first layer and a plain valid conv.
-        Case {
-            x: [2, 1, 12, 12],
-            out_ch: 3,
-            kernel: [5, 5],
-            strides: [1, 1],
-            pads: [2, 2, 2, 2],
-            dilations: [1, 1],
-            group: 1,
-        },
-        Case {
-            x: [3, 4, 9, 8],
-            out_ch: 5,
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [0, 0, 0, 0],
-            dilations: [1, 1],
-            group: 1,
-        },
+        case([2, 1, 12, 12], 3, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 1),
+        case([3, 4, 9, 8], 5, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1], 1),
         // Strides, uneven pads, rectangular kernels.
-        Case {
-            x: [2, 3, 11, 10],
-            out_ch: 4,
-            kernel: [3, 2],
-            strides: [2, 3],
-            pads: [1, 0, 2, 1],
-            dilations: [1, 1],
-            group: 1,
-        },
+        case([2, 3, 11, 10], 4, [3, 2], [2, 3], [1, 0, 2, 1], [1, 1], 1),
         // Dilation, and stride with dilation.
-        Case {
-            x: [2, 2, 10, 9],
-            out_ch: 3,
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [2, 2],
-            group: 1,
-        },
-        Case {
-            x: [1, 2, 13, 12],
-            out_ch: 2,
-            kernel: [2, 3],
-            strides: [2, 2],
-            pads: [0, 1, 1, 0],
-            dilations: [2, 1],
-            group: 1,
-        },
+        case([2, 2, 10, 9], 3, [3, 3], [1, 1], [1, 1, 1, 1], [2, 2], 1),
+        case([1, 2, 13, 12], 2, [2, 3], [2, 2], [0, 1, 1, 0], [2, 1], 1),
         // Groups (the forward and weight gradient are routed; the grouped
         // input gradient stays in tract).
-        Case {
-            x: [2, 4, 7, 7],
-            out_ch: 6,
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-            group: 2,
-        },
+        case([2, 4, 7, 7], 6, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
         // Kernel wider than the output: the weight gradient gathers by position.
-        Case {
-            x: [2, 2, 6, 6],
-            out_ch: 2,
-            kernel: [5, 5],
-            strides: [1, 1],
-            pads: [0, 0, 0, 0],
-            dilations: [1, 1],
-            group: 1,
-        },
+        case([2, 2, 6, 6], 2, [5, 5], [1, 1], [0, 0, 0, 0], [1, 1], 1),
         // A 1×1 conv.
-        Case {
-            x: [2, 3, 5, 4],
-            out_ch: 2,
-            kernel: [1, 1],
-            strides: [1, 1],
-            pads: [0, 0, 0, 0],
-            dilations: [1, 1],
-            group: 1,
-        },
+        case([2, 3, 5, 4], 2, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1),
     ];
     for (i, case) in cases.iter().enumerate() {
         let shard = conv_shard(case, i as u64 + 10);
@@ -247,12 +183,7 @@ fn conv_geometries_match_tract() {
 fn lenet_convolutions_reach_the_host() {
     install();
     let model = mixnn_shard::lenet5(3, 4, mixnn_shard::Form::Gemm);
-    let plan = mixnn_shard::plan(&model, None).expect("plan");
-    let shards: Vec<Vec<u8>> = mixnn_shard::split(&model, &plan)
-        .expect("split")
-        .iter()
-        .map(mixnn_shard::encode)
-        .collect();
+    let shards = common::shards(&model);
     let x = Tensor::new(
         vec![4, 1, 28, 28],
         values(5, 4 * 784).iter().map(|v| v.abs()).collect(),
@@ -260,45 +191,7 @@ fn lenet_convolutions_reach_the_host() {
     .expect("x");
     let labels = [3i64, 1, 4, 1];
     let run = |host_kernels: bool| {
-        let n = shards.len();
-        let mut layers: Vec<Layer> = shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let cfg = TrainConfig {
-                    seed: 7,
-                    loss: if i + 1 == n {
-                        LossKind::Nll
-                    } else {
-                        LossKind::None
-                    },
-                    need_input_grad: i > 0,
-                    host_kernels,
-                    ..TrainConfig::default()
-                };
-                Layer::load(s, cfg).expect("layer loads").0
-            })
-            .collect();
-        let mut losses = vec![];
-        for _ in 0..2 {
-            let mut h = x.clone();
-            for l in layers.iter_mut() {
-                h = l.forward(h).expect("forward");
-            }
-            let out = layers[n - 1].loss(&h, &labels).expect("loss");
-            losses.push(out.loss);
-            let mut g = out.grad;
-            for l in layers.iter_mut().rev() {
-                match l.backward(g).expect("backward") {
-                    Some(dx) => g = dx,
-                    None => break,
-                }
-            }
-            for l in layers.iter_mut() {
-                l.step().expect("step");
-            }
-        }
-        losses
+        common::train(&mut common::cascade(&shards, host_kernels), &x, &labels, 2)
     };
     let pure = run(false);
     let before = seen().len();

@@ -7,76 +7,29 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod common;
+
+use mixnn_layer::Tensor;
 use mixnn_layer::host_kernels::{MatMulDims, install_host_matmul};
-use mixnn_layer::{Layer, LossKind, Tensor, TrainConfig};
 
 static CALLS: AtomicUsize = AtomicUsize::new(0);
 static LAYOUTS: Mutex<Vec<(bool, bool)>> = Mutex::new(Vec::new());
 
-/// The textbook triple loop, in f64: a reference, not a fast path.
+/// The reference product, recording what reached it.
 fn reference(a: &[f32], b: &[f32], d: MatMulDims) -> Result<Vec<f32>, String> {
-    if a.len() != d.m * d.k || b.len() != d.k * d.n {
-        return Err(format!("lengths {} {} for {d:?}", a.len(), b.len()));
-    }
     CALLS.fetch_add(1, Ordering::Relaxed);
     let mut seen = LAYOUTS.lock().unwrap_or_else(|p| p.into_inner());
     if !seen.contains(&(d.a_trans, d.b_trans)) {
         seen.push((d.a_trans, d.b_trans));
     }
-    let at = |i: usize, p: usize| {
-        if d.a_trans {
-            a[p * d.m + i]
-        } else {
-            a[i * d.k + p]
-        }
-    };
-    let bt = |p: usize, j: usize| {
-        if d.b_trans {
-            b[j * d.k + p]
-        } else {
-            b[p * d.n + j]
-        }
-    };
-    let mut c = vec![0f32; d.m * d.n];
-    for i in 0..d.m {
-        for j in 0..d.n {
-            let s: f64 = (0..d.k).map(|p| at(i, p) as f64 * bt(p, j) as f64).sum();
-            c[i * d.n + j] = s as f32;
-        }
-    }
-    Ok(c)
-}
-
-fn shards() -> Vec<Vec<u8>> {
-    let model = mixnn_shard::mlp(3, 16, mixnn_shard::Form::Gemm);
-    let plan = mixnn_shard::plan(&model, None).expect("plan");
-    let shards = mixnn_shard::split(&model, &plan).expect("split");
-    shards.iter().map(mixnn_shard::encode).collect()
+    common::reference_product(a, b, d)
 }
 
 /// Two training steps and an inference through the whole cascade; returns
 /// the losses and the final logits.
 fn run(host_kernels: bool) -> (Vec<f32>, Tensor) {
-    let shards = shards();
-    let n = shards.len();
-    let mut layers: Vec<Layer> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let cfg = TrainConfig {
-                seed: 7,
-                loss: if i + 1 == n {
-                    LossKind::Nll
-                } else {
-                    LossKind::None
-                },
-                need_input_grad: i > 0,
-                host_kernels,
-                ..TrainConfig::default()
-            };
-            Layer::load(s, cfg).expect("layer loads").0
-        })
-        .collect();
+    let model = mixnn_shard::mlp(3, 16, mixnn_shard::Form::Gemm);
+    let mut layers = common::cascade(&common::shards(&model), host_kernels);
     let x = Tensor::new(
         vec![16, 1, 28, 28],
         (0..16 * 784)
@@ -85,25 +38,7 @@ fn run(host_kernels: bool) -> (Vec<f32>, Tensor) {
     )
     .expect("input");
     let labels: Vec<i64> = (0..16).map(|i| i % 10).collect();
-    let mut losses = Vec::new();
-    for _ in 0..2 {
-        let mut h = x.clone();
-        for l in layers.iter_mut() {
-            h = l.forward(h).expect("forward");
-        }
-        let out = layers[n - 1].loss(&h, &labels).expect("loss");
-        losses.push(out.loss);
-        let mut g = out.grad;
-        for l in layers.iter_mut().rev() {
-            match l.backward(g.clone()).expect("backward") {
-                Some(dx) => g = dx,
-                None => break,
-            }
-        }
-        for l in layers.iter_mut() {
-            l.step().expect("step");
-        }
-    }
+    let losses = common::train(&mut layers, &x, &labels, 2);
     let mut h = x;
     for l in layers.iter_mut() {
         h = l.infer(&h).expect("infer");
