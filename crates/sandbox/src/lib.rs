@@ -187,18 +187,8 @@ const TICK: Duration = Duration::from_millis(5);
 
 impl Sandbox {
     pub fn new(opts: SandboxOptions) -> Result<Self, SandboxError> {
-        let mut cfg = Config::new();
-        cfg.cranelift_nan_canonicalization(true)
-            .wasm_relaxed_simd(false)
-            .wasm_simd(true)
-            .epoch_interruption(true);
-        // Profiling aid: `MIXNN_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so
-        // `perf record` can name guest functions (docs/performance.md). It
-        // changes no generated code and no limit.
-        if std::env::var_os("MIXNN_WASM_PERFMAP").is_some_and(|v| v == "1") {
-            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&cfg).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        let engine =
+            Engine::new(&engine_config(true)).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
@@ -276,6 +266,25 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
     }
+}
+
+/// The wasmtime configuration of every engine: simd128 without relaxed SIMD
+/// (whose results may differ between machines), epoch interruption for the
+/// per-call CPU deadline, and NaN canonicalisation as asked (on for guests;
+/// off only for the product kernel, see `wasm_kernel`).
+pub(crate) fn engine_config(nan_canonicalisation: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.cranelift_nan_canonicalization(nan_canonicalisation)
+        .wasm_relaxed_simd(false)
+        .wasm_simd(true)
+        .epoch_interruption(true);
+    // Profiling aid: `MIXNN_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so
+    // `perf record` can name guest functions (docs/performance.md). It
+    // changes no generated code and no limit.
+    if std::env::var_os("MIXNN_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    cfg
 }
 
 /// Advances the engines' epochs every [`TICK`] so call deadlines fire.

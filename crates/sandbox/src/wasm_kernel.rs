@@ -16,8 +16,7 @@
 use std::time::Instant;
 
 use wasmtime::{
-    Config, Engine, Instance, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap,
-    TypedFunc,
+    Engine, Instance, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 
 use crate::SandboxError;
@@ -32,16 +31,9 @@ pub(crate) struct KernelModule {
 
 impl KernelModule {
     pub(crate) fn new() -> Result<Self, SandboxError> {
-        let mut cfg = Config::new();
         // Everything as for the guests but canonicalisation, which the
         // kernel does on its output (see the module docs).
-        cfg.cranelift_nan_canonicalization(false)
-            .wasm_relaxed_simd(false)
-            .wasm_simd(true)
-            .epoch_interruption(true);
-        if std::env::var_os("MIXNN_WASM_PERFMAP").is_some_and(|v| v == "1") {
-            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
+        let cfg = crate::engine_config(false);
         let setup = |e: wasmtime::Error| SandboxError::Setup(format!("product kernel: {e:#}"));
         let engine = Engine::new(&cfg).map_err(setup)?;
         let module = Module::new(&engine, kernel_wasm()).map_err(setup)?;
