@@ -10,10 +10,11 @@
 //! element by element through ndarray (60% of a LeNet conv shard's backward
 //! in the guest).
 //!
-//! Only host-kernel mode uses them (see [`crate::plans`]): the pure-wasm path
-//! stays tract's own, so its results do not move. They compute the same
-//! functions; results differ from tract's by float rounding (a few ulps of
-//! exp).
+//! They apply whenever a product kernel is installed (see [`crate::plans`]):
+//! in the standard guest, in both modes; natively never. They compute the
+//! same functions as tract's ops; results differ from tract's by float
+//! rounding (a few ulps of exp), and are plain deterministic wasm, so pure-wasm
+//! results stay the same on every machine.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -129,6 +130,9 @@ fn sum_run(model: &TypedModel, id: usize) -> TractResult<Option<SumRun>> {
     {
         return Ok(None);
     }
+    if shape.contains(&0) {
+        return Ok(None);
+    }
     let (first, last) = (axes[0], axes[axes.len() - 1]);
     let mut out_shape = shape.clone();
     axes.iter().for_each(|&a| out_shape[a] = 1);
@@ -174,6 +178,9 @@ fn row_add(model: &TypedModel, id: usize) -> TractResult<Option<RowAdd>> {
     let (Some(a), Some(b)) = (concrete(facts[0]), concrete(facts[1])) else {
         return Ok(None);
     };
+    if a.contains(&0) || b.contains(&0) {
+        return Ok(None);
+    }
     // The row: same rank, ones on a leading run of axes, the rest equal.
     let is_row = |full: &[usize], row: &[usize]| {
         full.len() == row.len()

@@ -161,6 +161,11 @@ pub(crate) fn replacement(
         dims.try_into().ok()
     };
     let (x, w, y) = (shape(inputs[0])?, shape(inputs[1])?, shape(out)?);
+    // Empty tensors stay in tract (nothing to gain, and no zero-length runs
+    // to reason about here).
+    if [x, w, y].iter().any(|s| s.contains(&0)) {
+        return None;
+    }
     let bias = inputs[2].shape.volume().to_usize().ok()?;
     if let Some(conv) = op.downcast_ref::<Conv>() {
         return conv_op(conv, x, w, y, bias, limit).map(|c| Box::new(c) as _);

@@ -33,13 +33,12 @@ pub(crate) struct GuestState {
     pub(crate) kernel: Option<KernelInstance>,
 }
 
-/// The layer's memory cap, shared between the guest's memories and its
-/// product kernel's: `StoreLimits` sees the guest's growth as if the
-/// kernel's bytes were part of it, and the kernel grows only into what the
-/// guest leaves.
+/// Memory the layer holds: the guest's linear memories and its product
+/// kernel's, which share the layer's one cap.
 pub(crate) struct MemoryBudget {
+    /// Per-memory limits (a declared maximum, tables, instance counts).
     limits: StoreLimits,
-    /// Bytes held by the guest's linear memories.
+    /// Bytes held by all of the guest's linear memories together.
     guest_bytes: usize,
     /// Bytes held by the product kernel's memory.
     pub(crate) kernel_bytes: usize,
@@ -52,23 +51,44 @@ impl MemoryBudget {
     }
 }
 
-impl ResourceLimiter for MemoryBudget {
+/// The text of the trap a guest gets when its memories would pass the cap
+/// (matched when the trap is turned into [`SandboxError::OutOfMemory`]).
+const OVER_CAP: &str = "memory cap exceeded";
+
+/// The guest's memory growth is checked against the cap for all of its
+/// memories together plus its product kernel's. When only the kernel stands
+/// in the way, the kernel instance is dropped (its memory given back) and
+/// made again, empty, on the next product: a guest never loses room to a
+/// product it asked for earlier.
+impl ResourceLimiter for GuestState {
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let counted = desired.saturating_add(self.kernel_bytes);
-        let allowed = self.limits.memory_growing(current, counted, maximum)?;
-        if allowed {
-            self.guest_bytes = (self.guest_bytes + desired).saturating_sub(current);
+        // Per memory: its declared maximum and the cap.
+        if !self
+            .budget
+            .limits
+            .memory_growing(current, desired, maximum)?
+        {
+            return Ok(false);
         }
-        Ok(allowed)
+        let guest = (self.budget.guest_bytes + desired).saturating_sub(current);
+        if guest.saturating_add(self.budget.kernel_bytes) > self.memory_bytes {
+            self.kernel = None;
+            self.budget.kernel_bytes = 0;
+        }
+        if guest > self.memory_bytes {
+            wasmtime::bail!("{OVER_CAP}: the guest's memories would hold {guest} bytes");
+        }
+        self.budget.guest_bytes = guest;
+        Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.limits.memory_grow_failed(error)
+        self.budget.limits.memory_grow_failed(error)
     }
 
     fn table_growing(
@@ -77,23 +97,23 @@ impl ResourceLimiter for MemoryBudget {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        self.budget.limits.table_growing(current, desired, maximum)
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.limits.table_grow_failed(error)
+        self.budget.limits.table_grow_failed(error)
     }
 
     fn instances(&self) -> usize {
-        self.limits.instances()
+        self.budget.limits.instances()
     }
 
     fn tables(&self) -> usize {
-        self.limits.tables()
+        self.budget.limits.tables()
     }
 
     fn memories(&self) -> usize {
-        self.limits.memories()
+        self.budget.limits.memories()
     }
 }
 
@@ -149,7 +169,7 @@ impl GuestLayer {
             kernel: None,
         };
         let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.budget);
+        store.limiter(|s| s);
         store.set_epoch_deadline(ticks(limits.call_timeout));
         let bindings = Layer::instantiate(&mut store, &guest.component, linker).map_err(|e| {
             SandboxError::Instantiate {
@@ -199,7 +219,9 @@ impl GuestLayer {
                         call,
                         limit: self.store.data().memory_bytes,
                     },
-                    _ if format!("{e:#}").contains("forcing trap when growing memory") => {
+                    _ if format!("{e:#}").contains("forcing trap when growing memory")
+                        || format!("{e:#}").contains(OVER_CAP) =>
+                    {
                         SandboxError::OutOfMemory {
                             call,
                             limit: self.store.data().memory_bytes,

@@ -207,23 +207,25 @@ fn in_wasm(
     max_values: usize,
     deadline: Instant,
 ) -> Result<Vec<f32>, KernelError> {
+    check(a.len(), b.len(), p, max_values)?;
+    if Instant::now() >= deadline {
+        return Err(KernelError::Deadline);
+    }
     let state = store.data_mut();
     let cap = state.memory_bytes;
+    let room = state.budget.kernel_room(cap);
     let mut kernel = match state.kernel.take() {
         Some(k) => k,
-        None => KernelInstance::new(&state.kernel_module, cap).map_err(KernelError::Failed)?,
+        None => KernelInstance::new(&state.kernel_module, room)?,
     };
-    let room = state.budget.kernel_room(cap);
     let ticks = crate::ticks(deadline.saturating_duration_since(Instant::now()));
-    let result = check(a.len(), b.len(), p, max_values).and_then(|_| {
-        kernel.matmul(
-            as_f32(a.as_le_slice(&store)),
-            as_f32(b.as_le_slice(&store)),
-            p,
-            room,
-            ticks,
-        )
-    });
+    let result = kernel.matmul(
+        as_f32(a.as_le_slice(&store)),
+        as_f32(b.as_le_slice(&store)),
+        p,
+        room,
+        ticks,
+    );
     let state = store.data_mut();
     state.budget.kernel_bytes = kernel.memory_bytes();
     state.kernel = Some(kernel);

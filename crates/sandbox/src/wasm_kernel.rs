@@ -27,6 +27,8 @@ use crate::kernels::{KernelError, Product};
 pub(crate) struct KernelModule {
     engine: Engine,
     module: Module,
+    /// Bytes of memory an instance holds before any product.
+    initial_bytes: usize,
 }
 
 impl KernelModule {
@@ -37,7 +39,16 @@ impl KernelModule {
         let setup = |e: wasmtime::Error| SandboxError::Setup(format!("product kernel: {e:#}"));
         let engine = Engine::new(&cfg).map_err(setup)?;
         let module = Module::new(&engine, kernel_wasm()).map_err(setup)?;
-        Ok(KernelModule { engine, module })
+        let initial_bytes = module
+            .exports()
+            .find_map(|e| e.ty().memory().map(|m| m.minimum()))
+            .and_then(|pages| usize::try_from(pages).ok()?.checked_mul(65536))
+            .ok_or_else(|| SandboxError::Setup("product kernel: no memory export".into()))?;
+        Ok(KernelModule {
+            engine,
+            module,
+            initial_bytes,
+        })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -64,7 +75,12 @@ pub(crate) struct KernelInstance {
 
 impl KernelInstance {
     /// A fresh instance whose memory may never exceed `cap` bytes.
-    pub(crate) fn new(module: &KernelModule, cap: usize) -> Result<Self, String> {
+    pub(crate) fn new(module: &KernelModule, cap: usize) -> Result<Self, KernelError> {
+        if module.initial_bytes > cap {
+            return Err(KernelError::KernelMemory {
+                bytes: module.initial_bytes,
+            });
+        }
         let limits = StoreLimitsBuilder::new()
             .memory_size(cap)
             .instances(1)
@@ -73,11 +89,11 @@ impl KernelInstance {
         let mut store = Store::new(&module.engine, limits);
         store.limiter(|l| l);
         store.set_epoch_deadline(u64::MAX / 2);
-        let err = |e: wasmtime::Error| format!("product kernel: {e:#}");
+        let err = |e: wasmtime::Error| KernelError::Failed(format!("{e:#}"));
         let instance = Instance::new(&mut store, &module.module, &[]).map_err(err)?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or("product kernel exports no memory")?;
+            .ok_or_else(|| KernelError::Failed("no memory export".into()))?;
         let matmul = instance.get_typed_func(&mut store, "matmul").map_err(err)?;
         let scratch_len = instance
             .get_typed_func(&mut store, "scratch_len")
@@ -113,10 +129,15 @@ impl KernelInstance {
             u32::try_from(k).map_err(|_| too_large.clone())?,
             u32::try_from(n).map_err(|_| too_large.clone())?,
         );
+        // The kernel states its packing space (u32::MAX when that overflows).
         let scratch = self
             .scratch_len
             .call(&mut self.store, (k32, n32))
-            .map_err(|e| KernelError::Failed(format!("{e:#}")))? as usize;
+            .map_err(|e| KernelError::Failed(format!("{e:#}")))?;
+        if scratch == u32::MAX {
+            return Err(too_large);
+        }
+        let scratch = scratch as usize;
         // Layout above `base`: A, B, C, then the packing scratch.
         let floats = [m * k, k * n, m * n, scratch];
         let total: usize = floats.iter().sum();
@@ -296,6 +317,12 @@ mod tests {
         let module = KernelModule::new().expect("kernel module");
         let mut kernel = KernelInstance::new(&module, 64 << 20).expect("instance");
         let (m, k, n) = (256, 256, 256);
+        // Not even the empty instance fits in 1 KiB.
+        let tiny = KernelInstance::new(&module, 1024).err();
+        assert!(
+            matches!(tiny, Some(KernelError::KernelMemory { .. })),
+            "{tiny:?}"
+        );
         let (a, b) = (values(1, m * k), values(2, k * n));
         let budget = kernel.memory_bytes() + 100_000;
         let r = kernel.matmul(&a, &b, product(m, k, n, false, false), budget, u64::MAX / 2);

@@ -272,6 +272,13 @@ fn hostile_arguments_to_host_kernels_are_refused() {
     );
     still_serves(&sb);
 
+    // And the other way round: memory the kernel holds after a product goes
+    // back to the guest when the guest needs it.
+    let mut g = sb.instantiate(&hostile).expect("instantiates");
+    let regrow = msg(g.load(b"kernel-then-grow", &cfg).expect_err("reports"));
+    assert!(regrow.contains("product [0.0, 0.0, 0.0, 0.0]"), "{regrow}");
+    still_serves(&sb);
+
     // An operator who lends no native kernels: the job's products still run,
     // in the pure-wasm kernel.
     let off = Sandbox::new(SandboxOptions {

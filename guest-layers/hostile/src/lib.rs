@@ -7,8 +7,9 @@
 //! dimensions), `kernel-outside` (operands outside linear memory); and
 //! `kernel-ok` computes a small product honestly; `kernel-crowded` holds
 //! most of its memory cap, then asks for a product whose working memory
-//! would not fit beside it. Each reports what the host answered as its
-//! error message.
+//! would not fit beside it; `kernel-then-grow` (honest) runs a large product,
+//! then needs the room the product kernel held. Each reports what the host
+//! answered as its error message.
 //! The sandbox must turn each into a clear error and keep serving.
 
 wit_bindgen::generate!({ world: "layer", path: "../../wit" });
@@ -76,6 +77,16 @@ impl Guest for HostileGuest {
                 let ballast: Vec<Vec<u8>> = (0..14).map(|_| vec![1u8; 16 << 20]).collect();
                 let (a, b) = (vec![0u32; 2048 * 1024], vec![0u32; 1024 * 1024]);
                 let r = mixnn::layer::kernels::matmul(&a, &b, 2048, 1024, 1024, false, false);
+                std::hint::black_box(&ballast);
+                Err(answer(r.map(|c| c[..4].to_vec())))
+            }
+            b"kernel-then-grow" => {
+                // A ~24 MiB pure-wasm product under a 256 MiB cap, then 224
+                // MiB more: this fits only if the kernel gives its memory back.
+                let (a, b) = (vec![0u32; 2048 * 1024], vec![0u32; 1024 * 1024]);
+                let r = mixnn::layer::kernels::matmul(&a, &b, 2048, 1024, 1024, false, false);
+                drop((a, b));
+                let ballast: Vec<Vec<u8>> = (0..14).map(|_| vec![1u8; 16 << 20]).collect();
                 std::hint::black_box(&ballast);
                 Err(answer(r.map(|c| c[..4].to_vec())))
             }

@@ -38,10 +38,16 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
 }
 
 /// Floats of packing space `matmul` needs for A (one row panel) and B (all
-/// column panels); the host lays out that much after C.
+/// column panels); the host lays out that much after C. `usize::MAX` when
+/// the count does not fit this 32-bit address space.
 #[unsafe(no_mangle)]
 pub extern "C" fn scratch_len(k: usize, n: usize) -> usize {
-    MR * k + n.div_ceil(NR) * NR * k
+    let b = n.div_ceil(NR).checked_mul(NR).and_then(|c| c.checked_mul(k));
+    let a = MR.checked_mul(k);
+    match (a, b) {
+        (Some(a), Some(b)) => a.checked_add(b).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    }
 }
 
 /// C (m × n, row-major) = op(A) · op(B), op(A) m × k and op(B) k × n; A is
