@@ -24,6 +24,8 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::identity::Identity;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 
+use crate::host_kernels::{concrete, f32_value, f32s};
+
 /// Softmax or log-softmax over the last axis of an f32 tensor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RowSoftmax {
@@ -106,10 +108,6 @@ pub(crate) fn patch(model: &mut TypedModel) -> TractResult<usize> {
         }
     }
     Ok(replaced)
-}
-
-fn concrete(fact: &TypedFact) -> Option<TVec<usize>> {
-    fact.shape.iter().map(|d| d.to_usize().ok()).collect()
 }
 
 fn sum_run(model: &TypedModel, id: usize) -> TractResult<Option<SumRun>> {
@@ -298,7 +296,7 @@ impl EvalOp for SumRun {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
-        let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let x = f32s(&input)?;
         let (mid, inner) = (self.mid, self.inner);
         ensure!(x.len() == self.outer * mid * inner, "SumRun: input size");
         let mut out = vec![0f32; self.outer * inner];
@@ -312,8 +310,7 @@ impl EvalOp for SumRun {
                 }
             }
         }
-        let t = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(&*self.out_shape, out)?;
-        Ok(tvec!(t.into_tvalue()))
+        f32_value(&self.out_shape, out)
     }
 }
 
@@ -339,7 +336,7 @@ impl EvalOp for RowAdd {
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let row = inputs.remove(1 - self.full);
         let full = inputs.remove(0);
-        let row = row.try_as_plain_ram()?.as_slice::<f32>()?;
+        let row = f32s(&row)?;
         let mut t = full.into_tensor();
         let mut view = t.try_as_plain_ram_mut()?;
         let data = view.as_slice_mut::<f32>()?;
@@ -376,7 +373,7 @@ impl EvalOp for FlatScatter {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (data, indices, updates) = args_3!(inputs);
         let indices = indices.try_as_plain_ram()?.as_slice::<i64>()?;
-        let updates = updates.try_as_plain_ram()?.as_slice::<f32>()?;
+        let updates = f32s(&updates)?;
         ensure!(indices.len() == updates.len(), "FlatScatter: lengths");
         let mut t = data.into_tensor();
         let mut view = t.try_as_plain_ram_mut()?;

@@ -17,7 +17,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::host_kernels::{MatMulDims, call_kernel};
+use crate::host_kernels::{MatMulDims, call_kernel, concrete, f32_value, f32s};
 
 /// One spatial axis of a convolution. Small-side position `o` and kernel tap
 /// `k` meet big-side position `o · stride + k · dilation − pad`; taps landing
@@ -152,14 +152,7 @@ pub(crate) fn replacement(
     {
         return None;
     }
-    let shape = |f: &TypedFact| -> Option<[usize; 4]> {
-        let dims: Vec<usize> = f
-            .shape
-            .iter()
-            .map(|d| d.to_usize().ok())
-            .collect::<Option<_>>()?;
-        dims.try_into().ok()
-    };
+    let shape = |f: &TypedFact| -> Option<[usize; 4]> { concrete(f)?.as_slice().try_into().ok() };
     let (x, w, y) = (shape(inputs[0])?, shape(inputs[1])?, shape(out)?);
     // Empty tensors stay in tract (nothing to gain, and no zero-length runs
     // to reason about here).
@@ -316,7 +309,7 @@ impl EvalOp for HostConv {
             }
         }
         add_bias(&mut out, bias, self.out_ch, p);
-        output(&[self.batch, self.out_ch, g.h.small, g.w.small], out)
+        f32_value(&[self.batch, self.out_ch, g.h.small, g.w.small], out)
     }
 }
 
@@ -378,7 +371,7 @@ impl EvalOp for HostDeconv {
             let image = &mut out[n * self.out_ch * big..][..self.out_ch * big];
             scatter_by_tap(g, &cols, self.out_ch, image);
         }
-        output(&[self.batch, self.out_ch, g.h.big, g.w.big], out)
+        f32_value(&[self.batch, self.out_ch, g.h.big, g.w.big], out)
     }
 }
 
@@ -502,15 +495,6 @@ fn add_bias(out: &mut [f32], bias: &[f32], channels: usize, plane: usize) {
         };
         chunk.iter_mut().for_each(|v| *v += b);
     }
-}
-
-fn output(shape: &[usize], data: Vec<f32>) -> TractResult<TVec<TValue>> {
-    let t = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, data)?;
-    Ok(tvec!(t.into_tvalue()))
-}
-
-fn f32s(t: &Tensor) -> TractResult<&[f32]> {
-    t.try_as_plain_ram()?.as_slice::<f32>()
 }
 
 #[cfg(test)]

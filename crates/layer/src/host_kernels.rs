@@ -88,9 +88,7 @@ impl EvalOp for HostMatMul {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let a = f32s(&inputs[self.a_input])?;
         let b = f32s(&inputs[1 - self.a_input])?;
-        let c = call_kernel(a, b, self.dims)?;
-        let c = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(&*self.out_shape, c)?;
-        Ok(tvec!(c.into_tvalue()))
+        f32_value(&self.out_shape, call_kernel(a, b, self.dims)?)
     }
 }
 
@@ -119,8 +117,23 @@ pub(crate) fn call_kernel(a: &[f32], b: &[f32], d: MatMulDims) -> TractResult<Ve
     Ok(c)
 }
 
-fn f32s(t: &Tensor) -> TractResult<&[f32]> {
+// Helpers shared by the ops that replace tract's (here, `host_conv`,
+// `guest_ops`).
+
+/// The f32 values of a plain in-memory tensor.
+pub(crate) fn f32s(t: &Tensor) -> TractResult<&[f32]> {
     t.try_as_plain_ram()?.as_slice::<f32>()
+}
+
+/// `data` as an op's single f32 output of `shape`.
+pub(crate) fn f32_value(shape: &[usize], data: Vec<f32>) -> TractResult<TVec<TValue>> {
+    let t = tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(shape, data)?;
+    Ok(tvec!(t.into_tvalue()))
+}
+
+/// A fact's shape, when every dimension is a known number.
+pub(crate) fn concrete(fact: &TypedFact) -> Option<TVec<usize>> {
+    fact.shape.iter().map(|d| d.to_usize().ok()).collect()
 }
 
 /// Replaces every eligible product of `model` (decluttered, not yet
@@ -171,15 +184,7 @@ fn eligible(es: &EinSum, inputs: &[&TypedFact], out: &TypedFact, limit: u64) -> 
         return None;
     }
     let facts = [inputs[0], inputs[1], out];
-    let shapes: Vec<Vec<usize>> = facts
-        .iter()
-        .map(|f| {
-            f.shape
-                .iter()
-                .map(|d| d.to_usize().ok())
-                .collect::<Option<Vec<_>>>()
-        })
-        .collect::<Option<_>>()?;
+    let shapes: Vec<TVec<usize>> = facts.iter().map(|f| concrete(f)).collect::<Option<_>>()?;
     // Per tensor, the group of each position (None: a unit axis summed away).
     let mut layout: Vec<Vec<Option<(Group, char)>>> =
         shapes.iter().map(|s| vec![None; s.len()]).collect();

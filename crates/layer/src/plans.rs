@@ -26,8 +26,9 @@ pub(crate) enum Feed<'a> {
 
 impl Plan {
     /// Compiles `model`, fixing each input to the given shape and type.
-    /// With `host_kernels`, 2-D products run on the installed host kernel
-    /// (see [`crate::host_kernels`]); without one installed nothing changes.
+    /// With `host_kernels` and a product kernel installed, products and
+    /// convolutions go to that kernel and slow row ops are replaced (see
+    /// [`crate::host_kernels`]); without one installed nothing changes.
     pub fn compile(
         model: &pb::ModelProto,
         inputs: &[(Vec<usize>, DatumType)],
@@ -50,8 +51,9 @@ impl Plan {
         let mut typed = m
             .into_typed()
             .map_err(|e| LayerError::tract("typing graph", e))?;
-        // Products are recognised in their decluttered form; the pure-wasm
-        // path skips this (optimising declutters anyway) and stays as it was.
+        // Products are recognised in their decluttered form. Without a
+        // kernel (the native engine) this is skipped: optimising declutters
+        // anyway, and the plan stays tract's own.
         if host_kernels && crate::host_kernels::host_matmul_installed() {
             typed = typed
                 .into_decluttered()

@@ -108,6 +108,17 @@ pub fn matmul(
     deadline: Instant,
 ) -> Result<Vec<f32>, KernelError> {
     let work = check(a.len(), b.len(), p, max_result_values)?;
+    native(a, b, p, work, deadline)
+}
+
+/// The native product of an already checked `p` (whose work is `work`).
+fn native(
+    a: &[f32],
+    b: &[f32],
+    p: Product,
+    work: u64,
+    deadline: Instant,
+) -> Result<Vec<f32>, KernelError> {
     let Product { m, k, n, .. } = p;
     let len_c = m * n;
     let (rsa, csa) = if p.a_trans { (1, m) } else { (k, 1) };
@@ -173,19 +184,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
                 b_trans,
             };
             let state = store.data();
-            let (native, deadline, cap) = (state.native, state.deadline, state.memory_bytes);
-            let max_values = cap / std::mem::size_of::<f32>();
-            let result = if native {
-                matmul(
-                    as_f32(a.as_le_slice(&store)),
-                    as_f32(b.as_le_slice(&store)),
-                    p,
-                    max_values,
-                    deadline,
-                )
-            } else {
-                in_wasm(store, &a, &b, p, max_values, deadline)
-            };
+            let (on_host, deadline) = (state.native, state.deadline);
+            let max_values = state.memory_bytes / std::mem::size_of::<f32>();
+            // One validation for both modes, before either touches a number.
+            let result = check(a.len(), b.len(), p, max_values).and_then(|work| {
+                if on_host {
+                    let (a, b) = (a.as_le_slice(&store), b.as_le_slice(&store));
+                    native(as_f32(a), as_f32(b), p, work, deadline)
+                } else {
+                    in_wasm(store, &a, &b, p, deadline)
+                }
+            });
             match result {
                 Ok(c) => Ok((Ok(c),)),
                 // The epoch deadline traps wasm code; a host call past it
@@ -198,16 +207,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     Ok(())
 }
 
-/// A product on the layer's wasm kernel instance (made on first use).
+/// An already checked product on the layer's wasm kernel instance (made on
+/// first use).
 fn in_wasm(
     mut store: StoreContextMut<'_, GuestState>,
     a: &WasmList<u32>,
     b: &WasmList<u32>,
     p: Product,
-    max_values: usize,
     deadline: Instant,
 ) -> Result<Vec<f32>, KernelError> {
-    check(a.len(), b.len(), p, max_values)?;
     if Instant::now() >= deadline {
         return Err(KernelError::Deadline);
     }

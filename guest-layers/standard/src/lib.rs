@@ -69,7 +69,8 @@ fn config(c: types::TrainConfig) -> TrainConfig {
     }
 }
 
-/// The host's product kernel, as `mixnn-layer` calls it in host-kernel mode.
+/// The host's product kernel, as `mixnn-layer` calls it (in both modes: the
+/// host computes natively or in its wasm product kernel).
 fn host_matmul(
     a: &[f32],
     b: &[f32],
