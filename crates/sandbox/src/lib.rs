@@ -65,8 +65,10 @@ impl GuestKind {
 }
 
 /// A deliberately malicious guest (loops, hoards memory, traps on request).
-/// Only for tests of the sandbox's limits; never deployed.
-#[doc(hidden)]
+/// Only for tests of the sandbox's limits; never deployed: it exists only
+/// with the `test-guests` feature, which only this crate's own tests enable
+/// (a dev-dependency on itself), so no operator's build can load it.
+#[cfg(feature = "test-guests")]
 pub fn hostile_guest_wasm() -> &'static [u8] {
     include_bytes!(concat!(env!("OUT_DIR"), "/mixnn_guest_hostile.wasm"))
 }
