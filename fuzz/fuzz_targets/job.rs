@@ -58,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
 
     for dir in DIRECTIONS {
         if let Ok(body) = open_e2e(&KEY, dir, data) {
-            assert_eq!(seal_e2e(&KEY, dir, &body), data, "an unsealed section opened");
+            assert_eq!(
+                seal_e2e(&KEY, dir, &body),
+                data,
+                "an unsealed section opened"
+            );
         }
         let sealed = seal_e2e(&KEY, dir, data);
         match open_e2e(&KEY, dir, &sealed) {
@@ -69,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
             E2eDirection::ToHop => E2eDirection::FromHop,
             E2eDirection::FromHop => E2eDirection::ToHop,
         };
-        assert!(open_e2e(&KEY, other, &sealed).is_err(), "a seal opened the other way");
+        assert!(
+            open_e2e(&KEY, other, &sealed).is_err(),
+            "a seal opened the other way"
+        );
     }
 
     messages(data);
