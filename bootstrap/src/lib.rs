@@ -19,13 +19,12 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, ping};
-use mixnn_protocol::secret_file::{self, SecretFileError};
-use mixnn_protocol::{
-    DirectoryRequest, DirectoryResponse, MAX_LIST_ENTRIES, SignedDescriptor, unix_now,
-};
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use mixnn_p2p::secret_file::{self, SecretFileError};
+use mixnn_p2p::{BuildError, ListenError, PeerBehaviour, PeerBehaviourEvent, Role, unix_now};
+use mixnn_protocol::{DirectoryRequest, DirectoryResponse, MAX_LIST_ENTRIES, SignedDescriptor};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
@@ -63,23 +62,12 @@ impl Default for BootstrapConfig {
 pub enum BootstrapError {
     #[error(transparent)]
     Identity(#[from] SecretFileError),
-    #[error("identity key is unusable: {0}")]
-    BadKey(String),
     #[error("no listen address given")]
     NoListenAddr,
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("building the libp2p transport: {0}")]
-    Transport(String),
-}
-
-/// One behaviour per concern, composed as in rust-libp2p's examples.
-#[derive(NetworkBehaviour)]
-struct BootstrapBehaviour {
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    directory: mixnn_p2p::DirectoryBehaviour,
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Transport(#[from] BuildError),
 }
 
 /// A running bootstrap; [`shutdown`](Self::shutdown) stops it.
@@ -102,28 +90,15 @@ impl Bootstrap {
         let keypair = match &cfg.data_dir {
             Some(dir) => {
                 secret_file::ensure_private_dir(dir)?;
-                let (seed, created) = secret_file::load_or_create_identity(&dir.join(KEY_FILE))?;
-                let mut copy = zeroize_copy(&seed);
-                let kp = libp2p::identity::Keypair::ed25519_from_bytes(&mut copy[..])
-                    .map_err(|e| BootstrapError::BadKey(e.to_string()))?;
-                info!(created, dir = %dir.display(), "bootstrap identity");
-                kp
+                let id = mixnn_p2p::identity::load_or_create(&dir.join(KEY_FILE))?;
+                info!(created = id.created, dir = %dir.display(), "bootstrap identity");
+                id.keypair
             }
             None => libp2p::identity::Keypair::generate_ed25519(),
         };
-        let mut swarm = build_swarm(keypair)?;
+        let mut swarm = mixnn_p2p::build_swarm(keypair, Role::Bootstrap)?;
         let peer_id = *swarm.local_peer_id();
-        for addr in &cfg.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| BootstrapError::Listen {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let listen_addrs = mixnn_p2p::wait_listening(&mut swarm, cfg.listen.len(), None)
-            .await
-            .map_err(|e| BootstrapError::Transport(e.to_string()))?;
+        let listen_addrs = mixnn_p2p::listen(&mut swarm, &cfg.listen, None).await?;
         let listen_addrs: Vec<Multiaddr> = listen_addrs
             .into_iter()
             .map(|a| a.with(Protocol::P2p(peer_id)))
@@ -170,26 +145,8 @@ impl Bootstrap {
     }
 }
 
-fn zeroize_copy(seed: &[u8; 32]) -> zeroize::Zeroizing<[u8; 32]> {
-    zeroize::Zeroizing::new(*seed)
-}
-
-fn build_swarm(
-    keypair: libp2p::identity::Keypair,
-) -> Result<Swarm<BootstrapBehaviour>, BootstrapError> {
-    mixnn_p2p::build_swarm(keypair, |key| BootstrapBehaviour {
-        // The bootstrap is where others start; it learns the pool as
-        // peers connect and has no one to bootstrap from itself.
-        kad: mixnn_p2p::kad(key, Duration::from_secs(30), false),
-        identify: mixnn_p2p::identify(key),
-        ping: ping::Behaviour::default(),
-        directory: mixnn_p2p::directory(ProtocolSupport::Inbound, Duration::from_secs(15)),
-    })
-    .map_err(BootstrapError::Transport)
-}
-
 async fn run(
-    mut swarm: Swarm<BootstrapBehaviour>,
+    mut swarm: Swarm<PeerBehaviour>,
     directory: Arc<Mutex<Directory>>,
     mut stop: oneshot::Receiver<()>,
     expire_interval: Duration,
@@ -217,12 +174,12 @@ fn lock(d: &Mutex<Directory>) -> std::sync::MutexGuard<'_, Directory> {
 }
 
 fn handle_event(
-    swarm: &mut Swarm<BootstrapBehaviour>,
+    swarm: &mut Swarm<PeerBehaviour>,
     directory: &Mutex<Directory>,
-    ev: SwarmEvent<BootstrapBehaviourEvent>,
+    ev: SwarmEvent<PeerBehaviourEvent>,
 ) {
     match ev {
-        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Directory(
+        SwarmEvent::Behaviour(PeerBehaviourEvent::Directory(
             request_response::Event::Message {
                 peer,
                 message:
@@ -235,22 +192,22 @@ fn handle_event(
             let response = answer(swarm, directory, peer, request);
             if swarm
                 .behaviour_mut()
-                .directory
+                .directory_mut()
                 .send_response(channel, response)
                 .is_err()
             {
                 debug!(%peer, "directory client left before the answer");
             }
         }
-        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Directory(
+        SwarmEvent::Behaviour(PeerBehaviourEvent::Directory(
             request_response::Event::InboundFailure { peer, error, .. },
         )) => debug!(%peer, %error, "directory request failed"),
-        SwarmEvent::Behaviour(BootstrapBehaviourEvent::Identify(identify::Event::Received {
+        SwarmEvent::Behaviour(PeerBehaviourEvent::Identify(identify::Event::Received {
             peer_id,
             info,
             ..
         })) => {
-            mixnn_p2p::add_identified_peer(&mut swarm.behaviour_mut().kad, &peer_id, info);
+            mixnn_p2p::add_identified_peer(swarm.behaviour_mut().kad_mut(), &peer_id, info);
         }
         SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
         SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),
@@ -262,7 +219,7 @@ fn handle_event(
 }
 
 fn answer(
-    swarm: &mut Swarm<BootstrapBehaviour>,
+    swarm: &mut Swarm<PeerBehaviour>,
     directory: &Mutex<Directory>,
     from: PeerId,
     request: DirectoryRequest,
@@ -285,7 +242,7 @@ fn answer(
                             .iter()
                             .filter_map(|a| a.parse::<Multiaddr>().ok())
                         {
-                            swarm.behaviour_mut().kad.add_address(&pid, a);
+                            swarm.behaviour_mut().kad_mut().add_address(&pid, a);
                         }
                     }
                     DirectoryResponse::Published

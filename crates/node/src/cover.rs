@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use mixnn_p2p::{SendError, SwarmHandle, split_p2p};
-use mixnn_protocol::{NodeDescriptor, unix_now};
+use mixnn_p2p::{SendError, SwarmHandle, split_p2p, unix_now};
+use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{
     Exit, JobHandle, LinkKey, MixPublicKey, NodeId, Op, PayloadMode, RouteHop, SphinxError,
 };

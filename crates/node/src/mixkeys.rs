@@ -8,7 +8,7 @@
 //!
 //! Why persist: a restarted node keeps serving routes built from its last
 //! descriptor. The file `mix-keys.cbor` is written owner-only through
-//! [`mixnn_protocol::secret_file`]. If the epoch length changed since the
+//! [`mixnn_p2p::secret_file`]. If the epoch length changed since the
 //! file was written, the old keys are numbered on the wrong schedule and are
 //! discarded (logged).
 
@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use mixnn_p2p::secret_file::{self, SecretFileError};
 use mixnn_protocol::cbor;
-use mixnn_protocol::secret_file::{self, SecretFileError};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use x25519_dalek::{PublicKey, StaticSecret};

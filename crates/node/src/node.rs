@@ -15,23 +15,24 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use mixnn_protocol::secret_file::{self, SecretFileError};
+use mixnn_p2p::secret_file::{self, SecretFileError};
+use mixnn_p2p::unix_now;
 use mixnn_protocol::{
     Capacity, DirectoryRequest, DirectoryResponse, MixKeyInfo, NodeDescriptor, SOFTWARE_VERSION,
-    SignedDescriptor, unix_now,
+    SignedDescriptor,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use zeroize::Zeroizing;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::jobs::{JobLimits, Jobs};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
 use crate::processor::{JobView, Processor};
-use mixnn_p2p::packets::{self, PacketInbox, PacketSender, SizeClasses};
-use mixnn_p2p::peer::{self as swarm, SwarmHandle};
+use mixnn_p2p::{
+    PacketInbox, PacketSender, PeerSetup, QueueLimits, Role, SizeClasses, SwarmHandle,
+};
 
 /// The identity file's name inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -103,13 +104,10 @@ fn parse_addr(s: &str) -> Result<Multiaddr, NodeError> {
 
 /// Loads (or creates) the identity seed in `data_dir`.
 fn load_identity(data_dir: &Path) -> Result<(libp2p::identity::Keypair, SigningKey), NodeError> {
-    let (seed, created) = secret_file::load_or_create_identity(&data_dir.join(IDENTITY_FILE))?;
-    let mut copy = Zeroizing::new(*seed);
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut copy[..])
-        .map_err(|e| NodeError::Transport(format!("identity key: {e}")))?;
-    let signing = SigningKey::from_bytes(&seed);
-    info!(created, peer_id = %keypair.public().to_peer_id(), "identity");
-    Ok((keypair, signing))
+    let id = mixnn_p2p::identity::load_or_create(&data_dir.join(IDENTITY_FILE))?;
+    let signing = SigningKey::from_bytes(&id.seed);
+    info!(created = id.created, peer_id = %id.keypair.public().to_peer_id(), "identity");
+    Ok((id.keypair, signing))
 }
 
 impl Node {
@@ -124,14 +122,10 @@ impl Node {
         }
         let mut bootstraps = Vec::new();
         for s in &cfg.bootstrap {
-            let addr = parse_addr(s)?;
-            let (peer, plain) = swarm::split_p2p(&addr).ok_or_else(|| NodeError::Addr {
+            bootstraps.push(mixnn_p2p::parse_bootstrap(s).map_err(|e| NodeError::Addr {
                 addr: s.clone(),
-                reason: "a bootstrap address must end in /p2p/<peer id> \
-                         (`mixnn bootstrap` prints it)"
-                    .into(),
-            })?;
-            bootstraps.push((peer, plain, addr));
+                reason: e.to_string(),
+            })?);
         }
         let listen: Vec<Multiaddr> = cfg
             .listen
@@ -150,21 +144,41 @@ impl Node {
         let store = MixKeyStore::open(&cfg.data_dir, cfg.epoch_secs, cfg.key_grace_secs, now)?;
         let mix_keys = MixKeys(Arc::new(RwLock::new(store)));
 
-        let mut swarm = swarm::build(keypair).map_err(NodeError::Transport)?;
-        let peer_id = *swarm.local_peer_id();
+        let peer_id = keypair.public().to_peer_id();
         let metrics = Arc::new(Metrics::new(peer_id.to_base58()));
-        for a in &listen {
-            swarm.listen_on(a.clone()).map_err(|e| NodeError::Listen {
-                addr: a.to_string(),
-                reason: e.to_string(),
-            })?;
-        }
-        // A wildcard listener reports one address per interface, back to
-        // back: give the rest 100 ms to arrive after the first.
-        let mut bound =
-            mixnn_p2p::wait_listening(&mut swarm, listen.len(), Some(Duration::from_millis(100)))
-                .await
-                .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let peer = mixnn_p2p::start_pool_peer(PeerSetup {
+            keypair,
+            role: Role::Node,
+            listen: &listen,
+            // A wildcard listener reports one address per interface, back
+            // to back: give the rest 100 ms to arrive after the first.
+            settle: Some(Duration::from_millis(100)),
+            bootstraps: &bootstraps,
+            sizes: SizeClasses::new(&cfg.packet_sizes),
+            inbound: QueueLimits {
+                packets: cfg.inbound_queue,
+                bytes: cfg.inbound_queue_bytes,
+            },
+            outbound: QueueLimits {
+                packets: cfg.outbound_queue,
+                bytes: cfg.outbound_queue_bytes,
+            },
+            metrics: metrics.link.clone(),
+            stop: stop_rx.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            mixnn_p2p::SetupError::Listen(mixnn_p2p::ListenError::Refused { addr, source }) => {
+                NodeError::Listen {
+                    addr: addr.to_string(),
+                    reason: source.to_string(),
+                }
+            }
+            e => NodeError::Transport(e.to_string()),
+        })?;
+        let mut tasks = peer.tasks;
+        let mut bound = peer.listen_addrs;
         bound.truncate(mixnn_protocol::descriptor::MAX_ADDRS);
         let advertised: Vec<String> = if external.is_empty() {
             &bound
@@ -174,9 +188,6 @@ impl Node {
         .iter()
         .map(ToString::to_string)
         .collect();
-        let control = swarm::stream_control(&swarm);
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = Vec::new();
 
         let (metrics_addr, metrics_task) = match cfg.metrics {
             Some(addr) => {
@@ -187,34 +198,7 @@ impl Node {
             None => (None, None),
         };
         tasks.extend(metrics_task);
-
-        let (handle, swarm_task) = swarm::spawn(swarm, metrics.link.clone(), stop_rx.clone());
-        tasks.push(swarm_task);
-        for (peer, plain, full) in &bootstraps {
-            handle.add_addresses(*peer, vec![plain.clone()]).await;
-            handle.dial(full.clone()).await;
-        }
-
-        let sizes = SizeClasses::new(&cfg.packet_sizes);
-        let (inbox, inbound_task) = packets::start_inbound(
-            control.clone(),
-            sizes.clone(),
-            cfg.inbound_queue,
-            cfg.inbound_queue_bytes,
-            metrics.link.clone(),
-            stop_rx.clone(),
-        )
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
-        tasks.push(inbound_task);
-        let sender = PacketSender::new(
-            control.clone(),
-            handle.clone(),
-            sizes,
-            cfg.outbound_queue,
-            cfg.outbound_queue_bytes,
-            metrics.link.clone(),
-            stop_rx.clone(),
-        );
+        let (handle, control, sender, inbox) = (peer.swarm, peer.control, peer.sender, peer.inbox);
 
         let descriptor = sign_descriptor(&cfg, &signing, peer_id, &advertised, &mix_keys, now)?;
         if let Some((epoch, _)) = mix_keys.current(now) {
@@ -224,7 +208,7 @@ impl Node {
             signing,
             peer_id,
             addrs: advertised,
-            bootstraps: bootstraps.iter().map(|(p, _, _)| *p).collect(),
+            bootstraps: bootstraps.iter().map(|b| b.peer).collect(),
             mix_keys,
             descriptor: Mutex::new(descriptor),
             swarm: handle,
@@ -409,9 +393,9 @@ impl Node {
             .swarm
             .directory(bootstrap, request)
             .await
-            .map_err(|reason| NodeError::Directory {
+            .map_err(|e| NodeError::Directory {
                 peer: bootstrap,
-                reason,
+                reason: e.to_string(),
             })
     }
 
@@ -422,14 +406,14 @@ impl Node {
             .swarm
             .list_directory(&self.shared.bootstraps)
             .await
-            .map_err(|reason| NodeError::Directory {
+            .map_err(|e| NodeError::Directory {
                 peer: self
                     .shared
                     .bootstraps
                     .first()
                     .copied()
                     .unwrap_or(self.shared.peer_id),
-                reason,
+                reason: e.to_string(),
             })
     }
 

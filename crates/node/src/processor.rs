@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use mixnn_p2p::unix_now;
 use mixnn_protocol::job::{self, E2eDirection, FromHop, JobPayload, ToHop, WireTensor, app_flags};
-use mixnn_protocol::unix_now;
 use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, NodeId, Op, Processed, ReplayCache};
 use tokio::sync::watch;
 use tracing::{debug, warn};

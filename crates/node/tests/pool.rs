@@ -30,13 +30,14 @@ async fn three_nodes_join_and_are_listed_with_valid_signatures() {
                 .iter()
                 .find(|d| d.peer_id == n.peer_id().to_base58())
                 .expect("each node is listed");
-            let (epoch, public) = n.mix_keys().current(mixnn_protocol::unix_now()).unwrap();
+            let (epoch, public) = n.mix_keys().current(mixnn_p2p::unix_now()).unwrap();
             assert_eq!(d.mix_key.epoch, epoch);
             assert_eq!(d.mix_key.public, public.to_bytes());
             assert!(d.addrs.iter().all(|a| a.starts_with("/ip4/127.0.0.1/tcp/")));
         }
         for s in &stored {
-            s.verify().expect("stored entries verify");
+            s.verify_at(mixnn_p2p::unix_now())
+                .expect("stored entries verify");
         }
         for n in nodes {
             n.shutdown().await;
@@ -88,7 +89,10 @@ async fn tampered_and_forged_descriptors_are_rejected() {
             .unwrap();
         assert_eq!(
             *v,
-            victim.descriptor().verify().unwrap(),
+            victim
+                .descriptor()
+                .verify_at(mixnn_p2p::unix_now())
+                .unwrap(),
             "genuine entry unchanged"
         );
         a.shutdown().await;
@@ -106,7 +110,7 @@ async fn restart_on_the_same_data_dir_keeps_identity_and_mix_key() {
         let d = tempfile::tempdir().unwrap();
         let first = node(d.path(), &b).await;
         let id = first.peer_id();
-        let now = mixnn_protocol::unix_now();
+        let now = mixnn_p2p::unix_now();
         let key = first.mix_keys().current(now).unwrap();
         first.shutdown().await;
         let second = node(d.path(), &b).await;

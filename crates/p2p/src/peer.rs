@@ -1,4 +1,5 @@
-//! A pool peer's libp2p swarm (node or designer) and the task that drives it.
+//! The task that drives a pool peer's swarm (node or designer), and its
+//! command handle.
 //!
 //! The swarm is owned by one task; everything else talks to it through
 //! [`SwarmHandle`] commands with oneshot replies. Why: `Swarm` is `!Sync`
@@ -11,69 +12,60 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::kad::{self, QueryId, QueryResult};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
-use mixnn_protocol::{DirectoryRequest, DirectoryResponse};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use mixnn_protocol::cbor::CborError;
+use mixnn_protocol::{DirectoryRequest, DirectoryResponse, NodeDescriptor};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 
+use crate::behaviour::{PeerBehaviour, PeerBehaviourEvent};
 use crate::link_metrics::LinkMetrics;
 
-/// One behaviour per concern, composed as in rust-libp2p's examples.
-#[derive(NetworkBehaviour)]
-pub struct PeerBehaviour {
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    directory: crate::DirectoryBehaviour,
-    stream: libp2p_stream::Behaviour,
+/// Why a directory request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The swarm task has stopped.
+    #[error("the peer is shutting down")]
+    ShuttingDown,
+    /// The answer is over the protocol's limits.
+    #[error(transparent)]
+    Limits(#[from] CborError),
+    /// The request failed; `dial` is why the last dial to the peer failed,
+    /// if it did (the usual reason behind the failure).
+    #[error("{failure}{}", dial.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Failed {
+        failure: OutboundFailure,
+        dial: Option<String>,
+    },
+    /// A list request was answered with something else.
+    #[error("unexpected answer to a list request")]
+    UnexpectedAnswer,
+    /// No bootstrap to ask.
+    #[error("no bootstrap configured")]
+    NoBootstrap,
+    /// What the last bootstrap asked answered.
+    #[error("directory request to {bootstrap}: {source}")]
+    From {
+        bootstrap: PeerId,
+        #[source]
+        source: Box<DirectoryError>,
+    },
 }
 
-pub fn build(keypair: libp2p::identity::Keypair) -> Result<Swarm<PeerBehaviour>, String> {
-    build_as(keypair, false)
-}
-
-/// A swarm for a peer that only uses the pool: Kademlia in client mode,
-/// so it never enters the nodes' routing tables (a designer must not be
-/// findable in the DHT).
-pub fn build_client(keypair: libp2p::identity::Keypair) -> Result<Swarm<PeerBehaviour>, String> {
-    build_as(keypair, true)
-}
-
-fn build_as(
-    keypair: libp2p::identity::Keypair,
-    client: bool,
-) -> Result<Swarm<PeerBehaviour>, String> {
-    crate::build_swarm(keypair, |key| PeerBehaviour {
-        kad: {
-            let mut kad = crate::kad(key, Duration::from_secs(20), !client);
-            if client {
-                kad.set_mode(Some(kad::Mode::Client));
-            }
-            kad
-        },
-        identify: crate::identify(key),
-        ping: ping::Behaviour::default(),
-        directory: crate::directory(ProtocolSupport::Outbound, Duration::from_secs(10)),
-        stream: libp2p_stream::Behaviour::new(),
-    })
-}
-
-pub fn stream_control(swarm: &Swarm<PeerBehaviour>) -> libp2p_stream::Control {
-    swarm.behaviour().stream.new_control()
-}
+/// A directory request's reply channel.
+type DirectoryReply = oneshot::Sender<Result<DirectoryResponse, DirectoryError>>;
 
 enum Command {
     Directory {
         peer: PeerId,
         request: DirectoryRequest,
-        reply: oneshot::Sender<Result<DirectoryResponse, String>>,
+        reply: DirectoryReply,
     },
     AddAddresses {
         peer: PeerId,
@@ -101,7 +93,7 @@ impl SwarmHandle {
         &self,
         peer: PeerId,
         request: DirectoryRequest,
-    ) -> Result<DirectoryResponse, String> {
+    ) -> Result<DirectoryResponse, DirectoryError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Directory {
@@ -110,9 +102,8 @@ impl SwarmHandle {
                 reply,
             })
             .await
-            .map_err(|_| "the node is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the node is shutting down".to_string())?
+            .map_err(|_| DirectoryError::ShuttingDown)?;
+        rx.await.map_err(|_| DirectoryError::ShuttingDown)?
     }
 
     /// Makes `addrs` known as `peer`'s (Kademlia routing table, so dials to
@@ -151,26 +142,28 @@ impl SwarmHandle {
 
 impl SwarmHandle {
     /// The pool as the first answering bootstrap lists it, every entry
-    /// verified (signature, peer id, expiry); entries that fail are skipped
-    /// with a warning.
+    /// verified (signature, peer id, expiry at the time of the answer);
+    /// entries that fail are skipped with a warning.
     pub async fn list_directory(
         &self,
         bootstraps: &[PeerId],
-    ) -> Result<Vec<mixnn_protocol::NodeDescriptor>, String> {
-        let mut last = None;
+    ) -> Result<Vec<NodeDescriptor>, DirectoryError> {
+        let mut last = DirectoryError::NoBootstrap;
         for &b in bootstraps {
             match self.list_from(b).await {
                 Ok(list) => return Ok(list),
-                Err(e) => last = Some(format!("directory request to {b}: {e}")),
+                Err(e) => {
+                    last = DirectoryError::From {
+                        bootstrap: b,
+                        source: Box::new(e),
+                    }
+                }
             }
         }
-        Err(last.unwrap_or_else(|| "no bootstrap configured".into()))
+        Err(last)
     }
 
-    async fn list_from(
-        &self,
-        bootstrap: PeerId,
-    ) -> Result<Vec<mixnn_protocol::NodeDescriptor>, String> {
+    async fn list_from(&self, bootstrap: PeerId) -> Result<Vec<NodeDescriptor>, DirectoryError> {
         let mut out = Vec::new();
         let mut offset = 0u32;
         loop {
@@ -181,11 +174,12 @@ impl SwarmHandle {
             let DirectoryResponse::Descriptors { entries, total } =
                 self.directory(bootstrap, req).await?
             else {
-                return Err("unexpected answer to a list request".into());
+                return Err(DirectoryError::UnexpectedAnswer);
             };
             let n = entries.len() as u32;
+            let now = crate::unix_now();
             for e in entries {
-                match e.verify() {
+                match e.verify_at(now) {
                     Ok(d) => out.push(d),
                     Err(err) => {
                         tracing::warn!(%bootstrap, error = %err, "directory entry fails verification")
@@ -212,7 +206,7 @@ pub fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
 struct Task {
     swarm: Swarm<PeerBehaviour>,
     metrics: Arc<LinkMetrics>,
-    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryResponse, String>>>,
+    requests: HashMap<OutboundRequestId, DirectoryReply>,
     finds: HashMap<QueryId, (PeerId, oneshot::Sender<bool>)>,
     dial_errors: HashMap<PeerId, String>,
 }
@@ -257,17 +251,17 @@ impl Task {
                 request,
                 reply,
             } => {
-                let id = b.directory.send_request(&peer, request);
+                let id = b.directory_mut().send_request(&peer, request);
                 self.requests.insert(id, reply);
             }
             Command::AddAddresses { peer, addrs, done } => {
                 for a in addrs {
-                    b.kad.add_address(&peer, a);
+                    b.kad_mut().add_address(&peer, a);
                 }
                 let _ = done.send(());
             }
             Command::FindPeer { peer, reply } => {
-                let id = b.kad.get_closest_peers(peer);
+                let id = b.kad_mut().get_closest_peers(peer);
                 self.finds.insert(id, (peer, reply));
             }
             Command::Dial { addr } => {
@@ -301,7 +295,7 @@ impl Task {
                     && let Some((peer, reply)) = self.finds.remove(&id)
                 {
                     for a in info.addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                        self.swarm.behaviour_mut().kad_mut().add_address(&peer, a);
                     }
                     let _ = reply.send(true);
                 } else if step.last
@@ -316,7 +310,7 @@ impl Task {
                 info,
                 ..
             })) => {
-                crate::add_identified_peer(&mut self.swarm.behaviour_mut().kad, &peer_id, info);
+                crate::add_identified_peer(self.swarm.behaviour_mut().kad_mut(), &peer_id, info);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -366,7 +360,7 @@ impl Task {
                     let checked = response
                         .check_limits()
                         .map(|()| response)
-                        .map_err(|e| e.to_string());
+                        .map_err(DirectoryError::from);
                     let _ = reply.send(checked);
                 }
             }
@@ -377,11 +371,10 @@ impl Task {
                 ..
             } => {
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let detail = match self.dial_errors.get(&peer) {
-                        Some(d) => format!("{error}: {d}"),
-                        None => error.to_string(),
-                    };
-                    let _ = reply.send(Err(detail));
+                    let _ = reply.send(Err(DirectoryError::Failed {
+                        failure: error,
+                        dial: self.dial_errors.get(&peer).cloned(),
+                    }));
                 }
             }
             // Nodes do not serve the directory (outbound support only).

@@ -11,8 +11,6 @@
 //! binds the mix key and addresses to the same peer id that Noise
 //! authenticates on every connection.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
@@ -121,14 +119,6 @@ pub enum DescriptorError {
     BadLifetime { issued_at: u64, expires_at: u64 },
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The libp2p peer id (base58) of an ed25519 public key.
 pub fn peer_id_of(identity_key: &[u8; 32]) -> Result<String, DescriptorError> {
     let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(identity_key)
@@ -221,11 +211,6 @@ impl SignedDescriptor {
         Ok(Self { body, signature })
     }
 
-    /// [`verify_at`](Self::verify_at) with the system clock.
-    pub fn verify(&self) -> Result<NodeDescriptor, DescriptorError> {
-        self.verify_at(unix_now())
-    }
-
     /// Checks the encoding and limits, the signature (strict ed25519), that
     /// the peer id is the signing key's, and the validity window at `now`;
     /// returns the descriptor only if all hold.
@@ -255,7 +240,7 @@ impl SignedDescriptor {
         cbor::encode("signed descriptor", self, MAX_SIGNED_DESCRIPTOR_BYTES)
     }
 
-    /// Decodes with the size limit; does not verify (call [`verify`](Self::verify)).
+    /// Decodes with the size limit; does not verify (call [`verify_at`](Self::verify_at)).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CborError> {
         cbor::decode("signed descriptor", bytes, MAX_SIGNED_DESCRIPTOR_BYTES)
     }

@@ -10,16 +10,18 @@
 //! Everything that decodes bytes from the network checks a size limit first
 //! (see the `MAX_*` constants), so a peer cannot make us allocate more than a
 //! small multiple of what it actually sent.
+//!
+//! No I/O and no clock: the crate only parses and builds bytes, so the
+//! fuzzer and the property tests drive it directly. Whatever needs the time
+//! (descriptor validity) takes `now` from the caller; secret files live in
+//! `mixnn-p2p`.
 
 pub mod cbor;
 pub mod descriptor;
 pub mod directory;
 pub mod job;
-pub mod secret_file;
 
-pub use descriptor::{
-    Capacity, DescriptorError, MixKeyInfo, NodeDescriptor, SignedDescriptor, unix_now,
-};
+pub use descriptor::{Capacity, DescriptorError, MixKeyInfo, NodeDescriptor, SignedDescriptor};
 pub use directory::{
     DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, MAX_DIRECTORY_REQUEST_BYTES,
     MAX_DIRECTORY_RESPONSE_BYTES, MAX_LIST_ENTRIES,

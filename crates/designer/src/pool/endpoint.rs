@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use mixnn_p2p::packets::{self, PacketInbox, PacketSender, SizeClasses};
-use mixnn_p2p::peer::{self, SwarmHandle};
-use mixnn_p2p::{LinkMetrics, split_p2p};
+use mixnn_p2p::{
+    LinkMetrics, PacketInbox, PacketSender, PeerSetup, QueueLimits, Role, SizeClasses, SwarmHandle,
+};
 use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{Geometry, NodeId};
 use tokio::sync::watch;
@@ -44,18 +44,13 @@ impl Endpoint {
             .map_err(|e| err(format!("starting the async runtime: {e}")))?;
         let keypair = libp2p::identity::Keypair::generate_ed25519();
         let node_id = NodeId(keypair.public().try_into_ed25519().map_err(err)?.to_bytes());
-        let mut parsed = Vec::new();
-        for s in bootstraps {
-            let addr: Multiaddr = s
-                .parse()
-                .map_err(|e| err(format!("bad bootstrap address {s:?}: {e}")))?;
-            let (peer, plain) = split_p2p(&addr).ok_or_else(|| {
-                err(format!(
-                    "bootstrap address {s:?} must end in /p2p/<peer id> (`mixnn bootstrap` prints it)"
-                ))
-            })?;
-            parsed.push((peer, plain, addr));
-        }
+        let parsed = bootstraps
+            .iter()
+            .map(|s| {
+                mixnn_p2p::parse_bootstrap(s)
+                    .map_err(|e| err(format!("bad bootstrap address {s:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if parsed.is_empty() {
             return Err(err("no bootstrap address given (--pool MULTIADDR)"));
         }
@@ -67,41 +62,34 @@ impl Endpoint {
             .filter_map(|&c| g.packet_len(c).ok())
             .map(|l| l as u32)
             .collect();
-        let (swarm, sender, inbox) = rt.block_on(async {
-            let swarm = peer::build_client(keypair).map_err(err)?;
-            let control = peer::stream_control(&swarm);
-            let (handle, _task) = peer::spawn(swarm, metrics.clone(), stop_rx.clone());
-            for (peer, plain, full) in &parsed {
-                handle.add_addresses(*peer, vec![plain.clone()]).await;
-                handle.dial(full.clone()).await;
-            }
-            let sizes = SizeClasses::new(&sizes);
-            let (inbox, _accept) = packets::start_inbound(
-                control.clone(),
-                sizes.clone(),
-                4096,
-                512 << 20,
-                metrics.clone(),
-                stop_rx.clone(),
-            )
+        // No listen address: the cascade's ends answer over the
+        // connections the designer opens (see `connect`).
+        let peer = rt
+            .block_on(mixnn_p2p::start_pool_peer(PeerSetup {
+                keypair,
+                role: Role::Client,
+                listen: &[],
+                settle: None,
+                bootstraps: &parsed,
+                sizes: SizeClasses::new(&sizes),
+                inbound: QueueLimits {
+                    packets: 4096,
+                    bytes: 512 << 20,
+                },
+                outbound: QueueLimits {
+                    packets: 1024,
+                    bytes: 512 << 20,
+                },
+                metrics: metrics.clone(),
+                stop: stop_rx,
+            }))
             .map_err(err)?;
-            let sender = PacketSender::new(
-                control,
-                handle.clone(),
-                sizes,
-                1024,
-                512 << 20,
-                metrics.clone(),
-                stop_rx,
-            );
-            Ok::<_, DesignerError>((handle, sender, inbox))
-        })?;
         Ok(Endpoint {
             rt,
-            swarm,
-            sender,
-            inbox,
-            bootstraps: parsed.iter().map(|(p, _, _)| *p).collect(),
+            swarm: peer.swarm,
+            sender: peer.sender,
+            inbox: peer.inbox,
+            bootstraps: parsed.iter().map(|b| b.peer).collect(),
             node_id,
             metrics,
             stop,

@@ -1,7 +1,7 @@
 //! Identity key files: created owner-only, stable across loads, refused
 //! when others may read them or when their length is wrong.
 
-use mixnn_protocol::secret_file::{SecretFileError, load_or_create_identity};
+use mixnn_p2p::secret_file::{SecretFileError, load_or_create_identity};
 
 #[test]
 fn created_once_then_reloaded() {

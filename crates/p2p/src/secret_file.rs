@@ -1,10 +1,11 @@
 //! Secret key files: created owner-only, refused when readable by others,
 //! replaced atomically, and held in zeroizing buffers.
 //!
-//! Why in the protocol crate: the node, the bootstrap and (later) the
-//! designer each persist an ed25519 identity, and a secret file is easy to get
-//! subtly wrong (a moment with default permissions, a torn write on crash);
-//! one implementation is audited once.
+//! Why here: the node and the bootstrap each persist an ed25519 identity
+//! (and the node its mix keys), and a secret file is easy to get subtly
+//! wrong (a moment with default permissions, a torn write on crash); one
+//! implementation is audited once. It lives in the p2p crate, not in
+//! `mixnn-protocol`, because that one does no I/O.
 //!
 //! The identity file holds the 32-byte ed25519 seed and nothing else; the
 //! public key and peer id are derived from it.
@@ -37,7 +38,7 @@ pub enum SecretFileError {
     #[error("{}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     #[error("the system random source failed: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretFileError + '_ {
@@ -143,7 +144,7 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), SecretFileError> {
 /// Fills a zeroizing buffer from the system random source.
 pub fn random_secret<const N: usize>() -> Result<Zeroizing<[u8; N]>, SecretFileError> {
     let mut buf = Zeroizing::new([0u8; N]);
-    getrandom::fill(buf.as_mut()).map_err(|e| SecretFileError::Random(e.to_string()))?;
+    getrandom::fill(buf.as_mut()).map_err(SecretFileError::Random)?;
     Ok(buf)
 }
 

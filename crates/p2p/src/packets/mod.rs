@@ -1,0 +1,106 @@
+//! Long-lived packet streams between neighbours.
+//!
+//! Transport choice: `libp2p-stream` (0.5.0-alpha, built against libp2p
+//! 0.57). A neighbour link is one yamux stream that stays open for the life
+//! of the connection and carries packets back to back, so a packet costs one
+//! frame write, not a stream negotiation (request-response opens a stream
+//! and runs multistream-select per message, and would frame each packet as
+//! a request expecting a reply the mix protocol does not have). The stream
+//! runs inside the Noise-encrypted connection, so the frame headers are
+//! encrypted too.
+//!
+//! The pieces, one job each:
+//! - [`frame`]: the frame codec (a 4-byte big-endian length, then the
+//!   packet). A frame of a wrong length is skipped and the stream stays in
+//!   sync (a counted `bad_length` drop), while a length above the largest
+//!   class ends the stream (`oversize_frame`), since only a broken or
+//!   hostile peer sends it.
+//! - [`inbound`]: accepted streams feed one bounded queue (count and bytes)
+//!   read through [`PacketInbox`] by whatever processes packets (a node's
+//!   Sphinx processor, the designer's reply collector).
+//! - [`sender`]: the link table. [`PacketSender::send`] queues a packet on
+//!   the neighbour's link task.
+//! - [`link`]: one neighbour's link task, which opens the stream on first
+//!   use (asking Kademlia for the peer's addresses if it is not known),
+//!   writes batches, and reopens the stream after an error.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libp2p::{PeerId, StreamProtocol};
+
+mod frame;
+mod inbound;
+mod link;
+mod sender;
+
+pub use inbound::{PacketInbox, start_inbound};
+pub use sender::PacketSender;
+
+/// The protocol of packet streams.
+pub fn protocol() -> StreamProtocol {
+    StreamProtocol::new(mixnn_protocol::PACKET_PROTOCOL)
+}
+
+/// A packet as it arrived.
+#[derive(Debug)]
+pub struct InboundPacket {
+    /// The neighbour that sent it (authenticated by Noise).
+    pub from: PeerId,
+    pub data: Vec<u8>,
+}
+
+/// Errors handing a packet to [`PacketSender::send`].
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("packet of {0} bytes is not one of the size classes")]
+    BadLength(usize),
+    #[error("the queue to {0} is full (packet dropped)")]
+    QueueFull(PeerId),
+    #[error("the node is shutting down")]
+    Closed,
+    #[error("no packet stream to {0} could be opened")]
+    Unreachable(PeerId),
+}
+
+/// The accepted packet lengths.
+#[derive(Clone, Debug)]
+pub struct SizeClasses(BTreeSet<usize>);
+
+impl SizeClasses {
+    pub fn new(sizes: &[u32]) -> Self {
+        Self(sizes.iter().map(|&s| s as usize).collect())
+    }
+    pub fn contains(&self, len: usize) -> bool {
+        self.0.contains(&len)
+    }
+    pub fn largest(&self) -> usize {
+        self.0.last().copied().unwrap_or(0)
+    }
+}
+
+/// A byte budget shared by producers and consumers of a queue.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
