@@ -215,7 +215,9 @@ impl Jobs {
                 self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
                 job
             } else {
-                map.get(handle).cloned().ok_or(JobError::InitForUnknownJob)?
+                map.get(handle)
+                    .cloned()
+                    .ok_or(JobError::InitForUnknownJob)?
             }
         };
         let mut job = lock(&job);

@@ -24,10 +24,10 @@ pub mod processor;
 pub mod views;
 
 pub use config::{ConfigError, NodeConfig};
+pub use hop::{node_id_of, peer_of};
 pub use libp2p::{Multiaddr, PeerId};
 pub use metrics::{DropReason, LinkMetrics, Metrics};
 pub use mixkeys::{MixKeyStore, MixKeys};
 pub use mixnn_p2p::{InboundPacket, PacketInbox, PacketSender, SendError};
 pub use node::{IDENTITY_FILE, Node, NodeError};
-pub use hop::{node_id_of, peer_of};
 pub use views::{JobView, JobViews};

@@ -154,7 +154,10 @@ impl Processor {
         if let Some(seen) = &outcome.seen {
             self.record(from, seen);
         }
-        self.act(outcome.seen.as_ref().map_or([0; 32], |s| s.job), outcome.action);
+        self.act(
+            outcome.seen.as_ref().map_or([0; 32], |s| s.job),
+            outcome.action,
+        );
     }
 
     /// Notes what the hop saw in the metrics, the views and the classes.
@@ -259,7 +262,10 @@ pub fn spawn(
 
 /// Forgets idle jobs every 30 s until `stop` changes. Expiry skips jobs in
 /// use, so it never waits on a running guest.
-pub fn spawn_expiry(jobs: Arc<Jobs>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_expiry(
+    jobs: Arc<Jobs>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {

@@ -32,9 +32,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
+use crate::hop::peer_of;
 use crate::metrics::Metrics;
 use crate::mixkeys::MixKeys;
-use crate::hop::peer_of;
 
 pub use track::{JobClasses, LoopTracker, MAX_LOOPS, TooManyLoops};
 
@@ -302,8 +302,7 @@ impl Cover {
             .map(|p| hop(p, Op::Relay))
             .collect();
         if is_loop {
-            let (epoch, public) =
-                (self.links.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
+            let (epoch, public) = (self.links.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
             let me = Peer {
                 id: self.links.self_id,
                 key: MixPublicKey::from_bytes(public.to_bytes())?,

@@ -136,8 +136,14 @@ mod tests {
         let t = LoopTracker::default();
         let start = Instant::now();
         t.register(&ReplayTag([1; 16]), start).unwrap();
-        assert_eq!(t.expire(start + Duration::from_secs(1), Duration::from_secs(30)), 0);
-        assert_eq!(t.expire(start + Duration::from_secs(30), Duration::from_secs(30)), 1);
+        assert_eq!(
+            t.expire(start + Duration::from_secs(1), Duration::from_secs(30)),
+            0
+        );
+        assert_eq!(
+            t.expire(start + Duration::from_secs(30), Duration::from_secs(30)),
+            1
+        );
         assert!(t.is_empty());
     }
 

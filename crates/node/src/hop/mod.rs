@@ -206,8 +206,8 @@ pub fn peel(
     replay: &mut ReplayCache,
     mut bytes: Vec<u8>,
 ) -> Result<Peeled, DropReason> {
-    let p = mixnn_sphinx::process(geometry, ring, replay, &mut bytes)
-        .map_err(DropReason::of_header)?;
+    let p =
+        mixnn_sphinx::process(geometry, ring, replay, &mut bytes).map_err(DropReason::of_header)?;
     Ok(Peeled { p, bytes })
 }
 
@@ -283,8 +283,13 @@ fn serve_link(
     let Some(outgoing) = p.outgoing else {
         return Err(DropReason::RouteEnds);
     };
-    mixnn_sphinx::seal_payload(&p.routing.key_out, &outgoing, &payload.encode(), &mut bytes[h..])
-        .map_err(DropReason::OutputTooLarge)
+    mixnn_sphinx::seal_payload(
+        &p.routing.key_out,
+        &outgoing,
+        &payload.encode(),
+        &mut bytes[h..],
+    )
+    .map_err(DropReason::OutputTooLarge)
 }
 
 /// Hands the packet to the next hop the routing info names.

@@ -52,12 +52,8 @@ impl Node {
         };
         self.views = Some(processor.views());
         let stop = self.stop.subscribe();
-        self.tasks.push(crate::processor::spawn(
-            processor,
-            inbox,
-            cfg.workers,
-            stop,
-        ));
+        self.tasks
+            .push(crate::processor::spawn(processor, inbox, cfg.workers, stop));
         (self.tasks).push(crate::processor::spawn_expiry(jobs, self.stop.subscribe()));
         self.tasks.push(crate::cover::spawn(
             cover,

@@ -52,7 +52,10 @@ fn a_tampered_payload_fails_its_tag() {
     let Action::Drop(reason) = outcome.action else {
         panic!("not dropped")
     };
-    assert!(matches!(reason, DropReason::TamperedPayload(_)), "{reason:?}");
+    assert!(
+        matches!(reason, DropReason::TamperedPayload(_)),
+        "{reason:?}"
+    );
     assert_eq!(reason.label(), Some("payload_auth"));
 }
 
@@ -62,7 +65,10 @@ fn an_undecodable_job_payload_is_dropped() {
     let raw = vec![0xEE; 40]; // authenticates, but is no job payload
     let (packet, _) = w.packet_with_section(Slot::new(Op::Relay, JOB), None, None, Some(raw));
     let reason = dropped(&mut w, packet);
-    assert!(matches!(reason, DropReason::MalformedJobPayload(_)), "{reason:?}");
+    assert!(
+        matches!(reason, DropReason::MalformedJobPayload(_)),
+        "{reason:?}"
+    );
     assert_eq!(reason.label(), Some("job_payload"));
 }
 
@@ -93,25 +99,16 @@ fn an_output_larger_than_the_class_is_dropped() {
     let mut w = World::new();
     let shard = super::kit::last_mlp_shard();
     let spec = super::kit::spec(mixnn_protocol::job::LayerKind::Standard, "nll", shard.len());
+    let ready = w.init(JOB, spec, shard);
+    assert_eq!(ready, mixnn_protocol::job::FromHop::Ready { params: 650 });
     // 650 parameters do not fit one export part in a 2 KiB packet.
-    let len = shard.len();
-    let chunks: Vec<Vec<u8>> = shard.chunks(1024).map(<[u8]>::to_vec).collect();
-    let total = chunks.len() as u32;
-    for (i, bytes) in chunks.into_iter().enumerate() {
-        let msg = mixnn_protocol::job::ToHop::Init {
-            index: i as u32,
-            total,
-            spec: (i == 0).then(|| spec.clone()),
-            bytes,
-        };
-        let (packet, _) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
-        w.forwarded(w.handle(packet));
-    }
-    assert!(len > 1024, "the shard came in several chunks");
     let msg = mixnn_protocol::job::ToHop::Export { part: 0 };
     let (packet, _) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
     let reason = dropped(&mut w, packet);
-    assert!(matches!(reason, DropReason::OutputTooLarge(_)), "{reason:?}");
+    assert!(
+        matches!(reason, DropReason::OutputTooLarge(_)),
+        "{reason:?}"
+    );
     assert_eq!(reason.label(), Some("output_too_large"));
 }
 

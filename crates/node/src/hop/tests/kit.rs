@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mixnn_protocol::job::{
-    self, E2eDirection, FromHop, JobPayload, LayerKind, LayerSpec, ToHop, WireTensor, app_flags,
+    self, E2eDirection, FromHop, HopFailure, JobPayload, LayerKind, LayerSpec, ToHop, WireTensor,
+    app_flags,
 };
 use mixnn_sandbox::{Sandbox, SandboxOptions};
 use mixnn_sphinx::{
@@ -179,7 +180,10 @@ impl World {
         body: Option<Vec<u8>>,
         raw: Option<Vec<u8>>,
     ) -> (Vec<u8>, Sent) {
-        let links = vec![LinkKey::random(&mut self.rng), LinkKey::random(&mut self.rng)];
+        let links = vec![
+            LinkKey::random(&mut self.rng),
+            LinkKey::random(&mut self.rng),
+        ];
         let route = [self.route_hop(slot, links[0].clone(), links[1].clone())];
         let (packet, state) = mixnn_sphinx::build_packet(
             &self.geometry,
@@ -237,23 +241,53 @@ impl World {
         job::decode_msg("reply", &body).expect("a reply")
     }
 
-    /// Sends a one-chunk init of `spec` with `shard` to job `job`.
+    /// The failure the node sealed into `payload`; fails the test otherwise.
+    pub fn error(&self, sent: &Sent, payload: &JobPayload) -> HopFailure {
+        match self.reply(sent, payload) {
+            FromHop::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// The to-hop body under the node's layer in `payload`, as a later hop
+    /// that is the section's target would open it.
+    pub fn under_layer(&self, sent: &Sent, payload: &JobPayload) -> Vec<u8> {
+        let key = sent.state.e2e_key(0).expect("key");
+        let mut section = payload.e2e.clone();
+        job::e2e_layer(key.as_bytes(), &mut section);
+        job::open_e2e(key.as_bytes(), E2eDirection::ToHop, &section).expect("opens")
+    }
+
+    /// Sends `shard` to job `job` in init chunks of 1 KiB (the first with
+    /// `spec`); returns the answer to the last.
     pub fn init(&mut self, job: [u8; 32], spec: LayerSpec, shard: Vec<u8>) -> FromHop {
-        let msg = ToHop::Init {
-            index: 0,
-            total: 1,
-            spec: Some(spec),
-            bytes: shard,
+        let chunks: Vec<Vec<u8>> = match shard.len() {
+            0 => vec![Vec::new()],
+            _ => shard.chunks(1024).map(<[u8]>::to_vec).collect(),
         };
-        let (bytes, sent) = self.packet(Slot::target(Op::Init, job), None, Some(msg));
-        let out = self.forwarded(self.handle(bytes));
-        self.reply(&sent, &self.open(&sent, out))
+        let total = chunks.len() as u32;
+        let mut answer = None;
+        for (i, bytes) in chunks.into_iter().enumerate() {
+            let msg = ToHop::Init {
+                index: i as u32,
+                total,
+                spec: (i == 0).then(|| spec.clone()),
+                bytes,
+            };
+            let (packet, sent) = self.packet(Slot::target(Op::Init, job), None, Some(msg));
+            let out = self.forwarded(self.handle(packet));
+            answer = Some(self.reply(&sent, &self.open(&sent, out)));
+        }
+        answer.expect("at least one chunk")
     }
 
     /// Sets up a dummy hop (relay guest with `op`) as job `job`.
     pub fn relay_job(&mut self, job: [u8; 32], op: &str) {
         let spec = spec(LayerKind::Relay(op.into()), "none", 0);
-        assert_eq!(self.init(job, spec, Vec::new()), FromHop::Ready { params: 0 });
+        assert_eq!(
+            self.init(job, spec, Vec::new()),
+            FromHop::Ready { params: 0 }
+        );
     }
 
     /// The bytes of a forwarded packet; fails the test otherwise.

@@ -89,7 +89,10 @@ fn the_turn_computes_the_loss_and_the_gradient() {
     let labels = ToHop::Labels(vec![3, 8]);
     let (packet, sent) = w.packet(Slot::turn(JOB), Some(x), Some(labels));
     let outcome = w.handle(packet);
-    assert_eq!(outcome.seen.as_ref().and_then(|s| s.e2e_read), Some("labels"));
+    assert_eq!(
+        outcome.seen.as_ref().and_then(|s| s.e2e_read),
+        Some("labels")
+    );
     let out = w.open(&sent, w.forwarded(outcome));
     let FromHop::Loss { bits } = w.reply(&sent, &out) else {
         panic!("no loss")
@@ -106,13 +109,15 @@ fn labels_alone_on_an_init_slot_are_refused() {
     let msg = ToHop::Labels(vec![1]);
     let (packet, sent) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
     let outcome = w.handle(packet);
-    let failure = outcome.seen.as_ref().and_then(|s| s.failure.as_ref()).expect("failure");
+    let failure = outcome
+        .seen
+        .as_ref()
+        .and_then(|s| s.failure.as_ref())
+        .expect("failure");
     assert_eq!(failure.stage, Stage::Control);
     assert!(matches!(failure.error, JobError::LabelsAlone));
     let out = w.open(&sent, w.forwarded(outcome));
-    let FromHop::Error(e) = w.reply(&sent, &out) else {
-        panic!("no error")
-    };
+    let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::BadRequest);
 }
 
@@ -123,7 +128,10 @@ fn export_answers_the_parameters_in_parts() {
     let msg = ToHop::Export { part: 0 };
     let (packet, sent) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
     let outcome = w.handle(packet);
-    assert_eq!(outcome.seen.as_ref().and_then(|s| s.e2e_read), Some("export"));
+    assert_eq!(
+        outcome.seen.as_ref().and_then(|s| s.e2e_read),
+        Some("export")
+    );
     let out = w.open(&sent, w.forwarded(outcome));
     let FromHop::ExportPart { part, total, bytes } = w.reply(&sent, &out) else {
         panic!("no export part")
@@ -153,21 +161,17 @@ fn relay_passes_the_tensor_and_layers_the_section() {
     let mut w = World::new();
     let x = tensor(&[2], vec![1.5, -2.0]);
     let body = b"for a later hop".to_vec();
-    let (packet, sent) =
-        w.packet_with_section(Slot::new(Op::Relay, JOB), Some(x.clone()), Some(body.clone()), None);
+    let (packet, sent) = w.packet_with_section(
+        Slot::new(Op::Relay, JOB),
+        Some(x.clone()),
+        Some(body.clone()),
+        None,
+    );
     let out = w.open(&sent, w.forwarded(w.handle(packet)));
     assert_eq!(out.tensor, Some(x));
     // The section now carries this hop's layer; removing it gives back
     // what the designer sealed.
-    let key = sent.state.e2e_key(0).expect("key");
-    let mut section = out.e2e.clone();
-    mixnn_protocol::job::e2e_layer(key.as_bytes(), &mut section);
-    let opened = mixnn_protocol::job::open_e2e(
-        key.as_bytes(),
-        mixnn_protocol::job::E2eDirection::ToHop,
-        &section,
-    );
-    assert_eq!(opened.expect("opens"), body);
+    assert_eq!(w.under_layer(&sent, &out), body);
 }
 
 #[test]
@@ -201,7 +205,9 @@ fn a_returning_loop_is_recognised_by_its_tag() {
     let tracker = crate::cover::LoopTracker::default();
     let (packet, state) = w.cover_packet(Op::Loop, Exit::Final);
     let sent_tag = *state.replay_tags().last().expect("tag");
-    tracker.register(&sent_tag, std::time::Instant::now()).expect("room");
+    tracker
+        .register(&sent_tag, std::time::Instant::now())
+        .expect("room");
     match w.handle(packet).action {
         Action::LoopReturned { tag } => {
             assert_eq!(tag, sent_tag);
@@ -219,14 +225,20 @@ fn a_guest_error_is_sealed_to_the_designer_and_the_tensor_dropped() {
     let x = tensor(&[1], vec![1.0]);
     let (packet, sent) = w.packet(Slot::turn(JOB), Some(x), Some(ToHop::Labels(vec![0])));
     let outcome = w.handle(packet);
-    let failure = outcome.seen.as_ref().and_then(|s| s.failure.as_ref()).expect("failure");
+    let failure = outcome
+        .seen
+        .as_ref()
+        .and_then(|s| s.failure.as_ref())
+        .expect("failure");
     assert_eq!(failure.stage, Stage::Compute);
-    assert!(matches!(failure.error, JobError::Guest(_)), "{:?}", failure.error);
+    assert!(
+        matches!(failure.error, JobError::Guest(_)),
+        "{:?}",
+        failure.error
+    );
     let out = w.open(&sent, w.forwarded(outcome));
     assert_eq!(out.tensor, None);
-    let FromHop::Error(e) = w.reply(&sent, &out) else {
-        panic!("no error")
-    };
+    let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::Guest);
     assert!(e.message.contains("no loss"), "{e}");
 }
@@ -238,9 +250,7 @@ fn a_turn_without_labels_fails() {
     let x = tensor(&[1], vec![1.0]);
     let (packet, sent) = w.packet(Slot::turn(JOB), Some(x), Some(ToHop::Close));
     let out = w.open(&sent, w.forwarded(w.handle(packet)));
-    let FromHop::Error(e) = w.reply(&sent, &out) else {
-        panic!("no error")
-    };
+    let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::BadRequest);
 }
 
@@ -250,16 +260,18 @@ fn an_unknown_job_is_reported_not_computed() {
     let x = tensor(&[1], vec![1.0]);
     let (packet, sent) = w.packet(Slot::new(Op::Forward, [9; 32]), Some(x), None);
     let outcome = w.handle(packet);
-    let failure = outcome.seen.as_ref().and_then(|s| s.failure.as_ref()).expect("failure");
+    let failure = outcome
+        .seen
+        .as_ref()
+        .and_then(|s| s.failure.as_ref())
+        .expect("failure");
     assert_eq!(failure.stage, Stage::Compute);
     assert!(matches!(failure.error, JobError::UnknownJob));
     let out = w.open(&sent, w.forwarded(outcome));
     assert_eq!(out.tensor, None);
     // Not the target: the error is sealed under this hop's from-hop key all
     // the same, so the designer finds which hop failed.
-    let FromHop::Error(e) = w.reply(&sent, &out) else {
-        panic!("no error")
-    };
+    let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::UnknownJob);
 }
 
@@ -274,15 +286,7 @@ fn after_an_earlier_failure_the_hop_only_adds_its_layer() {
     assert!(outcome.seen.as_ref().is_some_and(|s| s.failure.is_none()));
     let out = w.open(&sent, w.forwarded(outcome));
     assert_eq!(out.tensor, None);
-    let key = sent.state.e2e_key(0).expect("key");
-    let mut section = out.e2e;
-    mixnn_protocol::job::e2e_layer(key.as_bytes(), &mut section);
-    let opened = mixnn_protocol::job::open_e2e(
-        key.as_bytes(),
-        mixnn_protocol::job::E2eDirection::ToHop,
-        &section,
-    );
-    assert_eq!(opened.expect("opens"), body);
+    assert_eq!(w.under_layer(&sent, &out), body);
 }
 
 #[test]
@@ -294,11 +298,13 @@ fn a_section_that_does_not_open_is_an_end_to_end_failure() {
     };
     let (packet, sent) = w.packet_with_section(slot, None, None, None);
     let outcome = w.handle(packet);
-    let failure = outcome.seen.as_ref().and_then(|s| s.failure.as_ref()).expect("failure");
+    let failure = outcome
+        .seen
+        .as_ref()
+        .and_then(|s| s.failure.as_ref())
+        .expect("failure");
     assert_eq!(failure.stage, Stage::EndToEnd);
     let out = w.open(&sent, w.forwarded(outcome));
-    let FromHop::Error(e) = w.reply(&sent, &out) else {
-        panic!("no error")
-    };
+    let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::EndToEnd);
 }
