@@ -8,9 +8,13 @@ use crate::hop::{Action, DropReason, peer_of};
 
 const JOB: [u8; 32] = [7; 32];
 
-fn dropped(w: &mut World, bytes: Vec<u8>) -> DropReason {
+/// The reason `bytes` were dropped, checked to count under `label`.
+fn dropped(w: &mut World, bytes: Vec<u8>, label: &str) -> DropReason {
     match w.handle(bytes).action {
-        Action::Drop(reason) => reason,
+        Action::Drop(reason) => {
+            assert_eq!(reason.label(), Some(label), "{reason:?}");
+            reason
+        }
         other => panic!("expected a drop, got {other:?}"),
     }
 }
@@ -25,9 +29,8 @@ fn a_replayed_packet_is_dropped() {
     let mut w = World::new();
     let packet = relay_packet(&mut w);
     w.forwarded(w.handle(packet.clone()));
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "replay");
     assert!(matches!(reason, DropReason::Replay));
-    assert_eq!(reason.label(), Some("replay"));
 }
 
 #[test]
@@ -35,9 +38,8 @@ fn a_tampered_header_fails_its_mac() {
     let mut w = World::new();
     let mut packet = relay_packet(&mut w);
     packet[100] ^= 1; // inside the routing block
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "bad_mac");
     assert!(matches!(reason, DropReason::TamperedHeader), "{reason:?}");
-    assert_eq!(reason.label(), Some("bad_mac"));
 }
 
 #[test]
@@ -64,12 +66,11 @@ fn an_undecodable_job_payload_is_dropped() {
     let mut w = World::new();
     let raw = vec![0xEE; 40]; // authenticates, but is no job payload
     let (packet, _) = w.packet_with_section(Slot::new(Op::Relay, JOB), None, None, Some(raw));
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "job_payload");
     assert!(
         matches!(reason, DropReason::MalformedJobPayload(_)),
         "{reason:?}"
     );
-    assert_eq!(reason.label(), Some("job_payload"));
 }
 
 #[test]
@@ -79,9 +80,8 @@ fn a_packet_for_an_unknown_key_epoch_is_dropped() {
     // The node rotated: it holds only the next epoch's key.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     w.ring = KeyRing::with_key(MixKeyPair::generate(EPOCH + 1, &mut rng));
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "unknown_epoch");
     assert!(matches!(reason, DropReason::UnknownEpoch), "{reason:?}");
-    assert_eq!(reason.label(), Some("unknown_epoch"));
 }
 
 #[test]
@@ -89,9 +89,8 @@ fn a_length_of_no_size_class_is_dropped() {
     let mut w = World::new();
     let mut packet = relay_packet(&mut w);
     packet.pop();
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "wrong_size");
     assert!(matches!(reason, DropReason::WrongSize { .. }), "{reason:?}");
-    assert_eq!(reason.label(), Some("wrong_size"));
 }
 
 #[test]
@@ -104,12 +103,11 @@ fn an_output_larger_than_the_class_is_dropped() {
     // 650 parameters do not fit one export part in a 2 KiB packet.
     let msg = mixnn_protocol::job::ToHop::Export { part: 0 };
     let (packet, _) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "output_too_large");
     assert!(
         matches!(reason, DropReason::OutputTooLarge(_)),
         "{reason:?}"
     );
-    assert_eq!(reason.label(), Some("output_too_large"));
 }
 
 #[test]
@@ -120,7 +118,6 @@ fn a_next_hop_that_names_no_peer_is_dropped() {
         .find(|id| peer_of(id).is_none())
         .expect("some bytes are no ed25519 key");
     let packet = relay_packet(&mut w);
-    let reason = dropped(&mut w, packet);
+    let reason = dropped(&mut w, packet, "bad_next_hop");
     assert!(matches!(reason, DropReason::BadNextHop), "{reason:?}");
-    assert_eq!(reason.label(), Some("bad_next_hop"));
 }

@@ -303,6 +303,12 @@ impl World {
     }
 }
 
+/// The job failure the hop reported; fails the test otherwise.
+pub fn failure(outcome: &Outcome) -> &hop::Failure {
+    let seen = outcome.seen.as_ref().expect("the header opened");
+    seen.failure.as_ref().expect("a job failure")
+}
+
 /// A tensor of `shape` with `data`.
 pub fn tensor(shape: &[u32], data: Vec<f32>) -> WireTensor {
     WireTensor {

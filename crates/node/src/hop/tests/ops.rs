@@ -3,7 +3,7 @@
 use mixnn_protocol::job::{FailureKind, FromHop, LayerKind, ToHop, app_flags};
 use mixnn_sphinx::{Exit, Op};
 
-use super::kit::{Slot, World, last_mlp_shard, spec, tensor};
+use super::kit::{Slot, World, failure, last_mlp_shard, spec, tensor};
 use crate::hop::{Action, Stage};
 use crate::jobs::JobError;
 
@@ -109,11 +109,7 @@ fn labels_alone_on_an_init_slot_are_refused() {
     let msg = ToHop::Labels(vec![1]);
     let (packet, sent) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
     let outcome = w.handle(packet);
-    let failure = outcome
-        .seen
-        .as_ref()
-        .and_then(|s| s.failure.as_ref())
-        .expect("failure");
+    let failure = failure(&outcome);
     assert_eq!(failure.stage, Stage::Control);
     assert!(matches!(failure.error, JobError::LabelsAlone));
     let out = w.open(&sent, w.forwarded(outcome));
@@ -225,11 +221,7 @@ fn a_guest_error_is_sealed_to_the_designer_and_the_tensor_dropped() {
     let x = tensor(&[1], vec![1.0]);
     let (packet, sent) = w.packet(Slot::turn(JOB), Some(x), Some(ToHop::Labels(vec![0])));
     let outcome = w.handle(packet);
-    let failure = outcome
-        .seen
-        .as_ref()
-        .and_then(|s| s.failure.as_ref())
-        .expect("failure");
+    let failure = failure(&outcome);
     assert_eq!(failure.stage, Stage::Compute);
     assert!(
         matches!(failure.error, JobError::Guest(_)),
@@ -260,11 +252,7 @@ fn an_unknown_job_is_reported_not_computed() {
     let x = tensor(&[1], vec![1.0]);
     let (packet, sent) = w.packet(Slot::new(Op::Forward, [9; 32]), Some(x), None);
     let outcome = w.handle(packet);
-    let failure = outcome
-        .seen
-        .as_ref()
-        .and_then(|s| s.failure.as_ref())
-        .expect("failure");
+    let failure = failure(&outcome);
     assert_eq!(failure.stage, Stage::Compute);
     assert!(matches!(failure.error, JobError::UnknownJob));
     let out = w.open(&sent, w.forwarded(outcome));
@@ -298,11 +286,7 @@ fn a_section_that_does_not_open_is_an_end_to_end_failure() {
     };
     let (packet, sent) = w.packet_with_section(slot, None, None, None);
     let outcome = w.handle(packet);
-    let failure = outcome
-        .seen
-        .as_ref()
-        .and_then(|s| s.failure.as_ref())
-        .expect("failure");
+    let failure = failure(&outcome);
     assert_eq!(failure.stage, Stage::EndToEnd);
     let out = w.open(&sent, w.forwarded(outcome));
     let e = w.error(&sent, &out);
