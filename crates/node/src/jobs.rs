@@ -12,14 +12,87 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mixnn_protocol::job::{FromHop, LayerKind, LayerSpec, ParamTensor, ToHop, WireTensor};
-use mixnn_sandbox::{GuestKind, GuestLayer, Sandbox, Tensor};
+use mixnn_protocol::job::{
+    FailureKind, FromHop, HopFailure, LayerKind, LayerSpec, ParamTensor, ToHop, WireTensor,
+};
+use mixnn_sandbox::{GuestKind, GuestLayer, Sandbox, SandboxError, Tensor};
 
 use crate::metrics::Metrics;
 
 /// Bytes of parameters per export part (fits the 64 KiB class with room
 /// for the framing).
 pub const EXPORT_PART_BYTES: usize = 48 * 1024;
+
+/// Why a hop could not do a job's work. Each becomes a [`HopFailure`]
+/// sealed to the designer ([`JobError::to_failure`]), so the designer learns
+/// which hop failed and why; none of them carries packet bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("unknown job")]
+    UnknownJob,
+    #[error("init chunk for an unknown job")]
+    InitForUnknownJob,
+    #[error("bad init chunk {index} of {total}")]
+    BadChunk { index: u32, total: u32 },
+    #[error("this node hosts {0} jobs already (its limit)")]
+    TooManyJobs(usize),
+    #[error("the job is already initialised")]
+    AlreadyInitialised,
+    #[error("the job is not initialised yet")]
+    NotInitialised,
+    #[error("init chunk count changed")]
+    ChunkCountChanged,
+    #[error("the first init chunk carries no layer spec")]
+    NoSpec,
+    #[error("shard larger than this node's limit of {0} bytes")]
+    ShardTooLarge(u64),
+    #[error("shard is {got} bytes, the spec says {want}")]
+    ShardLength { got: usize, want: u64 },
+    /// The layer spec names settings this node does not know.
+    #[error("{0}")]
+    Config(String),
+    #[error("labels come with a turn, not alone")]
+    LabelsAlone,
+    #[error("the turning layer got no labels")]
+    NoLabels,
+    #[error("export part {part} of {total}")]
+    ExportPart { part: u32, total: u32 },
+    #[error("encoding the parameters: {0}")]
+    Encode(#[from] mixnn_protocol::cbor::CborError),
+    /// The guest refused the call or hit a sandbox limit.
+    #[error(transparent)]
+    Guest(#[from] SandboxError),
+    /// The end-to-end section addressed to this hop did not open or decode.
+    #[error("end-to-end section: {0}")]
+    EndToEnd(#[from] mixnn_protocol::job::JobError),
+}
+
+impl JobError {
+    /// The failure kind the designer receives.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            JobError::UnknownJob | JobError::InitForUnknownJob => FailureKind::UnknownJob,
+            JobError::AlreadyInitialised | JobError::NotInitialised => FailureKind::JobState,
+            JobError::BadChunk { .. }
+            | JobError::ChunkCountChanged
+            | JobError::NoSpec
+            | JobError::ShardLength { .. }
+            | JobError::Config(_) => FailureKind::BadInit,
+            JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) => FailureKind::Capacity,
+            JobError::LabelsAlone | JobError::NoLabels | JobError::ExportPart { .. } => {
+                FailureKind::BadRequest
+            }
+            JobError::Encode(_) => FailureKind::Encoding,
+            JobError::Guest(_) => FailureKind::Guest,
+            JobError::EndToEnd(_) => FailureKind::EndToEnd,
+        }
+    }
+
+    /// The failure as it travels to the designer.
+    pub fn to_failure(&self) -> HopFailure {
+        HopFailure::new(self.kind(), self.to_string())
+    }
+}
 
 /// Limits of the job table.
 #[derive(Clone, Debug)]
@@ -69,26 +142,32 @@ impl Jobs {
         }
     }
 
-    fn get(&self, handle: &[u8; 32]) -> Result<Arc<Mutex<Job>>, String> {
+    fn get(&self, handle: &[u8; 32]) -> Result<Arc<Mutex<Job>>, JobError> {
         lock(&self.map)
             .get(handle)
             .cloned()
-            .ok_or_else(|| "unknown job".to_string())
+            .ok_or(JobError::UnknownJob)
     }
 
-    /// Forgets jobs idle for longer than the limit; returns how many.
+    /// Forgets jobs idle for longer than the limit; returns how many. A job
+    /// whose lock is held is in use, hence not idle: it is skipped rather
+    /// than waited for, so expiry never holds the table while a guest runs.
     pub fn expire(&self) -> usize {
         let idle = self.limits.idle;
         let mut map = lock(&self.map);
         let before = map.len();
-        map.retain(|_, j| lock(j).last_used.elapsed() < idle);
+        map.retain(|_, j| match j.try_lock() {
+            Ok(job) => job.last_used.elapsed() < idle,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().last_used.elapsed() < idle,
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        });
         self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
         before - map.len()
     }
 
     /// Answers an end-to-end control message (init, export, close).
-    pub fn control(&self, handle: &[u8; 32], msg: ToHop) -> FromHop {
-        let r = match msg {
+    pub fn control(&self, handle: &[u8; 32], msg: ToHop) -> Result<FromHop, JobError> {
+        match msg {
             ToHop::Init {
                 index,
                 total,
@@ -102,9 +181,8 @@ impl Jobs {
                 self.metrics.jobs.store(map.len() as u64, Ordering::Relaxed);
                 Ok(FromHop::Closed)
             }
-            ToHop::Labels(_) => Err("labels come with a turn, not alone".into()),
-        };
-        r.unwrap_or_else(FromHop::Error)
+            ToHop::Labels(_) => Err(JobError::LabelsAlone),
+        }
     }
 
     fn init(
@@ -114,19 +192,16 @@ impl Jobs {
         total: u32,
         spec: Option<LayerSpec>,
         bytes: Vec<u8>,
-    ) -> Result<FromHop, String> {
+    ) -> Result<FromHop, JobError> {
         let max_chunks = self.limits.max_shard_bytes / 1024 + 1;
         if total == 0 || u64::from(total) > max_chunks || index >= total {
-            return Err(format!("bad init chunk {index} of {total}"));
+            return Err(JobError::BadChunk { index, total });
         }
         let job = {
             let mut map = lock(&self.map);
             if index == 0 {
                 if map.len() >= self.limits.max_jobs && !map.contains_key(handle) {
-                    return Err(format!(
-                        "this node hosts {} jobs already (its limit)",
-                        self.limits.max_jobs
-                    ));
+                    return Err(JobError::TooManyJobs(self.limits.max_jobs));
                 }
                 let job = Arc::new(Mutex::new(Job {
                     state: State::Receiving {
@@ -142,7 +217,7 @@ impl Jobs {
             } else {
                 map.get(handle)
                     .cloned()
-                    .ok_or_else(|| "init chunk for an unknown job".to_string())?
+                    .ok_or(JobError::InitForUnknownJob)?
             }
         };
         let mut job = lock(&job);
@@ -153,37 +228,33 @@ impl Jobs {
             bytes: received,
         } = &mut job.state
         else {
-            return Err("the job is already initialised".into());
+            return Err(JobError::AlreadyInitialised);
         };
         if chunks.len() != total as usize {
-            return Err("init chunk count changed".into());
+            return Err(JobError::ChunkCountChanged);
         }
         if index == 0 {
-            *have_spec = Some(spec.ok_or("the first init chunk carries no layer spec")?);
+            *have_spec = Some(spec.ok_or(JobError::NoSpec)?);
         }
         *received += bytes.len() as u64;
         if *received > self.limits.max_shard_bytes {
-            return Err(format!(
-                "shard larger than this node's limit of {} bytes",
-                self.limits.max_shard_bytes
-            ));
+            return Err(JobError::ShardTooLarge(self.limits.max_shard_bytes));
         }
         chunks[index as usize] = Some(bytes);
         if chunks.iter().any(Option::is_none) {
             return Ok(FromHop::Received { index });
         }
-        let spec = have_spec.take().ok_or("no layer spec")?;
+        let spec = have_spec.take().ok_or(JobError::NoSpec)?;
         let shard: Vec<u8> = chunks
             .iter_mut()
             .filter_map(Option::take)
             .flatten()
             .collect();
         if shard.len() as u64 != spec.shard_len {
-            return Err(format!(
-                "shard is {} bytes, the spec says {}",
-                shard.len(),
-                spec.shard_len
-            ));
+            return Err(JobError::ShardLength {
+                got: shard.len(),
+                want: spec.shard_len,
+            });
         }
         let (guest, params) = self.build(&spec, &shard)?;
         job.state = State::Ready {
@@ -193,17 +264,14 @@ impl Jobs {
         Ok(FromHop::Ready { params })
     }
 
-    fn build(&self, spec: &LayerSpec, shard: &[u8]) -> Result<(GuestLayer, u64), String> {
+    fn build(&self, spec: &LayerSpec, shard: &[u8]) -> Result<(GuestLayer, u64), JobError> {
         let (kind, bytes) = match &spec.kind {
             LayerKind::Standard => (GuestKind::Standard, shard),
             LayerKind::Relay(op) => (GuestKind::Relay, op.as_bytes()),
         };
-        let compiled = self.sandbox.guest(kind).map_err(|e| e.to_string())?;
-        let mut guest = self
-            .sandbox
-            .instantiate(compiled)
-            .map_err(|e| e.to_string())?;
-        let cfg = to_guest_config(spec)?;
+        let compiled = self.sandbox.guest(kind)?;
+        let mut guest = self.sandbox.instantiate(compiled)?;
+        let cfg = to_guest_config(spec).map_err(JobError::Config)?;
         let info = self.timed(|| guest.load(bytes, &cfg))?;
         Ok((guest, info.param_count))
     }
@@ -211,33 +279,33 @@ impl Jobs {
     fn timed<R>(
         &self,
         f: impl FnOnce() -> Result<R, mixnn_sandbox::SandboxError>,
-    ) -> Result<R, String> {
+    ) -> Result<R, JobError> {
         let t = Instant::now();
         let r = f();
         self.metrics.guest_calls.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .guest_micros
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        r.map_err(|e| e.to_string())
+        Ok(r?)
     }
 
     /// Runs `f` on the job's guest.
     fn with_guest<R>(
         &self,
         handle: &[u8; 32],
-        f: impl FnOnce(&Self, &mut GuestLayer) -> Result<R, String>,
-    ) -> Result<R, String> {
+        f: impl FnOnce(&Self, &mut GuestLayer) -> Result<R, JobError>,
+    ) -> Result<R, JobError> {
         let job = self.get(handle)?;
         let mut job = lock(&job);
         job.last_used = Instant::now();
         match &mut job.state {
             State::Ready { guest, .. } => f(self, guest),
-            State::Receiving { .. } => Err("the job is not initialised yet".into()),
+            State::Receiving { .. } => Err(JobError::NotInitialised),
         }
     }
 
     /// Training forward (saves what backward needs).
-    pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
+    pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, JobError> {
         let x = to_guest(x);
         self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).map(from_guest))
     }
@@ -247,7 +315,7 @@ impl Jobs {
         &self,
         handle: &[u8; 32],
         dz: WireTensor,
-    ) -> Result<Option<WireTensor>, String> {
+    ) -> Result<Option<WireTensor>, JobError> {
         let dz = to_guest(dz);
         self.with_guest(handle, |s, g| {
             let dx = s.timed(|| g.backward(&dz))?;
@@ -262,7 +330,7 @@ impl Jobs {
         handle: &[u8; 32],
         x: WireTensor,
         labels: &[i64],
-    ) -> Result<(f32, Option<WireTensor>), String> {
+    ) -> Result<(f32, Option<WireTensor>), JobError> {
         let x = to_guest(x);
         self.with_guest(handle, |s, g| {
             let z = s.timed(|| g.forward(&x))?;
@@ -274,17 +342,17 @@ impl Jobs {
     }
 
     /// Test-phase forward.
-    pub fn infer(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
+    pub fn infer(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, JobError> {
         let x = to_guest(x);
         self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).map(from_guest))
     }
 
-    fn export(&self, handle: &[u8; 32], part: u32) -> Result<FromHop, String> {
+    fn export(&self, handle: &[u8; 32], part: u32) -> Result<FromHop, JobError> {
         let job = self.get(handle)?;
         let mut job = lock(&job);
         job.last_used = Instant::now();
         let State::Ready { guest, export } = &mut job.state else {
-            return Err("the job is not initialised yet".into());
+            return Err(JobError::NotInitialised);
         };
         if part == 0 || export.is_none() {
             let params = self.timed(|| guest.export_params())?;
@@ -296,14 +364,16 @@ impl Jobs {
                     data: p.data,
                 })
                 .collect();
-            let bytes = mixnn_protocol::cbor::encode("parameters", &list, usize::MAX)
-                .map_err(|e| e.to_string())?;
-            *export = Some(bytes);
+            *export = Some(mixnn_protocol::cbor::encode(
+                "parameters",
+                &list,
+                usize::MAX,
+            )?);
         }
-        let bytes = export.as_ref().ok_or("no export in progress")?;
+        let bytes: &[u8] = export.as_deref().unwrap_or_default();
         let total = bytes.len().div_ceil(EXPORT_PART_BYTES).max(1) as u32;
         if part >= total {
-            return Err(format!("export part {part} of {total}"));
+            return Err(JobError::ExportPart { part, total });
         }
         let start = part as usize * EXPORT_PART_BYTES;
         let end = (start + EXPORT_PART_BYTES).min(bytes.len());

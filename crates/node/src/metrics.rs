@@ -104,6 +104,21 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
+        let mut s = String::with_capacity(2048);
+        for (name, kind, help, series) in
+            self.link_families().into_iter().chain(self.node_families())
+        {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in series {
+                let _ = writeln!(s, "{name}{labels} {value}");
+            }
+        }
+        s
+    }
+
+    /// The node's identity and its link-level families (packets, bytes,
+    /// drops, streams, peers).
+    fn link_families(&self) -> [Family; 9] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let info = format!(
             "{{peer_id=\"{}\",version=\"{}\"}}",
@@ -119,18 +134,8 @@ impl Metrics {
                 .iter()
                 .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n)),
         );
-        let lengths: Vec<(String, u64)> = self
-            .link
-            .lengths()
-            .into_iter()
-            .map(|(len, n)| (format!("{{length=\"{len}\"}}"), n))
-            .collect();
-        let ops: Vec<(String, u64)> = lock(&self.ops)
-            .iter()
-            .map(|(op, n)| (format!("{{op=\"{op}\"}}"), *n))
-            .collect();
         let one = |v: u64| vec![(String::new(), v)];
-        let families: [Family; 17] = [
+        [
             (
                 "mixnn_node_info",
                 "gauge",
@@ -188,6 +193,25 @@ impl Metrics {
                 "Peers with at least one open connection.",
                 one(g(&self.peers_connected)),
             ),
+        ]
+    }
+
+    /// The families of the node's own work: publishing, keys, ops, jobs,
+    /// guests, cover traffic.
+    fn node_families(&self) -> [Family; 8] {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let lengths: Vec<(String, u64)> = self
+            .link
+            .lengths()
+            .into_iter()
+            .map(|(len, n)| (format!("{{length=\"{len}\"}}"), n))
+            .collect();
+        let ops: Vec<(String, u64)> = lock(&self.ops)
+            .iter()
+            .map(|(op, n)| (format!("{{op=\"{op}\"}}"), *n))
+            .collect();
+        let one = |v: u64| vec![(String::new(), v)];
+        [
             (
                 "mixnn_descriptor_publish_total",
                 "counter",
@@ -247,15 +271,7 @@ impl Metrics {
                     ("{kind=\"loop_lost\"}".into(), g(&self.cover_loops_lost)),
                 ],
             ),
-        ];
-        let mut s = String::with_capacity(2048);
-        for (name, kind, help, series) in families {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in series {
-                let _ = writeln!(s, "{name}{labels} {value}");
-            }
-        }
-        s
+        ]
     }
 }
 

@@ -1,61 +1,32 @@
-//! The packet processor: Sphinx unwrap, the hop's op, re-seal, forward.
+//! The packet shell: threads, queue and timers around the hop.
 //!
 //! Packets come off the inbox onto a few worker threads (guest calls are
-//! CPU work and must not stall the network tasks). Each worker peels the
-//! header with the node's key ring and replay cache, does what the hop's
-//! routing info says (PROTOCOL.md §12) and hands the packet, same length,
-//! to the next hop. Every refusal is a counted drop under the Sphinx
-//! reason or a job reason; nothing a peer sends can panic a worker.
+//! CPU work and must not stall the network tasks). Each worker hands the
+//! packet to the [`hop`](crate::hop), which decides everything (unwrap,
+//! replay check, the op, re-seal), and carries out its [`Action`]: send
+//! to the next hop, count a returned loop, or count a drop under its
+//! reason. This module adds only what needs a clock, a lock or a socket:
+//! the key ring rebuilt as epochs rotate, the shared replay cache, the
+//! metrics, the job views and the cover's trackers. Nothing a peer sends
+//! can panic a worker.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use mixnn_p2p::unix_now;
-use mixnn_protocol::job::{self, E2eDirection, FromHop, JobPayload, ToHop, WireTensor, app_flags};
-use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, NodeId, Op, Processed, ReplayCache};
+use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, ReplayCache};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::cover::{JobClasses, LoopTracker};
+use crate::hop::{self, Action, DropReason, Outcome, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::mixkeys::MixKeys;
+use crate::views::JobViews;
 use mixnn_p2p::{PacketInbox, PacketSender};
-
-/// The NodeId a peer is addressed by in routing info: its ed25519 public
-/// key, from which the peer id follows.
-pub fn node_id_of(identity_key: &[u8; 32]) -> NodeId {
-    NodeId(*identity_key)
-}
-
-/// The peer a NodeId names, if it is an ed25519 key.
-pub fn peer_of(id: &NodeId) -> Option<PeerId> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&id.0).ok()?;
-    Some(PeerId::from_public_key(&libp2p::identity::PublicKey::from(
-        key,
-    )))
-}
-
-/// What a node saw of one job: for operators' audits and for the tests of
-/// the threat model (a node must know only its two neighbours).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JobView {
-    /// Peers that sent this node packets of the job.
-    pub from: BTreeSet<PeerId>,
-    /// Peers this node sent packets of the job to.
-    pub to: BTreeSet<PeerId>,
-    /// Ops it performed, with counts.
-    pub ops: BTreeMap<String, u64>,
-    /// Shapes of the tensors it received in the clear.
-    pub input_shapes: BTreeSet<Vec<u32>>,
-    /// End-to-end messages it could read, by kind (`init`, `labels`, …).
-    pub e2e_read: BTreeMap<String, u64>,
-}
-
-/// Views of all jobs, keyed by the job handle this node knows.
-pub type Views = Arc<Mutex<HashMap<[u8; 32], JobView>>>;
 
 struct Ring {
     epochs: Vec<u64>,
@@ -65,22 +36,16 @@ struct Ring {
 
 /// What the workers share.
 pub struct Processor {
-    pub geometry: Geometry,
-    pub keys: MixKeys,
+    geometry: Geometry,
+    keys: MixKeys,
     ring: RwLock<Ring>,
     replay: Mutex<ReplayCache>,
-    pub jobs: Jobs,
-    pub sender: PacketSender,
-    pub metrics: Arc<Metrics>,
-    pub views: Views,
-    pub self_id: NodeId,
-    /// Loops this node sent, by the replay tag the loop's last hop (this
-    /// node) will see: a returning loop is recognised by it.
-    pub loops: Mutex<HashMap<[u8; 16], Instant>>,
-    /// Payload classes of job (link-mode) packets, with when each was last
-    /// seen: cover traffic copies them so that job packets do not stand out
-    /// by length. At most one entry per class of the geometry.
-    pub classes: Mutex<HashMap<usize, Instant>>,
+    jobs: Arc<Jobs>,
+    sender: PacketSender,
+    metrics: Arc<Metrics>,
+    views: Arc<JobViews>,
+    loops: Arc<LoopTracker>,
+    classes: Arc<JobClasses>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,10 +74,9 @@ impl Processor {
     pub fn new(
         geometry: Geometry,
         keys: MixKeys,
-        jobs: Jobs,
+        jobs: Arc<Jobs>,
         sender: PacketSender,
         metrics: Arc<Metrics>,
-        self_id: NodeId,
     ) -> Self {
         let (epochs, ring) = build_ring(&keys);
         Processor {
@@ -127,22 +91,25 @@ impl Processor {
             jobs,
             sender,
             metrics,
-            views: Arc::new(Mutex::new(HashMap::new())),
-            self_id,
-            loops: Mutex::new(HashMap::new()),
-            classes: Mutex::new(HashMap::new()),
+            views: Arc::new(JobViews::default()),
+            loops: Arc::new(LoopTracker::default()),
+            classes: Arc::new(JobClasses::default()),
         }
     }
 
-    /// The payload classes job packets used within `window`, smallest first.
-    pub fn classes_in_use(&self, window: Duration) -> Vec<usize> {
-        let mut c: Vec<usize> = lock(&self.classes)
-            .iter()
-            .filter(|(_, seen)| seen.elapsed() <= window)
-            .map(|(&class, _)| class)
-            .collect();
-        c.sort_unstable();
-        c
+    /// What this node saw of each job.
+    pub fn views(&self) -> Arc<JobViews> {
+        self.views.clone()
+    }
+
+    /// The loops in flight: cover registers them, this shell answers them.
+    pub fn loops(&self) -> Arc<LoopTracker> {
+        self.loops.clone()
+    }
+
+    /// The payload classes job traffic uses, for cover.
+    pub fn classes(&self) -> Arc<JobClasses> {
+        self.classes.clone()
     }
 
     /// The key ring, rebuilt when the node's epochs change (checked at most
@@ -166,222 +133,77 @@ impl Processor {
         r.ring.clone()
     }
 
-    /// Handles one packet from `from`.
-    pub fn handle(&self, from: PeerId, mut bytes: Vec<u8>) {
+    /// Handles one packet from `from`: the replay cache is locked only
+    /// while the header is peeled, not during the op.
+    pub fn handle(&self, from: PeerId, bytes: Vec<u8>) {
         let ring = self.ring();
-        let processed = {
+        let peeled = {
             let mut replay = lock(&self.replay);
-            mixnn_sphinx::process(&self.geometry, &ring, &mut replay, &mut bytes)
+            hop::peel(&self.geometry, &ring, &mut replay, bytes)
         };
-        let p = match processed {
-            Ok(p) => p,
-            Err(e) => {
-                debug!(%from, reason = e.reason(), "packet refused");
-                self.metrics.drop_processed(e.reason());
-                return;
-            }
-        };
-        let op = p.routing.op;
-        self.metrics.count_op(op_label(op));
-        match op {
-            Op::Loop => {
-                self.loop_returned(&p);
-                return;
-            }
-            Op::Drop => return,
-            _ => {}
-        }
-        if p.routing.is_layered() {
-            // Cover or reply traffic: the layer is already stripped.
-            self.forward(&p, bytes);
-            return;
-        }
-        // A link-mode packet is job traffic: remember its class for cover.
-        lock(&self.classes).insert(p.class, Instant::now());
-        let h = self.geometry.header_len();
-        let job = p.routing.job.0;
-        let opened = mixnn_sphinx::open_payload(&p.routing.key_in, &p.incoming, &mut bytes[h..])
-            .map_err(|e| e.reason())
-            .and_then(|m| JobPayload::decode(m).map_err(|_| "job_payload"));
-        let mut payload = match opened {
-            Ok(pl) => pl,
+        let outcome = match peeled {
+            Ok(p) => p.serve(&self.geometry, &self.jobs),
             Err(reason) => {
-                self.metrics.drop_processed(reason);
-                return;
+                debug!(%from, %reason, "packet refused");
+                Outcome {
+                    action: Action::Drop(reason),
+                    seen: None,
+                }
             }
         };
-        self.note(&job, |v| {
-            v.from.insert(from);
-            *v.ops.entry(op_label(op).into()).or_default() += 1;
-            if let Some(t) = &payload.tensor {
-                v.input_shapes.insert(t.shape.clone());
-            }
-        });
-        self.run_op(&p, &job, &mut payload);
-        let Some(outgoing) = p.outgoing else {
-            return;
-        };
-        let message = payload.encode();
-        if let Err(e) =
-            mixnn_sphinx::seal_payload(&p.routing.key_out, &outgoing, &message, &mut bytes[h..])
+        if let Some(seen) = &outcome.seen {
+            self.record(from, seen);
+        }
+        self.act(
+            outcome.seen.as_ref().map_or([0; 32], |s| s.job),
+            outcome.action,
+        );
+    }
+
+    /// Notes what the hop saw in the metrics, the views and the classes.
+    fn record(&self, from: PeerId, seen: &Seen) {
+        self.metrics.count_op(op_label(seen.op));
+        if let Some(class) = seen.job_class {
+            self.classes.saw(class, Instant::now());
+        }
+        if seen.decoded {
+            let shape = seen.input_shape.as_deref();
+            (self.views).received(&seen.job, from, op_label(seen.op), shape);
+        }
+        if let Some(kind) = seen.e2e_read {
+            self.views.read_e2e(&seen.job, kind);
+        }
+        if let Some(f) = &seen.failure
+            && f.stage == Stage::Compute
         {
-            warn!(error = %e, "output does not fit the packet class");
-            self.metrics.drop_processed("output_too_large");
-            return;
-        }
-        self.forward(&p, bytes);
-    }
-
-    /// Does the op's work on `payload` in place. A failure becomes an error
-    /// message to the designer in the end-to-end section (and no tensor), so
-    /// the designer learns which hop failed and why; hops after it pass a
-    /// payload without a tensor on untouched.
-    fn run_op(&self, p: &Processed, job: &[u8; 32], payload: &mut JobPayload) {
-        let app = (p.routing.flags >> 8) as u8;
-        let key = p.e2e_key.as_bytes();
-        let target = app & app_flags::E2E_TARGET != 0;
-        let compute = matches!(p.routing.op, Op::Forward | Op::Test | Op::Backward);
-        if compute && payload.tensor.is_none() {
-            // An earlier hop failed: its error travels on under one more
-            // layer, like any section this hop is not the target of.
-            job::e2e_layer(key, &mut payload.e2e);
-            return;
-        }
-        let mut to_hop = None;
-        if target {
-            match job::open_e2e(key, E2eDirection::ToHop, &payload.e2e)
-                .and_then(|b| job::decode_msg::<ToHop>("end-to-end message", &b))
-            {
-                Ok(m) => {
-                    let kind = match &m {
-                        ToHop::Init { .. } => "init",
-                        ToHop::Labels(_) => "labels",
-                        ToHop::Export { .. } => "export",
-                        ToHop::Close => "close",
-                    };
-                    self.note(job, |v| *v.e2e_read.entry(kind.into()).or_default() += 1);
-                    to_hop = Some(m);
-                }
-                Err(e) => {
-                    self.reply(
-                        payload,
-                        key,
-                        FromHop::Error(format!("end-to-end section: {e}")),
-                    );
-                    payload.tensor = None;
-                    return;
-                }
-            }
-        } else {
-            job::e2e_layer(key, &mut payload.e2e);
-        }
-        let result: Result<(), String> = match p.routing.op {
-            Op::Init => match to_hop {
-                Some(m) => {
-                    let answer = self.jobs.control(job, m);
-                    self.reply(payload, key, answer);
-                    Ok(())
-                }
-                None => Ok(()),
-            },
-            Op::Relay | Op::Deliver => Ok(()),
-            Op::Forward | Op::Test | Op::Backward => match payload.tensor.take() {
-                Some(x) => self.compute(p, job, x, to_hop, payload),
-                None => Ok(()),
-            },
-            Op::Loop | Op::Drop => Ok(()),
-        };
-        if let Err(e) = result {
-            debug!(error = %e, "job op failed");
             self.metrics.drop_processed("job_error");
-            payload.tensor = None;
-            self.reply(payload, key, FromHop::Error(e));
         }
     }
 
-    fn compute(
-        &self,
-        p: &Processed,
-        job: &[u8; 32],
-        x: WireTensor,
-        to_hop: Option<ToHop>,
-        payload: &mut JobPayload,
-    ) -> Result<(), String> {
-        let app = (p.routing.flags >> 8) as u8;
-        match p.routing.op {
-            Op::Forward => payload.tensor = Some(self.jobs.forward(job, x)?),
-            Op::Test => payload.tensor = Some(self.jobs.infer(job, x)?),
-            Op::Backward if app & app_flags::TURN != 0 => {
-                let Some(ToHop::Labels(labels)) = to_hop else {
-                    return Err("the turning layer got no labels".into());
-                };
-                let (loss, dx) = self.jobs.turn(job, x, &labels)?;
-                payload.tensor = dx;
-                let key = p.e2e_key.as_bytes();
-                self.reply(
-                    payload,
-                    key,
-                    FromHop::Loss {
-                        bits: loss.to_bits(),
-                    },
-                );
+    /// Carries out the hop's action for a packet of `job`.
+    fn act(&self, job: [u8; 32], action: Action) {
+        match action {
+            Action::Forward { to, bytes, .. } | Action::Deliver { to, bytes, .. } => {
+                self.views.sent(&job, to);
+                if let Err(e) = self.sender.send(to, bytes) {
+                    debug!(peer = %to, error = %e, "forwarding failed");
+                }
             }
-            Op::Backward => payload.tensor = self.jobs.backward(job, x)?,
-            _ => {}
+            Action::LoopReturned { tag } => {
+                if self.loops.returned(&tag) {
+                    (self.metrics.cover_loops_returned)
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Action::Drop(reason) => {
+                if let DropReason::OutputTooLarge(e) = &reason {
+                    warn!(error = %e, "output does not fit the packet class");
+                }
+                if let Some(label) = reason.label() {
+                    self.metrics.drop_processed(label);
+                }
+            }
         }
-        Ok(())
-    }
-
-    fn reply(&self, payload: &mut JobPayload, key: &[u8; 32], msg: FromHop) {
-        let body = job::encode_msg("reply", &msg).unwrap_or_else(|_| {
-            job::encode_msg("reply", &FromHop::Error("reply too large".into())).unwrap_or_default()
-        });
-        payload.e2e = job::seal_e2e(key, E2eDirection::FromHop, &body);
-    }
-
-    fn forward(&self, p: &Processed, bytes: Vec<u8>) {
-        if p.outgoing.is_none() {
-            return;
-        }
-        let next = p.routing.next_hop;
-        let Some(peer) = peer_of(&next) else {
-            self.metrics.drop_processed("bad_next_hop");
-            return;
-        };
-        self.note(&p.routing.job.0, |v| {
-            v.to.insert(peer);
-        });
-        if let Err(e) = self.sender.send(peer, bytes) {
-            debug!(%peer, error = %e, "forwarding failed");
-        }
-    }
-
-    fn loop_returned(&self, p: &Processed) {
-        if lock(&self.loops).remove(&p.replay_tag.0).is_some() {
-            self.metrics
-                .cover_loops_returned
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn note(&self, job: &[u8; 32], f: impl FnOnce(&mut JobView)) {
-        if job == &[0u8; 32] {
-            return; // cover traffic has no job
-        }
-        f(lock(&self.views).entry(*job).or_default());
-    }
-}
-
-pub fn op_label(op: Op) -> &'static str {
-    match op {
-        Op::Init => "init",
-        Op::Forward => "forward",
-        Op::Backward => "backward",
-        Op::Test => "test",
-        Op::Relay => "relay",
-        Op::Deliver => "deliver",
-        Op::Loop => "loop",
-        Op::Drop => "drop",
     }
 }
 
@@ -415,18 +237,10 @@ pub fn spawn(
             warn!(error = %e, "cannot start a packet worker");
         }
     }
-    let expire = processor.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
-                _ = tick.tick() => {
-                    let n = expire.jobs.expire();
-                    if n > 0 {
-                        debug!(expired = n, "idle jobs forgotten");
-                    }
-                }
                 p = inbox.recv() => match p {
                     Some(p) => match tx.try_send((p.from, p.data)) {
                         Ok(()) => {}
@@ -441,6 +255,28 @@ pub fn spawn(
                     },
                     None => return,
                 },
+            }
+        }
+    })
+}
+
+/// Forgets idle jobs every 30 s until `stop` changes. Expiry skips jobs in
+/// use, so it never waits on a running guest.
+pub fn spawn_expiry(
+    jobs: Arc<Jobs>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {
+                    let n = jobs.expire();
+                    if n > 0 {
+                        debug!(expired = n, "idle jobs forgotten");
+                    }
+                }
             }
         }
     })

@@ -364,7 +364,67 @@ pub enum FromHop {
         bytes: Vec<u8>,
     },
     Closed,
-    Error(String),
+    /// The hop could not do what the packet asked; it dropped the tensor.
+    Error(HopFailure),
+}
+
+/// Longest failure message a hop writes (bytes); longer ones are cut, so a
+/// guest's error text cannot fill a reply.
+pub const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// What kind of failure a hop reports: the designer can act on the kind
+/// (e.g. pick another node for `Capacity`) without parsing the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The hop holds no job under the packet's handle (never had it, expired or closed).
+    UnknownJob,
+    /// The job exists but is not in the state the message needs (not
+    /// initialised yet, or initialised already).
+    JobState,
+    /// An init chunk or its layer spec is malformed or inconsistent.
+    BadInit,
+    /// The hop's limits refuse the job (job count, shard size).
+    Capacity,
+    /// The guest refused the call or hit a sandbox limit.
+    Guest,
+    /// The message asked for something the op does not take (labels
+    /// without a turn, a turn without labels, an export part out of range).
+    BadRequest,
+    /// The end-to-end section did not open or decode.
+    EndToEnd,
+    /// The hop could not encode its answer.
+    Encoding,
+}
+
+/// A hop's failure as the designer receives it: a kind and a message of at
+/// most [`MAX_FAILURE_MESSAGE`] bytes (the whole reply is bounded by
+/// [`MAX_E2E_BODY`] on decode). Displays as its message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl HopFailure {
+    /// A failure of `kind`, its message cut to [`MAX_FAILURE_MESSAGE`] bytes
+    /// at a character boundary.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> HopFailure {
+        let mut message = message.into();
+        if message.len() > MAX_FAILURE_MESSAGE {
+            let mut end = MAX_FAILURE_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        HopFailure { kind, message }
+    }
+}
+
+impl std::fmt::Display for HopFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// A named parameter tensor, as export parts carry it.

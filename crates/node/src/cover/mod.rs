@@ -10,16 +10,19 @@
 //! if the node keeps sending them and none come back, it is likely cut off
 //! (a partition, or neighbours that drop its packets), and it says so.
 
+mod track;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use mixnn_p2p::{SendError, SwarmHandle, split_p2p, unix_now};
+use mixnn_p2p::{PacketSender, SendError, SwarmHandle, split_p2p, unix_now};
 use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{
-    Exit, JobHandle, LinkKey, MixPublicKey, NodeId, Op, PayloadMode, RouteHop, SphinxError,
+    Exit, Geometry, JobHandle, LinkKey, MixPublicKey, NodeId, Op, PayloadMode, RouteHop,
+    SphinxError,
 };
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
@@ -29,7 +32,11 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::processor::{Processor, peer_of};
+use crate::hop::peer_of;
+use crate::metrics::Metrics;
+use crate::mixkeys::MixKeys;
+
+pub use track::{JobClasses, LoopTracker, MAX_LOOPS, TooManyLoops};
 
 /// How often the pool view is re-read (new nodes, rotated mix keys).
 const REFRESH: Duration = Duration::from_secs(30);
@@ -43,9 +50,6 @@ const CLASS_WINDOW: Duration = Duration::from_secs(60);
 const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Loops sent and none returned for this long: the node may be cut off.
 const SILENCE: Duration = Duration::from_secs(60);
-/// Loops in flight at most (the table must not grow without bound when
-/// loops are lost faster than they expire).
-const MAX_LOOPS: usize = 10_000;
 /// Pool nodes kept in the view at most.
 const MAX_POOL: usize = 10_000;
 /// How often lost loops are expired and the silence checked.
@@ -67,6 +71,27 @@ pub enum CoverError {
     Send(#[from] SendError),
 }
 
+impl From<TooManyLoops> for CoverError {
+    fn from(_: TooManyLoops) -> Self {
+        CoverError::TooManyLoops
+    }
+}
+
+/// What cover traffic needs of the node: how to build and send packets,
+/// where to count them, and the state it shares with the packet shell.
+pub struct CoverLinks {
+    pub geometry: Geometry,
+    pub keys: MixKeys,
+    pub sender: PacketSender,
+    pub metrics: Arc<Metrics>,
+    /// How routes name this node (the last hop of its loops).
+    pub self_id: NodeId,
+    /// Loops in flight; the packet shell answers returning ones.
+    pub loops: Arc<LoopTracker>,
+    /// Classes job traffic uses; the packet shell records them.
+    pub classes: Arc<JobClasses>,
+}
+
 /// A pool node (or this node) as cover routes name it.
 struct Peer {
     id: NodeId,
@@ -75,7 +100,7 @@ struct Peer {
 }
 
 struct Cover {
-    processor: Arc<Processor>,
+    links: CoverLinks,
     swarm: SwarmHandle,
     bootstraps: Vec<PeerId>,
     /// Payload classes whose packets the node's links accept.
@@ -96,7 +121,7 @@ struct Cover {
 /// Starts the cover task; it ends when `stop` changes. With both rates 0,
 /// or no payload class the links accept, it ends at once.
 pub fn spawn(
-    processor: Arc<Processor>,
+    links: CoverLinks,
     swarm: SwarmHandle,
     bootstraps: Vec<PeerId>,
     cfg: &NodeConfig,
@@ -107,7 +132,7 @@ pub fn spawn(
     if loop_mean.is_none() && drop_mean.is_none() {
         return tokio::spawn(async {});
     }
-    let g = &processor.geometry;
+    let g = &links.geometry;
     let mut usable: Vec<usize> = (g.size_classes().iter().copied())
         .filter(|&c| {
             let len = g.packet_len(c).ok().and_then(|l| u32::try_from(l).ok());
@@ -130,7 +155,7 @@ pub fn spawn(
         return tokio::spawn(async {});
     };
     let cover = Cover {
-        processor,
+        links,
         swarm,
         bootstraps,
         usable,
@@ -143,10 +168,6 @@ pub fn spawn(
         warned: false,
     };
     tokio::spawn(cover.run(loop_mean, drop_mean, stop))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An exponentially distributed gap of mean `mean`: the waiting time of a
@@ -236,7 +257,7 @@ impl Cover {
             Ok(Err(e)) => return debug!(error = %e, "cover: directory read failed"),
             Err(_) => return debug!("cover: directory read timed out"),
         };
-        let me = self.processor.self_id.0;
+        let me = self.links.self_id.0;
         let mut pool = Vec::new();
         let mut known = HashMap::new();
         for d in list.iter().filter(|d| d.identity_key != me).take(MAX_POOL) {
@@ -259,7 +280,7 @@ impl Cover {
     /// A class job traffic uses now (each equally likely), else the
     /// configured one.
     fn class(&mut self) -> usize {
-        let used: Vec<usize> = (self.processor.classes_in_use(CLASS_WINDOW).into_iter())
+        let used: Vec<usize> = (self.links.classes.in_use(CLASS_WINDOW).into_iter())
             .filter(|c| self.usable.contains(c))
             .collect();
         used.choose(&mut self.rng).copied().unwrap_or(self.fallback)
@@ -281,10 +302,9 @@ impl Cover {
             .map(|p| hop(p, Op::Relay))
             .collect();
         if is_loop {
-            let (epoch, public) =
-                (self.processor.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
+            let (epoch, public) = (self.links.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
             let me = Peer {
-                id: self.processor.self_id,
+                id: self.links.self_id,
                 key: MixPublicKey::from_bytes(public.to_bytes())?,
                 epoch: u32::try_from(epoch).map_err(|_| CoverError::NoKey)?,
             };
@@ -298,7 +318,7 @@ impl Cover {
             .ok_or(CoverError::BadHop)?;
         let class = self.class();
         let (packet, state) = mixnn_sphinx::build_packet(
-            &self.processor.geometry,
+            &self.links.geometry,
             &route,
             Exit::Final,
             PayloadMode::Layered,
@@ -306,24 +326,18 @@ impl Cover {
             &[],
             &mut OsRng,
         )?;
-        let metrics = &self.processor.metrics;
+        let metrics = &self.links.metrics;
         if !is_loop {
-            self.processor.sender.send(first, packet.into_bytes())?;
+            self.links.sender.send(first, packet.into_bytes())?;
             metrics.cover_drops_sent.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // Registered before sending: the loop can be back before `send`
         // returns.
-        let tag = state.replay_tags().last().ok_or(CoverError::BadHop)?.0;
-        {
-            let mut loops = lock(&self.processor.loops);
-            if loops.len() >= MAX_LOOPS {
-                return Err(CoverError::TooManyLoops);
-            }
-            loops.insert(tag, Instant::now());
-        }
-        if let Err(e) = self.processor.sender.send(first, packet.into_bytes()) {
-            lock(&self.processor.loops).remove(&tag);
+        let tag = *state.replay_tags().last().ok_or(CoverError::BadHop)?;
+        self.links.loops.register(&tag, Instant::now())?;
+        if let Err(e) = self.links.sender.send(first, packet.into_bytes()) {
+            self.links.loops.forget(&tag);
             return Err(e.into());
         }
         metrics.cover_loops_sent.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +347,7 @@ impl Cover {
 
     /// Expires lost loops and warns once when loops stop returning.
     fn check(&mut self, now: Instant) {
-        let metrics = &self.processor.metrics;
+        let metrics = &self.links.metrics;
         let returned = metrics.cover_loops_returned.load(Ordering::Relaxed);
         if returned != self.seen_returned {
             (self.seen_returned, self.waiting_since) = (returned, None);
@@ -341,12 +355,7 @@ impl Cover {
                 info!("cover loops return again");
             }
         }
-        let lost = {
-            let mut loops = lock(&self.processor.loops);
-            let before = loops.len();
-            loops.retain(|_, sent| now.saturating_duration_since(*sent) < LOOP_TIMEOUT);
-            before - loops.len()
-        };
+        let lost = self.links.loops.expire(now, LOOP_TIMEOUT);
         metrics
             .cover_loops_lost
             .fetch_add(lost as u64, Ordering::Relaxed);

@@ -1,0 +1,121 @@
+//! The ops of a job packet on its opened payload (PROTOCOL.md §12.4): the
+//! end-to-end section, the control messages and the layer's calls.
+
+use mixnn_protocol::job::{
+    self, E2eDirection, FailureKind, FromHop, HopFailure, JobPayload, ToHop, WireTensor, app_flags,
+};
+use mixnn_sphinx::{Op, Processed};
+use tracing::debug;
+
+use super::{Failure, Seen, Stage};
+use crate::jobs::{JobError, Jobs};
+
+/// Does the op's work on `payload` in place. A failure becomes an error
+/// message to the designer in the end-to-end section (and no tensor), so
+/// the designer learns which hop failed and why; hops after it pass a
+/// payload without a tensor on untouched.
+pub(super) fn run(jobs: &Jobs, p: &Processed, payload: &mut JobPayload, seen: &mut Seen) {
+    let app = (p.routing.flags >> 8) as u8;
+    let key = p.e2e_key.as_bytes();
+    let computes = matches!(p.routing.op, Op::Forward | Op::Test | Op::Backward);
+    if computes && payload.tensor.is_none() {
+        // An earlier hop failed: its error travels on under one more
+        // layer, like any section this hop is not the target of.
+        job::e2e_layer(key, &mut payload.e2e);
+        return;
+    }
+    let to_hop = if app & app_flags::E2E_TARGET != 0 {
+        match open_section(key, &payload.e2e) {
+            Ok(m) => {
+                seen.e2e_read = Some(kind_of(&m));
+                Some(m)
+            }
+            Err(error) => {
+                payload.tensor = None;
+                fail(payload, key, seen, Stage::EndToEnd, error);
+                return;
+            }
+        }
+    } else {
+        job::e2e_layer(key, &mut payload.e2e);
+        None
+    };
+    let job = &p.routing.job.0;
+    match (p.routing.op, to_hop) {
+        (Op::Init, Some(m)) => match jobs.control(job, m) {
+            Ok(answer) => reply(payload, key, &answer),
+            Err(error) => fail(payload, key, seen, Stage::Control, error),
+        },
+        (Op::Forward | Op::Test | Op::Backward, to_hop) => {
+            let Some(x) = payload.tensor.take() else {
+                return;
+            };
+            if let Err(error) = compute(jobs, p, x, to_hop, payload) {
+                debug!(%error, "job op failed");
+                payload.tensor = None;
+                fail(payload, key, seen, Stage::Compute, error);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn open_section(key: &[u8; 32], e2e: &[u8]) -> Result<ToHop, JobError> {
+    let body = job::open_e2e(key, E2eDirection::ToHop, e2e)?;
+    Ok(job::decode_msg::<ToHop>("end-to-end message", &body)?)
+}
+
+/// The job view's name of an end-to-end message.
+fn kind_of(m: &ToHop) -> &'static str {
+    match m {
+        ToHop::Init { .. } => "init",
+        ToHop::Labels(_) => "labels",
+        ToHop::Export { .. } => "export",
+        ToHop::Close => "close",
+    }
+}
+
+/// The layer's work on tensor `x`; the result replaces the payload's tensor.
+fn compute(
+    jobs: &Jobs,
+    p: &Processed,
+    x: WireTensor,
+    to_hop: Option<ToHop>,
+    payload: &mut JobPayload,
+) -> Result<(), JobError> {
+    let app = (p.routing.flags >> 8) as u8;
+    let job = &p.routing.job.0;
+    match p.routing.op {
+        Op::Forward => payload.tensor = Some(jobs.forward(job, x)?),
+        Op::Test => payload.tensor = Some(jobs.infer(job, x)?),
+        Op::Backward if app & app_flags::TURN != 0 => {
+            let Some(ToHop::Labels(labels)) = to_hop else {
+                return Err(JobError::NoLabels);
+            };
+            let (loss, dx) = jobs.turn(job, x, &labels)?;
+            payload.tensor = dx;
+            let answer = FromHop::Loss {
+                bits: loss.to_bits(),
+            };
+            reply(payload, p.e2e_key.as_bytes(), &answer);
+        }
+        Op::Backward => payload.tensor = jobs.backward(job, x)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces the end-to-end section with `error`, sealed from this hop.
+fn fail(payload: &mut JobPayload, key: &[u8; 32], seen: &mut Seen, stage: Stage, error: JobError) {
+    reply(payload, key, &FromHop::Error(error.to_failure()));
+    seen.failure = Some(Failure { stage, error });
+}
+
+/// Replaces the end-to-end section with `msg`, sealed from this hop.
+fn reply(payload: &mut JobPayload, key: &[u8; 32], msg: &FromHop) {
+    let body = job::encode_msg("reply", msg).unwrap_or_else(|_| {
+        let too_large = FromHop::Error(HopFailure::new(FailureKind::Encoding, "reply too large"));
+        job::encode_msg("reply", &too_large).unwrap_or_default()
+    });
+    payload.e2e = job::seal_e2e(key, E2eDirection::FromHop, &body);
+}

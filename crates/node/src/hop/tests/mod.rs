@@ -1,0 +1,6 @@
+//! The hop without sockets: each op, each way a packet is dropped, and each
+//! job failure, on packets built in memory as the designer builds them.
+
+mod drops;
+mod kit;
+mod ops;
