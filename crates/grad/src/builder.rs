@@ -125,19 +125,8 @@ fn make_model(
 /// does not need, constants of unused branches).
 fn prune(nodes: Vec<pb::NodeProto>, outputs: &[String]) -> Vec<pb::NodeProto> {
     let mut needed: HashSet<String> = outputs.iter().cloned().collect();
-    let mut keep = vec![false; nodes.len()];
-    for (i, n) in nodes.iter().enumerate().rev() {
-        if n.output.iter().any(|o| needed.contains(o)) {
-            keep[i] = true;
-            needed.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
-        }
-    }
-    nodes
-        .into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(n, _)| n)
-        .collect()
+    let keep = saved::mark_needed(&nodes, &mut needed);
+    saved::pick(&nodes, &keep)
 }
 
 fn param_inputs(a: &Analysis) -> Vec<pb::ValueInfoProto> {
@@ -168,7 +157,7 @@ pub(crate) fn build(
             )));
         }
     }
-    let nodes = rewrite_dropouts(&mut a, DropoutMode::Train);
+    let mut nodes = rewrite_dropouts(&mut a, DropoutMode::Train);
     let f = a.float.onnx();
 
     let mut inputs = param_inputs(&a);
@@ -185,27 +174,62 @@ pub(crate) fn build(
         vec![output_info(&a)],
     );
 
-    // Which tensors need a gradient: those depending, through differentiable
-    // slots, on a parameter (or on the input when dX is wanted).
-    let mut requires: HashSet<String> = a.params.iter().map(|p| p.name.clone()).collect();
-    if opts.need_input_grad {
-        requires.insert(a.input_name.clone());
-    }
-    for n in &nodes {
-        let any =
-            n.input.iter().enumerate().any(|(k, s)| {
-                rules::is_differentiable_input(&n.op_type, k) && requires.contains(s)
-            });
-        if any {
-            requires.extend(
-                n.output
-                    .iter()
-                    .filter(|o| a.float_tensors.contains(*o))
-                    .cloned(),
-            );
-        }
-    }
+    let requires = requires_grad(&a, &nodes, opts.need_input_grad);
+    let mut taken = taken_names(&a, &inputs, &nodes);
+    let indices = expose_maxpool_indices(&mut a, &mut nodes, &requires, &mut taken);
 
+    let mut ctx = Ctx::new(&a, &requires, taken);
+    let grads = chain_rules(&mut ctx, &nodes, &a.output_name, &requires)?;
+    let (outputs, out_names) = gradient_outputs(&mut ctx, &a, &grads, opts.need_input_grad)?;
+    let gradient = std::mem::take(&mut ctx.nodes);
+
+    let mut all = nodes.clone();
+    all.extend(gradient.iter().cloned());
+    let all = prune(all, &out_names);
+    let mut b_inputs = inputs.clone();
+    b_inputs.push(proto::value_info(GRAD_OUT, f, &a.output_shape));
+    let backward = make_model(&a, "mixnn_backward", all, b_inputs.clone(), outputs.clone());
+
+    let pair = Pair {
+        nodes,
+        gradient,
+        out_names,
+        inputs,
+        b_inputs,
+        outputs,
+    };
+    let (train_forward, train_backward, saved) = training_pair(&a, pair, &indices)?;
+
+    Ok(TrainingGraphs {
+        forward,
+        backward,
+        train_forward,
+        train_backward,
+        saved,
+        masks: a
+            .dropouts
+            .iter()
+            .map(|d| crate::MaskSpec {
+                name: d.mask.clone(),
+                shape: d.shape.clone(),
+                ratio: d.ratio,
+            })
+            .collect(),
+        params: a.params.clone(),
+        input_name: a.input_name.clone(),
+        output_name: a.output_name.clone(),
+        input_shape: a.input_shape.clone(),
+        output_shape: a.output_shape.clone(),
+    })
+}
+
+/// Every tensor and node name the forward graph uses, and the reserved
+/// names: fresh names must avoid them all.
+fn taken_names(
+    a: &Analysis,
+    inputs: &[pb::ValueInfoProto],
+    nodes: &[pb::NodeProto],
+) -> HashSet<String> {
     let mut taken: HashSet<String> = a.shapes.keys().cloned().collect();
     taken.extend(inputs.iter().map(|i| i.name.clone()));
     taken.extend(
@@ -214,11 +238,48 @@ pub(crate) fn build(
             .flat_map(|n| n.output.iter().chain([&n.name]).cloned()),
     );
     taken.extend([GRAD_OUT.to_string(), GRAD_INPUT.to_string()]);
-    // MaxPool's rule reads the argmax indices: have the forward node itself
-    // produce them, so the training pair saves them instead of pooling again.
-    let mut nodes = nodes;
+    taken
+}
+
+/// Which tensors need a gradient: those depending, through differentiable
+/// slots, on a parameter (or on the input when dX is wanted).
+fn requires_grad(a: &Analysis, nodes: &[pb::NodeProto], need_input_grad: bool) -> HashSet<String> {
+    let mut requires: HashSet<String> = a.params.iter().map(|p| p.name.clone()).collect();
+    if need_input_grad {
+        requires.insert(a.input_name.clone());
+    }
+    for n in nodes {
+        if reads_required(n, &requires) {
+            requires.extend(
+                n.output
+                    .iter()
+                    .filter(|o| a.float_tensors.contains(*o))
+                    .cloned(),
+            );
+        }
+    }
+    requires
+}
+
+/// Whether `n` reads a tensor that needs a gradient in a differentiable slot.
+fn reads_required(n: &pb::NodeProto, requires: &HashSet<String>) -> bool {
+    n.input
+        .iter()
+        .enumerate()
+        .any(|(k, s)| rules::is_differentiable_input(&n.op_type, k) && requires.contains(s))
+}
+
+/// MaxPool's rule reads the argmax indices: have the forward node itself
+/// produce them, so the training pair saves them instead of pooling again.
+/// Returns the names of the new index tensors.
+fn expose_maxpool_indices(
+    a: &mut Analysis,
+    nodes: &mut [pb::NodeProto],
+    requires: &HashSet<String>,
+    taken: &mut HashSet<String>,
+) -> HashSet<String> {
     let mut indices: HashSet<String> = HashSet::new();
-    for n in &mut nodes {
+    for n in nodes {
         let wants = n.op_type == "MaxPool"
             && n.output.get(1).is_none_or(|o| o.is_empty())
             && proto::find_attr(n, "storage_order").is_none_or(|a| a.i == 0)
@@ -238,16 +299,22 @@ pub(crate) fn build(
         a.shapes.insert(name.clone(), y_shape);
         indices.insert(name);
     }
-    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
-    grads.insert(a.output_name.clone(), vec![GRAD_OUT.to_string()]);
-    let mut ctx = Ctx::new(&a.shapes, &a.consts, &requires, a.float, a.opset, taken);
+    indices
+}
 
+/// Runs the gradient rules in reverse topological order, from dZ on the
+/// output. Returns the gradient parts of every tensor that received some
+/// and was not consumed by a rule (the inputs and parameters).
+fn chain_rules(
+    ctx: &mut Ctx<'_>,
+    nodes: &[pb::NodeProto],
+    output: &str,
+    requires: &HashSet<String>,
+) -> Result<HashMap<String, Vec<String>>, GradError> {
+    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    grads.insert(output.to_string(), vec![GRAD_OUT.to_string()]);
     for n in nodes.iter().rev() {
-        let wanted =
-            n.input.iter().enumerate().any(|(k, s)| {
-                rules::is_differentiable_input(&n.op_type, k) && requires.contains(s)
-            });
-        if !wanted || !n.output.iter().any(|o| grads.contains_key(o)) {
+        if !reads_required(n, requires) || !n.output.iter().any(|o| grads.contains_key(o)) {
             continue;
         }
         ctx.set_prefix(&n.name);
@@ -262,7 +329,7 @@ pub(crate) fn build(
             node: n.name.clone(),
             op: n.op_type.clone(),
         })?;
-        let gx = rule(&mut ctx, n, &gy)?;
+        let gx = rule(ctx, n, &gy)?;
         for (k, g) in gx.into_iter().enumerate() {
             if let (Some(g), Some(x)) = (g, n.input.get(k))
                 && requires.contains(x)
@@ -271,12 +338,22 @@ pub(crate) fn build(
             }
         }
     }
+    Ok(grads)
+}
 
-    // Gradients of the backward outputs, renamed by Identity nodes so every
-    // output has its own name even when two gradients are the same tensor.
+/// Gradients of the backward outputs (dX when wanted, then one per
+/// parameter), renamed by Identity nodes appended to `ctx.nodes` so every
+/// output has its own name even when two gradients are the same tensor.
+/// Returns the output infos and names.
+fn gradient_outputs(
+    ctx: &mut Ctx<'_>,
+    a: &Analysis,
+    grads: &HashMap<String, Vec<String>>,
+    need_input_grad: bool,
+) -> Result<(Vec<pb::ValueInfoProto>, Vec<String>), GradError> {
     ctx.set_prefix("mixnn");
     let mut wanted: Vec<(String, String, Vec<usize>)> = Vec::new();
-    if opts.need_input_grad {
+    if need_input_grad {
         wanted.push((
             a.input_name.clone(),
             GRAD_INPUT.to_string(),
@@ -306,24 +383,40 @@ pub(crate) fn build(
             &[out_name],
             vec![],
         ));
-        outputs.push(proto::value_info(out_name, f, shape));
+        outputs.push(proto::value_info(out_name, a.float.onnx(), shape));
     }
-    let mut gradient = std::mem::take(&mut ctx.nodes);
-    gradient.append(&mut out_nodes);
-    let out_names: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
-    let mut all = nodes.clone();
-    all.extend(gradient.iter().cloned());
-    let all = prune(all, &out_names);
-    let mut b_inputs = inputs.clone();
-    b_inputs.push(proto::value_info(GRAD_OUT, f, &a.output_shape));
-    let backward = make_model(&a, "mixnn_backward", all, b_inputs.clone(), outputs.clone());
+    ctx.nodes.append(&mut out_nodes);
+    let out_names = wanted.into_iter().map(|w| w.1).collect();
+    Ok((outputs, out_names))
+}
 
-    // The training pair (see `saved`): forward returns [output, saved...],
-    // backward takes them after dZ.
-    let mut available: HashSet<String> = b_inputs.iter().map(|i| i.name.clone()).collect();
+/// What [`training_pair`] is made from.
+struct Pair {
+    /// Forward nodes (Dropout rewritten, MaxPool indices exposed).
+    nodes: Vec<pb::NodeProto>,
+    /// Gradient nodes, output Identities last.
+    gradient: Vec<pb::NodeProto>,
+    /// Names of the backward outputs.
+    out_names: Vec<String>,
+    /// Forward inputs.
+    inputs: Vec<pb::ValueInfoProto>,
+    /// Backward inputs (forward inputs, then dZ).
+    b_inputs: Vec<pb::ValueInfoProto>,
+    /// Backward outputs.
+    outputs: Vec<pb::ValueInfoProto>,
+}
+
+/// The training pair (see `saved`): forward returns [output, saved...],
+/// backward takes them after dZ.
+fn training_pair(
+    a: &Analysis,
+    p: Pair,
+    indices: &HashSet<String>,
+) -> Result<(pb::ModelProto, pb::ModelProto, Vec<SavedSpec>), GradError> {
+    let mut available: HashSet<String> = p.b_inputs.iter().map(|i| i.name.clone()).collect();
     available.insert(a.output_name.clone());
     let storable = |t: &str| indices.contains(t) || a.float_tensors.contains(t);
-    let split = saved::split(&nodes, &gradient, &out_names, &available, storable);
+    let split = saved::split(&p.nodes, &p.gradient, &p.out_names, &available, storable);
     let saved: Vec<SavedSpec> = split
         .saved
         .iter()
@@ -341,38 +434,23 @@ pub(crate) fn build(
         let elem = if s.integer {
             pb::tensor_proto::DataType::Int64 as i32
         } else {
-            f
+            a.float.onnx()
         };
         proto::value_info(&s.name, elem, &s.shape)
     };
-    let mut tf_outputs = vec![output_info(&a)];
+    let mut tf_outputs = vec![output_info(a)];
     tf_outputs.extend(saved.iter().map(saved_info));
-    let train_forward = make_model(&a, "mixnn_train_forward", nodes, inputs, tf_outputs.clone());
-    let mut tb_inputs = b_inputs;
+    let train_forward = make_model(
+        a,
+        "mixnn_train_forward",
+        p.nodes,
+        p.inputs,
+        tf_outputs.clone(),
+    );
+    let mut tb_inputs = p.b_inputs;
     tb_inputs.extend(tf_outputs);
-    let train_backward = make_model(&a, "mixnn_train_backward", split.nodes, tb_inputs, outputs);
-
-    Ok(TrainingGraphs {
-        forward,
-        backward,
-        train_forward,
-        train_backward,
-        saved,
-        masks: a
-            .dropouts
-            .iter()
-            .map(|d| crate::MaskSpec {
-                name: d.mask.clone(),
-                shape: d.shape.clone(),
-                ratio: d.ratio,
-            })
-            .collect(),
-        params: a.params.clone(),
-        input_name: a.input_name.clone(),
-        output_name: a.output_name.clone(),
-        input_shape: a.input_shape.clone(),
-        output_shape: a.output_shape.clone(),
-    })
+    let train_backward = make_model(a, "mixnn_train_backward", split.nodes, tb_inputs, p.outputs);
+    Ok((train_forward, train_backward, saved))
 }
 
 /// See [`crate::inference_graph`].

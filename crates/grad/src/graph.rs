@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use crate::pb;
 use crate::proto::{self, FloatType};
 use crate::rules;
+use crate::saved;
 use crate::shapes;
 use crate::{GradError, ParamSpec};
 
@@ -56,11 +57,13 @@ pub(crate) struct Analysis {
     pub dropouts: Vec<Dropout>,
 }
 
-fn invalid(msg: impl Into<String>) -> GradError {
-    GradError::Invalid(msg.into())
+/// A [`GradError::Invalid`].
+pub(crate) fn invalid(msg: impl std::fmt::Display) -> GradError {
+    GradError::Invalid(msg.to_string())
 }
 
-fn node_err(node: &pb::NodeProto, reason: impl Into<String>) -> GradError {
+/// A [`GradError::Node`] naming `node`.
+pub(crate) fn node_err(node: &pb::NodeProto, reason: impl Into<String>) -> GradError {
     GradError::Node {
         node: node.name.clone(),
         op: node.op_type.clone(),
@@ -142,11 +145,94 @@ fn constant_value(node: &pb::NodeProto) -> Option<pb::TensorProto> {
     Some(t)
 }
 
+/// The data input: the first graph input without an initializer.
+struct DataInput<'a> {
+    info: &'a pb::ValueInfoProto,
+    /// Its ONNX element type.
+    elem: i32,
+    float: FloatType,
+}
+
+/// Parameters found by [`find_params`].
+struct Params {
+    /// In order of first use.
+    specs: Vec<ParamSpec>,
+    names: HashSet<String>,
+    /// Initializers read by the kept nodes, in order of first use.
+    used_inits: Vec<String>,
+}
+
 /// Analyses a shard for a concrete input shape.
 pub(crate) fn analyse(
     model: &pb::ModelProto,
     input_shape: &[usize],
 ) -> Result<Analysis, GradError> {
+    let (graph, opset) = check_model(model, input_shape)?;
+    let inits: HashMap<String, &pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let data = data_input(graph, &inits, input_shape)?;
+    let output = match graph.output.as_slice() {
+        [o] => o,
+        outs => {
+            return Err(invalid(format!(
+                "a shard must have exactly one output, this one has {}",
+                outs.len()
+            )));
+        }
+    };
+    let nodes = needed_nodes(graph, &inits, &output.name, &data.info.name)?;
+    let params = find_params(&nodes, graph, &inits, &data)?;
+    let (constants, consts) = constant_tables(&nodes, &params, &inits)?;
+
+    check_rules(&nodes, &data.info.name, &params.names, &output.name)?;
+
+    let (shapes, float_tensors) = shapes::infer_shapes(
+        model,
+        graph,
+        &nodes,
+        &data.info.name,
+        data.elem,
+        input_shape,
+        &params.specs,
+        &params.used_inits,
+        &inits,
+        output,
+    )?;
+    let output_shape = shapes.get(&output.name).cloned().ok_or_else(|| {
+        invalid(format!(
+            "could not infer the shape of output `{}`",
+            output.name
+        ))
+    })?;
+    let dropouts = find_dropouts(graph, &nodes, &consts, &shapes)?;
+
+    Ok(Analysis {
+        float: data.float,
+        opset,
+        opset_import: model.opset_import.clone(),
+        ir_version: model.ir_version.max(7),
+        input_name: data.info.name.clone(),
+        input_shape: input_shape.to_vec(),
+        output_name: output.name.clone(),
+        output_shape,
+        nodes,
+        params: params.specs,
+        constants,
+        consts,
+        shapes,
+        float_tensors,
+        dropouts,
+    })
+}
+
+/// The model has a graph, a recent enough opset, and the input shape is sane.
+fn check_model<'a>(
+    model: &'a pb::ModelProto,
+    input_shape: &[usize],
+) -> Result<(&'a pb::GraphProto, i64), GradError> {
     let graph = model
         .graph
         .as_ref()
@@ -160,23 +246,26 @@ pub(crate) fn analyse(
     if proto::numel(input_shape).is_none() {
         return Err(invalid(format!("input shape {input_shape:?} is too large")));
     }
+    Ok((graph, opset))
+}
 
-    let inits: HashMap<String, &pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    let data_input = graph
+/// Finds the data input and checks its type against the given shape.
+fn data_input<'a>(
+    graph: &'a pb::GraphProto,
+    inits: &HashMap<String, &pb::TensorProto>,
+    input_shape: &[usize],
+) -> Result<DataInput<'a>, GradError> {
+    let info = graph
         .input
         .iter()
         .find(|i| !inits.contains_key(&i.name))
         .ok_or_else(|| invalid("every graph input has an initializer: no data input"))?;
-    let (elem, declared) = proto::declared_type(data_input)
-        .ok_or_else(|| invalid(format!("input `{}` has no tensor type", data_input.name)))?;
+    let (elem, declared) = proto::declared_type(info)
+        .ok_or_else(|| invalid(format!("input `{}` has no tensor type", info.name)))?;
     let float = FloatType::from_onnx(elem).ok_or_else(|| {
         invalid(format!(
             "input `{}` has element type {elem}; only float and double shards are supported",
-            data_input.name
+            info.name
         ))
     })?;
     if let Some(d) = declared
@@ -184,21 +273,21 @@ pub(crate) fn analyse(
     {
         return Err(invalid(format!(
             "input `{}` has rank {} but the given input shape {input_shape:?} has rank {}",
-            data_input.name,
+            info.name,
             d.len(),
             input_shape.len()
         )));
     }
-    let output = match graph.output.as_slice() {
-        [o] => o,
-        outs => {
-            return Err(invalid(format!(
-                "a shard must have exactly one output, this one has {}",
-                outs.len()
-            )));
-        }
-    };
+    Ok(DataInput { info, elem, float })
+}
 
+/// The nodes the output depends on, named and topologically sorted.
+fn needed_nodes(
+    graph: &pb::GraphProto,
+    inits: &HashMap<String, &pb::TensorProto>,
+    output: &str,
+    data_input: &str,
+) -> Result<Vec<pb::NodeProto>, GradError> {
     // Name unnamed nodes after their first output, so errors can name them.
     let mut all_nodes = graph.node.clone();
     for n in &mut all_nodes {
@@ -215,146 +304,154 @@ pub(crate) fn analyse(
     let all_nodes = topo_sort(all_nodes, &available)?;
 
     // Keep only what the output depends on.
-    let mut needed: HashSet<&str> = HashSet::from([output.name.as_str()]);
-    let mut keep = vec![false; all_nodes.len()];
-    for (i, n) in all_nodes.iter().enumerate().rev() {
-        if n.output.iter().any(|o| needed.contains(o.as_str())) {
-            keep[i] = true;
-            needed.extend(n.input.iter().filter(|s| !s.is_empty()).map(String::as_str));
-        }
-    }
-    let nodes: Vec<pb::NodeProto> = all_nodes
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(n, _)| n.clone())
-        .collect();
-    let produced: HashSet<&str> = nodes
-        .iter()
-        .flat_map(|n| n.output.iter().map(String::as_str))
-        .collect();
-    if !produced.contains(output.name.as_str())
-        && output.name != data_input.name
-        && !inits.contains_key(&output.name)
-    {
+    let mut needed = HashSet::from([output.to_string()]);
+    let keep = saved::mark_needed(&all_nodes, &mut needed);
+    let nodes = saved::pick(&all_nodes, &keep);
+    let produced = nodes.iter().any(|n| n.output.iter().any(|o| o == output));
+    if !produced && output != data_input && !inits.contains_key(output) {
         return Err(invalid(format!(
-            "output `{}` is not computed by any node",
-            output.name
+            "output `{output}` is not computed by any node"
         )));
     }
+    Ok(nodes)
+}
 
-    // Parameters: float initializers in differentiable slots, and extra float
-    // inputs with no initializer, in order of first use.
+/// Parameters: float initializers in differentiable slots, and extra float
+/// inputs with no initializer, in order of first use.
+fn find_params(
+    nodes: &[pb::NodeProto],
+    graph: &pb::GraphProto,
+    inits: &HashMap<String, &pb::TensorProto>,
+    data: &DataInput<'_>,
+) -> Result<Params, GradError> {
     let extra_inputs: HashMap<&str, &pb::ValueInfoProto> = graph
         .input
         .iter()
-        .filter(|i| i.name != data_input.name && !inits.contains_key(&i.name))
+        .filter(|i| i.name != data.info.name && !inits.contains_key(&i.name))
         .map(|i| (i.name.as_str(), i))
         .collect();
-    let mut params: Vec<ParamSpec> = Vec::new();
-    let mut param_names: HashSet<String> = HashSet::new();
-    let mut used_inits: Vec<String> = Vec::new();
-    for n in &nodes {
+    let mut found = Params {
+        specs: Vec::new(),
+        names: HashSet::new(),
+        used_inits: Vec::new(),
+    };
+    for n in nodes {
         for (idx, name) in n.input.iter().enumerate() {
-            if name.is_empty() || param_names.contains(name) {
+            if name.is_empty() || found.names.contains(name) {
                 continue;
             }
-            if let Some(t) = inits.get(name) {
-                if !used_inits.contains(name) {
-                    used_inits.push(name.clone());
+            let spec = if let Some(t) = inits.get(name) {
+                if !found.used_inits.contains(name) {
+                    found.used_inits.push(name.clone());
                 }
                 if !rules::is_differentiable_input(&n.op_type, idx)
-                    || !proto::is_float_code(t.data_type)
+                    || !proto::is_float_type(t.data_type)
                 {
                     continue;
                 }
-                if t.data_type != float.onnx() {
-                    return Err(node_err(
-                        n,
-                        format!(
-                            "parameter `{name}` has data type {}, the graph's is {}",
-                            t.data_type,
-                            float.onnx()
-                        ),
-                    ));
-                }
-                let shape = proto::dims_of(t).map_err(invalid)?;
-                let values = proto::tensor_f64(t).map_err(invalid)?;
-                params.push(ParamSpec {
-                    name: name.clone(),
-                    shape,
-                    init: Some(values.into_iter().map(|v| v as f32).collect()),
-                });
-                param_names.insert(name.clone());
+                initializer_param(n, name, t, data.float)?
             } else if let Some(vi) = extra_inputs.get(name.as_str()) {
-                let (elem, shape) = proto::declared_type(vi)
-                    .ok_or_else(|| invalid(format!("input `{name}` has no tensor type")))?;
-                let shape: Option<Vec<usize>> = shape.and_then(|s| s.into_iter().collect());
-                let shape = shape.ok_or_else(|| {
-                    invalid(format!("parameter input `{name}` must have a static shape"))
-                })?;
-                if elem != float.onnx() {
-                    return Err(invalid(format!(
-                        "extra input `{name}` has data type {elem}: only float parameters can be graph inputs"
-                    )));
-                }
-                if proto::numel(&shape).is_none() {
-                    return Err(invalid(format!(
-                        "parameter input `{name}` has an absurd shape {shape:?}"
-                    )));
-                }
-                params.push(ParamSpec {
-                    name: name.clone(),
-                    shape,
-                    init: None,
-                });
-                param_names.insert(name.clone());
-            }
+                input_param(name, vi, data.float)?
+            } else {
+                continue;
+            };
+            found.specs.push(spec);
+            found.names.insert(name.clone());
         }
     }
-    // Validate every used initializer before tract sees it: a hostile dims
-    // field must not make anyone allocate.
+    Ok(found)
+}
+
+/// A parameter with its initial value from an initializer.
+fn initializer_param(
+    n: &pb::NodeProto,
+    name: &str,
+    t: &pb::TensorProto,
+    float: FloatType,
+) -> Result<ParamSpec, GradError> {
+    if t.data_type != float.onnx() {
+        return Err(node_err(
+            n,
+            format!(
+                "parameter `{name}` has data type {}, the graph's is {}",
+                t.data_type,
+                float.onnx()
+            ),
+        ));
+    }
+    let shape = proto::dims_of(t).map_err(invalid)?;
+    let values = proto::tensor_f64(t).map_err(invalid)?;
+    Ok(ParamSpec {
+        name: name.to_string(),
+        shape,
+        init: Some(values.into_iter().map(|v| v as f32).collect()),
+    })
+}
+
+/// A parameter declared as an extra graph input (the caller seeds it).
+fn input_param(
+    name: &str,
+    vi: &pb::ValueInfoProto,
+    float: FloatType,
+) -> Result<ParamSpec, GradError> {
+    let (elem, shape) = proto::declared_type(vi)
+        .ok_or_else(|| invalid(format!("input `{name}` has no tensor type")))?;
+    let shape: Option<Vec<usize>> = shape.and_then(|s| s.into_iter().collect());
+    let shape = shape
+        .ok_or_else(|| invalid(format!("parameter input `{name}` must have a static shape")))?;
+    if elem != float.onnx() {
+        return Err(invalid(format!(
+            "extra input `{name}` has data type {elem}: only float parameters can be graph inputs"
+        )));
+    }
+    if proto::numel(&shape).is_none() {
+        return Err(invalid(format!(
+            "parameter input `{name}` has an absurd shape {shape:?}"
+        )));
+    }
+    Ok(ParamSpec {
+        name: name.to_string(),
+        shape,
+        init: None,
+    })
+}
+
+/// The initializers to copy (used ones that are not parameters) and the
+/// values of every constant tensor. Every used initializer is validated
+/// before tract sees it: a hostile dims field must not make anyone allocate.
+fn constant_tables(
+    nodes: &[pb::NodeProto],
+    params: &Params,
+    inits: &HashMap<String, &pb::TensorProto>,
+) -> Result<(Vec<pb::TensorProto>, HashMap<String, pb::TensorProto>), GradError> {
     let mut constants = Vec::new();
     let mut consts: HashMap<String, pb::TensorProto> = HashMap::new();
-    for name in &used_inits {
+    for name in &params.used_inits {
         if let Some(t) = inits.get(name) {
             proto::validate_tensor(t).map_err(invalid)?;
             consts.insert(name.clone(), (*t).clone());
-            if !param_names.contains(name) {
+            if !params.names.contains(name) {
                 constants.push((*t).clone());
             }
         }
     }
-    for n in &nodes {
+    for n in nodes {
         if n.op_type == "Constant"
             && let Some(t) = constant_value(n)
         {
             consts.insert(t.name.clone(), t);
         }
     }
+    Ok((constants, consts))
+}
 
-    check_rules(&nodes, &data_input.name, &param_names, &output.name)?;
-
-    let (shapes, float_tensors) = shapes::infer_shapes(
-        model,
-        graph,
-        &nodes,
-        &data_input.name,
-        elem,
-        input_shape,
-        &params,
-        &used_inits,
-        &inits,
-        output,
-    )?;
-    let output_shape = shapes.get(&output.name).cloned().ok_or_else(|| {
-        invalid(format!(
-            "could not infer the shape of output `{}`",
-            output.name
-        ))
-    })?;
-
-    // Dropout masks.
+/// The Dropout nodes, each with a fresh mask input name.
+fn find_dropouts(
+    graph: &pb::GraphProto,
+    nodes: &[pb::NodeProto],
+    consts: &HashMap<String, pb::TensorProto>,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<Vec<Dropout>, GradError> {
     let mut taken: HashSet<String> = shapes.keys().cloned().collect();
     taken.extend(graph.input.iter().map(|i| i.name.clone()));
     let mut dropouts = Vec::new();
@@ -362,22 +459,7 @@ pub(crate) fn analyse(
         if n.op_type != "Dropout" || !is_onnx_domain(n) {
             continue;
         }
-        let ratio = match n.input.get(1).filter(|s| !s.is_empty()) {
-            Some(r) => {
-                let v = consts
-                    .get(r)
-                    .and_then(|t| proto::tensor_f64(t).ok())
-                    .ok_or_else(|| node_err(n, "the ratio input must be a constant"))?;
-                match v.as_slice() {
-                    [r] => *r as f32,
-                    _ => return Err(node_err(n, "the ratio input must be a scalar")),
-                }
-            }
-            None => proto::find_attr(n, "ratio").map(|a| a.f).unwrap_or(0.5),
-        };
-        if !(0.0..1.0).contains(&ratio) {
-            return Err(node_err(n, format!("ratio {ratio} is outside [0, 1)")));
-        }
+        let ratio = dropout_ratio(n, consts)?;
         if n.output
             .get(1)
             .is_some_and(|m| !m.is_empty() && nodes.iter().any(|c| c.input.contains(m)))
@@ -410,24 +492,32 @@ pub(crate) fn analyse(
             shape,
         });
     }
+    Ok(dropouts)
+}
 
-    Ok(Analysis {
-        float,
-        opset,
-        opset_import: model.opset_import.clone(),
-        ir_version: model.ir_version.max(7),
-        input_name: data_input.name.clone(),
-        input_shape: input_shape.to_vec(),
-        output_name: output.name.clone(),
-        output_shape,
-        nodes,
-        params,
-        constants,
-        consts,
-        shapes,
-        float_tensors,
-        dropouts,
-    })
+/// A Dropout's ratio: its constant second input, else its attribute, in
+/// `[0, 1)`.
+fn dropout_ratio(
+    n: &pb::NodeProto,
+    consts: &HashMap<String, pb::TensorProto>,
+) -> Result<f32, GradError> {
+    let ratio = match n.input.get(1).filter(|s| !s.is_empty()) {
+        Some(r) => {
+            let v = consts
+                .get(r)
+                .and_then(|t| proto::tensor_f64(t).ok())
+                .ok_or_else(|| node_err(n, "the ratio input must be a constant"))?;
+            match v.as_slice() {
+                [r] => *r as f32,
+                _ => return Err(node_err(n, "the ratio input must be a scalar")),
+            }
+        }
+        None => proto::find_attr(n, "ratio").map(|a| a.f).unwrap_or(0.5),
+    };
+    if !(0.0..1.0).contains(&ratio) {
+        return Err(node_err(n, format!("ratio {ratio} is outside [0, 1)")));
+    }
+    Ok(ratio)
 }
 
 /// Every node on a differentiable path from the data input or a parameter to

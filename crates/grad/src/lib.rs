@@ -27,17 +27,20 @@ pub use tract_onnx::pb;
 mod builder;
 mod graph;
 mod loss;
-mod proto;
 pub(crate) mod rules;
 mod saved;
 mod shapes;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+
+// The ONNX helpers, shared with mixnn-shard.
+use mixnn_onnx as proto;
 
 #[doc(hidden)]
 pub use loss::loss_graph_typed;
 pub use loss::{LossKind, loss_graph};
-pub use proto::FloatType;
+pub use mixnn_onnx::FloatType;
 pub use saved::SavedSpec;
 
 /// Why a shard could not be turned into training graphs.

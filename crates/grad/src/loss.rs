@@ -33,46 +33,18 @@ pub fn loss_graph_typed(
     let f = float.onnx();
     let inv_n = 1.0 / batch.max(1) as f64;
     let mut nodes = Vec::new();
-    let konst = |nodes: &mut Vec<pb::NodeProto>, name: &str, t: pb::TensorProto| {
-        nodes.push(proto::node(
-            name,
-            "Constant",
-            &[],
-            &[name],
-            vec![proto::attr_tensor("value", t)],
-        ));
-    };
-    konst(
-        &mut nodes,
-        "axes_1",
-        proto::i64_tensor("axes_1", &[1], &[1]),
-    );
-    konst(
-        &mut nodes,
-        "axes_01",
-        proto::i64_tensor("axes_01", &[0, 1], &[2]),
-    );
+    let n = &mut nodes;
+    constant(n, proto::i64_tensor("axes_1", &[1], &[1]));
+    constant(n, proto::i64_tensor("axes_01", &[0, 1], &[2]));
     let range: Vec<i64> = (0..classes as i64).collect();
-    konst(
-        &mut nodes,
-        "class_ids",
-        proto::i64_tensor("class_ids", &range, &[1, classes]),
-    );
-    konst(
-        &mut nodes,
-        "minus_inv_n",
-        proto::float_tensor("minus_inv_n", float, &[-inv_n], &[]),
-    );
-    konst(
-        &mut nodes,
-        "inv_n",
-        proto::float_tensor("inv_n", float, &[inv_n], &[]),
-    );
+    constant(n, proto::i64_tensor("class_ids", &range, &[1, classes]));
+    constant(n, proto::float_tensor("minus_inv_n", float, &[-inv_n], &[]));
+    constant(n, proto::float_tensor("inv_n", float, &[inv_n], &[]));
 
     let logp = match kind {
         LossKind::Nll => "logits",
         LossKind::SoftmaxCrossEntropy => {
-            nodes.push(proto::node(
+            n.push(proto::node(
                 "log_softmax",
                 "LogSoftmax",
                 &["logits"],
@@ -82,79 +54,40 @@ pub fn loss_graph_typed(
             "logp"
         }
     };
-    nodes.push(proto::node(
-        "labels_col",
-        "Unsqueeze",
-        &["labels", "axes_1"],
-        &["labels_col"],
-        vec![],
-    ));
-    nodes.push(proto::node(
+    let axis_1 = || vec![proto::attr_int("axis", 1)];
+    step(n, "labels_col", "Unsqueeze", &["labels", "axes_1"], vec![]);
+    step(
+        n,
         "picked",
         "GatherElements",
         &[logp, "labels_col"],
-        &["picked"],
-        vec![proto::attr_int("axis", 1)],
-    ));
-    nodes.push(proto::node(
-        "total",
-        "ReduceSum",
-        &["picked", "axes_01"],
-        &["total"],
-        vec![proto::attr_int("keepdims", 0)],
-    ));
-    nodes.push(proto::node(
-        "loss",
-        "Mul",
-        &["total", "minus_inv_n"],
-        &["loss"],
-        vec![],
-    ));
+        axis_1(),
+    );
+    let keepdims_0 = vec![proto::attr_int("keepdims", 0)];
+    step(n, "total", "ReduceSum", &["picked", "axes_01"], keepdims_0);
+    step(n, "loss", "Mul", &["total", "minus_inv_n"], vec![]);
     // One-hot of the labels without OneHot: labels_col == [0..C).
-    nodes.push(proto::node(
-        "is_label",
-        "Equal",
-        &["labels_col", "class_ids"],
-        &["is_label"],
-        vec![],
-    ));
-    nodes.push(proto::node(
-        "one_hot",
-        "Cast",
-        &["is_label"],
-        &["one_hot"],
-        vec![proto::attr_int("to", f as i64)],
-    ));
+    step(n, "is_label", "Equal", &["labels_col", "class_ids"], vec![]);
+    let to_f = vec![proto::attr_int("to", f as i64)];
+    step(n, "one_hot", "Cast", &["is_label"], to_f);
     match kind {
         LossKind::Nll => {
             // d/dlogits of -mean(logits[n, label_n]) = -onehot / N.
-            nodes.push(proto::node(
-                "grad_logits",
-                "Mul",
-                &["one_hot", "minus_inv_n"],
-                &["grad_logits"],
-                vec![],
-            ));
+            step(n, "grad_logits", "Mul", &["one_hot", "minus_inv_n"], vec![]);
         }
         LossKind::SoftmaxCrossEntropy => {
             // (softmax - onehot) / N, softmax recovered as exp(log_softmax).
-            nodes.push(proto::node("probs", "Exp", &["logp"], &["probs"], vec![]));
-            nodes.push(proto::node(
-                "residual",
-                "Sub",
-                &["probs", "one_hot"],
-                &["residual"],
-                vec![],
-            ));
-            nodes.push(proto::node(
-                "grad_logits",
-                "Mul",
-                &["residual", "inv_n"],
-                &["grad_logits"],
-                vec![],
-            ));
+            step(n, "probs", "Exp", &["logp"], vec![]);
+            step(n, "residual", "Sub", &["probs", "one_hot"], vec![]);
+            step(n, "grad_logits", "Mul", &["residual", "inv_n"], vec![]);
         }
     }
+    loss_model(nodes, f, batch, classes)
+}
+
+/// The loss model around `nodes`: inputs `logits` (of float type `f`) and
+/// `labels`, outputs `loss` and `grad_logits`.
+fn loss_model(nodes: Vec<pb::NodeProto>, f: i32, batch: usize, classes: usize) -> pb::ModelProto {
     let graph = pb::GraphProto {
         name: "mixnn_loss".into(),
         node: nodes,
@@ -178,4 +111,27 @@ pub fn loss_graph_typed(
         graph: Some(graph),
         ..Default::default()
     }
+}
+
+/// Appends a node named after its one output.
+fn step(
+    nodes: &mut Vec<pb::NodeProto>,
+    out: &str,
+    op: &str,
+    inputs: &[&str],
+    attrs: Vec<pb::AttributeProto>,
+) {
+    nodes.push(proto::node(out, op, inputs, &[out], attrs));
+}
+
+/// Appends a Constant node named after its tensor.
+fn constant(nodes: &mut Vec<pb::NodeProto>, t: pb::TensorProto) {
+    let name = t.name.clone();
+    step(
+        nodes,
+        &name,
+        "Constant",
+        &[],
+        vec![proto::attr_tensor("value", t)],
+    );
 }

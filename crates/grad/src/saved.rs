@@ -20,7 +20,8 @@
 //!
 //! Both graphs are made of the same nodes as the self-contained pair, so the
 //! gradients are the same computation on the same values;
-//! [`crate::testing::check_gradients`] checks that on every model it is given.
+//! `testing::check_gradients` (behind the `testing` feature) checks that on
+//! every model it is given.
 
 use std::collections::HashSet;
 
@@ -77,13 +78,7 @@ pub(crate) fn split(
     storable: impl Fn(&str) -> bool,
 ) -> Split {
     let mut needed: HashSet<String> = outputs.iter().cloned().collect();
-    let mut keep_grad = vec![false; gradient.len()];
-    for (i, n) in gradient.iter().enumerate().rev() {
-        if n.output.iter().any(|o| needed.contains(o)) {
-            keep_grad[i] = true;
-            needed.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
-        }
-    }
+    let keep_grad = mark_needed(gradient, &mut needed);
     let mut keep_fwd = vec![false; forward.len()];
     let mut saved = Vec::new();
     for (i, n) in forward.iter().enumerate().rev() {
@@ -103,17 +98,33 @@ pub(crate) fn split(
         }
     }
     saved.reverse();
-    let pick = |nodes: &[pb::NodeProto], keep: &[bool]| -> Vec<pb::NodeProto> {
-        nodes
-            .iter()
-            .zip(keep)
-            .filter(|(_, k)| **k)
-            .map(|(n, _)| n.clone())
-            .collect()
-    };
     let mut nodes = pick(forward, &keep_fwd);
     nodes.extend(pick(gradient, &keep_grad));
     Split { nodes, saved }
+}
+
+/// Walking `nodes` backwards, marks those that produce a tensor in `needed`
+/// and adds their inputs to it: the nodes the tensors first in `needed`
+/// depend on.
+pub(crate) fn mark_needed(nodes: &[pb::NodeProto], needed: &mut HashSet<String>) -> Vec<bool> {
+    let mut keep = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate().rev() {
+        if n.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
+        }
+    }
+    keep
+}
+
+/// The nodes marked in `keep`, in order.
+pub(crate) fn pick(nodes: &[pb::NodeProto], keep: &[bool]) -> Vec<pb::NodeProto> {
+    nodes
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 #[cfg(test)]

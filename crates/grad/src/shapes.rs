@@ -1,27 +1,12 @@
-//! Static shapes of a shard's tensors, from tract's own type analysis (it
-//! knows every op tract can run, including Conv and the pools), seeded with
-//! the concrete input shape.
+//! Static shapes of a shard's tensors, from tract's own type analysis (see
+//! [`mixnn_onnx::analyse`]), seeded with the concrete input shape.
 
 use std::collections::{HashMap, HashSet};
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
-
+use crate::graph::{invalid, node_err};
 use crate::pb;
 use crate::proto;
 use crate::{GradError, ParamSpec};
-
-fn invalid(msg: impl Into<String>) -> GradError {
-    GradError::Invalid(msg.into())
-}
-
-fn node_err(node: &pb::NodeProto, reason: impl Into<String>) -> GradError {
-    GradError::Node {
-        node: node.name.clone(),
-        op: node.op_type.clone(),
-        reason: reason.into(),
-    }
-}
 
 /// Shape of every tensor, and the set of float tensors.
 pub(crate) type Shapes = (HashMap<String, Vec<usize>>, HashSet<String>);
@@ -49,12 +34,6 @@ pub(crate) fn infer_shapes(
         inputs.push(proto::value_info(&p.name, elem, &p.shape));
     }
     let out_elem = proto::declared_type(output).map(|(e, _)| e).unwrap_or(elem);
-    let mut out_vi = proto::value_info(&output.name, out_elem, &[]);
-    if let Some(pb::type_proto::Value::TensorType(t)) =
-        out_vi.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.shape = None;
-    }
     let g = pb::GraphProto {
         name: graph.name.clone(),
         node: nodes.to_vec(),
@@ -63,7 +42,7 @@ pub(crate) fn infer_shapes(
             .filter_map(|n| inits.get(n).map(|t| (*t).clone()))
             .collect(),
         input: inputs,
-        output: vec![out_vi],
+        output: vec![proto::value_info_unshaped(&output.name, out_elem)],
         ..Default::default()
     };
     let m = pb::ModelProto {
@@ -72,26 +51,20 @@ pub(crate) fn infer_shapes(
         graph: Some(g),
         ..Default::default()
     };
-    let parsed = tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .parse(&m, None)
-        .map_err(|e| invalid(format!("tract could not load the shard: {e:#}")))?;
-    let mut tm = parsed.model;
-    let analysis = tm.analyse(false);
+    let analysed = proto::analyse(&m, true)
+        .map_err(|e| invalid(format!("tract could not load the shard: {e}")))?;
 
     let mut shapes = HashMap::new();
     let mut floats = HashSet::new();
-    for (name, outlet) in &parsed.outlets_by_name {
-        let Ok(fact) = tm.outlet_fact(*outlet) else {
+    for name in analysed.names() {
+        let Ok(fact) = analysed.fact(name) else {
             continue;
         };
-        if let Ok(Some(s)) = fact.shape.as_concrete_finite() {
-            shapes.insert(name.clone(), s.to_vec());
+        if let Some(s) = fact.shape() {
+            shapes.insert(name.to_string(), s);
         }
-        if let Some(dt) = fact.datum_type.concretize()
-            && dt.is_float()
-        {
-            floats.insert(name.clone());
+        if fact.is_float() {
+            floats.insert(name.to_string());
         }
     }
     // Report the first node whose outputs have no static shape.
@@ -106,15 +79,15 @@ pub(crate) fn infer_shapes(
             .iter()
             .find(|o| read.contains(o.as_str()) && !shapes.contains_key(*o));
         if let Some(o) = missing {
-            let why = match &analysis {
-                Err(e) => format!("shape inference failed: {e:#}"),
-                Ok(_) => format!("no static shape could be inferred for output `{o}`"),
+            let why = match analysed.error() {
+                Some(e) => format!("shape inference failed: {e}"),
+                None => format!("no static shape could be inferred for output `{o}`"),
             };
             return Err(node_err(n, why));
         }
     }
-    if let Err(e) = analysis {
-        return Err(invalid(format!("shape inference failed: {e:#}")));
+    if let Some(e) = analysed.error() {
+        return Err(invalid(format!("shape inference failed: {e}")));
     }
     Ok((shapes, floats))
 }

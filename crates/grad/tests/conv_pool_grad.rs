@@ -131,63 +131,23 @@ fn conv_fixed_geometries() {
         bias,
         win,
     };
+    // One case a row: x shape, output channels, group, bias, window.
+    #[rustfmt::skip]
     let cases = [
         // plain 3x3 with bias
-        case(
-            [2, 3, 6, 6],
-            4,
-            1,
-            true,
-            win([3, 3], [1, 1], [0; 4], [1, 1]),
-        ),
+        case([2, 3, 6, 6], 4, 1, true, win([3, 3], [1, 1], [0; 4], [1, 1])),
         // (H + 2p - k) mod s != 0 on both axes: (7+2-3) mod 4 = 2, (8+2-2) mod 3 = 2
-        case(
-            [2, 2, 7, 8],
-            3,
-            1,
-            true,
-            win([3, 2], [4, 3], [1, 1, 1, 1], [1, 1]),
-        ),
+        case([2, 2, 7, 8], 3, 1, true, win([3, 2], [4, 3], [1, 1, 1, 1], [1, 1])),
         // asymmetric pads, stride 2, no bias, unpadded remainder at the end
-        case(
-            [1, 3, 8, 9],
-            2,
-            1,
-            false,
-            win([2, 3], [2, 2], [1, 0, 0, 2], [1, 1]),
-        ),
+        case([1, 3, 8, 9], 2, 1, false, win([2, 3], [2, 2], [1, 0, 0, 2], [1, 1])),
         // dilation with stride
-        case(
-            [2, 2, 9, 8],
-            3,
-            1,
-            true,
-            win([2, 3], [2, 1], [1, 2, 0, 1], [3, 2]),
-        ),
+        case([2, 2, 9, 8], 3, 1, true, win([2, 3], [2, 1], [1, 2, 0, 1], [3, 2])),
         // groups, stride and dilation
-        case(
-            [2, 4, 7, 6],
-            6,
-            2,
-            true,
-            win([3, 2], [2, 1], [1, 1, 1, 0], [1, 2]),
-        ),
+        case([2, 4, 7, 6], 6, 2, true, win([3, 2], [2, 1], [1, 1, 1, 0], [1, 2])),
         // depthwise, stride 2
-        case(
-            [1, 3, 5, 6],
-            3,
-            3,
-            false,
-            win([3, 3], [2, 2], [1, 1, 1, 1], [1, 1]),
-        ),
+        case([1, 3, 5, 6], 3, 3, false, win([3, 3], [2, 2], [1, 1, 1, 1], [1, 1])),
         // LeNet-5's first layer (smaller batch and image): 5x5 pad 2
-        case(
-            [2, 1, 12, 12],
-            2,
-            1,
-            true,
-            win([5, 5], [1, 1], [2; 4], [1, 1]),
-        ),
+        case([2, 1, 12, 12], 2, 1, true, win([5, 5], [1, 1], [2; 4], [1, 1])),
     ];
     let mut r = ChaCha8Rng::seed_from_u64(7);
     for (i, c) in cases.iter().enumerate() {
@@ -433,15 +393,7 @@ fn lenet_shaped_chain() {
             &["c1"],
             vec![attr_ints("pads", &[1, 1, 1, 1])],
         )
-        .node(
-            "MaxPool",
-            &["c1"],
-            &["p1"],
-            vec![
-                attr_ints("kernel_shape", &[2, 2]),
-                attr_ints("strides", &[2, 2]),
-            ],
-        )
+        .max_pool("c1", "p1", &[2, 2], &[2, 2])
         .node(
             "Conv",
             &["p1", "w2"],

@@ -234,19 +234,9 @@ fn mlp(r: &mut ChaCha8Rng, batch: usize) -> pb::ModelProto {
         .init("fc2.weight", &[c, h], &values(r, c * h, 0.5))
         .init("fc2.bias", &[c], &values(r, c, 0.1))
         .node("Flatten", &["input"], &["flat"], vec![attr_int("axis", 1)])
-        .node(
-            "Gemm",
-            &["flat", "fc1.weight", "fc1.bias"],
-            &["h1"],
-            vec![attr_int("transB", 1)],
-        )
+        .linear(&["flat", "fc1.weight", "fc1.bias"], "h1")
         .node("Relu", &["h1"], &["a1"], vec![])
-        .node(
-            "Gemm",
-            &["a1", "fc2.weight", "fc2.bias"],
-            &["h2"],
-            vec![attr_int("transB", 1)],
-        )
+        .linear(&["a1", "fc2.weight", "fc2.bias"], "h2")
         .node(
             "LogSoftmax",
             &["h2"],

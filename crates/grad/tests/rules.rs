@@ -21,13 +21,33 @@ fn dims(r: &mut ChaCha8Rng, rank: usize) -> Vec<usize> {
     (0..rank).map(|_| r.gen_range(1..5)).collect()
 }
 
+/// `Y = op(X)` with input shape `x`.
+fn one_op(
+    float: FloatType,
+    op: &str,
+    x: &[usize],
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::ModelProto {
+    ModelBuilder::new(float)
+        .input("X", x)
+        .node(op, &["X"], &["Y"], attrs)
+        .output("Y")
+        .build()
+}
+
 /// Checks a model in f64 (dX and every parameter), printing what was checked.
 fn check(model: &pb::ModelProto, seed: u64) {
     let opts = CheckOptions {
         seed,
         ..Default::default()
     };
-    match check_gradients(model, &opts) {
+    check_with(model, &opts);
+}
+
+/// Runs the checker, failing the test on a mismatch or when nothing was
+/// compared.
+fn check_with(model: &pb::ModelProto, opts: &CheckOptions) {
+    match check_gradients(model, opts) {
         Ok(rep) => assert!(rep.checked > 0, "nothing was checked"),
         Err(e) => panic!("gradient check failed: {e}\nmodel: {model:#?}"),
     }
@@ -45,10 +65,7 @@ fn check_f32(model: &pb::ModelProto, seed: u64) {
         atol: 2e-3,
         ..Default::default()
     };
-    match check_gradients(model, &opts) {
-        Ok(rep) => assert!(rep.checked > 0, "nothing was checked"),
-        Err(e) => panic!("gradient check failed: {e}\nmodel: {model:#?}"),
-    }
+    check_with(model, &opts);
 }
 
 #[test]
@@ -274,29 +291,17 @@ fn softmax_like(op: &str, seed: u64) {
     let mut r = rng(seed);
     let x = dims(&mut r, 3);
     for axis in [-1i64, 0, 1, 2, -2] {
-        let model = ModelBuilder::new(F64)
-            .input("X", &x)
-            .node(op, &["X"], &["Y"], vec![attr_int("axis", axis)])
-            .output("Y")
-            .build();
+        let model = one_op(F64, op, &x, vec![attr_int("axis", axis)]);
         check(&model, axis as u64);
     }
     // Default axis (-1) on a 2-D input.
-    let model = ModelBuilder::new(F64)
-        .input("X", &[3, 5])
-        .node(op, &["X"], &["Y"], vec![])
-        .output("Y")
-        .build();
+    let model = one_op(F64, op, &[3, 5], vec![]);
     check(&model, 7);
 }
 
 #[test]
-fn softmax_axes() {
+fn softmax_and_log_softmax_axes() {
     softmax_like("Softmax", 41);
-}
-
-#[test]
-fn log_softmax_axes() {
     softmax_like("LogSoftmax", 42);
 }
 
@@ -305,11 +310,7 @@ fn flatten_every_axis() {
     let mut r = rng(51);
     let x = dims(&mut r, 4);
     for axis in [0i64, 1, 2, 3, 4, -1] {
-        let model = ModelBuilder::new(F64)
-            .input("X", &x)
-            .node("Flatten", &["X"], &["Y"], vec![attr_int("axis", axis)])
-            .output("Y")
-            .build();
+        let model = one_op(F64, "Flatten", &x, vec![attr_int("axis", axis)]);
         check(&model, axis as u64);
     }
 }
@@ -330,20 +331,15 @@ fn reshape_squeeze_unsqueeze() {
         .output("Y")
         .build();
     check(&model, 1);
-    let model = ModelBuilder::new(F64)
-        .input("X", &x)
-        .init_i64("axes", &[1], &[1])
-        .node("Squeeze", &["X", "axes"], &["Y"], vec![])
-        .output("Y")
-        .build();
-    check(&model, 2);
-    let model = ModelBuilder::new(F64)
-        .input("X", &x)
-        .init_i64("axes", &[2], &[0, -1])
-        .node("Unsqueeze", &["X", "axes"], &["Y"], vec![])
-        .output("Y")
-        .build();
-    check(&model, 3);
+    for (seed, op, axes) in [(2, "Squeeze", vec![1]), (3, "Unsqueeze", vec![0, -1])] {
+        let model = ModelBuilder::new(F64)
+            .input("X", &x)
+            .init_i64("axes", &[axes.len()], &axes)
+            .node(op, &["X", "axes"], &["Y"], vec![])
+            .output("Y")
+            .build();
+        check(&model, seed);
+    }
 }
 
 #[test]
@@ -389,11 +385,7 @@ fn variadic(op: &str, seed: u64) {
             .build();
         check(&model, case);
     }
-    let model = ModelBuilder::new(F64)
-        .input("X", &[3, 2])
-        .node(op, &["X"], &["Y"], vec![])
-        .output("Y")
-        .build();
+    let model = one_op(F64, op, &[3, 2], vec![]);
     check(&model, 9);
 }
 

@@ -50,12 +50,7 @@ fn dense_relu_saves_nothing_and_multiplies_once_per_gradient() {
         .init("w", &[5, 9], &[0.1; 45])
         .init("b", &[5], &[0.0; 5])
         .node("Flatten", &["x"], &["f"], vec![attr_int("axis", 1)])
-        .node(
-            "Gemm",
-            &["f", "w", "b"],
-            &["h"],
-            vec![attr_int("transB", 1)],
-        )
+        .linear(&["f", "w", "b"], "h")
         .node("Relu", &["h"], &["y"], vec![])
         .output("y")
         .build();
@@ -87,15 +82,7 @@ fn conv_relu_pool_saves_the_activation_and_the_argmax() {
             ],
         )
         .node("Relu", &["c"], &["r"], vec![])
-        .node(
-            "MaxPool",
-            &["r"],
-            &["y"],
-            vec![
-                attr_ints("kernel_shape", &[2, 2]),
-                attr_ints("strides", &[2, 2]),
-            ],
-        )
+        .max_pool("r", "y", &[2, 2], &[2, 2])
         .output("y")
         .build();
     let g = graphs(&model, &[2, 1, 6, 6], true);
@@ -124,15 +111,7 @@ fn max_pool(x: &[usize], kernel: &[i64], strides: &[i64]) -> pb::ModelProto {
     ModelBuilder::new(F64)
         .opset(19)
         .input("x", x)
-        .node(
-            "MaxPool",
-            &["x"],
-            &["y"],
-            vec![
-                attr_ints("kernel_shape", kernel),
-                attr_ints("strides", strides),
-            ],
-        )
+        .max_pool("x", "y", kernel, strides)
         .output("y")
         .build()
 }

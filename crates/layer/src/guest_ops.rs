@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::identity::Identity;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 
-use crate::host_kernels::{concrete, f32_value, f32s};
+use crate::host_kernels::{concrete, f32_op, f32_value, f32s};
 
 /// Softmax or log-softmax over the last axis of an f32 tensor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -203,17 +203,9 @@ fn is_elementwise(node: &TypedNode, name: &str) -> bool {
         .is_some_and(|ew| ew.1.is_none() && ew.0.name() == name)
 }
 
-impl Op for RowSoftmax {
-    fn name(&self) -> StaticName {
-        if self.log {
-            "RowLogSoftmax".into()
-        } else {
-            "RowSoftmax".into()
-        }
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(RowSoftmax, self, inputs,
+    name: if self.log { "RowLogSoftmax" } else { "RowSoftmax" },
+    shape: inputs[0].shape.clone());
 
 impl EvalOp for RowSoftmax {
     not_out_of_plan!();
@@ -248,21 +240,7 @@ impl EvalOp for RowSoftmax {
     }
 }
 
-impl TypedOp for RowSoftmax {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
-    }
-
-    as_op!();
-}
-
-impl Op for FastExp {
-    fn name(&self) -> StaticName {
-        "FastExp".into()
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(FastExp, self, inputs, name: "FastExp", shape: inputs[0].shape.clone());
 
 impl EvalOp for FastExp {
     not_out_of_plan!();
@@ -275,21 +253,7 @@ impl EvalOp for FastExp {
     }
 }
 
-impl TypedOp for FastExp {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
-    }
-
-    as_op!();
-}
-
-impl Op for SumRun {
-    fn name(&self) -> StaticName {
-        "SumRun".into()
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(SumRun, self, _inputs, name: "SumRun", shape: &*self.out_shape);
 
 impl EvalOp for SumRun {
     not_out_of_plan!();
@@ -314,21 +278,7 @@ impl EvalOp for SumRun {
     }
 }
 
-impl TypedOp for SumRun {
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(&*self.out_shape)))
-    }
-
-    as_op!();
-}
-
-impl Op for RowAdd {
-    fn name(&self) -> StaticName {
-        "RowAdd".into()
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(RowAdd, self, _inputs, name: "RowAdd", shape: &*self.shape);
 
 impl EvalOp for RowAdd {
     not_out_of_plan!();
@@ -351,21 +301,8 @@ impl EvalOp for RowAdd {
     }
 }
 
-impl TypedOp for RowAdd {
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(&*self.shape)))
-    }
-
-    as_op!();
-}
-
-impl Op for FlatScatter {
-    fn name(&self) -> StaticName {
-        "FlatScatter".into()
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(FlatScatter, self, inputs, name: "FlatScatter",
+    shape: inputs[0].shape.clone());
 
 impl EvalOp for FlatScatter {
     not_out_of_plan!();
@@ -391,14 +328,6 @@ impl EvalOp for FlatScatter {
         }
         Ok(tvec!(t.into_tvalue()))
     }
-}
-
-impl TypedOp for FlatScatter {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
-    }
-
-    as_op!();
 }
 
 /// `exp` over a slice, branch-free so the loop vectorises.

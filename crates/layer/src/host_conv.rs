@@ -17,7 +17,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::host_kernels::{MatMulDims, call_kernel, concrete, f32_value, f32s};
+use crate::host_kernels::{MatMulDims, call_kernel, concrete, f32_op, f32_value, f32s};
 
 /// One spatial axis of a convolution. Small-side position `o` and kernel tap
 /// `k` meet big-side position `o · stride + k · dilation − pad`; taps landing
@@ -258,17 +258,15 @@ fn deconv_op(
     })
 }
 
-impl Op for HostConv {
-    fn name(&self) -> StaticName {
-        "HostConv".into()
+impl HostConv {
+    /// N, C, H, W of the output (the small side).
+    fn out_shape(&self) -> [usize; 4] {
+        let g = &self.geo;
+        [self.batch, self.out_ch, g.h.small, g.w.small]
     }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}", self.geo)])
-    }
-
-    op_as_typed_op!();
 }
+
+f32_op!(HostConv, self, _inputs, name: "HostConv", info: geo, shape: self.out_shape());
 
 impl EvalOp for HostConv {
     not_out_of_plan!();
@@ -285,59 +283,37 @@ impl EvalOp for HostConv {
             for grp in 0..self.group {
                 let plane = &x[(n * self.in_ch + grp * cg) * g.big()..][..cg * g.big()];
                 let weights = &w[grp * og * k..][..og * k];
-                let dims = if self.by_position {
+                // By position, the patches come out transposed.
+                if self.by_position {
                     gather_by_position(g, plane, cg, &mut col);
-                    MatMulDims {
-                        m: og,
-                        k,
-                        n: p,
-                        a_trans: false,
-                        b_trans: true,
-                    }
                 } else {
                     gather_by_tap(g, plane, cg, &mut col);
-                    MatMulDims {
-                        m: og,
-                        k,
-                        n: p,
-                        a_trans: false,
-                        b_trans: false,
-                    }
+                }
+                let dims = MatMulDims {
+                    m: og,
+                    k,
+                    n: p,
+                    a_trans: false,
+                    b_trans: self.by_position,
                 };
                 let c = call_kernel(weights, &col, dims)?;
                 out[(n * self.out_ch + grp * og) * p..][..og * p].copy_from_slice(&c);
             }
         }
         add_bias(&mut out, bias, self.out_ch, p);
-        f32_value(&[self.batch, self.out_ch, g.h.small, g.w.small], out)
+        f32_value(&self.out_shape(), out)
     }
 }
 
-impl TypedOp for HostConv {
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+impl HostDeconv {
+    /// N, C, H, W of the output (the big side).
+    fn out_shape(&self) -> [usize; 4] {
         let g = &self.geo;
-        Ok(tvec!(f32::fact([
-            self.batch,
-            self.out_ch,
-            g.h.small,
-            g.w.small
-        ])))
+        [self.batch, self.out_ch, g.h.big, g.w.big]
     }
-
-    as_op!();
 }
 
-impl Op for HostDeconv {
-    fn name(&self) -> StaticName {
-        "HostDeconv".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}", self.geo)])
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(HostDeconv, self, _inputs, name: "HostDeconv", info: geo, shape: self.out_shape());
 
 impl EvalOp for HostDeconv {
     not_out_of_plan!();
@@ -371,22 +347,8 @@ impl EvalOp for HostDeconv {
             let image = &mut out[n * self.out_ch * big..][..self.out_ch * big];
             scatter_by_tap(g, &cols, self.out_ch, image);
         }
-        f32_value(&[self.batch, self.out_ch, g.h.big, g.w.big], out)
+        f32_value(&self.out_shape(), out)
     }
-}
-
-impl TypedOp for HostDeconv {
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let g = &self.geo;
-        Ok(tvec!(f32::fact([
-            self.batch,
-            self.out_ch,
-            g.h.big,
-            g.w.big
-        ])))
-    }
-
-    as_op!();
 }
 
 /// Patches of `channels` big-side planes as a (channel, tap) × position

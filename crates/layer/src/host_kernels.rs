@@ -58,6 +58,40 @@ pub fn host_matmul_installed() -> bool {
     KERNEL.get().is_some()
 }
 
+/// The parts of a tract op that only describe it: `Op` with its name (and
+/// the `Debug` of one field as its info) and `TypedOp` with an f32 output of
+/// the shape `$shape`, computed from `$s` (the op: pass `self`) and
+/// `$inputs` (the input facts). Each op writes its own `EvalOp`.
+macro_rules! f32_op {
+    (
+        $ty:ty, $s:ident, $inputs:ident,
+        name: $name:expr, $(info: $info:ident,)? shape: $shape:expr
+    ) => {
+        impl Op for $ty {
+            fn name(&$s) -> StaticName {
+                $name.into()
+            }
+
+            $(
+                fn info(&$s) -> TractResult<Vec<String>> {
+                    Ok(vec![format!("{:?}", $s.$info)])
+                }
+            )?
+
+            op_as_typed_op!();
+        }
+
+        impl TypedOp for $ty {
+            fn output_facts(&$s, $inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+                Ok(tvec!(f32::fact($shape)))
+            }
+
+            as_op!();
+        }
+    };
+}
+pub(crate) use f32_op;
+
 /// A 2-D product computed by the installed kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostMatMul {
@@ -70,17 +104,7 @@ pub struct HostMatMul {
     a_input: usize,
 }
 
-impl Op for HostMatMul {
-    fn name(&self) -> StaticName {
-        "HostMatMul".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}", self.dims)])
-    }
-
-    op_as_typed_op!();
-}
+f32_op!(HostMatMul, self, _inputs, name: "HostMatMul", info: dims, shape: &*self.out_shape);
 
 impl EvalOp for HostMatMul {
     not_out_of_plan!();
@@ -90,14 +114,6 @@ impl EvalOp for HostMatMul {
         let b = f32s(&inputs[1 - self.a_input])?;
         f32_value(&self.out_shape, call_kernel(a, b, self.dims)?)
     }
-}
-
-impl TypedOp for HostMatMul {
-    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(&*self.out_shape)))
-    }
-
-    as_op!();
 }
 
 /// One product on the installed kernel, its result checked for size.

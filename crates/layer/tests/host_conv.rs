@@ -55,64 +55,41 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-struct Case {
-    x: [usize; 4],
-    out_ch: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    /// Begins, then ends.
-    pads: [usize; 4],
-    dilations: [usize; 2],
-    group: usize,
-}
-
 /// A case: input (N, C, H, W), output channels, kernel, strides, pads
 /// (begins, then ends), dilations, group.
-fn case(
-    x: [usize; 4],
-    out_ch: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    pads: [usize; 4],
-    dilations: [usize; 2],
-    group: usize,
-) -> Case {
-    Case {
-        x,
-        out_ch,
-        kernel,
-        strides,
-        pads,
-        dilations,
-        group,
-    }
-}
+type Case = (
+    [usize; 4],
+    usize,
+    [usize; 2],
+    [usize; 2],
+    [usize; 4],
+    [usize; 2],
+    usize,
+);
 
 fn conv_shard(c: &Case, seed: u64) -> Vec<u8> {
-    let w = [c.out_ch, c.x[1] / c.group, c.kernel[0], c.kernel[1]];
+    let (x, out_ch, kernel, strides, pads, dilations, group) = *c;
+    let w = [out_ch, x[1] / group, kernel[0], kernel[1]];
     let wv: Vec<f64> = values(seed, w.iter().product())
         .iter()
         .map(|v| *v as f64 * 0.3)
         .collect();
-    let bv: Vec<f64> = values(seed + 1, c.out_ch)
-        .iter()
-        .map(|v| *v as f64)
-        .collect();
+    let bv: Vec<f64> = values(seed + 1, out_ch).iter().map(|v| *v as f64).collect();
     let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
     let model = ModelBuilder::new(FloatType::F32)
-        .input("x", &c.x)
+        .input("x", &x)
         .init("w", &w, &wv)
-        .init("b", &[c.out_ch], &bv)
+        .init("b", &[out_ch], &bv)
         .node(
             "Conv",
             &["x", "w", "b"],
             &["y"],
             vec![
-                attr_ints("kernel_shape", &i64s(&c.kernel)),
-                attr_ints("strides", &i64s(&c.strides)),
-                attr_ints("pads", &i64s(&c.pads)),
-                attr_ints("dilations", &i64s(&c.dilations)),
-                attr_int("group", c.group as i64),
+                attr_ints("kernel_shape", &i64s(&kernel)),
+                attr_ints("strides", &i64s(&strides)),
+                attr_ints("pads", &i64s(&pads)),
+                attr_ints("dilations", &i64s(&dilations)),
+                attr_int("group", group as i64),
             ],
         )
         .output("y")
@@ -144,24 +121,24 @@ fn conv_geometries_match_tract() {
     install();
     let cases = [
         // LeNet's first layer and a plain valid conv.
-        case([2, 1, 12, 12], 3, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 1),
-        case([3, 4, 9, 8], 5, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+        ([2, 1, 12, 12], 3, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 1),
+        ([3, 4, 9, 8], 5, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1], 1),
         // Strides, uneven pads, rectangular kernels.
-        case([2, 3, 11, 10], 4, [3, 2], [2, 3], [1, 0, 2, 1], [1, 1], 1),
+        ([2, 3, 11, 10], 4, [3, 2], [2, 3], [1, 0, 2, 1], [1, 1], 1),
         // Dilation, and stride with dilation.
-        case([2, 2, 10, 9], 3, [3, 3], [1, 1], [1, 1, 1, 1], [2, 2], 1),
-        case([1, 2, 13, 12], 2, [2, 3], [2, 2], [0, 1, 1, 0], [2, 1], 1),
+        ([2, 2, 10, 9], 3, [3, 3], [1, 1], [1, 1, 1, 1], [2, 2], 1),
+        ([1, 2, 13, 12], 2, [2, 3], [2, 2], [0, 1, 1, 0], [2, 1], 1),
         // Groups (the forward and weight gradient are routed; the grouped
         // input gradient stays in tract).
-        case([2, 4, 7, 7], 6, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
+        ([2, 4, 7, 7], 6, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 2),
         // Kernel wider than the output: the weight gradient gathers by position.
-        case([2, 2, 6, 6], 2, [5, 5], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+        ([2, 2, 6, 6], 2, [5, 5], [1, 1], [0, 0, 0, 0], [1, 1], 1),
         // A 1×1 conv.
-        case([2, 3, 5, 4], 2, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+        ([2, 3, 5, 4], 2, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1),
     ];
     for (i, case) in cases.iter().enumerate() {
         let shard = conv_shard(case, i as u64 + 10);
-        let x = Tensor::new(case.x.to_vec(), values(i as u64, case.x.iter().product())).expect("x");
+        let x = Tensor::new(case.0.to_vec(), values(i as u64, case.0.iter().product())).expect("x");
         let before = seen().len();
         let pure = run_case(&shard, &x, false);
         assert_eq!(seen().len(), before, "case {i}: pure run called the host");

@@ -16,6 +16,13 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
+/// A descriptor of `key` with one address, epoch 1 and a 600 s lifetime,
+/// signed by `key`.
+fn signed(key: &SigningKey) -> SignedDescriptor {
+    let d = descriptor(key, vec!["/ip4/127.0.0.1/tcp/1".into()], 1, 600);
+    SignedDescriptor::sign(&d, key).unwrap()
+}
+
 fn descriptor(key: &SigningKey, addrs: Vec<String>, epoch: u64, ttl: u64) -> NodeDescriptor {
     let identity_key = key.verifying_key().to_bytes();
     NodeDescriptor {
@@ -72,7 +79,7 @@ proptest! {
     #[test]
     fn any_flipped_signature_bit_fails(seed in any::<u8>(), bit in 0usize..512) {
         let k = key(seed);
-        let mut t = SignedDescriptor::sign(&descriptor(&k, vec!["/ip4/127.0.0.1/tcp/1".into()], 1, 600), &k).unwrap();
+        let mut t = signed(&k);
         t.signature[bit / 8] ^= 1 << (bit % 8);
         prop_assert!(matches!(t.verify_at(NOW), Err(DescriptorError::BadSignature)));
     }
@@ -163,11 +170,7 @@ fn wrong_signing_key_is_refused() {
 #[test]
 fn future_and_overlong_descriptors_fail() {
     let k = key(3);
-    let s = SignedDescriptor::sign(
-        &descriptor(&k, vec!["/ip4/127.0.0.1/tcp/1".into()], 1, 600),
-        &k,
-    )
-    .unwrap();
+    let s = signed(&k);
     assert!(matches!(
         s.verify_at(NOW - 3600),
         Err(DescriptorError::NotYetValid { .. })
@@ -205,11 +208,7 @@ fn limits_are_enforced() {
 #[test]
 fn non_canonical_body_fails() {
     let k = key(5);
-    let s = SignedDescriptor::sign(
-        &descriptor(&k, vec!["/ip4/127.0.0.1/tcp/1".into()], 1, 600),
-        &k,
-    )
-    .unwrap();
+    let s = signed(&k);
     let mut t = s.clone();
     t.body.push(0); // trailing byte
     assert!(matches!(
@@ -221,11 +220,7 @@ fn non_canonical_body_fails() {
 #[test]
 fn directory_messages_round_trip() {
     let k = key(6);
-    let s = SignedDescriptor::sign(
-        &descriptor(&k, vec!["/ip4/127.0.0.1/tcp/1".into()], 1, 600),
-        &k,
-    )
-    .unwrap();
+    let s = signed(&k);
     for req in [
         DirectoryRequest::Publish(s.clone()),
         DirectoryRequest::List {

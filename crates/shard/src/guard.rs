@@ -248,25 +248,20 @@ fn constants(graph: &pb::GraphProto) -> HashMap<&str, Vec<f64>> {
 /// Up to 64 numbers of an int64/int32/float/double tensor.
 fn numbers(t: &pb::TensorProto) -> Option<Vec<f64>> {
     const SMALL: usize = 64;
-    let raw = &t.raw_data;
+    /// The first values of little-endian `raw_data` of `N`-byte elements.
+    fn raw<const N: usize>(raw: &[u8], to_f64: fn([u8; N]) -> f64) -> Vec<f64> {
+        raw.chunks_exact(N)
+            .take(SMALL)
+            .map(|c| to_f64(c.try_into().unwrap_or([0; N])))
+            .collect()
+    }
+    let r = &t.raw_data;
     let v: Vec<f64> = match DataType::try_from(t.data_type).ok()? {
-        DataType::Int64 if !raw.is_empty() => raw
-            .chunks_exact(8)
-            .take(SMALL)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
-            .collect(),
+        DataType::Int64 if !r.is_empty() => raw(r, |b| i64::from_le_bytes(b) as f64),
         DataType::Int64 => t.int64_data.iter().take(SMALL).map(|&x| x as f64).collect(),
-        DataType::Int32 if !raw.is_empty() => raw
-            .chunks_exact(4)
-            .take(SMALL)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64)
-            .collect(),
+        DataType::Int32 if !r.is_empty() => raw(r, |b| i32::from_le_bytes(b) as f64),
         DataType::Int32 => t.int32_data.iter().take(SMALL).map(|&x| x as f64).collect(),
-        DataType::Float if !raw.is_empty() => raw
-            .chunks_exact(4)
-            .take(SMALL)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64)
-            .collect(),
+        DataType::Float if !r.is_empty() => raw(r, |b| f32::from_le_bytes(b) as f64),
         DataType::Float => t.float_data.iter().take(SMALL).map(|&x| x as f64).collect(),
         DataType::Double => t.double_data.iter().take(SMALL).copied().collect(),
         _ => return None,

@@ -23,6 +23,52 @@ pub fn merge(shards: &[pb::ModelProto]) -> Result<pb::ModelProto, ShardError> {
     let Some(first) = shards.first() else {
         return Err(ShardError::Merge("no shards given".into()));
     };
+    let graphs = chain(shards, first)?;
+    let (nodes, inits) = join(&graphs)?;
+    let name = first
+        .graph
+        .as_ref()
+        .map(|g| g.name.trim_end_matches("_shard0").to_string())
+        .unwrap_or_default();
+    let graph = pb::GraphProto {
+        name,
+        node: nodes,
+        initializer: inits,
+        input: vec![graphs[0].1.clone()],
+        output: vec![graphs[graphs.len() - 1].2.clone()],
+        ..Default::default()
+    };
+    let merged = pb::ModelProto {
+        ir_version: shards
+            .iter()
+            .map(|s| s.ir_version)
+            .max()
+            .unwrap_or(IR_VERSION)
+            .max(IR_VERSION),
+        opset_import: first.opset_import.clone(),
+        producer_name: "mixnn-shard".to_string(),
+        producer_version: env!("CARGO_PKG_VERSION").to_string(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    // The joined graph must itself be well formed (names defined before use).
+    validate(&merged).map_err(|e| ShardError::Merge(format!("merged model: {e}")))?;
+    Ok(merged)
+}
+
+/// A shard's graph with its data input and its output.
+type Link<'a> = (
+    &'a pb::GraphProto,
+    &'a pb::ValueInfoProto,
+    &'a pb::ValueInfoProto,
+);
+
+/// Checks that the shards form a chain: each valid, with one input and one
+/// output, the same opsets, and each output declared as the next input.
+fn chain<'a>(
+    shards: &'a [pb::ModelProto],
+    first: &pb::ModelProto,
+) -> Result<Vec<Link<'a>>, ShardError> {
     let mut graphs = Vec::with_capacity(shards.len());
     for (k, s) in shards.iter().enumerate() {
         validate(s).map_err(|e| ShardError::Merge(format!("shard {k}: {e}")))?;
@@ -70,7 +116,12 @@ pub fn merge(shards: &[pb::ModelProto]) -> Result<pb::ModelProto, ShardError> {
             )));
         }
     }
+    Ok(graphs)
+}
 
+/// The nodes and initializers of the chain, in order; a Constant node or an
+/// initializer repeated identically by a later shard is kept once.
+fn join(graphs: &[Link<'_>]) -> Result<(Vec<pb::NodeProto>, Vec<pb::TensorProto>), ShardError> {
     let mut nodes: Vec<pb::NodeProto> = Vec::new();
     let mut node_by_output: HashMap<String, usize> = HashMap::new();
     let mut inits: Vec<pb::TensorProto> = Vec::new();
@@ -109,35 +160,7 @@ pub fn merge(shards: &[pb::ModelProto]) -> Result<pb::ModelProto, ShardError> {
             }
         }
     }
-    let name = first
-        .graph
-        .as_ref()
-        .map(|g| g.name.trim_end_matches("_shard0").to_string())
-        .unwrap_or_default();
-    let graph = pb::GraphProto {
-        name,
-        node: nodes,
-        initializer: inits,
-        input: vec![graphs[0].1.clone()],
-        output: vec![graphs[graphs.len() - 1].2.clone()],
-        ..Default::default()
-    };
-    let merged = pb::ModelProto {
-        ir_version: shards
-            .iter()
-            .map(|s| s.ir_version)
-            .max()
-            .unwrap_or(IR_VERSION)
-            .max(IR_VERSION),
-        opset_import: first.opset_import.clone(),
-        producer_name: "mixnn-shard".to_string(),
-        producer_version: env!("CARGO_PKG_VERSION").to_string(),
-        graph: Some(graph),
-        ..Default::default()
-    };
-    // The joined graph must itself be well formed (names defined before use).
-    validate(&merged).map_err(|e| ShardError::Merge(format!("merged model: {e}")))?;
-    Ok(merged)
+    Ok((nodes, inits))
 }
 
 /// Replaces float initializers of a shard by name: `(name, dims, values)`.

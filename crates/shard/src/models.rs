@@ -141,6 +141,19 @@ impl Builder {
         self.push("flatten", "Flatten", &[], vec![attr_int("axis", 1)]);
     }
 
+    /// The fully-connected layers `fc1, fc2, ...` through `widths` (input
+    /// width first), a ReLU after each but the last, the ReLUs numbered
+    /// from `first_relu`.
+    fn classifier(&mut self, widths: &[usize], first_relu: usize) {
+        let layers = widths.len().saturating_sub(1);
+        for (i, w) in widths.windows(2).enumerate() {
+            self.linear(&format!("fc{}", i + 1), w[0], w[1]);
+            if i + 1 < layers {
+                self.relu(&format!("relu{}", first_relu + i));
+            }
+        }
+    }
+
     /// Closes the graph with LogSoftmax writing the `output` tensor.
     fn finish(mut self, graph_name: &str, batch: usize) -> pb::ModelProto {
         let cur = self.cur.clone();
@@ -177,11 +190,7 @@ impl Builder {
 pub fn mlp(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
     let mut b = Builder::new(seed, form);
     b.flatten();
-    b.linear("fc1", 784, 128);
-    b.relu("relu1");
-    b.linear("fc2", 128, 64);
-    b.relu("relu2");
-    b.linear("fc3", 64, 10);
+    b.classifier(&[784, 128, 64, 10], 1);
     b.finish("mlp", batch)
 }
 
@@ -198,10 +207,6 @@ pub fn lenet5(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
     b.relu("relu2");
     b.maxpool("pool2");
     b.flatten();
-    b.linear("fc1", 400, 120);
-    b.relu("relu3");
-    b.linear("fc2", 120, 84);
-    b.relu("relu4");
-    b.linear("fc3", 84, 10);
+    b.classifier(&[400, 120, 84, 10], 3);
     b.finish("lenet5", batch)
 }

@@ -1,16 +1,14 @@
 //! Shape and type inference through tract, for the tensors between shards.
 //!
-//! Using tract's own analysis (rather than re-implementing ONNX shape rules)
-//! means the shapes in the plan are exactly the ones the guests will see.
+//! Using tract's own analysis (see [`mixnn_onnx::analyse`], shared with
+//! mixnn-grad) rather than re-implementing ONNX shape rules means the shapes
+//! in the plan are exactly the ones the guests will see.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
+use mixnn_onnx::onnx_type;
 
 use crate::pb;
-use crate::pb::tensor_proto::DataType;
 use crate::{MAX_TENSOR_ELEMENTS, ShardError};
 
 /// Concrete element type (as an ONNX `DataType` code) and shape of a tensor.
@@ -49,53 +47,32 @@ pub fn infer(
             }
         }
     }
-    // tract is not written for hostile input; a panic inside it becomes an
-    // error here instead of taking the caller down.
-    let analysed = catch_unwind(AssertUnwindSafe(|| -> TractResult<_> {
-        let mut parsed = onnx.parse(model, None)?;
-        parsed.model.analyse(false)?;
-        Ok(parsed)
-    }));
-    let parsed = match analysed {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Err(ShardError::Shape(format!("{e:#}"))),
-        Err(_) => {
-            return Err(ShardError::Shape(
-                "tract panicked while analysing the model".into(),
-            ));
-        }
-    };
+    // tract is not written for hostile input; mixnn-onnx turns a panic
+    // inside it into an error instead of taking the caller down.
+    let analysed =
+        mixnn_onnx::analyse(model, false).map_err(|e| ShardError::Shape(e.to_string()))?;
+    if let Some(e) = analysed.error() {
+        return Err(ShardError::Shape(e.to_string()));
+    }
     let mut out = HashMap::new();
     for &name in names {
-        let outlet = parsed
-            .outlets_by_name
-            .get(name)
-            .ok_or_else(|| ShardError::Shape(format!("tensor '{name}' is not in the model")))?;
-        let fact = parsed
-            .model
-            .outlet_fact(*outlet)
-            .map_err(|e| ShardError::Shape(format!("tensor '{name}': {e:#}")))?;
+        let fact = analysed
+            .fact(name)
+            .map_err(|e| ShardError::Shape(e.to_string()))?;
         let who = || {
-            let node = &parsed.model.nodes()[outlet.node];
             format!(
                 "tensor '{name}' (output of node '{}' {})",
-                node.name,
-                node.op.name()
+                fact.node_name(),
+                fact.op_name()
             )
         };
-        let shape = fact
-            .shape
-            .as_concrete_finite()
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                ShardError::Shape(format!(
-                    "{} has no concrete shape ({}); declare fixed input dims, e.g. a fixed batch size",
-                    who(),
-                    fact.format_dt_shape()
-                ))
-            })?
-            .to_vec();
+        let shape = fact.shape().ok_or_else(|| {
+            ShardError::Shape(format!(
+                "{} has no concrete shape ({}); declare fixed input dims, e.g. a fixed batch size",
+                who(),
+                fact.describe()
+            ))
+        })?;
         let total = shape
             .iter()
             .fold(1u128, |acc, &d| acc.saturating_mul(d as u128));
@@ -107,8 +84,7 @@ pub fn infer(
             });
         }
         let dt = fact
-            .datum_type
-            .concretize()
+            .datum_type()
             .ok_or_else(|| ShardError::Shape(format!("{} has no concrete type", who())))?;
         let elem_type = onnx_type(dt).ok_or_else(|| {
             ShardError::Shape(format!("{} has type {dt:?}, not an ONNX type", who()))
@@ -120,22 +96,3 @@ pub fn infer(
 
 /// The tract-onnx release whose op set we accept (the guests run the same).
 const TRACT_VERSION: &str = "0.23.9";
-
-fn onnx_type(dt: DatumType) -> Option<i32> {
-    let t = match dt {
-        DatumType::Bool => DataType::Bool,
-        DatumType::U8 => DataType::Uint8,
-        DatumType::U16 => DataType::Uint16,
-        DatumType::U32 => DataType::Uint32,
-        DatumType::U64 => DataType::Uint64,
-        DatumType::I8 => DataType::Int8,
-        DatumType::I16 => DataType::Int16,
-        DatumType::I32 => DataType::Int32,
-        DatumType::I64 => DataType::Int64,
-        DatumType::F16 => DataType::Float16,
-        DatumType::F32 => DataType::Float,
-        DatumType::F64 => DataType::Double,
-        _ => return None,
-    };
-    Some(t as i32)
-}

@@ -26,23 +26,10 @@ fn secrets_of_others(route: &[RouteHop], i: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn sixteen_hops_link_mode() {
-    let mut rng = rng(16);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let mut nodes = nodes(16, 42, &mut rng);
-    let (route, links) = route(&nodes, Op::Forward, &mut rng);
+    let (mut rng, g, h, mut nodes, route, links) = setup(16, 16, 42, Op::Forward);
     // The same message at every hop: payload ciphertexts must still be unrelated.
     let message = random_bytes(1500, &mut rng);
-    let (packet, state) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        &message,
-        &mut rng,
-    )
-    .unwrap();
+    let (packet, state) = final_packet(&g, &route, PayloadMode::Link, &message, &mut rng);
     let packet_len = g.packet_len(2048).unwrap();
     assert_eq!(packet.len(), packet_len);
     let mut bytes = packet.into_bytes();
@@ -123,23 +110,10 @@ fn sixteen_hops_link_mode() {
 
 #[test]
 fn sixteen_hops_layered_mode() {
-    let mut rng = rng(17);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let mut nodes = nodes(16, 3, &mut rng);
-    let (mut route, links) = route(&nodes, Op::Relay, &mut rng);
+    let (mut rng, g, h, mut nodes, mut route, links) = setup(17, 16, 3, Op::Relay);
     route[15].op = Op::Loop;
     let message = b"cover loop 1".to_vec();
-    let (packet, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Layered,
-        2048,
-        &message,
-        &mut rng,
-    )
-    .unwrap();
+    let (packet, _) = final_packet(&g, &route, PayloadMode::Layered, &message, &mut rng);
     let mut bytes = packet.into_bytes();
     let mut payloads = Vec::new();
     for (i, node) in nodes.iter_mut().enumerate() {
@@ -205,10 +179,7 @@ fn every_packet_of_a_class_has_one_length() {
 
 #[test]
 fn endpoint_exit_emits_a_header_the_endpoint_recognises() {
-    let mut rng = rng(19);
-    let g = Geometry::default();
-    let mut nodes = nodes(3, 1, &mut rng);
-    let (mut route, _) = route(&nodes, Op::Relay, &mut rng);
+    let (mut rng, g, _, mut nodes, mut route, _) = setup(19, 3, 1, Op::Relay);
     route[2].op = Op::Deliver;
     let designer = NodeId([0xdd; 32]);
     let (packet, state) = build_packet(

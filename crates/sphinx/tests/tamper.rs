@@ -16,21 +16,8 @@ fn fresh(node: &Node) -> (KeyRing, ReplayCache) {
 
 #[test]
 fn flipped_header_bit_is_detected() {
-    let mut rng = rng(30);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let mut nodes = nodes(3, 5, &mut rng);
-    let (route, _) = route(&nodes, Op::Forward, &mut rng);
-    let (packet, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"m",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, h, mut nodes, route, _) = setup(30, 3, 5, Op::Forward);
+    let (packet, _) = final_packet(&g, &route, PayloadMode::Link, b"m", &mut rng);
     let original = packet.into_bytes();
     // Test at hop 0 and, after one honest hop, at hop 1 (a header built by a hop).
     let mut at_hop1 = original.clone();
@@ -64,21 +51,8 @@ fn flipped_header_bit_is_detected() {
 
 #[test]
 fn flipped_payload_bit_is_detected_link_mode() {
-    let mut rng = rng(31);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let nodes = nodes(2, 5, &mut rng);
-    let (route, _) = route(&nodes, Op::Forward, &mut rng);
-    let (packet, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"weights",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, h, nodes, route, _) = setup(31, 2, 5, Op::Forward);
+    let (packet, _) = final_packet(&g, &route, PayloadMode::Link, b"weights", &mut rng);
     let original = packet.into_bytes();
     let (ring, _) = fresh(&nodes[0]);
     for bit in (h * 8..original.len() * 8).step_by(3) {
@@ -96,21 +70,8 @@ fn flipped_payload_bit_is_detected_link_mode() {
 
 #[test]
 fn flipped_payload_bit_is_detected_layered_mode() {
-    let mut rng = rng(32);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let nodes = nodes(3, 5, &mut rng);
-    let (route, links) = route(&nodes, Op::Relay, &mut rng);
-    let (packet, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Layered,
-        2048,
-        b"c",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, h, nodes, route, links) = setup(32, 3, 5, Op::Relay);
+    let (packet, _) = final_packet(&g, &route, PayloadMode::Layered, b"c", &mut rng);
     let original = packet.into_bytes();
     let rings: Vec<_> = nodes.iter().map(|n| fresh(n).0).collect();
     for bit in (h * 8..original.len() * 8).step_by(29) {
@@ -131,31 +92,9 @@ fn flipped_payload_bit_is_detected_layered_mode() {
 
 #[test]
 fn payload_cannot_move_to_another_header() {
-    let mut rng = rng(33);
-    let g = Geometry::default();
-    let h = g.header_len();
-    let mut nodes = nodes(1, 5, &mut rng);
-    let (route, _) = route(&nodes, Op::Forward, &mut rng);
-    let (a, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"a",
-        &mut rng,
-    )
-    .unwrap();
-    let (b, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"b",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, h, mut nodes, route, _) = setup(33, 1, 5, Op::Forward);
+    let (a, _) = final_packet(&g, &route, PayloadMode::Link, b"a", &mut rng);
+    let (b, _) = final_packet(&g, &route, PayloadMode::Link, b"b", &mut rng);
     let mut spliced = a.header().to_vec();
     spliced.extend_from_slice(b.payload());
     let p = nodes[0].process(&g, &mut spliced).unwrap();
@@ -167,20 +106,8 @@ fn payload_cannot_move_to_another_header() {
 
 #[test]
 fn replay_is_dropped_and_counted_per_epoch() {
-    let mut rng = rng(34);
-    let g = Geometry::default();
-    let mut nodes = nodes(2, 8, &mut rng);
-    let (route, _) = route(&nodes, Op::Forward, &mut rng);
-    let (packet, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"m",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, _, mut nodes, route, _) = setup(34, 2, 8, Op::Forward);
+    let (packet, _) = final_packet(&g, &route, PayloadMode::Link, b"m", &mut rng);
     let mut first = packet.clone().into_bytes();
     nodes[0].process(&g, &mut first).unwrap();
     let mut again = packet.clone().into_bytes();
@@ -197,26 +124,8 @@ fn replay_is_dropped_and_counted_per_epoch() {
     // Hard cap: a full cache refuses (fails closed) and counts.
     let (ring, _) = fresh(&nodes[0]);
     let mut tiny = ReplayCache::new(1);
-    let (p2, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"n",
-        &mut rng,
-    )
-    .unwrap();
-    let (p3, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"o",
-        &mut rng,
-    )
-    .unwrap();
+    let (p2, _) = final_packet(&g, &route, PayloadMode::Link, b"n", &mut rng);
+    let (p3, _) = final_packet(&g, &route, PayloadMode::Link, b"o", &mut rng);
     process(&g, &ring, &mut tiny, &mut p2.into_bytes()).unwrap();
     assert_eq!(
         process(&g, &ring, &mut tiny, &mut p3.into_bytes()).unwrap_err(),
@@ -227,20 +136,8 @@ fn replay_is_dropped_and_counted_per_epoch() {
 
 #[test]
 fn unknown_and_expired_epochs_are_dropped() {
-    let mut rng = rng(35);
-    let g = Geometry::default();
-    let mut nodes = nodes(1, 5, &mut rng);
-    let (route, _) = route(&nodes, Op::Forward, &mut rng);
-    let (old, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"m",
-        &mut rng,
-    )
-    .unwrap();
+    let (mut rng, g, _, mut nodes, route, _) = setup(35, 1, 5, Op::Forward);
+    let (old, _) = final_packet(&g, &route, PayloadMode::Link, b"m", &mut rng);
 
     // Rotation: the node adds epoch 6 and keeps 5 for a grace period.
     let new_key = MixKeyPair::generate(6, &mut rng);
@@ -249,73 +146,28 @@ fn unknown_and_expired_epochs_are_dropped() {
     let mut r6 = route.clone();
     r6[0].epoch = 6;
     r6[0].mix_key = new_public;
-    let (new, _) = build_packet(
-        &g,
-        &r6,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"n",
-        &mut rng,
-    )
-    .unwrap();
+    let (new, _) = final_packet(&g, &r6, PayloadMode::Link, b"n", &mut rng);
     nodes[0].process(&g, &mut old.clone().into_bytes()).unwrap();
     nodes[0].process(&g, &mut new.clone().into_bytes()).unwrap();
 
     // Grace over: key 5 and its replay set go; its packets are UnknownEpoch.
     assert!(nodes[0].ring.remove(5));
     nodes[0].replay.forget_epoch(5);
-    let (late, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"l",
-        &mut rng,
-    )
-    .unwrap();
-    assert_eq!(
-        nodes[0].process(&g, &mut late.into_bytes()).unwrap_err(),
-        SphinxError::UnknownEpoch
-    );
-
     // An epoch the node never had.
     let mut r9 = route.clone();
     r9[0].epoch = 9;
-    let (p9, _) = build_packet(
-        &g,
-        &r9,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"x",
-        &mut rng,
-    )
-    .unwrap();
-    assert_eq!(
-        nodes[0].process(&g, &mut p9.into_bytes()).unwrap_err(),
-        SphinxError::UnknownEpoch
-    );
-
     // Same hint byte, different epoch (6 + 256): the hint selects epoch 6's key,
     // and the authenticated epoch in the routing info (262) does not match it.
     let mut r262 = r6.clone();
     r262[0].epoch = 262;
-    let (p262, _) = build_packet(
-        &g,
-        &r262,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"y",
-        &mut rng,
-    )
-    .unwrap();
-    assert_eq!(
-        nodes[0].process(&g, &mut p262.into_bytes()).unwrap_err(),
-        SphinxError::UnknownEpoch
-    );
+    for (r, message) in [(&route, b"l"), (&r9, b"x"), (&r262, b"y")] {
+        assert_eq!(
+            refusal(&mut nodes[0], &g, r, message, &mut rng),
+            SphinxError::UnknownEpoch,
+            "epoch {}",
+            r[0].epoch
+        );
+    }
 }
 
 #[test]
@@ -324,18 +176,8 @@ fn wrong_node_cannot_process() {
     let g = Geometry::default();
     let mut nodes = nodes(2, 5, &mut rng);
     let (route, _) = route(&nodes[..1], Op::Forward, &mut rng);
-    let (p, _) = build_packet(
-        &g,
-        &route,
-        Exit::Final,
-        PayloadMode::Link,
-        2048,
-        b"m",
-        &mut rng,
-    )
-    .unwrap();
     assert_eq!(
-        nodes[1].process(&g, &mut p.into_bytes()).unwrap_err(),
+        refusal(&mut nodes[1], &g, &route, b"m", &mut rng),
         SphinxError::BadMac
     );
 }

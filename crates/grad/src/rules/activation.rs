@@ -6,27 +6,7 @@
 
 use crate::GradError;
 use crate::pb;
-use crate::rules::{Ctx, a_int, first_grad, input, output};
-
-/// Shared prologue: the gradient of output 0 and the input name, or `None`
-/// when there is nothing to do.
-fn unary(
-    ctx: &Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Option<(String, String)>, GradError> {
-    let x = input(ctx, node, 0)?;
-    match first_grad(gy) {
-        Some(dy) if ctx.requires_grad(&x) => Ok(Some((dy, x))),
-        _ => Ok(None),
-    }
-}
-
-fn one(g: String, n: usize) -> Vec<Option<String>> {
-    let mut v = vec![None; n.max(1)];
-    v[0] = Some(g);
-    v
-}
+use crate::rules::{Ctx, Grads, a_int, output, unary};
 
 /// The pointwise rules whose derivative is a function of the output:
 /// `dX = dY * deriv(Y)`, with `deriv` emitting the graph of the derivative.
@@ -35,24 +15,19 @@ fn from_output(
     node: &pb::NodeProto,
     gy: &[Option<String>],
     deriv: impl FnOnce(&mut Ctx, &str) -> String,
-) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, _)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let y = output(ctx, node, 0)?;
-    let d = deriv(ctx, &y);
-    Ok(one(ctx.mul(&dy, &d), node.input.len()))
+) -> Grads {
+    unary(ctx, node, gy, |ctx, dy, _| {
+        let y = output(ctx, node, 0)?;
+        let d = deriv(ctx, &y);
+        Ok(ctx.mul(&dy, &d))
+    })
 }
 
 /// Relu: `dX = dY * (X > 0)` (the subgradient at 0 is 0), computed as
 /// `Y > 0`, the same mask: the output is what a training forward hands over
 /// anyway, while X would have to be kept (and tract could no longer fuse
 /// the Relu into the product before it).
-pub(crate) fn relu(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn relu(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
     from_output(ctx, node, gy, |ctx, y| {
         let zero = ctx.const_scalar(0.0);
         let pos = ctx.emit("Greater", &[y, &zero], vec![]);
@@ -61,11 +36,7 @@ pub(crate) fn relu(
 }
 
 /// Sigmoid: `dX = dY * Y * (1 - Y)`.
-pub(crate) fn sigmoid(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn sigmoid(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
     from_output(ctx, node, gy, |ctx, y| {
         let c1 = ctx.const_scalar(1.0);
         let omy = ctx.sub(&c1, y);
@@ -74,11 +45,7 @@ pub(crate) fn sigmoid(
 }
 
 /// Tanh: `dX = dY * (1 - Y^2)`.
-pub(crate) fn tanh(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn tanh(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
     from_output(ctx, node, gy, |ctx, y| {
         let c1 = ctx.const_scalar(1.0);
         let y2 = ctx.mul(y, y);
@@ -98,36 +65,37 @@ fn softmax_axis(ctx: &Ctx, node: &pb::NodeProto, x: &str) -> Result<usize, GradE
     Ok(a as usize)
 }
 
-/// Softmax: `dX = Y * (dY - sum_axis(dY * Y))`.
-pub(crate) fn softmax(
+/// The rules over a Softmax-like output along its axis: `dx(ctx, dY, Y,
+/// axis)` gives dX.
+fn along_axis(
     ctx: &mut Ctx,
     node: &pb::NodeProto,
     gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let axis = softmax_axis(ctx, node, &x)?;
-    let y = output(ctx, node, 0)?;
-    let p = ctx.mul(&dy, &y);
-    let s = ctx.reduce_sum(&p, &[axis], true);
-    let d = ctx.sub(&dy, &s);
-    Ok(one(ctx.mul(&y, &d), node.input.len()))
+    dx: impl FnOnce(&mut Ctx, &str, &str, usize) -> String,
+) -> Grads {
+    unary(ctx, node, gy, |ctx, dy, x| {
+        let axis = softmax_axis(ctx, node, &x)?;
+        let y = output(ctx, node, 0)?;
+        Ok(dx(ctx, &dy, &y, axis))
+    })
+}
+
+/// Softmax: `dX = Y * (dY - sum_axis(dY * Y))`.
+pub(crate) fn softmax(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
+    along_axis(ctx, node, gy, |ctx, dy, y, axis| {
+        let p = ctx.mul(dy, y);
+        let s = ctx.reduce_sum(&p, &[axis], true);
+        let d = ctx.sub(dy, &s);
+        ctx.mul(y, &d)
+    })
 }
 
 /// LogSoftmax: `dX = dY - exp(Y) * sum_axis(dY)`.
-pub(crate) fn log_softmax(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
-    let Some((dy, x)) = unary(ctx, node, gy)? else {
-        return Ok(vec![None; node.input.len()]);
-    };
-    let axis = softmax_axis(ctx, node, &x)?;
-    let y = output(ctx, node, 0)?;
-    let s = ctx.reduce_sum(&dy, &[axis], true);
-    let p = ctx.emit("Exp", &[&y], vec![]);
-    let t = ctx.mul(&p, &s);
-    Ok(one(ctx.sub(&dy, &t), node.input.len()))
+pub(crate) fn log_softmax(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
+    along_axis(ctx, node, gy, |ctx, dy, y, axis| {
+        let s = ctx.reduce_sum(dy, &[axis], true);
+        let p = ctx.emit("Exp", &[y], vec![]);
+        let t = ctx.mul(&p, &s);
+        ctx.sub(dy, &t)
+    })
 }

@@ -59,7 +59,7 @@
 
 use crate::GradError;
 use crate::pb;
-use crate::rules::{Ctx, a_int, a_ints};
+use crate::rules::{Ctx, Grads, a_int, a_ints};
 
 /// Window geometry of a Conv or pool over the spatial axes, resolved to
 /// explicit pads whatever `auto_pad` said.
@@ -294,11 +294,7 @@ pub(super) fn as_i64(v: &[usize]) -> Vec<i64> {
 
 /// Conv: dX by ConvTranspose, dW by a dilated Conv, dB by ReduceSum (see the
 /// module docs for the derivation).
-pub(crate) fn conv(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
+pub(crate) fn conv(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
     let n_in = node.input.len();
     let mut grads = vec![None; n_in];
     let Some(dy) = gy.first().cloned().flatten() else {

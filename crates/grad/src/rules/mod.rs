@@ -42,16 +42,18 @@
 //! To build attributes for emitted nodes use [`a_int`], [`a_ints`],
 //! [`a_float`], [`a_string`].
 //!
-//! Free helpers: `first_grad(gy)` (gradient of output 0, if any),
+//! Free helpers: `with_dy` and `unary` (the frames most rules share),
+//! `first_grad(gy)` (gradient of output 0, if any),
 //! `input(ctx, node, i)` / `output(ctx, node, i)` (name, or an error naming
 //! the node when absent).
 //!
 //! Errors: `ctx.node_error(node, reason)` (a [`GradError::Node`] naming the
 //! node and op) and `unsupported(node)` ([`GradError::UnsupportedOp`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::GradError;
+use crate::graph::Analysis;
 use crate::pb;
 use crate::proto::{self, FloatType};
 
@@ -62,9 +64,11 @@ pub(crate) mod elementwise;
 pub(crate) mod pool;
 pub(crate) mod shape;
 
+/// What a rule returns: one entry per node input (see the module docs).
+pub(crate) type Grads = Result<Vec<Option<String>>, GradError>;
+
 /// Signature of a gradient rule (see the module docs).
-pub(crate) type RuleFn =
-    fn(&mut Ctx, &pb::NodeProto, &[Option<String>]) -> Result<Vec<Option<String>>, GradError>;
+pub(crate) type RuleFn = fn(&mut Ctx, &pb::NodeProto, &[Option<String>]) -> Grads;
 
 /// The rule for an op type, `None` when the op has no gradient rule.
 ///
@@ -77,14 +81,13 @@ pub(crate) fn rule_for(op_type: &str) -> Option<RuleFn> {
         "AveragePool" => pool::average_pool,
         "Gemm" => dense::gemm,
         "MatMul" => dense::matmul,
-        "Add" => elementwise::add,
+        "Add" | "Sum" => elementwise::sum,
         "Sub" => elementwise::sub,
         "Mul" => elementwise::mul,
         "Div" => elementwise::div,
         "Neg" => elementwise::neg,
         "Max" => elementwise::max,
         "Mean" => elementwise::mean,
-        "Sum" => elementwise::sum,
         "Relu" => activation::relu,
         "Sigmoid" => activation::sigmoid,
         "Tanh" => activation::tanh,
@@ -133,6 +136,40 @@ pub(crate) fn first_grad(gy: &[Option<String>]) -> Option<String> {
     gy.first().cloned().flatten()
 }
 
+/// The frame of most rules: when a gradient flows into output 0, runs
+/// `body` with it and the gradient slots (one per input, all `None` at
+/// first) for it to fill.
+pub(crate) fn with_dy(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+    body: impl FnOnce(&mut Ctx, String, &mut [Option<String>]) -> Result<(), GradError>,
+) -> Grads {
+    let mut out = vec![None; node.input.len()];
+    if let Some(dy) = first_grad(gy) {
+        body(ctx, dy, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The frame of the rules of ops whose only differentiable input is input
+/// 0: `dx(ctx, dY, X)` gives dX, called when a gradient flows and X needs one.
+pub(crate) fn unary(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+    dx: impl FnOnce(&mut Ctx, String, String) -> Result<String, GradError>,
+) -> Grads {
+    let mut out = vec![None; node.input.len()];
+    let x = input(ctx, node, 0)?;
+    if let Some(dy) = first_grad(gy)
+        && ctx.requires_grad(&x)
+    {
+        out[0] = Some(dx(ctx, dy, x)?);
+    }
+    Ok(out)
+}
+
 /// Name of input `i` of a node; an error naming the node when it is absent.
 pub(crate) fn input(ctx: &Ctx, node: &pb::NodeProto, i: usize) -> Result<String, GradError> {
     match node.input.get(i) {
@@ -151,13 +188,10 @@ pub(crate) fn output(ctx: &Ctx, node: &pb::NodeProto, i: usize) -> Result<String
 
 /// Everything the rules may know about the forward graph, plus the backward
 /// nodes emitted so far.
-#[allow(dead_code)] // `consts` and `opset` back rule-API methods not every rule uses
 pub(crate) struct Ctx<'a> {
-    shapes: &'a HashMap<String, Vec<usize>>,
-    consts: &'a HashMap<String, pb::TensorProto>,
+    /// The analysed forward graph (shapes, constants, float type, opset).
+    graph: &'a Analysis,
     requires: &'a HashSet<String>,
-    float: FloatType,
-    opset: i64,
     /// Names already taken (forward tensors and everything emitted).
     taken: HashSet<String>,
     counter: usize,
@@ -171,19 +205,13 @@ impl<'a> Ctx<'a> {
     /// A context over the analysed forward graph. `taken` holds every name
     /// already used in the graph being built.
     pub(crate) fn new(
-        shapes: &'a HashMap<String, Vec<usize>>,
-        consts: &'a HashMap<String, pb::TensorProto>,
+        graph: &'a Analysis,
         requires: &'a HashSet<String>,
-        float: FloatType,
-        opset: i64,
         taken: HashSet<String>,
     ) -> Self {
         Ctx {
-            shapes,
-            consts,
+            graph,
             requires,
-            float,
-            opset,
             taken,
             counter: 0,
             prefix: "mixnn".into(),
@@ -200,7 +228,8 @@ impl<'a> Ctx<'a> {
 
     /// Static shape of a forward tensor.
     pub(crate) fn shape(&self, name: &str) -> Result<Vec<usize>, GradError> {
-        self.shapes
+        self.graph
+            .shapes
             .get(name)
             .cloned()
             .ok_or_else(|| GradError::Invalid(format!("no static shape known for tensor `{name}`")))
@@ -214,18 +243,18 @@ impl<'a> Ctx<'a> {
     #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// The graph's float type.
     pub(crate) fn float_type(&self) -> FloatType {
-        self.float
+        self.graph.float
     }
 
     /// The ONNX data type code of the graph's float type.
     pub(crate) fn float_code(&self) -> i32 {
-        self.float.onnx()
+        self.graph.float.onnx()
     }
 
     #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// The ai.onnx opset version of the emitted graphs.
     pub(crate) fn opset(&self) -> i64 {
-        self.opset
+        self.graph.opset
     }
 
     /// Whether a gradient is wanted for `name` (it depends on a parameter, or
@@ -238,7 +267,8 @@ impl<'a> Ctx<'a> {
     /// Value of an integer forward tensor that is constant (initializer or
     /// Constant node output).
     pub(crate) fn const_i64_of(&self, name: &str) -> Option<Vec<i64>> {
-        self.consts
+        self.graph
+            .consts
             .get(name)
             .and_then(|t| proto::tensor_i64(t).ok())
     }
@@ -246,7 +276,8 @@ impl<'a> Ctx<'a> {
     #[allow(dead_code)] // rule API: offered to every rule, not used by all of them
     /// Value of a float forward tensor that is constant.
     pub(crate) fn const_f64_of(&self, name: &str) -> Option<Vec<f64>> {
-        self.consts
+        self.graph
+            .consts
             .get(name)
             .and_then(|t| proto::tensor_f64(t).ok())
     }
@@ -350,10 +381,10 @@ impl<'a> Ctx<'a> {
         node_name
     }
 
-    /// An INT64 constant.
-    pub(crate) fn const_i64(&mut self, values: &[i64], shape: &[usize]) -> String {
+    /// A Constant node holding the tensor `make(name)`, named `name`.
+    fn constant(&mut self, make: impl FnOnce(&str) -> pb::TensorProto) -> String {
         let name = self.fresh("const");
-        let t = proto::i64_tensor(&name, values, shape);
+        let t = make(&name);
         self.nodes.push(proto::node(
             &name,
             "Constant",
@@ -364,18 +395,15 @@ impl<'a> Ctx<'a> {
         name
     }
 
+    /// An INT64 constant.
+    pub(crate) fn const_i64(&mut self, values: &[i64], shape: &[usize]) -> String {
+        self.constant(|name| proto::i64_tensor(name, values, shape))
+    }
+
     /// A float constant of the graph's float type.
     pub(crate) fn const_tensor(&mut self, values: &[f64], shape: &[usize]) -> String {
-        let name = self.fresh("const");
-        let t = proto::float_tensor(&name, self.float, values, shape);
-        self.nodes.push(proto::node(
-            &name,
-            "Constant",
-            &[],
-            &[name.as_str()],
-            vec![proto::attr_tensor("value", t)],
-        ));
-        name
+        let float = self.graph.float;
+        self.constant(|name| proto::float_tensor(name, float, values, shape))
     }
 
     /// A float scalar (shape `[]`) of the graph's float type.
@@ -388,19 +416,19 @@ impl<'a> Ctx<'a> {
         proto::numel(shape)
             .ok_or_else(|| GradError::Invalid(format!("shape {shape:?} is too large")))?;
         let z = self.const_scalar(0.0);
-        let s = self.const_i64(
-            &shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
-            &[shape.len()],
-        );
+        let s = self.const_shape(shape);
         Ok(self.emit("Expand", &[&z, &s], vec![]))
+    }
+
+    /// A 1-D INT64 constant holding `shape`.
+    fn const_shape(&mut self, shape: &[usize]) -> String {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        self.const_i64(&dims, &[shape.len()])
     }
 
     /// Reshape to a static shape.
     pub(crate) fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
-        let s = self.const_i64(
-            &shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
-            &[shape.len()],
-        );
+        let s = self.const_shape(shape);
         self.emit("Reshape", &[x, &s], vec![])
     }
 

@@ -30,7 +30,7 @@ use crate::GradError;
 use crate::pb;
 use crate::proto::numel;
 use crate::rules::conv::Geometry;
-use crate::rules::{Ctx, a_int, a_string};
+use crate::rules::{Ctx, Grads, a_int, a_string, with_dy};
 
 /// Input and output shapes of a pool node, checked to be `(N, C, spatial...)`
 /// with the same N and C, plus the window geometry.
@@ -67,18 +67,12 @@ fn count(ctx: &Ctx, node: &pb::NodeProto, shape: &[usize]) -> Result<usize, Grad
 
 /// MaxPool: routes each `dY` value to its window's argmax (Indices output of
 /// a recomputed MaxPool + ScatterElements with `reduction = "add"`).
-pub(crate) fn max_pool(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
-    let mut grads = vec![None; node.input.len()];
-    let Some(dy) = gy.first().cloned().flatten() else {
-        return Ok(grads);
-    };
-    if node.input.len() != 1 || !ctx.requires_grad(&node.input[0]) {
-        return Ok(grads);
-    }
+pub(crate) fn max_pool(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
+    pool_rule(ctx, node, gy, |ctx, dy| max_pool_dx(ctx, node, dy))
+}
+
+/// dX of MaxPool (see [`max_pool`]).
+fn max_pool_dx(ctx: &mut Ctx, node: &pb::NodeProto, dy: String) -> Result<String, GradError> {
     let (x_shape, y_shape, geo) = pool_geometry(ctx, node)?;
     let x_len = count(ctx, node, &x_shape)?;
     let y_len = count(ctx, node, &y_shape)?;
@@ -112,8 +106,23 @@ pub(crate) fn max_pool(
         attrs.push(a_string("reduction", "add"));
     }
     let scattered = ctx.emit("ScatterElements", &[&zeros, &indices, &updates], attrs);
-    grads[0] = Some(ctx.reshape(&scattered, &x_shape));
-    Ok(grads)
+    Ok(ctx.reshape(&scattered, &x_shape))
+}
+
+/// The frame of the pool rules: a pool has one input, `dx(ctx, dY)` gives
+/// its gradient when a gradient flows and the input needs one.
+fn pool_rule(
+    ctx: &mut Ctx,
+    node: &pb::NodeProto,
+    gy: &[Option<String>],
+    dx: impl FnOnce(&mut Ctx, String) -> Result<String, GradError>,
+) -> Grads {
+    with_dy(ctx, node, gy, |ctx, dy, out| {
+        if node.input.len() == 1 && ctx.requires_grad(&node.input[0]) {
+            out[0] = Some(dx(ctx, dy)?);
+        }
+        Ok(())
+    })
 }
 
 /// Number of taps `t` in `0..k` with `start + t * d` in `lo..hi`, in closed
@@ -152,18 +161,12 @@ fn divisors_on_axis(geo: &Geometry, a: usize, include_pad: bool, ceil: bool) -> 
 const MAX_GRID: usize = 1 << 24;
 
 /// AveragePool: `dX = ConvTranspose(dY / div, ones)` per channel.
-pub(crate) fn average_pool(
-    ctx: &mut Ctx,
-    node: &pb::NodeProto,
-    gy: &[Option<String>],
-) -> Result<Vec<Option<String>>, GradError> {
-    let mut grads = vec![None; node.input.len()];
-    let Some(dy) = gy.first().cloned().flatten() else {
-        return Ok(grads);
-    };
-    if node.input.len() != 1 || !ctx.requires_grad(&node.input[0]) {
-        return Ok(grads);
-    }
+pub(crate) fn average_pool(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -> Grads {
+    pool_rule(ctx, node, gy, |ctx, dy| average_pool_dx(ctx, node, dy))
+}
+
+/// dX of AveragePool (see [`average_pool`]).
+fn average_pool_dx(ctx: &mut Ctx, node: &pb::NodeProto, dy: String) -> Result<String, GradError> {
     let (x_shape, _y_shape, geo) = pool_geometry(ctx, node)?;
     let include_pad = match ctx.attr_int(node, "count_include_pad", 0) {
         0 => false,
@@ -223,8 +226,7 @@ pub(crate) fn average_pool(
     let ones = ctx.const_tensor(&vec![1.0; ones_len], &ones_shape);
     let mut attrs = geo.transposed_attrs(ctx, node)?;
     attrs.push(a_int("group", channels as i64));
-    grads[0] = Some(ctx.emit("ConvTranspose", &[&scaled, &ones], attrs));
-    Ok(grads)
+    Ok(ctx.emit("ConvTranspose", &[&scaled, &ones], attrs))
 }
 
 /// `1 / n`, or 0 for a window with no taps inside X: such an output takes

@@ -71,6 +71,54 @@ pub fn route(nodes: &[Node], op: Op, rng: &mut ChaCha20Rng) -> (Vec<RouteHop>, V
     (hops, links)
 }
 
+/// What most tests start from: `(rng, geometry, header length, nodes,
+/// route, link keys)`, a seeded generator, the default geometry, a pool of
+/// nodes and a route through all of them (see [`route`]).
+pub type Setup = (
+    ChaCha20Rng,
+    Geometry,
+    usize,
+    Vec<Node>,
+    Vec<RouteHop>,
+    Vec<LinkKey>,
+);
+
+/// `n` nodes of key epoch `epoch` and a route through them with `op`
+/// at every hop, drawn from `rng(seed)`.
+pub fn setup(seed: u64, n: usize, epoch: u32, op: Op) -> Setup {
+    let mut rng = rng(seed);
+    let g = Geometry::default();
+    let h = g.header_len();
+    let nodes = nodes(n, epoch, &mut rng);
+    let (route, links) = route(&nodes, op, &mut rng);
+    (rng, g, h, nodes, route, links)
+}
+
+/// A packet of size class 2048 that ends at the last hop of `route`
+/// (`Exit::Final`), the shape most tests send.
+pub fn final_packet(
+    g: &Geometry,
+    route: &[RouteHop],
+    mode: PayloadMode,
+    message: &[u8],
+    rng: &mut ChaCha20Rng,
+) -> (Packet, DesignerState) {
+    build_packet(g, route, Exit::Final, mode, 2048, message, rng).unwrap()
+}
+
+/// Sends `node` a fresh link-mode packet along `route` and returns why it
+/// refused it (panics if it did not).
+pub fn refusal(
+    node: &mut Node,
+    g: &Geometry,
+    route: &[RouteHop],
+    message: &[u8],
+    rng: &mut ChaCha20Rng,
+) -> SphinxError {
+    let (packet, _) = final_packet(g, route, PayloadMode::Link, message, rng);
+    node.process(g, &mut packet.into_bytes()).unwrap_err()
+}
+
 /// True if `a` and `b` share any substring of `k` bytes.
 pub fn common_substring(a: &[u8], b: &[u8], k: usize) -> bool {
     if a.len() < k || b.len() < k {
