@@ -203,8 +203,7 @@ impl Jobs {
             .sandbox
             .instantiate(compiled)
             .map_err(|e| e.to_string())?;
-        let cfg = to_guest_config(spec)?;
-        let info = self.timed(|| guest.load(bytes, &cfg))?;
+        let info = self.timed(|| guest.load(bytes, &spec.train))?;
         Ok((guest, info.param_count))
     }
 
@@ -238,8 +237,8 @@ impl Jobs {
 
     /// Training forward (saves what backward needs).
     pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
-        let x = to_guest(x);
-        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).map(from_guest))
+        let x = to_guest(x)?;
+        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).and_then(from_guest))
     }
 
     /// Backward and optimizer step; the input gradient if the layer has one.
@@ -248,11 +247,11 @@ impl Jobs {
         handle: &[u8; 32],
         dz: WireTensor,
     ) -> Result<Option<WireTensor>, String> {
-        let dz = to_guest(dz);
+        let dz = to_guest(dz)?;
         self.with_guest(handle, |s, g| {
             let dx = s.timed(|| g.backward(&dz))?;
             s.timed(|| g.step())?;
-            Ok(dx.map(from_guest))
+            dx.map(from_guest).transpose()
         })
     }
 
@@ -263,20 +262,20 @@ impl Jobs {
         x: WireTensor,
         labels: &[i64],
     ) -> Result<(f32, Option<WireTensor>), String> {
-        let x = to_guest(x);
+        let x = to_guest(x)?;
         self.with_guest(handle, |s, g| {
             let z = s.timed(|| g.forward(&x))?;
             let out = s.timed(|| g.loss(&z, labels))?;
             let dx = s.timed(|| g.backward(&out.grad))?;
             s.timed(|| g.step())?;
-            Ok((out.loss, dx.map(from_guest)))
+            Ok((out.loss, dx.map(from_guest).transpose()?))
         })
     }
 
     /// Test-phase forward.
     pub fn infer(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
-        let x = to_guest(x);
-        self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).map(from_guest))
+        let x = to_guest(x)?;
+        self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).and_then(from_guest))
     }
 
     fn export(&self, handle: &[u8; 32], part: u32) -> Result<FromHop, String> {
@@ -288,14 +287,11 @@ impl Jobs {
         };
         if part == 0 || export.is_none() {
             let params = self.timed(|| guest.export_params())?;
-            let list: Vec<ParamTensor> = params
+            let list = params
                 .into_iter()
-                .map(|p| ParamTensor {
-                    name: p.name,
-                    shape: p.shape,
-                    data: p.data,
-                })
-                .collect();
+                .map(ParamTensor::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             let bytes = mixnn_protocol::cbor::encode("parameters", &list, usize::MAX)
                 .map_err(|e| e.to_string())?;
             *export = Some(bytes);
@@ -315,41 +311,12 @@ impl Jobs {
     }
 }
 
-fn to_guest(t: WireTensor) -> Tensor {
-    Tensor {
-        shape: t.shape.clone(),
-        data: t.into_f32(),
-    }
+fn to_guest(t: WireTensor) -> Result<Tensor, String> {
+    Tensor::try_from(t).map_err(|e| e.to_string())
 }
 
 /// A dummy hop right after the designer passes image input on: keep it
 /// in bytes, so its packets stay in the job's class.
-fn from_guest(t: Tensor) -> WireTensor {
-    WireTensor::compact(t.shape, t.data)
-}
-
-fn to_guest_config(s: &LayerSpec) -> Result<mixnn_sandbox::TrainConfig, String> {
-    use mixnn_sandbox::{LossKind, OptimizerKind};
-    Ok(mixnn_sandbox::TrainConfig {
-        optimizer: match s.optimizer.as_str() {
-            "sgd" => OptimizerKind::Sgd,
-            "adam" => OptimizerKind::Adam,
-            other => return Err(format!("unknown optimizer {other:?}")),
-        },
-        learning_rate: s.learning_rate,
-        momentum: s.momentum,
-        weight_decay: s.weight_decay,
-        beta1: s.beta1,
-        beta2: s.beta2,
-        epsilon: s.epsilon,
-        seed: s.seed,
-        loss: match s.loss.as_str() {
-            "none" => LossKind::None,
-            "nll" => LossKind::Nll,
-            "softmax-ce" => LossKind::SoftmaxCrossEntropy,
-            other => return Err(format!("unknown loss {other:?}")),
-        },
-        need_input_grad: s.need_input_grad,
-        host_kernels: s.host_kernels,
-    })
+fn from_guest(t: Tensor) -> Result<WireTensor, String> {
+    WireTensor::try_from(t).map_err(|e| e.to_string())
 }
