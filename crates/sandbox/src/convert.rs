@@ -41,11 +41,11 @@ impl From<&TrainConfig> for wit::TrainConfig {
             learning_rate: c.learning_rate,
             momentum: c.momentum,
             weight_decay: c.weight_decay,
+            loss: c.loss.into(),
             beta1: c.beta1,
             beta2: c.beta2,
             epsilon: c.epsilon,
             seed: c.seed,
-            loss: c.loss.into(),
             need_input_grad: c.need_input_grad,
             host_kernels: c.host_kernels,
         }

@@ -11,37 +11,24 @@ use crate::bindings::mixnn::layer::types as wit;
 /// the record's `host_kernels` tells the host, not the layer, where they
 /// run, so the layer always routes them.
 pub fn config(c: wit::TrainConfig) -> TrainConfig {
-    let wit::TrainConfig {
-        optimizer,
-        learning_rate,
-        momentum,
-        weight_decay,
-        beta1,
-        beta2,
-        epsilon,
-        seed,
-        loss,
-        need_input_grad,
-        host_kernels: _,
-    } = c;
     TrainConfig {
-        optimizer: match optimizer {
+        learning_rate: c.learning_rate,
+        momentum: c.momentum,
+        weight_decay: c.weight_decay,
+        optimizer: match c.optimizer {
             wit::OptimizerKind::Sgd => OptimizerKind::Sgd,
             wit::OptimizerKind::Adam => OptimizerKind::Adam,
         },
-        loss: match loss {
+        beta1: c.beta1,
+        beta2: c.beta2,
+        epsilon: c.epsilon,
+        loss: match c.loss {
             wit::LossKind::None => LossKind::None,
             wit::LossKind::Nll => LossKind::Nll,
             wit::LossKind::SoftmaxCrossEntropy => LossKind::SoftmaxCrossEntropy,
         },
-        learning_rate,
-        momentum,
-        weight_decay,
-        beta1,
-        beta2,
-        epsilon,
-        seed,
-        need_input_grad,
+        seed: c.seed,
+        need_input_grad: c.need_input_grad,
         host_kernels: true,
     }
 }
