@@ -238,7 +238,9 @@ impl Jobs {
     /// Training forward (saves what backward needs).
     pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, String> {
         let x = to_guest(x)?;
-        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).and_then(from_guest))
+        self.with_guest(handle, |s, g| {
+            s.timed(|| g.forward(&x)).and_then(from_guest)
+        })
     }
 
     /// Backward and optimizer step; the input gradient if the layer has one.

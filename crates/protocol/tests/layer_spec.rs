@@ -26,7 +26,10 @@ fn a_spec_round_trips_with_its_names_as_strings() {
     };
     let bytes = encode_msg("init", &msg).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("adam") && text.contains("softmax-ce"), "{text}");
+    assert!(
+        text.contains("adam") && text.contains("softmax-ce"),
+        "{text}"
+    );
     let back: ToHop = decode_msg("init", &bytes).unwrap();
     assert_eq!(back, msg);
     for (o, l) in [
@@ -65,7 +68,11 @@ fn tensors_convert_both_ways_and_stay_compact() {
     };
     assert!(matches!(
         Tensor::try_from(bad),
-        Err(TensorError::Length { want: 3, got: 1, .. })
+        Err(TensorError::Length {
+            want: 3,
+            got: 1,
+            ..
+        })
     ));
 }
 

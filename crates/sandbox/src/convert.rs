@@ -9,8 +9,7 @@
 //! handing the caller a malformed tensor.
 
 use mixnn_types::{
-    LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TensorError, TrainConfig,
-    dims_to_u32,
+    LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TensorError, TrainConfig, dims_to_u32,
 };
 
 use crate::bindings::mixnn::layer::types as wit;

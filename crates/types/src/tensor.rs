@@ -99,7 +99,9 @@ mod tests {
     fn new_checks_the_length_and_the_limit() {
         assert!(Tensor::new(vec![2, 3], vec![0.0; 6]).is_ok());
         assert_eq!(
-            Tensor::new(vec![2, 3], vec![0.0; 5]).unwrap_err().to_string(),
+            Tensor::new(vec![2, 3], vec![0.0; 5])
+                .unwrap_err()
+                .to_string(),
             "shape [2, 3] needs 6 values, got 5"
         );
         assert!(matches!(

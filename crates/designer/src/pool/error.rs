@@ -1,9 +1,9 @@
 //! What can go wrong running a job on the pool, as the designer sees it.
 
+use mixnn_layer::TensorError;
 use mixnn_protocol::cbor::CborError;
 use mixnn_protocol::job::FromHop;
 use mixnn_sphinx::SphinxError;
-use mixnn_layer::TensorError;
 
 /// A failure of the pool cascade (deployment, a phase, an answer).
 #[derive(Debug, thiserror::Error)]

@@ -87,8 +87,8 @@ impl PoolCascade {
                 other => return Err(unexpected(t, other)),
             }
         }
-        let list: Vec<ParamTensor> =
-            mixnn_protocol::cbor::decode("parameters", &bytes, usize::MAX).map_err(PoolError::from)?;
+        let list: Vec<ParamTensor> = mixnn_protocol::cbor::decode("parameters", &bytes, usize::MAX)
+            .map_err(PoolError::from)?;
         list.into_iter()
             .map(|p| {
                 NamedTensor::try_from(p).map_err(|source| {

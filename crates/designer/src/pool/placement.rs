@@ -102,14 +102,14 @@ fn place_dummies(layout: &Layout, opts: &PoolOptions, rng: &mut ChaCha20Rng) -> 
 /// The hop a directory entry serves as `role`.
 fn hop(d: &NodeDescriptor, role: Role, rng: &mut ChaCha20Rng) -> Result<Hop, PoolError> {
     let peer_name = || d.peer_id.to_string();
-    let mix_key = MixPublicKey::from_bytes(d.mix_key.public).map_err(|source| {
-        PoolError::MixKey {
+    let mix_key =
+        MixPublicKey::from_bytes(d.mix_key.public).map_err(|source| PoolError::MixKey {
             peer: peer_name(),
             source,
-        }
-    })?;
-    let epoch = u32::try_from(d.mix_key.epoch).map_err(|_| PoolError::Epoch { peer: peer_name() })?;
-    let peer = d.peer_id.parse().map_err(|source| PoolError::PeerId {
+        })?;
+    let epoch =
+        u32::try_from(d.mix_key.epoch).map_err(|_| PoolError::Epoch { peer: peer_name() })?;
+    let peer: libp2p::PeerId = d.peer_id.parse().map_err(|source| PoolError::PeerId {
         peer: peer_name(),
         source,
     })?;
