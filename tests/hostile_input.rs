@@ -9,7 +9,7 @@ use mixnn_sandbox::{
 use prost::Message;
 
 fn config() -> TrainConfig {
-    mixnn_designer::to_wit_config(&mixnn_layer::TrainConfig::default())
+    TrainConfig::default()
 }
 
 fn sandbox() -> Sandbox {

@@ -1,6 +1,6 @@
 //! The two local engines behind one trait: native tract and the wasm guest.
 
-use mixnn_layer::{Layer, LossKind, NamedTensor, OptimizerKind, Tensor, TrainConfig};
+use mixnn_layer::{Layer, LossKind, NamedTensor, Tensor, TrainConfig};
 use mixnn_sandbox::{GuestLayer, Sandbox};
 
 use crate::DesignerError;
@@ -49,6 +49,23 @@ pub fn layer_config(base: &TrainConfig, index: usize, count: usize, loss: LossKi
     }
 }
 
+/// Loads shard `index` on `engine` (the wasm engine needs a sandbox).
+pub fn load_layer(
+    engine: EngineKind,
+    index: usize,
+    shard: &[u8],
+    cfg: TrainConfig,
+    sandbox: Option<&Sandbox>,
+) -> Result<Box<dyn LayerBackend>, DesignerError> {
+    Ok(match engine {
+        EngineKind::Native => Box::new(NativeLayer::load(index, shard, cfg)?),
+        EngineKind::Wasm => {
+            let sb = sandbox.ok_or(DesignerError::NoSandbox)?;
+            Box::new(WasmLayer::load(index, sb, shard, &cfg)?)
+        }
+    })
+}
+
 pub struct NativeLayer {
     index: usize,
     layer: Layer,
@@ -62,52 +79,32 @@ impl NativeLayer {
     }
 }
 
+impl NativeLayer {
+    fn err(&self) -> impl Fn(mixnn_layer::LayerError) -> DesignerError + use<> {
+        let index = self.index;
+        move |source| DesignerError::Layer { index, source }
+    }
+}
+
 impl LayerBackend for NativeLayer {
     fn forward(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
-        self.layer
-            .forward(x)
-            .map_err(|source| DesignerError::Layer {
-                index: self.index,
-                source,
-            })
+        self.layer.forward(x).map_err(self.err())
     }
     fn loss(&mut self, z: &Tensor, labels: &[i64]) -> Result<(f32, Tensor), DesignerError> {
-        let out = self
-            .layer
-            .loss(z, labels)
-            .map_err(|source| DesignerError::Layer {
-                index: self.index,
-                source,
-            })?;
+        let out = self.layer.loss(z, labels).map_err(self.err())?;
         Ok((out.loss, out.grad))
     }
     fn backward(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError> {
-        self.layer
-            .backward(dz)
-            .map_err(|source| DesignerError::Layer {
-                index: self.index,
-                source,
-            })
+        self.layer.backward(dz).map_err(self.err())
     }
     fn step(&mut self) -> Result<(), DesignerError> {
-        self.layer.step().map_err(|source| DesignerError::Layer {
-            index: self.index,
-            source,
-        })
+        self.layer.step().map_err(self.err())
     }
     fn infer(&mut self, x: &Tensor) -> Result<Tensor, DesignerError> {
-        self.layer.infer(x).map_err(|source| DesignerError::Layer {
-            index: self.index,
-            source,
-        })
+        self.layer.infer(x).map_err(self.err())
     }
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError> {
-        self.layer
-            .export_params()
-            .map_err(|source| DesignerError::Layer {
-                index: self.index,
-                source,
-            })
+        self.layer.export_params().map_err(self.err())
     }
 }
 
@@ -131,7 +128,7 @@ impl WasmLayer {
                     .map_err(err)?,
             )
             .map_err(err)?;
-        guest.load(shard, &to_wit_config(cfg)).map_err(err)?;
+        guest.load(shard, cfg).map_err(err)?;
         Ok(WasmLayer { index, guest })
     }
 
@@ -143,88 +140,22 @@ impl WasmLayer {
 
 impl LayerBackend for WasmLayer {
     fn forward(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
-        let e = self.err();
-        from_wit(self.guest.forward(&to_wit(x)?).map_err(&e)?)
+        self.guest.forward(&x).map_err(self.err())
     }
     fn loss(&mut self, z: &Tensor, labels: &[i64]) -> Result<(f32, Tensor), DesignerError> {
-        let e = self.err();
-        let out = self.guest.loss(&to_wit(z.clone())?, labels).map_err(&e)?;
-        Ok((out.loss, from_wit(out.grad)?))
+        let out = self.guest.loss(z, labels).map_err(self.err())?;
+        Ok((out.loss, out.grad))
     }
     fn backward(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError> {
-        let e = self.err();
-        self.guest
-            .backward(&to_wit(dz)?)
-            .map_err(&e)?
-            .map(from_wit)
-            .transpose()
+        self.guest.backward(&dz).map_err(self.err())
     }
     fn step(&mut self) -> Result<(), DesignerError> {
-        let e = self.err();
-        self.guest.step().map_err(e)
+        self.guest.step().map_err(self.err())
     }
     fn infer(&mut self, x: &Tensor) -> Result<Tensor, DesignerError> {
-        let e = self.err();
-        from_wit(self.guest.infer(&to_wit(x.clone())?).map_err(&e)?)
+        self.guest.infer(x).map_err(self.err())
     }
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError> {
-        let e = self.err();
-        self.guest
-            .export_params()
-            .map_err(&e)?
-            .into_iter()
-            .map(|p| {
-                let tensor = from_wit(mixnn_sandbox::Tensor {
-                    shape: p.shape,
-                    data: p.data,
-                })?;
-                Ok(NamedTensor {
-                    name: p.name,
-                    tensor,
-                })
-            })
-            .collect()
+        self.guest.export_params().map_err(self.err())
     }
-}
-
-pub fn to_wit_config(c: &TrainConfig) -> mixnn_sandbox::TrainConfig {
-    mixnn_sandbox::TrainConfig {
-        optimizer: match c.optimizer {
-            OptimizerKind::Sgd => mixnn_sandbox::OptimizerKind::Sgd,
-            OptimizerKind::Adam => mixnn_sandbox::OptimizerKind::Adam,
-        },
-        learning_rate: c.learning_rate,
-        momentum: c.momentum,
-        weight_decay: c.weight_decay,
-        beta1: c.beta1,
-        beta2: c.beta2,
-        epsilon: c.epsilon,
-        seed: c.seed,
-        loss: match c.loss {
-            LossKind::None => mixnn_sandbox::LossKind::None,
-            LossKind::Nll => mixnn_sandbox::LossKind::Nll,
-            LossKind::SoftmaxCrossEntropy => mixnn_sandbox::LossKind::SoftmaxCrossEntropy,
-        },
-        need_input_grad: c.need_input_grad,
-        host_kernels: c.host_kernels,
-    }
-}
-
-pub fn to_wit(t: Tensor) -> Result<mixnn_sandbox::Tensor, DesignerError> {
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| {
-            u32::try_from(d).map_err(|_| DesignerError::Invalid(format!("dimension {d} too large")))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(mixnn_sandbox::Tensor {
-        shape,
-        data: t.data,
-    })
-}
-
-pub fn from_wit(t: mixnn_sandbox::Tensor) -> Result<Tensor, DesignerError> {
-    Tensor::new(t.shape.into_iter().map(|d| d as usize).collect(), t.data)
-        .map_err(|e| DesignerError::Invalid(format!("guest returned a malformed tensor: {e}")))
 }

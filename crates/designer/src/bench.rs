@@ -148,39 +148,47 @@ fn kind_of(op: Option<&str>) -> &'static str {
     }
 }
 
+/// A benchmark that cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("bench needs at least one batch size, each at least 1")]
+    Batches,
+    #[error("bench needs at least one mode")]
+    Modes,
+    #[error("host mode asked for, but this sandbox lends no host kernels (--guest-kernels wasm)")]
+    NoHostKernels,
+    #[error("bench needs at least one iteration")]
+    Iterations,
+    #[error("shard {shard} does not exist (the model has {shards} shards)")]
+    NoSuchShard { shard: usize, shards: usize },
+}
+
+fn check_options(opts: &BenchOptions, sandbox: &Sandbox, shards: usize) -> Result<(), BenchError> {
+    if opts.batches.is_empty() || opts.batches.contains(&0) {
+        return Err(BenchError::Batches);
+    }
+    if opts.modes.is_empty() {
+        return Err(BenchError::Modes);
+    }
+    if opts.modes.contains(&GuestMode::Host) && sandbox.kernels() != GuestKernels::Host {
+        return Err(BenchError::NoHostKernels);
+    }
+    if opts.iterations == 0 {
+        return Err(BenchError::Iterations);
+    }
+    if let Some(&shard) = opts.only.iter().flatten().find(|&&i| i >= shards) {
+        return Err(BenchError::NoSuchShard { shard, shards });
+    }
+    Ok(())
+}
+
 pub fn bench_guest(
     shards: &[pb::ModelProto],
     opts: &BenchOptions,
     sandbox: &Sandbox,
     progress: &mut dyn FnMut(&ShardBench),
 ) -> Result<BenchReport, DesignerError> {
-    if opts.batches.is_empty() || opts.batches.contains(&0) {
-        return Err(DesignerError::Invalid(
-            "bench needs at least one batch size, each at least 1".into(),
-        ));
-    }
-    if opts.modes.is_empty() {
-        return Err(DesignerError::Invalid(
-            "bench needs at least one mode".into(),
-        ));
-    }
-    if opts.modes.contains(&GuestMode::Host) && sandbox.kernels() != GuestKernels::Host {
-        return Err(DesignerError::Invalid(
-            "host mode asked for, but this sandbox lends no host kernels (--guest-kernels wasm)"
-                .into(),
-        ));
-    }
-    if opts.iterations == 0 {
-        return Err(DesignerError::Invalid(
-            "bench needs at least one iteration".into(),
-        ));
-    }
-    if let Some(bad) = opts.only.iter().flatten().find(|&&i| i >= shards.len()) {
-        return Err(DesignerError::Invalid(format!(
-            "shard {bad} does not exist (the model has {} shards)",
-            shards.len()
-        )));
-    }
+    check_options(opts, sandbox, shards.len())?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let base = TrainConfig {
         seed: opts.seed,

@@ -6,7 +6,7 @@ use mixnn_layer::{LossKind, NamedTensor, Tensor, TrainConfig};
 use mixnn_sandbox::Sandbox;
 
 use crate::DesignerError;
-use crate::backend::{EngineKind, LayerBackend, NativeLayer, WasmLayer, layer_config};
+use crate::backend::{EngineKind, LayerBackend, layer_config, load_layer};
 
 pub struct Cascade {
     layers: Vec<Box<dyn LayerBackend>>,
@@ -35,23 +35,13 @@ impl Cascade {
         base: &TrainConfig,
         sandbox: Option<&Sandbox>,
     ) -> Result<Self, DesignerError> {
-        let last = shards
-            .last()
-            .ok_or_else(|| DesignerError::Invalid("no shards to load".into()))?;
+        let last = shards.last().ok_or(DesignerError::NoShards)?;
         let loss = loss_for(last);
         let mut layers: Vec<Box<dyn LayerBackend>> = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
             let bytes = mixnn_shard::encode(shard);
             let cfg = layer_config(base, i, shards.len(), loss);
-            layers.push(match engine {
-                EngineKind::Native => Box::new(NativeLayer::load(i, &bytes, cfg)?),
-                EngineKind::Wasm => {
-                    let sb = sandbox.ok_or_else(|| {
-                        DesignerError::Invalid("the wasm engine needs a sandbox".into())
-                    })?;
-                    Box::new(WasmLayer::load(i, sb, &bytes, &cfg)?)
-                }
-            });
+            layers.push(load_layer(engine, i, &bytes, cfg, sandbox)?);
         }
         Ok(Cascade { layers })
     }
@@ -81,11 +71,7 @@ impl Model for Cascade {
             match dx {
                 Some(dx) => grad = dx,
                 None if i == 0 => break,
-                None => {
-                    return Err(DesignerError::Invalid(format!(
-                        "layer {i} returned no input gradient"
-                    )));
-                }
+                None => return Err(DesignerError::NoInputGradient(i)),
             }
         }
         Ok(loss)
@@ -121,11 +107,10 @@ pub trait Model {
     fn export_model(&mut self, shards: &[pb::ModelProto]) -> Result<pb::ModelProto, DesignerError> {
         let params = self.export_params()?;
         if params.len() != shards.len() {
-            return Err(DesignerError::Invalid(format!(
-                "{} shards for {} layers",
-                shards.len(),
-                params.len()
-            )));
+            return Err(DesignerError::ShardCount {
+                shards: shards.len(),
+                layers: params.len(),
+            });
         }
         let trained = shards
             .iter()

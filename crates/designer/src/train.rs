@@ -46,18 +46,17 @@ pub fn train_local(
 /// The shape of one sample as the first shard takes it, checked against
 /// the data's images.
 pub fn sample_shape(shards: &[pb::ModelProto], data: &Mnist) -> Result<Vec<usize>, DesignerError> {
-    let first = shards
-        .first()
-        .ok_or_else(|| DesignerError::Invalid("no shards".into()))?;
+    let first = shards.first().ok_or(DesignerError::NoShards)?;
     let sample: Vec<usize> = mixnn_layer::declared_input_shape(first)
         .map_err(|source| DesignerError::Layer { index: 0, source })?[1..]
         .to_vec();
     let t = &data.train;
     if sample.iter().product::<usize>() != t.rows * t.cols {
-        return Err(DesignerError::Data(format!(
-            "the model takes samples of shape {sample:?}, the data has {}x{} images",
-            t.rows, t.cols
-        )));
+        return Err(DesignerError::SampleShape {
+            sample,
+            rows: t.rows,
+            cols: t.cols,
+        });
     }
     Ok(sample)
 }
@@ -73,9 +72,7 @@ pub fn train_model(
     progress: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainReport, DesignerError> {
     if opts.batch == 0 || opts.eval_batch == 0 {
-        return Err(DesignerError::Invalid(
-            "batch sizes must be positive".into(),
-        ));
+        return Err(DesignerError::ZeroBatch);
     }
     let train = limit(&data.train, opts.train_limit);
     let test = limit(&data.test, opts.test_limit);
@@ -113,7 +110,7 @@ pub fn train_model(
         engine: opts.engine.to_string(),
         model: opts.model_name.clone(),
         shards: shard_count,
-        optimizer: format!("{:?}", opts.config.optimizer).to_lowercase(),
+        optimizer: opts.config.optimizer.as_str().into(),
         learning_rate: opts.config.learning_rate,
         momentum: opts.config.momentum,
         batch: opts.batch,
@@ -144,7 +141,7 @@ fn batch_tensor(
     let (x, labels) = d.batch(idx);
     let mut shape = vec![idx.len()];
     shape.extend_from_slice(sample);
-    let x = Tensor::new(shape, x).map_err(|e| DesignerError::Data(e.to_string()))?;
+    let x = Tensor::new(shape, x).map_err(DesignerError::Batch)?;
     Ok((x, labels))
 }
 
@@ -162,10 +159,7 @@ pub fn evaluate(
         let out = cascade.infer(x)?;
         let classes = out.shape.get(1).copied().unwrap_or(0);
         if classes == 0 || out.data.len() != idx.len() * classes {
-            return Err(DesignerError::Invalid(format!(
-                "model output of shape {:?} is not [batch, classes]",
-                out.shape
-            )));
+            return Err(DesignerError::OutputShape(out.shape));
         }
         for (row, &label) in out.data.chunks(classes).zip(&labels) {
             if argmax(row) == label as usize {

@@ -11,7 +11,9 @@ use tract_onnx::prelude::{DatumType, TValue, TVec};
 
 use crate::optimizer::{self, ParamState};
 use crate::plans::{Feed, Plan, f32_slice, shared, to_tensor, value};
-use crate::{LayerError, LossKind, NamedTensor, Tensor, TrainConfig, element_count, rng};
+use crate::{
+    LayerError, LossKind, LossOutput, NamedTensor, Tensor, TrainConfig, element_count, rng,
+};
 
 /// Largest batch a layer accepts; larger batches are a caller bug or an attack.
 pub const MAX_BATCH: usize = 1 << 16;
@@ -25,12 +27,6 @@ pub struct LayerInfo {
     pub input_shape: Vec<usize>,
     /// Output shape for the declared batch size.
     pub output_shape: Vec<usize>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LossOutput {
-    pub loss: f32,
-    pub grad: Tensor,
 }
 
 struct Param {

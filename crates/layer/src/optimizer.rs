@@ -2,7 +2,7 @@
 //! wasm) performs exactly the same arithmetic in the same order: the update is
 //! part of what must be bit-identical between replicas.
 
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::{OptimizerKind, TrainConfig};
 
 /// Per-parameter optimizer state; lives with the layer (SPEC §2).
 #[derive(Clone, Debug)]

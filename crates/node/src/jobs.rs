@@ -48,9 +48,9 @@ pub enum JobError {
     ShardTooLarge(u64),
     #[error("shard is {got} bytes, the spec says {want}")]
     ShardLength { got: usize, want: u64 },
-    /// The layer spec names settings this node does not know.
-    #[error("{0}")]
-    Config(String),
+    /// A tensor that does not fit its shape, or is too large.
+    #[error("tensor: {0}")]
+    Tensor(#[from] mixnn_types::TensorError),
     #[error("labels come with a turn, not alone")]
     LabelsAlone,
     #[error("the turning layer got no labels")]
@@ -77,9 +77,12 @@ impl JobError {
             | JobError::ChunkCountChanged
             | JobError::NoSpec
             | JobError::ShardLength { .. }
-            | JobError::Config(_) => FailureKind::BadInit,
+            => FailureKind::BadInit,
             JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) => FailureKind::Capacity,
-            JobError::LabelsAlone | JobError::NoLabels | JobError::ExportPart { .. } => {
+            JobError::LabelsAlone
+            | JobError::NoLabels
+            | JobError::ExportPart { .. }
+            | JobError::Tensor(_) => {
                 FailureKind::BadRequest
             }
             JobError::Encode(_) => FailureKind::Encoding,
@@ -271,8 +274,7 @@ impl Jobs {
         };
         let compiled = self.sandbox.guest(kind)?;
         let mut guest = self.sandbox.instantiate(compiled)?;
-        let cfg = to_guest_config(spec).map_err(JobError::Config)?;
-        let info = self.timed(|| guest.load(bytes, &cfg))?;
+        let info = self.timed(|| guest.load(bytes, &spec.train))?;
         Ok((guest, info.param_count))
     }
 
@@ -306,8 +308,8 @@ impl Jobs {
 
     /// Training forward (saves what backward needs).
     pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, JobError> {
-        let x = to_guest(x);
-        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).map(from_guest))
+        let x = to_guest(x)?;
+        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).and_then(from_guest))
     }
 
     /// Backward and optimizer step; the input gradient if the layer has one.
@@ -316,11 +318,11 @@ impl Jobs {
         handle: &[u8; 32],
         dz: WireTensor,
     ) -> Result<Option<WireTensor>, JobError> {
-        let dz = to_guest(dz);
+        let dz = to_guest(dz)?;
         self.with_guest(handle, |s, g| {
             let dx = s.timed(|| g.backward(&dz))?;
             s.timed(|| g.step())?;
-            Ok(dx.map(from_guest))
+            dx.map(from_guest).transpose()
         })
     }
 
@@ -331,20 +333,20 @@ impl Jobs {
         x: WireTensor,
         labels: &[i64],
     ) -> Result<(f32, Option<WireTensor>), JobError> {
-        let x = to_guest(x);
+        let x = to_guest(x)?;
         self.with_guest(handle, |s, g| {
             let z = s.timed(|| g.forward(&x))?;
             let out = s.timed(|| g.loss(&z, labels))?;
             let dx = s.timed(|| g.backward(&out.grad))?;
             s.timed(|| g.step())?;
-            Ok((out.loss, dx.map(from_guest)))
+            Ok((out.loss, dx.map(from_guest).transpose()?))
         })
     }
 
     /// Test-phase forward.
     pub fn infer(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, JobError> {
-        let x = to_guest(x);
-        self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).map(from_guest))
+        let x = to_guest(x)?;
+        self.with_guest(handle, |s, g| s.timed(|| g.infer(&x)).and_then(from_guest))
     }
 
     fn export(&self, handle: &[u8; 32], part: u32) -> Result<FromHop, JobError> {
@@ -356,14 +358,10 @@ impl Jobs {
         };
         if part == 0 || export.is_none() {
             let params = self.timed(|| guest.export_params())?;
-            let list: Vec<ParamTensor> = params
+            let list = params
                 .into_iter()
-                .map(|p| ParamTensor {
-                    name: p.name,
-                    shape: p.shape,
-                    data: p.data,
-                })
-                .collect();
+                .map(ParamTensor::try_from)
+                .collect::<Result<Vec<_>, _>>()?;
             *export = Some(mixnn_protocol::cbor::encode(
                 "parameters",
                 &list,
@@ -385,41 +383,12 @@ impl Jobs {
     }
 }
 
-fn to_guest(t: WireTensor) -> Tensor {
-    Tensor {
-        shape: t.shape.clone(),
-        data: t.into_f32(),
-    }
+fn to_guest(t: WireTensor) -> Result<Tensor, JobError> {
+    Ok(Tensor::try_from(t)?)
 }
 
 /// A dummy hop right after the designer passes image input on: keep it
 /// in bytes, so its packets stay in the job's class.
-fn from_guest(t: Tensor) -> WireTensor {
-    WireTensor::compact(t.shape, t.data)
-}
-
-fn to_guest_config(s: &LayerSpec) -> Result<mixnn_sandbox::TrainConfig, String> {
-    use mixnn_sandbox::{LossKind, OptimizerKind};
-    Ok(mixnn_sandbox::TrainConfig {
-        optimizer: match s.optimizer.as_str() {
-            "sgd" => OptimizerKind::Sgd,
-            "adam" => OptimizerKind::Adam,
-            other => return Err(format!("unknown optimizer {other:?}")),
-        },
-        learning_rate: s.learning_rate,
-        momentum: s.momentum,
-        weight_decay: s.weight_decay,
-        beta1: s.beta1,
-        beta2: s.beta2,
-        epsilon: s.epsilon,
-        seed: s.seed,
-        loss: match s.loss.as_str() {
-            "none" => LossKind::None,
-            "nll" => LossKind::Nll,
-            "softmax-ce" => LossKind::SoftmaxCrossEntropy,
-            other => return Err(format!("unknown loss {other:?}")),
-        },
-        need_input_grad: s.need_input_grad,
-        host_kernels: s.host_kernels,
-    })
+fn from_guest(t: Tensor) -> Result<WireTensor, JobError> {
+    Ok(WireTensor::try_from(t)?)
 }

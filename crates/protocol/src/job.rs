@@ -11,6 +11,7 @@
 //! through the hops before it, and how the loss and exported weights travel
 //! back to the designer past the hops after it.
 
+use mixnn_types::{NamedTensor, Tensor, TensorError, TrainConfig, dims_to_u32};
 use serde::{Deserialize, Serialize};
 
 use crate::cbor::{self, CborError};
@@ -94,6 +95,25 @@ impl WireTensor {
             TensorData::F32(v) => v.len(),
             TensorData::Unit8(b) => b.len(),
         }
+    }
+}
+
+/// A layer's tensor as it travels: compact ([`WireTensor::compact`]), so an
+/// image input stays in bytes. Fails on a dimension a `u32` cannot hold.
+impl TryFrom<Tensor> for WireTensor {
+    type Error = TensorError;
+    fn try_from(t: Tensor) -> Result<WireTensor, TensorError> {
+        Ok(WireTensor::compact(dims_to_u32(&t.shape)?, t.data))
+    }
+}
+
+/// A wire tensor as a layer takes it: the values as f32, the shape checked
+/// against them and against [`mixnn_types::MAX_ELEMENTS`].
+impl TryFrom<WireTensor> for Tensor {
+    type Error = TensorError;
+    fn try_from(mut t: WireTensor) -> Result<Tensor, TensorError> {
+        let shape = std::mem::take(&mut t.shape);
+        Tensor::from_u32_dims(&shape, t.into_f32())
     }
 }
 
@@ -297,27 +317,17 @@ pub enum LayerKind {
     Relay(String),
 }
 
-/// Training settings of a layer, as the designer sets them (the guest's
-/// `train-config`, in the protocol's own type).
+/// What a hop is asked to serve: the guest, how the layer trains (the same
+/// [`TrainConfig`] the designer's local layers and the guest use, so no
+/// boundary converts it field by field) and the shard's size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
     pub kind: LayerKind,
-    /// `sgd` or `adam`.
-    pub optimizer: String,
-    pub learning_rate: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub epsilon: f32,
-    pub seed: u64,
-    /// `none`, `nll` or `softmax-ce`.
-    pub loss: String,
-    pub need_input_grad: bool,
-    /// Host-kernel mode wanted (products on the node's native kernels);
-    /// false demands pure wasm. A node whose operator turned host kernels
-    /// off runs pure wasm either way.
-    pub host_kernels: bool,
+    /// The layer's training settings. `host_kernels` asks for host-kernel
+    /// mode (products on the node's native kernels); false demands pure
+    /// wasm. A node whose operator turned host kernels off runs pure wasm
+    /// either way.
+    pub train: TrainConfig,
     /// Total bytes of the shard that the init chunks carry.
     pub shard_len: u64,
 }
@@ -433,6 +443,31 @@ pub struct ParamTensor {
     pub name: String,
     pub shape: Vec<u32>,
     pub data: Vec<f32>,
+}
+
+/// A layer's parameter for an export part. Fails on a dimension a `u32`
+/// cannot hold.
+impl TryFrom<NamedTensor> for ParamTensor {
+    type Error = TensorError;
+    fn try_from(p: NamedTensor) -> Result<ParamTensor, TensorError> {
+        Ok(ParamTensor {
+            name: p.name,
+            shape: dims_to_u32(&p.tensor.shape)?,
+            data: p.tensor.data,
+        })
+    }
+}
+
+/// An exported parameter as a layer takes it, its shape checked against
+/// its values.
+impl TryFrom<ParamTensor> for NamedTensor {
+    type Error = TensorError;
+    fn try_from(p: ParamTensor) -> Result<NamedTensor, TensorError> {
+        Ok(NamedTensor {
+            name: p.name,
+            tensor: Tensor::from_u32_dims(&p.shape, p.data)?,
+        })
+    }
 }
 
 /// Encodes an end-to-end message body.

@@ -7,12 +7,12 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use mixnn_types::{LossOutput, NamedTensor, Tensor, TensorError, TrainConfig};
+
 use crate::bindings::Layer;
+use crate::bindings::mixnn::layer::types as wit;
 use crate::wasm_kernel::{KernelInstance, KernelModule};
-use crate::{
-    CompiledGuest, LayerInfo, Limits, LossOutput, NamedTensor, SandboxError, Tensor, TrainConfig,
-    ticks, wasi,
-};
+use crate::{CompiledGuest, LayerInfo, Limits, SandboxError, convert, ticks, wasi};
 
 pub(crate) struct GuestState {
     wasi: WasiCtx,
@@ -236,44 +236,87 @@ impl GuestLayer {
         }
     }
 
+    /// Loads a shard (the relay guest: an op name) with `config`.
     pub fn load(&mut self, shard: &[u8], config: &TrainConfig) -> Result<LayerInfo, SandboxError> {
         // A job may ask for host kernels; the operator may refuse them all.
         // The guest routes its products to the `kernels` import either way;
         // this decides whether they run natively or in the wasm kernel.
         let state = self.store.data_mut();
         state.native = config.host_kernels && state.lend_native;
-        let config = TrainConfig {
+        let config = wit::TrainConfig {
             host_kernels: state.native,
-            ..*config
+            ..wit::TrainConfig::from(config)
         };
         self.call("load", |b, s| b.call_load(s, shard, config))
     }
 
+    /// Training forward pass (remembers the input for `backward`).
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor, SandboxError> {
-        self.call("forward", |b, s| b.call_forward(s, input))
+        const CALL: &str = "forward";
+        let x = convert::tensor_in(input).map_err(bad_input(CALL))?;
+        let y = self.call(CALL, |b, s| b.call_forward(s, &x))?;
+        convert::tensor_out(y).map_err(bad_output(CALL))
     }
 
+    /// Loss and its gradient on the last layer.
     pub fn loss(&mut self, output: &Tensor, labels: &[i64]) -> Result<LossOutput, SandboxError> {
-        self.call("loss", |b, s| b.call_loss(s, output, labels))
+        const CALL: &str = "loss";
+        let z = convert::tensor_in(output).map_err(bad_input(CALL))?;
+        let out = self.call(CALL, |b, s| b.call_loss(s, &z, labels))?;
+        convert::loss_out(out).map_err(bad_output(CALL))
     }
 
+    /// Backward pass for the last `forward`: the input gradient, if the
+    /// layer was loaded with `need_input_grad`.
     pub fn backward(&mut self, grad_output: &Tensor) -> Result<Option<Tensor>, SandboxError> {
-        self.call("backward", |b, s| b.call_backward(s, grad_output))
+        const CALL: &str = "backward";
+        let dz = convert::tensor_in(grad_output).map_err(bad_input(CALL))?;
+        let dx = self.call(CALL, |b, s| b.call_backward(s, &dz))?;
+        dx.map(convert::tensor_out)
+            .transpose()
+            .map_err(bad_output(CALL))
     }
 
+    /// Applies the optimizer to the stored gradients.
     pub fn step(&mut self) -> Result<(), SandboxError> {
         self.call("step", |b, s| b.call_step(s))
     }
 
+    /// Test-phase forward: no dropout, no state kept.
     pub fn infer(&mut self, input: &Tensor) -> Result<Tensor, SandboxError> {
-        self.call("infer", |b, s| b.call_infer(s, input))
+        const CALL: &str = "infer";
+        let x = convert::tensor_in(input).map_err(bad_input(CALL))?;
+        let y = self.call(CALL, |b, s| b.call_infer(s, &x))?;
+        convert::tensor_out(y).map_err(bad_output(CALL))
     }
 
+    /// The current parameters, in export order.
     pub fn export_params(&mut self) -> Result<Vec<NamedTensor>, SandboxError> {
-        self.call("export-params", |b, s| b.call_export_params(s))
+        const CALL: &str = "export-params";
+        let params = self.call(CALL, |b, s| b.call_export_params(s))?;
+        params
+            .into_iter()
+            .map(convert::named_out)
+            .collect::<Result<_, _>>()
+            .map_err(bad_output(CALL))
     }
 
+    /// Replaces the parameters (checkpoint restore).
     pub fn import_params(&mut self, params: &[NamedTensor]) -> Result<(), SandboxError> {
-        self.call("import-params", |b, s| b.call_import_params(s, params))
+        const CALL: &str = "import-params";
+        let params = params
+            .iter()
+            .map(convert::named_in)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad_input(CALL))?;
+        self.call(CALL, |b, s| b.call_import_params(s, &params))
     }
+}
+
+fn bad_input(call: &'static str) -> impl Fn(TensorError) -> SandboxError {
+    move |source| SandboxError::BadInput { call, source }
+}
+
+fn bad_output(call: &'static str) -> impl Fn(TensorError) -> SandboxError {
+    move |source| SandboxError::BadOutput { call, source }
 }

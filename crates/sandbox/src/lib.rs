@@ -1,7 +1,9 @@
 //! The wasmtime sandbox that runs layer guests.
 //!
-//! Used by the node (later) and by the designer's local runs, so it depends on
-//! neither. One [`Sandbox`] owns the shared [`wasmtime::Engine`] and the
+//! Used by the node and by the designer's local runs, so it depends on
+//! neither; its API speaks the shared tensor and training configuration of
+//! `mixnn-types` (a leaf crate), converted to the WIT records in `convert`
+//! only. One [`Sandbox`] owns the shared [`wasmtime::Engine`] and the
 //! compiled guests; each [`GuestLayer`] is one instance in its own `Store`
 //! with its own memory cap and a CPU deadline per call, so one misbehaving
 //! layer fails only its own calls.
@@ -14,6 +16,7 @@
 //! that is exact).
 
 mod cache;
+mod convert;
 mod guest;
 pub mod kernels;
 mod wasi;
@@ -29,12 +32,16 @@ use wasmtime::{Config, Engine};
 
 pub use guest::GuestLayer;
 
-/// Types of the `mixnn:layer` world, generated from `wit/layer.wit`.
-pub mod bindings {
+/// Types of the `mixnn:layer` world, generated from `wit/layer.wit`; only
+/// `convert` turns them into the shared types the API speaks.
+mod bindings {
     wasmtime::component::bindgen!({ world: "layer", path: "../../wit", additional_derives: [PartialEq] });
 }
-pub use bindings::mixnn::layer::types::{
-    LayerInfo, LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TrainConfig,
+pub use bindings::mixnn::layer::types::LayerInfo;
+/// The API's tensors and training configuration: the shared definitions
+/// (`mixnn-types`), the same the layer and the job protocol use.
+pub use mixnn_types::{
+    LossKind, LossOutput, NamedTensor, OptimizerKind, Tensor, TensorError, TrainConfig,
 };
 
 /// The guests built from `guest-layers/` by this crate's build script.
@@ -142,6 +149,16 @@ pub enum SandboxError {
     Guest { call: &'static str, message: String },
     #[error("guest call `{call}` refused: this instance trapped earlier and must be reloaded")]
     Poisoned { call: &'static str },
+    #[error("guest call `{call}`: cannot pass the tensor: {source}")]
+    BadInput {
+        call: &'static str,
+        source: TensorError,
+    },
+    #[error("guest call `{call}` returned a malformed tensor: {source}")]
+    BadOutput {
+        call: &'static str,
+        source: TensorError,
+    },
 }
 
 /// A compiled guest, ready to be instantiated many times.

@@ -1,14 +1,16 @@
 //! The standard layer guest: exports the `mixnn:layer` world over one
 //! [`mixnn_layer::Layer`]. All behaviour lives in `mixnn-layer` (shared with
-//! the native engine); this file only converts between WIT and Rust types.
+//! the native engine); this file only hands the calls over, and `convert`
+//! turns the WIT records into the shared types of `mixnn-types`.
 
 use std::cell::RefCell;
 
-use mixnn_layer::{Layer, LayerError, LossKind, OptimizerKind, Tensor, TrainConfig};
+use mixnn_layer::{Layer, LayerError};
 
 mod bindings {
     wit_bindgen::generate!({ world: "layer", path: "../../wit" });
 }
+mod convert;
 
 use bindings::Guest;
 use bindings::mixnn::layer::types;
@@ -24,49 +26,11 @@ fn err(e: LayerError) -> String {
     e.to_string()
 }
 
-fn from_wit(t: types::Tensor) -> Result<Tensor, String> {
-    Tensor::new(t.shape.into_iter().map(|d| d as usize).collect(), t.data).map_err(err)
-}
-
-fn to_wit(t: Tensor) -> Result<types::Tensor, String> {
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d} too large")))
-        .collect::<Result<_, _>>()?;
-    Ok(types::Tensor { shape, data: t.data })
-}
-
 fn with_layer<R>(f: impl FnOnce(&mut Layer) -> Result<R, String>) -> Result<R, String> {
     LAYER.with(|l| match l.borrow_mut().as_mut() {
         Some(layer) => f(layer),
         None => Err("no layer loaded: call load first".to_string()),
     })
-}
-
-fn config(c: types::TrainConfig) -> TrainConfig {
-    TrainConfig {
-        optimizer: match c.optimizer {
-            types::OptimizerKind::Sgd => OptimizerKind::Sgd,
-            types::OptimizerKind::Adam => OptimizerKind::Adam,
-        },
-        learning_rate: c.learning_rate,
-        momentum: c.momentum,
-        weight_decay: c.weight_decay,
-        beta1: c.beta1,
-        beta2: c.beta2,
-        epsilon: c.epsilon,
-        seed: c.seed,
-        loss: match c.loss {
-            types::LossKind::None => LossKind::None,
-            types::LossKind::Nll => LossKind::Nll,
-            types::LossKind::SoftmaxCrossEntropy => LossKind::SoftmaxCrossEntropy,
-        },
-        need_input_grad: c.need_input_grad,
-        // Products, convolutions and the slow row ops go through `kernels` in
-        // both modes; `c.host_kernels` tells the host, not us, where they run.
-        host_kernels: true,
-    }
 }
 
 /// The host's product kernel, as `mixnn-layer` calls it (in both modes: the
@@ -100,7 +64,7 @@ impl Guest for StandardGuest {
         // product kernel), so the layer hands it every product.
         let limit = bindings::mixnn::layer::kernels::matmul_limit();
         mixnn_layer::host_kernels::install_host_matmul(host_matmul, limit);
-        let (layer, info) = Layer::load(&shard, config(cfg)).map_err(err)?;
+        let (layer, info) = Layer::load(&shard, convert::config(cfg)).map_err(err)?;
         LAYER.with(|l| *l.borrow_mut() = Some(layer));
         Ok(types::LayerInfo {
             params: info.params,
@@ -110,21 +74,21 @@ impl Guest for StandardGuest {
     }
 
     fn forward(input: types::Tensor) -> Result<types::Tensor, String> {
-        let x = from_wit(input)?;
-        with_layer(|l| to_wit(l.forward(x).map_err(err)?))
+        let x = convert::tensor_in(input)?;
+        with_layer(|l| convert::tensor_out(l.forward(x).map_err(err)?))
     }
 
     fn loss(output: types::Tensor, labels: Vec<i64>) -> Result<types::LossOutput, String> {
-        let z = from_wit(output)?;
+        let z = convert::tensor_in(output)?;
         with_layer(|l| {
             let out = l.loss(&z, &labels).map_err(err)?;
-            Ok(types::LossOutput { loss: out.loss, grad: to_wit(out.grad)? })
+            Ok(types::LossOutput { loss: out.loss, grad: convert::tensor_out(out.grad)? })
         })
     }
 
     fn backward(grad_output: types::Tensor) -> Result<Option<types::Tensor>, String> {
-        let dz = from_wit(grad_output)?;
-        with_layer(|l| l.backward(dz).map_err(err)?.map(to_wit).transpose())
+        let dz = convert::tensor_in(grad_output)?;
+        with_layer(|l| l.backward(dz).map_err(err)?.map(convert::tensor_out).transpose())
     }
 
     fn step() -> Result<(), String> {
@@ -132,31 +96,16 @@ impl Guest for StandardGuest {
     }
 
     fn infer(input: types::Tensor) -> Result<types::Tensor, String> {
-        let x = from_wit(input)?;
-        with_layer(|l| to_wit(l.infer(&x).map_err(err)?))
+        let x = convert::tensor_in(input)?;
+        with_layer(|l| convert::tensor_out(l.infer(&x).map_err(err)?))
     }
 
     fn export_params() -> Result<Vec<types::NamedTensor>, String> {
-        with_layer(|l| {
-            l.export_params()
-                .map_err(err)?
-                .into_iter()
-                .map(|p| {
-                    let t = to_wit(p.tensor)?;
-                    Ok(types::NamedTensor { name: p.name, shape: t.shape, data: t.data })
-                })
-                .collect()
-        })
+        with_layer(|l| l.export_params().map_err(err)?.into_iter().map(convert::named_out).collect())
     }
 
     fn import_params(params: Vec<types::NamedTensor>) -> Result<(), String> {
-        let params = params
-            .into_iter()
-            .map(|p| {
-                let tensor = from_wit(types::Tensor { shape: p.shape, data: p.data })?;
-                Ok(mixnn_layer::NamedTensor { name: p.name, tensor })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let params = params.into_iter().map(convert::named_in).collect::<Result<Vec<_>, _>>()?;
         with_layer(|l| l.import_params(params).map_err(err))
     }
 }

@@ -1,0 +1,130 @@
+//! Deployment (init, op 0): the cascade's nodes chosen, its ends
+//! connected, the kept shards loaded here and every hop sent its shard.
+
+use std::time::Duration;
+
+use mixnn_grad::pb;
+use mixnn_layer::{LossKind, TrainConfig};
+use mixnn_protocol::NodeDescriptor;
+use mixnn_protocol::job::{LayerKind, LayerSpec};
+use mixnn_sandbox::Sandbox;
+use mixnn_sphinx::Geometry;
+
+use super::endpoint::Endpoint;
+use super::onion::{Hop, Role};
+use super::placement::{self, Layout};
+use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
+use crate::DesignerError;
+use crate::backend::{LayerBackend, layer_config, load_layer};
+use crate::cascade::loss_for;
+
+/// How long connecting to a cascade end (dial, Noise, stream) may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+impl PoolCascade {
+    /// Chooses nodes, places dummies and deploys every hop (init, op 0).
+    pub fn deploy(
+        shards: &[pb::ModelProto],
+        base: &TrainConfig,
+        sandbox: Option<&Sandbox>,
+        opts: &PoolOptions,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, DesignerError> {
+        let g = Geometry::default();
+        let layout = Layout::new(shards.len(), opts, &g)?;
+        let ep = Endpoint::start(&opts.bootstrap, &g)?;
+        progress(&format!(
+            "reading the pool directory (need {} nodes)",
+            layout.count
+        ));
+        let mut pool = ep.directory(layout.count, opts.wait_for_nodes)?;
+        let mut rng = placement::os_rng()?;
+        let hops = placement::choose(&mut pool, &layout, opts, &mut rng)?;
+        connect_ends(&ep, &hops, &pool)?;
+        let class = match opts.class {
+            Some(c) => c,
+            None => payload_class(&g, shards, layout.lo, layout.hi, &opts.batches)?,
+        };
+        let loss = loss_for(&shards[layout.shards - 1]);
+        let local = |i: usize| -> Result<Box<dyn LayerBackend>, DesignerError> {
+            let bytes = mixnn_shard::encode(&shards[i]);
+            let cfg = layer_config(base, i, layout.shards, loss);
+            load_layer(opts.local_engine, i, &bytes, cfg, sandbox)
+        };
+        let first = opts.keep_first.then(|| local(0)).transpose()?;
+        let last = opts
+            .keep_last
+            .then(|| local(layout.shards - 1))
+            .transpose()?;
+        let mut me = PoolCascade {
+            net: NetworkReport {
+                cascade: hops
+                    .iter()
+                    .map(|h| (describe_role(h.role), h.peer.to_base58()))
+                    .collect(),
+                payload_class: class,
+                packet_len: g.packet_len(class).map_err(PoolError::from)?,
+                ..Default::default()
+            },
+            ep,
+            g,
+            class,
+            hops,
+            first,
+            last,
+            shards: layout.shards,
+            timeout: opts.timeout,
+            rng,
+        };
+        me.init_all(shards, base, loss, progress)?;
+        Ok(me)
+    }
+
+    /// Sends every hop its guest, shard and training settings, in order.
+    fn init_all(
+        &mut self,
+        shards: &[pb::ModelProto],
+        base: &TrainConfig,
+        loss: LossKind,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), DesignerError> {
+        for t in 0..self.hops.len() {
+            let (kind, shard, train) = match self.hops[t].role {
+                Role::Layer(i) => (
+                    LayerKind::Standard,
+                    mixnn_shard::encode(&shards[i]),
+                    layer_config(base, i, self.shards, loss),
+                ),
+                Role::Dummy => (
+                    LayerKind::Relay("identity".into()),
+                    Vec::new(),
+                    base.clone(),
+                ),
+            };
+            progress(&format!(
+                "init: {} on hop {} ({} bytes)",
+                describe_role(self.hops[t].role),
+                t + 1,
+                shard.len()
+            ));
+            let spec = LayerSpec {
+                kind,
+                train,
+                shard_len: shard.len() as u64,
+            };
+            self.init_hop(t, spec, &shard)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the packet links to the cascade's first and last hop: the only
+/// nodes the designer talks to.
+fn connect_ends(ep: &Endpoint, hops: &[Hop], pool: &[NodeDescriptor]) -> Result<(), DesignerError> {
+    for h in [hops.first(), hops.last()].into_iter().flatten() {
+        if let Some(d) = pool.iter().find(|d| d.identity_key == h.node.0) {
+            ep.connect(h.peer, &d.addrs, CONNECT_WAIT)?;
+        }
+    }
+    Ok(())
+}

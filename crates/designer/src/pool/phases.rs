@@ -1,0 +1,159 @@
+//! The phases after deployment as the training loop drives them
+//! ([`Model`]): a training step (turning at the last hop, or through the
+//! designer's last shard with `keep_last`), the test forward, and the
+//! export of every hop's parameters.
+
+use mixnn_layer::{NamedTensor, Tensor};
+use mixnn_protocol::job::{FromHop, ParamTensor, ToHop, WireTensor, app_flags};
+use mixnn_sphinx::Op;
+
+use super::exchange::unexpected;
+use super::onion::{Role, Slot};
+use super::{Phase, PoolCascade, PoolError};
+use crate::DesignerError;
+use crate::backend::LayerBackend;
+use crate::cascade::Model;
+
+/// A tensor for the wire (compact: image input stays in bytes).
+fn to_wire(t: Tensor, what: &'static str) -> Result<WireTensor, DesignerError> {
+    WireTensor::try_from(t).map_err(|source| PoolError::Tensor { what, source }.into())
+}
+
+/// The tensor an answer must carry, checked against its shape.
+fn from_wire(t: Option<WireTensor>, what: &'static str) -> Result<Tensor, DesignerError> {
+    let t = t.ok_or(PoolError::NoTensor(what))?;
+    Tensor::try_from(t).map_err(|source| PoolError::Tensor { what, source }.into())
+}
+
+impl PoolCascade {
+    /// A step with the last shard here: the pool's forward, the designer's
+    /// last shard (loss, backward, step), the pool's backward. Returns the
+    /// loss and the pool's input gradient.
+    fn step_keeping_last(
+        &mut self,
+        last: &mut dyn LayerBackend,
+        z: Tensor,
+        labels: &[i64],
+    ) -> Result<(f32, Option<WireTensor>), DesignerError> {
+        let slots = self.forward_slots(Op::Forward);
+        let (out, _) = self.exchange(slots, Some(to_wire(z, "input")?), None, Phase::Train)?;
+        let y = last.forward(from_wire(out, "activations")?)?;
+        let (loss, dy) = last.loss(&y, labels)?;
+        let dx = last.backward(dy)?.ok_or(PoolError::NoInputGradient)?;
+        last.step()?;
+        let slots = self.backward_slots();
+        let (grad, _) = self.exchange(slots, Some(to_wire(dx, "gradient")?), None, Phase::Train)?;
+        Ok((loss, grad))
+    }
+
+    /// A step in one packet: forward to the last hop, which gets the labels
+    /// end-to-end, turns (loss, backward) and sends the loss back under the
+    /// gradient's way back.
+    fn step_turning(
+        &mut self,
+        z: Tensor,
+        labels: &[i64],
+    ) -> Result<(f32, Option<WireTensor>), DesignerError> {
+        let n = self.hops.len();
+        let mut slots: Vec<Slot> = (0..n - 1).map(|j| Slot::new(j, Op::Forward)).collect();
+        slots.push(Slot::target(n - 1, Op::Backward, app_flags::TURN));
+        slots.extend((0..n - 1).rev().map(|j| Slot::new(j, Op::Backward)));
+        let e2e = (n - 1, ToHop::Labels(labels.to_vec()));
+        let (grad, reply) =
+            self.exchange(slots, Some(to_wire(z, "input")?), Some(e2e), Phase::Train)?;
+        match reply {
+            Some(FromHop::Loss { bits }) => Ok((f32::from_bits(bits), grad)),
+            other => Err(PoolError::ExpectedLoss(other.map(Box::new)).into()),
+        }
+    }
+
+    /// Hop `t`'s trained parameters, part after part.
+    fn export_hop(&mut self, t: usize) -> Result<Vec<NamedTensor>, DesignerError> {
+        let mut bytes = Vec::new();
+        let mut part = 0;
+        loop {
+            match self.control(t, ToHop::Export { part }, Phase::Export)? {
+                FromHop::ExportPart {
+                    part: p,
+                    total,
+                    bytes: b,
+                } if p == part => {
+                    bytes.extend_from_slice(&b);
+                    part += 1;
+                    if part >= total {
+                        break;
+                    }
+                }
+                other => return Err(unexpected(t, other)),
+            }
+        }
+        let list: Vec<ParamTensor> = mixnn_protocol::cbor::decode("parameters", &bytes, usize::MAX)
+            .map_err(PoolError::from)?;
+        list.into_iter()
+            .map(|p| {
+                NamedTensor::try_from(p).map_err(|source| {
+                    PoolError::Tensor {
+                        what: "parameter",
+                        source,
+                    }
+                    .into()
+                })
+            })
+            .collect()
+    }
+}
+
+impl Model for PoolCascade {
+    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+        let mut z = x;
+        if let Some(l) = self.first.as_mut() {
+            z = l.forward(z)?;
+        }
+        let (loss, grad) = if let Some(mut last) = self.last.take() {
+            let step = self.step_keeping_last(last.as_mut(), z, labels);
+            self.last = Some(last);
+            step?
+        } else {
+            self.step_turning(z, labels)?
+        };
+        if let Some(l) = self.first.as_mut() {
+            // The first shard's own input gradient is not needed.
+            l.backward(from_wire(grad, "input gradient")?)?;
+            l.step()?;
+        }
+        Ok(loss)
+    }
+
+    fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
+        let mut z = x;
+        if let Some(l) = self.first.as_mut() {
+            z = l.infer(&z)?;
+        }
+        let slots = self.forward_slots(Op::Test);
+        let (out, _) = self.exchange(slots, Some(to_wire(z, "test input")?), None, Phase::Test)?;
+        let mut y = from_wire(out, "test output")?;
+        if let Some(l) = self.last.as_mut() {
+            y = l.infer(&y)?;
+        }
+        Ok(y)
+    }
+
+    fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
+        let mut out: Vec<Option<Vec<NamedTensor>>> = vec![None; self.shards];
+        if let Some(l) = self.first.as_mut() {
+            out[0] = Some(l.export_params()?);
+        }
+        if let Some(l) = self.last.as_mut() {
+            out[self.shards - 1] = Some(l.export_params()?);
+        }
+        for t in 0..self.hops.len() {
+            if let Role::Layer(i) = self.hops[t].role {
+                out[i] = Some(self.export_hop(t)?);
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, p)| p.ok_or_else(|| PoolError::NoParams(i).into()))
+            .collect()
+    }
+}
