@@ -3,6 +3,7 @@
 //! `mixnn_sphinx` and `mixnn_protocol` directly, the way the designer's
 //! onion code does (the node may not depend on the designer).
 
+use mixnn_types::{LossKind, OptimizerKind, TrainConfig};
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -46,20 +47,17 @@ pub fn last_mlp_shard() -> Vec<u8> {
 }
 
 /// A layer spec as the designer sends it with the first init chunk.
-pub fn spec(kind: LayerKind, loss: &str, shard_len: usize) -> LayerSpec {
+pub fn spec(kind: LayerKind, loss: LossKind, shard_len: usize) -> LayerSpec {
     LayerSpec {
         kind,
-        optimizer: "sgd".into(),
-        learning_rate: 0.1,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        beta1: 0.9,
-        beta2: 0.999,
-        epsilon: 1e-8,
-        seed: 3,
-        loss: loss.into(),
-        need_input_grad: true,
-        host_kernels: true,
+        train: TrainConfig {
+            optimizer: OptimizerKind::Sgd,
+            learning_rate: 0.1,
+            momentum: 0.0,
+            seed: 3,
+            loss,
+            ..TrainConfig::default()
+        },
         shard_len: shard_len as u64,
     }
 }
@@ -283,7 +281,7 @@ impl World {
 
     /// Sets up a dummy hop (relay guest with `op`) as job `job`.
     pub fn relay_job(&mut self, job: [u8; 32], op: &str) {
-        let spec = spec(LayerKind::Relay(op.into()), "none", 0);
+        let spec = spec(LayerKind::Relay(op.into()), mixnn_types::LossKind::None, 0);
         assert_eq!(
             self.init(job, spec, Vec::new()),
             FromHop::Ready { params: 0 }
