@@ -7,6 +7,9 @@
 //! box on the map means editing one row. A failure names the crate, the edge
 //! or the file, and the rule it breaks.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +33,13 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("mixnn-p2p", &["mixnn-protocol"]),
     (
         "mixnn-node",
-        &["mixnn-protocol", "mixnn-p2p", "mixnn-sphinx", "mixnn-sandbox", "mixnn-types"],
+        &[
+            "mixnn-protocol",
+            "mixnn-p2p",
+            "mixnn-sphinx",
+            "mixnn-sandbox",
+            "mixnn-types",
+        ],
     ),
     ("mixnn-bootstrap", &["mixnn-protocol", "mixnn-p2p"]),
     (
@@ -48,7 +57,10 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "mixnn-sphinx",
         ],
     ),
-    ("mixnn-benches", &["mixnn-sphinx", "mixnn-p2p", "mixnn-protocol"]),
+    (
+        "mixnn-benches",
+        &["mixnn-sphinx", "mixnn-p2p", "mixnn-protocol"],
+    ),
     (
         "mixnn",
         &[
@@ -130,7 +142,13 @@ fn root() -> PathBuf {
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");
@@ -208,7 +226,11 @@ fn internal_edges_follow_the_map() {
             }
         }
     }
-    assert!(broken.is_empty(), "dependency rules broken:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "dependency rules broken:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -233,7 +255,11 @@ fn pure_crates_pull_in_no_system_packages() {
             }
         }
     }
-    assert!(broken.is_empty(), "dependency rules broken:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "dependency rules broken:\n{}",
+        broken.join("\n")
+    );
 }
 
 /// Every `.rs` file below `dir`, skipping build output.
@@ -299,7 +325,10 @@ fn mentions(text: &str, code_name: &str) -> bool {
         let before = text[..at].chars().next_back();
         let after = &text[at + code_name.len()..];
         let starts = !matches!(before, Some(c) if c.is_alphanumeric() || c == '_');
-        starts && (after.starts_with("::") || after.starts_with(';') || after.starts_with(" as "))
+        let path = after.starts_with("::") || after.starts_with(';') || after.starts_with(" as ");
+        // `#[serde(with = "serde_bytes")]` names a crate in a string.
+        let serde_with = before == Some('"') && after.starts_with('"');
+        starts && (path || serde_with)
     })
 }
 
@@ -339,11 +368,18 @@ fn every_dependency_is_used() {
                 _ => &src,
             };
             if !mentions(text, code) {
-                unused.push(format!("{} -> {dep} ({kind}) is never named in its code", p.name));
+                unused.push(format!(
+                    "{} -> {dep} ({kind}) is never named in its code",
+                    p.name
+                ));
             }
         }
     }
-    assert!(unused.is_empty(), "unused dependencies:\n{}", unused.join("\n"));
+    assert!(
+        unused.is_empty(),
+        "unused dependencies:\n{}",
+        unused.join("\n")
+    );
 }
 
 #[test]

@@ -11,10 +11,19 @@ use mixnn_protocol::{DescriptorError, NodeDescriptor, SignedDescriptor};
 /// Why a publish was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The descriptor does not verify (signature, peer id or validity window).
     #[error("invalid descriptor: {0}")]
     Invalid(#[from] DescriptorError),
+    /// The directory holds a newer descriptor of that peer.
     #[error("older than the stored descriptor (issued at {stored}, this one at {offered})")]
-    Stale { stored: u64, offered: u64 },
+    Stale {
+        /// Issue time (Unix seconds) of the stored descriptor.
+        stored: u64,
+        /// Issue time (Unix seconds) of the refused one.
+        offered: u64,
+    },
+    /// The peer is new but the directory already holds `max_entries` peers
+    /// (the number given).
     #[error("directory is full ({0} entries)")]
     Full(usize),
 }
@@ -41,10 +50,12 @@ impl Directory {
         }
     }
 
+    /// Number of peers with a stored descriptor.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no descriptor is stored.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

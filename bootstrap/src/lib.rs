@@ -60,12 +60,16 @@ impl Default for BootstrapConfig {
 /// Errors starting a bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
+    /// Loading or creating the identity key in the data dir failed.
     #[error(transparent)]
     Identity(#[from] SecretFileError),
+    /// `listen` was empty: a bootstrap must listen on at least one address.
     #[error("no listen address given")]
     NoListenAddr,
+    /// Binding a listen address failed.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// Building the libp2p swarm failed.
     #[error(transparent)]
     Transport(#[from] BuildError),
 }
@@ -118,6 +122,7 @@ impl Bootstrap {
         })
     }
 
+    /// The bootstrap's libp2p peer id, derived from its identity key.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }

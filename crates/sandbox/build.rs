@@ -9,6 +9,10 @@
 //! `mixnn_guest_relay.wasm`, `mixnn_guest_hostile.wasm` and
 //! `mixnn_guest_matmul.wasm` to skip the nested builds.
 
+// A build script reports failure by panicking with the reason; that is its
+// interface with cargo, not a crash on outside data.
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -34,7 +38,14 @@ fn main() {
     let dir = match std::env::var_os("MIXNN_GUEST_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
-            for p in ["guest-layers", "crates/layer", "crates/grad", "wit"] {
+            for p in [
+                "guest-layers",
+                "crates/layer",
+                "crates/grad",
+                "crates/onnx",
+                "crates/types",
+                "wit",
+            ] {
                 println!("cargo:rerun-if-changed={}", root.join(p).display());
             }
             build_guests(&root)

@@ -15,16 +15,22 @@ use crate::idx::{read_idx_images, read_idx_labels};
 pub struct Dataset {
     /// `count * rows * cols` values, image after image, row-major.
     pub images: Vec<f32>,
+    /// One class label per image, in image order.
     pub labels: Vec<u8>,
+    /// Number of images (and labels).
     pub count: usize,
+    /// Pixel rows per image.
     pub rows: usize,
+    /// Pixel columns per image.
     pub cols: usize,
 }
 
 /// The MNIST (or Fashion-MNIST) train and test sets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mnist {
+    /// The training set.
     pub train: Dataset,
+    /// The test set.
     pub test: Dataset,
 }
 

@@ -23,8 +23,11 @@ pub const MAX_IDX_BYTES: u64 = 1 << 32;
 /// Decoded IDX3 file: `count` images of `rows` x `cols` grey levels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Images {
+    /// Number of images.
     pub count: usize,
+    /// Pixel rows per image.
     pub rows: usize,
+    /// Pixel columns per image.
     pub cols: usize,
     /// `count * rows * cols` bytes, image after image, row-major.
     pub pixels: Vec<u8>,

@@ -28,7 +28,9 @@ pub enum DataError {
     /// Reading failed (permissions, corrupt gzip stream...).
     #[error("{}: {source}", .path.display())]
     Io {
+        /// The file being read.
         path: PathBuf,
+        /// The underlying I/O or gzip error.
         #[source]
         source: std::io::Error,
     },
@@ -36,33 +38,53 @@ pub enum DataError {
     /// Not an IDX file of the expected kind.
     #[error("{}: wrong magic number 0x{found:08x}, expected 0x{expected:08x} (not an unsigned-byte IDX file of this rank?)", .path.display())]
     BadMagic {
+        /// The file being read.
         path: PathBuf,
+        /// The magic number the file starts with.
         found: u32,
+        /// The magic of an unsigned-byte IDX file of the expected rank.
         expected: u32,
     },
 
     /// The file ends before the header or the data it announces.
     #[error("{}: truncated file, missing {what}", .path.display())]
-    Truncated { path: PathBuf, what: String },
+    Truncated {
+        /// The truncated file.
+        path: PathBuf,
+        /// What is missing (the magic number, a header dimension, or data bytes).
+        what: String,
+    },
 
     /// Bytes follow the announced data (a different or corrupt file).
     #[error("{}: file is longer than its header announces ({expected} data bytes)", .path.display())]
-    TrailingData { path: PathBuf, expected: u64 },
+    TrailingData {
+        /// The over-long file.
+        path: PathBuf,
+        /// Data bytes the header announces.
+        expected: u64,
+    },
 
     /// The header announces more data than we accept.
     #[error("{}: header dims {dims:?} announce more than {cap} bytes", .path.display())]
     TooLarge {
+        /// The file being read.
         path: PathBuf,
+        /// The dimensions the header announces.
         dims: Vec<usize>,
+        /// The largest accepted payload in bytes ([`MAX_IDX_BYTES`]).
         cap: u64,
     },
 
     /// Images and labels files disagree on the number of samples.
     #[error("{} holds {images} images but {} holds {labels} labels", .images_path.display(), .labels_path.display())]
     CountMismatch {
+        /// The images file.
         images_path: PathBuf,
+        /// Number of images it holds.
         images: usize,
+        /// The labels file.
         labels_path: PathBuf,
+        /// Number of labels it holds.
         labels: usize,
     },
 
@@ -71,9 +93,13 @@ pub enum DataError {
         "train images are {train_rows}x{train_cols} but test images are {test_rows}x{test_cols}"
     )]
     ShapeMismatch {
+        /// Pixel rows of a training image.
         train_rows: usize,
+        /// Pixel columns of a training image.
         train_cols: usize,
+        /// Pixel rows of a test image.
         test_rows: usize,
+        /// Pixel columns of a test image.
         test_cols: usize,
     },
 }

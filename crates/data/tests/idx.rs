@@ -1,6 +1,9 @@
 //! IDX reading on small hand-made files: plain and gzipped, and every
 //! malformed case with an error naming the file.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,8 @@
 //! The bundled MNIST matches the sanity figures of data/mnist/README.md.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 
 use mixnn_data::{load_mnist, read_idx_images};

@@ -26,11 +26,19 @@ impl std::fmt::Display for EngineKind {
 
 /// One layer of a cascade, wherever it runs. Errors carry the layer index.
 pub trait LayerBackend {
+    /// Training forward pass (state for `backward` is kept); returns the activations.
     fn forward(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
+    /// Loss of the output `z` against `labels` (last layer only); returns the
+    /// loss and its gradient with respect to `z`.
     fn loss(&mut self, z: &Tensor, labels: &[i64]) -> Result<(f32, Tensor), DesignerError>;
+    /// Backward pass from the output gradient `dz` of the last forward; returns
+    /// the input gradient, `None` when the layer computes none (the first).
     fn backward(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError>;
+    /// Applies the optimizer to the gradients of the last backward.
     fn step(&mut self) -> Result<(), DesignerError>;
+    /// Test-phase forward: no dropout, nothing kept for a backward.
     fn infer(&mut self, x: &Tensor) -> Result<Tensor, DesignerError>;
+    /// The layer's current parameters, by name.
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError>;
 }
 
@@ -66,12 +74,14 @@ pub fn load_layer(
     })
 }
 
+/// A layer run by plain tract in this process: the accuracy reference.
 pub struct NativeLayer {
     index: usize,
     layer: Layer,
 }
 
 impl NativeLayer {
+    /// Loads the shard bytes as layer `index` (the index tags its errors).
     pub fn load(index: usize, shard: &[u8], cfg: TrainConfig) -> Result<Self, DesignerError> {
         let (layer, _) =
             Layer::load(shard, cfg).map_err(|source| DesignerError::Layer { index, source })?;
@@ -108,12 +118,15 @@ impl LayerBackend for NativeLayer {
     }
 }
 
+/// A layer run by the standard guest inside the wasmtime sandbox, as on a node.
 pub struct WasmLayer {
     index: usize,
     guest: GuestLayer,
 }
 
 impl WasmLayer {
+    /// Instantiates the standard guest in `sandbox` and loads the shard into it
+    /// as layer `index` (the index tags its errors).
     pub fn load(
         index: usize,
         sandbox: &Sandbox,

@@ -31,12 +31,14 @@ const WARMUP: usize = 3;
 /// mostly runs with its own data in cache.
 const BLOCK: usize = 5;
 
+/// What `mixnn bench guest` measures, and how often.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     /// Batch sizes to measure, each shard at each size.
     pub batches: Vec<usize>,
     /// Timed iterations per measurement (after warm-up).
     pub iterations: usize,
+    /// Seed of the layers' config and of the random inputs and output gradients.
     pub seed: u64,
     /// Only these shard indices (all when `None`). A shard keeps its position
     /// in the cascade, so the first shard still skips the input gradient.
@@ -55,6 +57,7 @@ pub enum GuestMode {
 }
 
 impl GuestMode {
+    /// The mode's name in the report: `wasm` or `host`.
     pub fn name(self) -> &'static str {
         match self {
             GuestMode::Wasm => "wasm",
@@ -75,8 +78,11 @@ impl Default for BenchOptions {
     }
 }
 
+/// One row of the benchmark: a shard in one guest mode at one batch size;
+/// times are medians over the timed iterations.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardBench {
+    /// `shard{i}` and its main op, e.g. `shard0 (Conv)`.
     pub name: String,
     /// `wasm` (everything inside the sandbox) or `host` (products on the
     /// host's kernels).
@@ -85,17 +91,24 @@ pub struct ShardBench {
     /// figure per kind).
     #[serde(default)]
     pub kind: String,
+    /// Batch size of the inputs.
     pub batch: usize,
+    /// Forward time of the native layer, in µs.
     pub forward_native_us: f64,
+    /// Forward time of the guest, in µs.
     pub forward_guest_us: f64,
+    /// Backward time of the native layer, in µs.
     pub backward_native_us: f64,
+    /// Backward time of the guest, in µs.
     pub backward_guest_us: f64,
     /// (forward + backward guest) ÷ (forward + backward native).
     pub ratio: f64,
 }
 
+/// The result of `mixnn bench guest`: every row and the conditions measured under.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
+    /// One row per shard, guest mode and batch size, in measuring order.
     pub shards: Vec<ShardBench>,
     /// Timed iterations per figure.
     #[serde(default)]
@@ -103,6 +116,7 @@ pub struct BenchReport {
     /// The guest limits in force while measuring.
     #[serde(default)]
     pub guest_memory_bytes: usize,
+    /// Deadline of one guest call, in ms.
     #[serde(default)]
     pub guest_call_timeout_ms: u64,
 }
@@ -151,16 +165,26 @@ fn kind_of(op: Option<&str>) -> &'static str {
 /// A benchmark that cannot run as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// No batch size given, or a batch size of 0.
     #[error("bench needs at least one batch size, each at least 1")]
     Batches,
+    /// No guest mode given.
     #[error("bench needs at least one mode")]
     Modes,
+    /// Host mode asked for, but the sandbox lends no host kernels.
     #[error("host mode asked for, but this sandbox lends no host kernels (--guest-kernels wasm)")]
     NoHostKernels,
+    /// Zero timed iterations asked for.
     #[error("bench needs at least one iteration")]
     Iterations,
+    /// `only` names a shard the model does not have.
     #[error("shard {shard} does not exist (the model has {shards} shards)")]
-    NoSuchShard { shard: usize, shards: usize },
+    NoSuchShard {
+        /// The shard index asked for.
+        shard: usize,
+        /// Number of shards of the model.
+        shards: usize,
+    },
 }
 
 fn check_options(opts: &BenchOptions, sandbox: &Sandbox, shards: usize) -> Result<(), BenchError> {
@@ -182,6 +206,8 @@ fn check_options(opts: &BenchOptions, sandbox: &Sandbox, shards: usize) -> Resul
     Ok(())
 }
 
+/// Times every selected shard at every batch size, in every guest mode,
+/// against the native layer; calls `progress` after each row.
 pub fn bench_guest(
     shards: &[pb::ModelProto],
     opts: &BenchOptions,
@@ -282,6 +308,7 @@ pub fn bench_guest(
     })
 }
 
+/// The report as a fixed-width text table, one line per row.
 pub fn render_bench(r: &BenchReport) -> String {
     let mut s = format!(
         "{:<16} {:>5} {:>6} {:>12} {:>12} {:>12} {:>12} {:>7}\n",

@@ -8,6 +8,7 @@ use mixnn_sandbox::Sandbox;
 use crate::DesignerError;
 use crate::backend::{EngineKind, LayerBackend, layer_config, load_layer};
 
+/// The layers of a split model in shard order, all on one engine in this process.
 pub struct Cascade {
     layers: Vec<Box<dyn LayerBackend>>,
 }
@@ -46,10 +47,12 @@ impl Cascade {
         Ok(Cascade { layers })
     }
 
+    /// Number of layers (one per shard).
     pub fn len(&self) -> usize {
         self.layers.len()
     }
 
+    /// Whether the cascade has no layers.
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }

@@ -24,45 +24,74 @@ pub use train::{TrainOptions, evaluate, sample_shape, train_local, train_model};
 /// Everything the designer's library can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum DesignerError {
+    /// A native layer failed.
     #[error("layer {index}: {source}")]
     Layer {
+        /// Position of the layer in the cascade (its shard index).
         index: usize,
+        /// The layer engine's error.
         source: mixnn_layer::LayerError,
     },
+    /// A sandboxed guest layer failed.
     #[error("guest layer {index}: {source}")]
     Guest {
+        /// Position of the layer in the cascade (its shard index).
         index: usize,
+        /// The sandbox's error.
         source: mixnn_sandbox::SandboxError,
     },
+    /// A sandbox error not tied to one layer.
     #[error(transparent)]
     Sandbox(#[from] mixnn_sandbox::SandboxError),
+    /// A shard operation failed (e.g. setting the trained parameters or merging
+    /// the shards back into one model on export).
     #[error(transparent)]
     Shard(#[from] mixnn_shard::ShardError),
+    /// The model has no shards.
     #[error("no shards")]
     NoShards,
+    /// The wasm engine was asked for without a sandbox.
     #[error("the wasm engine needs a sandbox")]
     NoSandbox,
+    /// A training or test batch size of 0.
     #[error("batch sizes must be positive")]
     ZeroBatch,
+    /// The layers returned a different number of parameter sets than the
+    /// model has shards.
     #[error("{shards} shards for {layers} layers")]
-    ShardCount { shards: usize, layers: usize },
+    ShardCount {
+        /// Shards of the model.
+        shards: usize,
+        /// Layers that returned parameters.
+        layers: usize,
+    },
+    /// A layer other than the first returned no input gradient; holds its index.
     #[error("layer {0} returned no input gradient")]
     NoInputGradient(usize),
+    /// The model's output is not a `[batch, classes]` matrix for the batch; holds
+    /// the shape it had.
     #[error("model output of shape {0:?} is not [batch, classes]")]
     OutputShape(Vec<usize>),
+    /// The sample shape the first shard declares does not match the data's images.
     #[error("data: the model takes samples of shape {sample:?}, the data has {rows}x{cols} images")]
     SampleShape {
+        /// Shape of one sample as the first shard takes it (batch dimension dropped).
         sample: Vec<usize>,
+        /// Image height of the data, in pixels.
         rows: usize,
+        /// Image width of the data, in pixels.
         cols: usize,
     },
+    /// Building a batch tensor from the data failed.
     #[error("data: {0}")]
     Batch(mixnn_layer::TensorError),
+    /// A benchmark that cannot run as asked.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
     /// The libp2p side of a pool run (the designer's peer, its packets).
     #[error("pool: {0}")]
     Pool(String),
+    /// A pool job failed (deployment, a phase, an answer).
     #[error("pool: {0}")]
     Job(#[from] pool::PoolError),
 }

@@ -4,29 +4,48 @@ use mixnn_layer::NamedTensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Figures of one training epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochReport {
+    /// Epoch number, from 1.
     pub epoch: usize,
+    /// Mean loss over the epoch's training batches.
     pub train_loss: f64,
+    /// Test accuracy after the epoch, as a fraction in [0, 1].
     pub test_accuracy: f64,
     /// Training time of the epoch (testing excluded).
     pub seconds: f64,
+    /// Time of the epoch's test pass, in seconds.
     pub test_seconds: f64,
 }
 
+/// A whole training run: its settings, per-epoch figures and a digest of the
+/// final parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// Where the layers ran: `native`, `wasm` or `pool`.
     pub engine: String,
+    /// A label for the model (e.g. the model file).
     pub model: String,
+    /// Number of shards (layers) of the model.
     pub shards: usize,
+    /// Name of the optimizer.
     pub optimizer: String,
+    /// Learning rate of the optimizer.
     pub learning_rate: f32,
+    /// Momentum of the optimizer.
     pub momentum: f32,
+    /// Training batch size.
     pub batch: usize,
+    /// Seed of the data order and of the layers' config.
     pub seed: u64,
+    /// Training samples used (after any limit).
     pub train_samples: usize,
+    /// Test samples used (after any limit).
     pub test_samples: usize,
+    /// One report per epoch, in order.
     pub epochs: Vec<EpochReport>,
+    /// Test accuracy of the final model, as a fraction in [0, 1].
     pub final_test_accuracy: f64,
     /// Whole training time (all epochs, testing excluded).
     pub train_seconds: f64,

@@ -13,14 +13,20 @@ use crate::backend::EngineKind;
 use crate::cascade::{Cascade, Model};
 use crate::report::{EpochReport, TrainReport, params_sha256};
 
+/// Settings of a training run.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    /// Engine the layers run on.
     pub engine: EngineKind,
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Training batch size (the last partial batch is kept).
     pub batch: usize,
+    /// The layers' training config (optimizer, learning rate, seed, …).
     pub config: TrainConfig,
     /// Use only the first N training samples (CI, quick runs).
     pub train_limit: Option<usize>,
+    /// Use only the first N test samples.
     pub test_limit: Option<usize>,
     /// Batch size of the test pass (a larger batch is faster; results are per sample).
     pub eval_batch: usize,

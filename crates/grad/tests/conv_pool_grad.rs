@@ -9,6 +9,9 @@
 //! dilation, group > 1, overlapping and padded pools, ceil mode, both
 //! `count_include_pad` values, `auto_pad`, 1-D and 3-D.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_grad::FloatType::F64;
 use mixnn_grad::pb;
 use mixnn_grad::testing::{

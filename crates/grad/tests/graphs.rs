@@ -1,6 +1,9 @@
 //! Whole-graph tests: loss graphs, error reporting, a small MLP shard in f32
 //! (forward, backward and a few SGD steps), the inference graph.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_grad::FloatType::{F32, F64};
 use mixnn_grad::testing::{CheckOptions, ModelBuilder, Runner, attr_int, check_gradients};
 use mixnn_grad::{

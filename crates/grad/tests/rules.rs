@@ -1,6 +1,9 @@
 //! One finite-difference test per gradient rule, in f64, on random shapes
 //! and values from a seeded generator.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_grad::FloatType::{self, F32, F64};
 use mixnn_grad::pb;
 use mixnn_grad::testing::{CheckOptions, ModelBuilder, attr_float, attr_int, check_gradients};

@@ -5,6 +5,9 @@
 //! self-contained backward graph, so the finite-difference checks here cover
 //! both.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_grad::FloatType::{F32, F64};
 use mixnn_grad::testing::{
     CheckOptions, ModelBuilder, Runner, attr_int, attr_ints, check_gradients,

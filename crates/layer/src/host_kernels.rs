@@ -27,8 +27,11 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 /// The shape of one product: op(A) is m × k, op(B) is k × n, C is m × n.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatMulDims {
+    /// Rows of op(A) and of C.
     pub m: usize,
+    /// Columns of op(A), rows of op(B): the dimension summed over.
     pub k: usize,
+    /// Columns of op(B) and of C.
     pub n: usize,
     /// A is stored k × m.
     pub a_trans: bool,

@@ -21,7 +21,10 @@ pub const MAX_BATCH: usize = 1 << 16;
 /// What the host learns about a freshly loaded layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerInfo {
+    /// Names of the trainable parameters, in export order.
     pub params: Vec<String>,
+    /// Total number of trainable values (the sum of the parameters' element
+    /// counts).
     pub param_count: u64,
     /// The shard's declared input shape (batch first).
     pub input_shape: Vec<usize>,
@@ -57,6 +60,10 @@ struct Pending {
     saved: TVec<TValue>,
 }
 
+/// One loaded shard with its parameters, optimizer state and compiled
+/// plans (one set per batch size, built on first use). Calls go load →
+/// (forward → [loss] → backward → step)*, with `infer` and parameter
+/// export/import at any time.
 pub struct Layer {
     model: pb::ModelProto,
     cfg: TrainConfig,
@@ -307,6 +314,8 @@ impl Layer {
         first(self.infer[&batch].run(feeds)?)
     }
 
+    /// The current value of every parameter, named, in load order (the
+    /// order of [`LayerInfo::params`] and the one `import_params` expects).
     pub fn export_params(&self) -> Result<Vec<NamedTensor>, LayerError> {
         self.params
             .iter()

@@ -27,22 +27,36 @@ pub use mixnn_types::{
     TensorError, TrainConfig, element_count,
 };
 
+/// Why a [`Layer`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
+    /// The shard is not a usable ONNX model (unreadable, no graph or data
+    /// input, bad declared input shape, an initializer of the wrong size,
+    /// parameters that differ between batch sizes).
     #[error("invalid shard: {0}")]
     Shard(String),
+    /// `mixnn-grad` could not build the forward, backward or inference graph.
     #[error(transparent)]
     Grad(#[from] mixnn_grad::GradError),
+    /// tract failed to load, type, optimise or run a plan; the message names
+    /// the stage.
     #[error("tract: {0}")]
     Tract(String),
+    /// An input, output, gradient or label set does not fit the layer (wrong
+    /// shape, batch outside 1..=[`MAX_BATCH`], data not filling its shape).
     #[error("bad tensor: {0}")]
     BadTensor(String),
+    /// A tensor's shape is malformed or too large (see [`TensorError`]).
     #[error("bad tensor: {0}")]
     Tensor(#[from] TensorError),
+    /// A call the state machine does not allow now: `backward` without a
+    /// `forward`, `step` without a `backward`, `loss` on a layer without one.
     #[error("call out of order: {0}")]
     Order(String),
+    /// Imported parameters do not match the layer's in count, name or shape.
     #[error("parameters: {0}")]
     Params(String),
+    /// The training configuration is invalid (see [`ConfigError`]).
     #[error("parameters: {0}")]
     Config(#[from] ConfigError),
 }

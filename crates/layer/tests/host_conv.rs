@@ -4,6 +4,9 @@
 //! must reach the host as products, and every result must match tract's own
 //! lowering up to float rounding, over many geometries.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::cell::RefCell;
 
 use mixnn_grad::FloatType;

@@ -4,6 +4,9 @@
 //! layouts the graphs use, and training must match the pure-tract run up to
 //! float rounding.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -111,18 +111,26 @@ impl Default for NodeConfig {
 /// Errors loading or checking a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("reading {}: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The config file is not valid TOML or does not fit the schema.
     #[error("{}: {source}", path.display())]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// The TOML error, with its position.
         #[source]
         source: toml::de::Error,
     },
+    /// A value is out of bounds or inconsistent with another; the message
+    /// names it.
     #[error("config: {0}")]
     Invalid(String),
 }

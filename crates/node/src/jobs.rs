@@ -28,35 +28,67 @@ pub const EXPORT_PART_BYTES: usize = 48 * 1024;
 /// which hop failed and why; none of them carries packet bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
+    /// No job with this handle is hosted here (never set up, closed, or
+    /// expired after `idle`).
     #[error("unknown job")]
     UnknownJob,
+    /// A non-first init chunk came for a job this node does not host.
     #[error("init chunk for an unknown job")]
     InitForUnknownJob,
+    /// An init chunk's index or count is out of bounds (count zero, more
+    /// chunks than the shard limit allows, or index past the count).
     #[error("bad init chunk {index} of {total}")]
-    BadChunk { index: u32, total: u32 },
+    BadChunk {
+        /// The chunk's index (from 0).
+        index: u32,
+        /// The chunk count it announces.
+        total: u32,
+    },
+    /// A new job would exceed `max_jobs` (the number given).
     #[error("this node hosts {0} jobs already (its limit)")]
     TooManyJobs(usize),
+    /// An init chunk came for a job whose shard is already loaded.
     #[error("the job is already initialised")]
     AlreadyInitialised,
+    /// Work came for a job whose init chunks are not all in yet.
     #[error("the job is not initialised yet")]
     NotInitialised,
+    /// An init chunk announces a different count than the job's first one.
     #[error("init chunk count changed")]
     ChunkCountChanged,
+    /// Init chunk 0 carries no layer spec.
     #[error("the first init chunk carries no layer spec")]
     NoSpec,
+    /// The init chunks add up to more than `max_shard_bytes` (the number
+    /// given).
     #[error("shard larger than this node's limit of {0} bytes")]
     ShardTooLarge(u64),
+    /// The assembled shard's length differs from the spec's `shard_len`.
     #[error("shard is {got} bytes, the spec says {want}")]
-    ShardLength { got: usize, want: u64 },
+    ShardLength {
+        /// Bytes received.
+        got: usize,
+        /// Bytes the spec announces.
+        want: u64,
+    },
     /// A tensor that does not fit its shape, or is too large.
     #[error("tensor: {0}")]
     Tensor(#[from] mixnn_types::TensorError),
+    /// Labels came without the turn they belong to.
     #[error("labels come with a turn, not alone")]
     LabelsAlone,
+    /// The turning (last) layer got a turn without labels.
     #[error("the turning layer got no labels")]
     NoLabels,
+    /// An export part past the end of the exported parameters was asked for.
     #[error("export part {part} of {total}")]
-    ExportPart { part: u32, total: u32 },
+    ExportPart {
+        /// The part asked for (from 0).
+        part: u32,
+        /// Number of parts of the export.
+        total: u32,
+    },
+    /// Encoding the exported parameters as CBOR failed.
     #[error("encoding the parameters: {0}")]
     Encode(#[from] mixnn_protocol::cbor::CborError),
     /// The guest refused the call or hit a sandbox limit.
@@ -76,15 +108,12 @@ impl JobError {
             JobError::BadChunk { .. }
             | JobError::ChunkCountChanged
             | JobError::NoSpec
-            | JobError::ShardLength { .. }
-            => FailureKind::BadInit,
+            | JobError::ShardLength { .. } => FailureKind::BadInit,
             JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) => FailureKind::Capacity,
             JobError::LabelsAlone
             | JobError::NoLabels
             | JobError::ExportPart { .. }
-            | JobError::Tensor(_) => {
-                FailureKind::BadRequest
-            }
+            | JobError::Tensor(_) => FailureKind::BadRequest,
             JobError::Encode(_) => FailureKind::Encoding,
             JobError::Guest(_) => FailureKind::Guest,
             JobError::EndToEnd(_) => FailureKind::EndToEnd,
@@ -100,8 +129,11 @@ impl JobError {
 /// Limits of the job table.
 #[derive(Clone, Debug)]
 pub struct JobLimits {
+    /// Most jobs hosted at once; a new job beyond it is refused.
     pub max_jobs: usize,
+    /// Largest parameter shard one job may upload, in bytes.
     pub max_shard_bytes: u64,
+    /// A job unused for this long is forgotten by [`Jobs::expire`].
     pub idle: Duration,
 }
 
@@ -136,6 +168,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Jobs {
+    /// An empty job table running guests in `sandbox`.
     pub fn new(sandbox: Arc<Sandbox>, limits: JobLimits, metrics: Arc<Metrics>) -> Self {
         Jobs {
             map: Mutex::new(HashMap::new()),
@@ -309,7 +342,9 @@ impl Jobs {
     /// Training forward (saves what backward needs).
     pub fn forward(&self, handle: &[u8; 32], x: WireTensor) -> Result<WireTensor, JobError> {
         let x = to_guest(x)?;
-        self.with_guest(handle, |s, g| s.timed(|| g.forward(&x)).and_then(from_guest))
+        self.with_guest(handle, |s, g| {
+            s.timed(|| g.forward(&x)).and_then(from_guest)
+        })
     }
 
     /// Backward and optimizer step; the input gradient if the layer has one.

@@ -33,17 +33,27 @@ type Family = (&'static str, &'static str, &'static str, Vec<(String, u64)>);
 pub struct Metrics {
     started: Instant,
     peer_id: String,
+    /// The link-layer counters, shared with the p2p layer.
     pub link: Arc<LinkMetrics>,
     /// Drops after the link layer (Sphinx checks, jobs), by reason label.
     processing_drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Descriptor publishes a bootstrap accepted (counted per bootstrap).
     pub publish_ok: AtomicU64,
+    /// Descriptor publishes a bootstrap refused or did not answer.
     pub publish_failed: AtomicU64,
+    /// The current mix-key epoch (a gauge).
     pub mix_epoch: AtomicU64,
+    /// Jobs hosted now (a gauge).
     pub jobs: AtomicU64,
+    /// Calls into sandboxed guest layers.
     pub guest_calls: AtomicU64,
+    /// Time spent in guest calls, in microseconds.
     pub guest_micros: AtomicU64,
+    /// Cover loop packets sent.
     pub cover_loops_sent: AtomicU64,
+    /// Cover loop packets that came back to this node.
     pub cover_loops_returned: AtomicU64,
+    /// Cover drop packets sent.
     pub cover_drops_sent: AtomicU64,
     /// Loops that did not come back within their timeout (see `cover`).
     pub cover_loops_lost: AtomicU64,
@@ -59,6 +69,7 @@ impl std::ops::Deref for Metrics {
 }
 
 impl Metrics {
+    /// All counters zero; `peer_id` labels the node's info metric.
     pub fn new(peer_id: String) -> Self {
         Self {
             started: Instant::now(),
@@ -278,16 +289,32 @@ impl Metrics {
 /// Errors of the metrics endpoint and its client.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// Binding the endpoint, or connecting to, writing to or reading from it,
+    /// failed.
     #[error("metrics endpoint {addr}: {source}")]
     Io {
+        /// The endpoint's address.
         addr: SocketAddr,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A scrape got no full answer in time.
     #[error("metrics endpoint {addr} did not answer within {secs} s")]
-    Timeout { addr: SocketAddr, secs: u64 },
+    Timeout {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// The endpoint answered with something other than 200 OK.
     #[error("metrics endpoint {addr} answered: {status}")]
-    Status { addr: SocketAddr, status: String },
+    Status {
+        /// The endpoint's address.
+        addr: SocketAddr,
+        /// The HTTP status line it answered with.
+        status: String,
+    },
 }
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -33,10 +33,17 @@ const MAX_FILE_BYTES: usize = 64 * 1024;
 /// Errors of the key store.
 #[derive(Debug, thiserror::Error)]
 pub enum MixKeyError {
+    /// Reading or writing the key file (or its directory) failed.
     #[error(transparent)]
     File(#[from] SecretFileError),
+    /// The key file does not decode or breaks the store's rules.
     #[error("mix-key file {}: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,6 +130,7 @@ impl MixKeyStore {
         now / self.epoch_secs
     }
 
+    /// Length of a key epoch, in seconds.
     pub fn epoch_secs(&self) -> u64 {
         self.epoch_secs
     }

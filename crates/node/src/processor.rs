@@ -71,6 +71,8 @@ fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
 }
 
 impl Processor {
+    /// A processor for `geometry` that decrypts with `keys`, runs hops of
+    /// `jobs` and sends on through `sender`.
     pub fn new(
         geometry: Geometry,
         keys: MixKeys,

@@ -1,6 +1,9 @@
 //! Start-up failures give clear errors and lose nothing stored: a bootstrap
 //! that is down, an identity file others can read, bad configuration.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{bootstrap, bounded, init_logs, node_config};

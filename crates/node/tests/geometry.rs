@@ -2,6 +2,9 @@
 //! lengths of the default Sphinx geometry, or real packets would be dropped
 //! as `bad_length` at the first hop.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_node::config::DEFAULT_PACKET_SIZES;
 use mixnn_sphinx::Geometry;
 

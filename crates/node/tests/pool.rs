@@ -1,6 +1,9 @@
 //! A bootstrap and three nodes in one process, over real TCP on 127.0.0.1:
 //! directory, forged descriptors, restarts, packet streams.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{PACKET, bootstrap, bounded, eventually, init_logs, node};

@@ -65,14 +65,24 @@ impl Role {
     }
 }
 
-/// One behaviour per concern, composed as in rust-libp2p's examples.
-#[derive(NetworkBehaviour)]
-pub struct PeerBehaviour {
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    directory: DirectoryBehaviour,
-    stream: Toggle<libp2p_stream::Behaviour>,
+pub use composed::{PeerBehaviour, PeerBehaviourEvent};
+
+/// The derive also generates `PeerBehaviourEvent`, one variant per field,
+/// each carrying that behaviour's own event; the generated variants cannot
+/// carry docs, hence the allow on this module alone.
+#[allow(missing_docs)]
+mod composed {
+    use super::{DirectoryBehaviour, NetworkBehaviour, Toggle, identify, kad, ping};
+
+    /// One behaviour per concern, composed as in rust-libp2p's examples.
+    #[derive(NetworkBehaviour)]
+    pub struct PeerBehaviour {
+        pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+        pub(super) identify: identify::Behaviour,
+        pub(super) ping: ping::Behaviour,
+        pub(super) directory: DirectoryBehaviour,
+        pub(super) stream: Toggle<libp2p_stream::Behaviour>,
+    }
 }
 
 impl PeerBehaviour {

@@ -32,6 +32,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason once, in the order of the drop counters (for rendering
+    /// all labels, including zero ones).
     pub const ALL: [DropReason; 7] = [
         Self::BadLength,
         Self::OversizeFrame,
@@ -63,27 +65,39 @@ impl DropReason {
 /// Packet-link counters; shared through an `Arc`.
 #[derive(Default)]
 pub struct LinkMetrics {
+    /// Packets received and handed to the handler's queue.
     pub packets_in: AtomicU64,
+    /// Packets written to a neighbour's stream.
     pub packets_out: AtomicU64,
+    /// Bytes of the packets counted in `packets_in` (packet bytes, not
+    /// framing).
     pub bytes_in: AtomicU64,
+    /// Bytes of the packets counted in `packets_out` (packet bytes, not
+    /// framing).
     pub bytes_out: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Packet streams opened by peers and open now (a gauge).
     pub streams_inbound: AtomicU64,
+    /// Packet streams this peer opened and holds now (a gauge).
     pub streams_outbound: AtomicU64,
+    /// Peers with at least one open connection now (a gauge).
     pub peers_connected: AtomicU64,
     /// Packets received and sent, by wire length.
     lengths: Mutex<BTreeMap<usize, u64>>,
 }
 
 impl LinkMetrics {
+    /// Counts one packet dropped for `reason`.
     pub fn drop_packet(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Packets dropped for `reason` so far.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Reads one of the public counters (relaxed load).
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }

@@ -40,7 +40,10 @@ pub enum DirectoryError {
     /// if it did (the usual reason behind the failure).
     #[error("{failure}{}", dial.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Failed {
+        /// How the request-response behaviour reports the failure.
         failure: OutboundFailure,
+        /// Text of the last failed dial to the peer, if there was one since
+        /// it last connected.
         dial: Option<String>,
     },
     /// A list request was answered with something else.
@@ -52,7 +55,9 @@ pub enum DirectoryError {
     /// What the last bootstrap asked answered.
     #[error("directory request to {bootstrap}: {source}")]
     From {
+        /// The last bootstrap tried.
         bootstrap: PeerId,
+        /// Why that bootstrap's answer was not usable.
         #[source]
         source: Box<DirectoryError>,
     },

@@ -22,21 +22,38 @@ pub const IDENTITY_SEED_LEN: usize = 32;
 /// Errors reading or writing a secret file.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
+    /// A file-system operation on `path` failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory operated on (the secret file, its
+        /// temporary `.tmp` sibling, or its directory).
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is readable or writable by group or others (Unix only).
     #[error(
         "{} has mode {mode:o}: a key file must be readable by its owner only; \
          run `chmod 600 {}` if you trust its contents, or move it away to create a new identity",
         path.display(),
         path.display()
     )]
-    TooOpen { path: PathBuf, mode: u32 },
+    TooOpen {
+        /// The refused file.
+        path: PathBuf,
+        /// Its permission bits (`mode & 0o777`), shown in octal.
+        mode: u32,
+    },
+    /// The file is not a regular file or has the wrong length.
     #[error("{}: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The refused file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The OS random source could not produce a new secret.
     #[error("the system random source failed: {0}")]
     Random(#[source] getrandom::Error),
 }

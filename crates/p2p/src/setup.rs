@@ -62,7 +62,9 @@ pub enum ListenError {
     /// The transport refused the address.
     #[error("cannot listen on {addr}: {source}")]
     Refused {
+        /// The address that could not be listened on.
         addr: Multiaddr,
+        /// The transport's error.
         #[source]
         source: TransportError<std::io::Error>,
     },
@@ -198,8 +200,10 @@ pub struct PoolPeer {
 /// Why a pool peer did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The swarm could not be built (transport setup).
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// No listen address could be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
     /// The role carries no packets (a bootstrap).

@@ -1,6 +1,9 @@
 //! Identity key files: created owner-only, stable across loads, refused
 //! when others may read them or when their length is wrong.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use mixnn_p2p::secret_file::{SecretFileError, load_or_create_identity};
 
 #[test]

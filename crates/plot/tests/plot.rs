@@ -2,6 +2,9 @@
 //! promised size, with every series visible in both panels, and refusals
 //! (never panics) for input it cannot draw.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Cursor;
 
 use mixnn_plot::{PlotError, Series, colour, figure3, figure3_png};

@@ -13,18 +13,40 @@ use serde::de::DeserializeOwned;
 /// Errors of the bounded codec.
 #[derive(Debug, thiserror::Error)]
 pub enum CborError {
+    /// The input (on decode) or the encoded output (on encode) is over the
+    /// caller's byte limit; on decode this is checked before any parsing.
     #[error("{what} is {len} bytes, more than the limit of {max}")]
     TooLarge {
+        /// Caller's label for the value, used in the message.
         what: &'static str,
+        /// Actual size, in bytes (or in entries where `what` says so).
         len: usize,
+        /// Limit that `len` exceeded, in the same unit.
         max: usize,
     },
+    /// The bytes do not decode as the target type, or bytes follow the value.
     #[error("{what} is not valid CBOR for its type: {reason}")]
-    Malformed { what: &'static str, reason: String },
+    Malformed {
+        /// Caller's label for the value, used in the message.
+        what: &'static str,
+        /// Decoder error text, or the count of trailing bytes.
+        reason: String,
+    },
+    /// The bytes decode, but re-encoding the value gives different bytes, so
+    /// they are not the one canonical encoding (see [`decode_canonical`]).
     #[error("{what} is not in canonical encoding")]
-    NonCanonical { what: &'static str },
+    NonCanonical {
+        /// Caller's label for the value, used in the message.
+        what: &'static str,
+    },
+    /// The serializer failed to encode the value.
     #[error("encoding {what}: {reason}")]
-    Encode { what: &'static str, reason: String },
+    Encode {
+        /// Caller's label for the value, used in the message.
+        what: &'static str,
+        /// Serializer error text.
+        reason: String,
+    },
 }
 
 /// Encodes `value`; fails if the result exceeds `max` bytes.

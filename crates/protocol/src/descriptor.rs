@@ -47,6 +47,8 @@ pub struct MixKeyInfo {
     /// Length of one epoch in seconds, so a designer can tell when the key
     /// rotates.
     pub epoch_secs: u64,
+    /// X25519 public key for this epoch, which senders use to build packets
+    /// addressed to this node.
     #[serde(with = "serde_bytes")]
     pub public: [u8; 32],
 }
@@ -63,6 +65,7 @@ pub struct Capacity {
 /// The signed body. Field order is the encoding order: do not reorder.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDescriptor {
+    /// Body format version; must equal [`DESCRIPTOR_FORMAT`].
     pub format: u16,
     /// The libp2p peer id (base58), derived from `identity_key`.
     pub peer_id: String,
@@ -71,8 +74,11 @@ pub struct NodeDescriptor {
     pub identity_key: [u8; 32],
     /// Listen addresses as multiaddr strings (parsed by whoever dials).
     pub addrs: Vec<String>,
+    /// The current epoch's packet key.
     pub mix_key: MixKeyInfo,
+    /// What the node offers to jobs.
     pub capacity: Capacity,
+    /// Free-form software name/version, at most [`MAX_SOFTWARE_LEN`] bytes.
     pub software: String,
     /// Unix seconds.
     pub issued_at: u64,
@@ -84,8 +90,11 @@ pub struct NodeDescriptor {
 /// signature over `SIGNING_CONTEXT || body`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedDescriptor {
+    /// Canonical CBOR encoding of the [`NodeDescriptor`], exactly as signed.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// ed25519 signature (64 bytes when valid) over
+    /// `SIGNING_CONTEXT || body`.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
@@ -93,30 +102,71 @@ pub struct SignedDescriptor {
 /// Why a descriptor was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DescriptorError {
+    /// The body or signed envelope is oversized, malformed or non-canonical
+    /// CBOR.
     #[error(transparent)]
     Encoding(#[from] CborError),
+    /// The body's `format` is not [`DESCRIPTOR_FORMAT`].
     #[error("descriptor format {0} is not supported (expected {DESCRIPTOR_FORMAT})")]
     UnsupportedFormat(u16),
+    /// A field breaks a shape limit (address count or length, software
+    /// length, zero epoch length).
     #[error("descriptor field {field} is invalid: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// Name of the offending field, e.g. `"addrs"`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `identity_key` is not a valid ed25519 public key.
     #[error("identity key is not a valid ed25519 public key")]
     BadIdentityKey,
+    /// The signature is malformed or does not verify (strict ed25519) over
+    /// the body.
     #[error("signature does not verify")]
     BadSignature,
+    /// The descriptor's `peer_id` is not the one derived from its identity
+    /// key.
     #[error(
         "peer id {claimed} does not belong to the signing key (that key's peer id is {actual})"
     )]
-    PeerIdMismatch { claimed: String, actual: String },
+    PeerIdMismatch {
+        /// Peer id written in the descriptor.
+        claimed: String,
+        /// Peer id derived from `identity_key`.
+        actual: String,
+    },
+    /// Signing was attempted with a key other than the descriptor's
+    /// `identity_key`.
     #[error("the signing key does not match the descriptor's identity key")]
     WrongSigningKey,
+    /// The descriptor's validity window has ended.
     #[error("descriptor expired at {expires_at} (now {now})")]
-    Expired { expires_at: u64, now: u64 },
+    Expired {
+        /// Descriptor's `expires_at`, unix seconds.
+        expires_at: u64,
+        /// Verifier's clock, unix seconds.
+        now: u64,
+    },
+    /// `issued_at` is later than `now` plus [`CLOCK_SKEW_SECS`].
     #[error("descriptor issued at {issued_at}, in the future (now {now})")]
-    NotYetValid { issued_at: u64, now: u64 },
+    NotYetValid {
+        /// Descriptor's `issued_at`, unix seconds.
+        issued_at: u64,
+        /// Verifier's clock, unix seconds.
+        now: u64,
+    },
+    /// `expires_at` is not after `issued_at`, or the lifetime exceeds
+    /// [`MAX_LIFETIME_SECS`].
     #[error(
         "descriptor lifetime {issued_at}..{expires_at} is empty or longer than {MAX_LIFETIME_SECS} s"
     )]
-    BadLifetime { issued_at: u64, expires_at: u64 },
+    BadLifetime {
+        /// Descriptor's `issued_at`, unix seconds.
+        issued_at: u64,
+        /// Descriptor's `expires_at`, unix seconds.
+        expires_at: u64,
+    },
 }
 
 /// The libp2p peer id (base58) of an ed25519 public key.

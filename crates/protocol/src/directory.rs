@@ -28,7 +28,13 @@ pub enum DirectoryRequest {
     Publish(SignedDescriptor),
     /// The current descriptors, ordered by peer id, from `offset`, at most
     /// `limit` (capped at [`MAX_LIST_ENTRIES`]).
-    List { offset: u32, limit: u32 },
+    List {
+        /// Index of the first entry to return (number of entries to skip).
+        offset: u32,
+        /// Most entries to return; the bootstrap caps it at
+        /// [`MAX_LIST_ENTRIES`].
+        limit: u32,
+    },
 }
 
 /// What a bootstrap answers.
@@ -38,27 +44,40 @@ pub enum DirectoryResponse {
     Published,
     /// The descriptor was refused; `reason` says why (bad signature, expired,
     /// older than the stored one, directory full).
-    Rejected { reason: String },
+    Rejected {
+        /// Human-readable cause of the refusal.
+        reason: String,
+    },
     /// A page of the directory; `total` is the number of entries it holds.
     Descriptors {
+        /// This page's descriptors, unverified; at most [`MAX_LIST_ENTRIES`].
         entries: Vec<SignedDescriptor>,
+        /// Number of entries the directory holds in all (saturates at
+        /// `u32::MAX`), for paging.
         total: u32,
     },
 }
 
 impl DirectoryRequest {
+    /// Encodes as CBOR; fails above [`MAX_DIRECTORY_REQUEST_BYTES`].
     pub fn encode(&self) -> Result<Vec<u8>, CborError> {
         cbor::encode("directory request", self, MAX_DIRECTORY_REQUEST_BYTES)
     }
+    /// Decodes CBOR, refusing input above [`MAX_DIRECTORY_REQUEST_BYTES`]
+    /// before parsing. A published descriptor is not verified here.
     pub fn decode(bytes: &[u8]) -> Result<Self, CborError> {
         cbor::decode("directory request", bytes, MAX_DIRECTORY_REQUEST_BYTES)
     }
 }
 
 impl DirectoryResponse {
+    /// Encodes as CBOR; fails above [`MAX_DIRECTORY_RESPONSE_BYTES`].
     pub fn encode(&self) -> Result<Vec<u8>, CborError> {
         cbor::encode("directory response", self, MAX_DIRECTORY_RESPONSE_BYTES)
     }
+    /// Decodes CBOR, refusing input above [`MAX_DIRECTORY_RESPONSE_BYTES`]
+    /// before parsing, then applies [`check_limits`](Self::check_limits).
+    /// Descriptors are not verified here.
     pub fn decode(bytes: &[u8]) -> Result<Self, CborError> {
         let r: Self = cbor::decode("directory response", bytes, MAX_DIRECTORY_RESPONSE_BYTES)?;
         r.check_limits()?;

@@ -37,12 +37,19 @@ pub const E2E_MAC_LEN: usize = 16;
 /// Errors decoding job payloads and end-to-end sections.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
+    /// The payload bytes do not follow the layout (truncated, trailing
+    /// bytes, bad marker or encoding, too many dimensions, size overflow);
+    /// the text names the defect.
     #[error("job payload: {0}")]
     Malformed(&'static str),
+    /// The payload's version byte is not [`JOB_PAYLOAD_VERSION`].
     #[error("job payload version {0} is not supported")]
     Version(u8),
+    /// A sealed end-to-end section has an impossible length or its MAC does
+    /// not match (wrong key, wrong direction, or tampered).
     #[error("end-to-end section fails its MAC")]
     E2eAuth,
+    /// An end-to-end message body failed to encode or decode as CBOR.
     #[error(transparent)]
     Cbor(#[from] CborError),
 }
@@ -50,6 +57,7 @@ pub enum JobError {
 /// Tensor element encodings on the wire.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
+    /// Plain f32 values (4 bytes each, little-endian on the wire).
     F32(Vec<f32>),
     /// Bytes standing for `byte / 255.0` as f32: the same arithmetic the
     /// data loader does, so decoding gives bit-identical floats. The
@@ -60,7 +68,10 @@ pub enum TensorData {
 /// A tensor as it travels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WireTensor {
+    /// Dimensions, at most [`MAX_DIMS`] of them.
     pub shape: Vec<u32>,
+    /// The elements, row-major; their count should be the product of
+    /// `shape` (checked when converted to a [`Tensor`]).
     pub data: TensorData,
 }
 
@@ -120,6 +131,8 @@ impl TryFrom<WireTensor> for Tensor {
 /// The plaintext of a job payload (inside the link AEAD).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobPayload {
+    /// The activations (forward) or gradient (backward) the link pair may
+    /// read; `None` when the packet carries only an end-to-end message.
     pub tensor: Option<WireTensor>,
     /// The end-to-end section, as this hop has it (layers included).
     pub e2e: Vec<u8>,
@@ -243,7 +256,9 @@ impl<'a> Reader<'a> {
 /// apart so a reply can never be replayed as a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum E2eDirection {
+    /// Designer to hop ([`ToHop`] messages).
     ToHop,
+    /// Hop back to the designer ([`FromHop`] messages).
     FromHop,
 }
 
@@ -322,6 +337,7 @@ pub enum LayerKind {
 /// boundary converts it field by field) and the shard's size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerSpec {
+    /// Which guest runs the layer.
     pub kind: LayerKind,
     /// The layer's training settings. `host_kernels` asks for host-kernel
     /// mode (products on the node's native kernels); false demands pure
@@ -337,16 +353,25 @@ pub struct LayerSpec {
 pub enum ToHop {
     /// Part of a job's deployment; `spec` comes with the first chunk.
     Init {
+        /// This chunk's position, `0..total`.
         index: u32,
+        /// Number of chunks the shard is split into (at least 1; an empty
+        /// shard is sent as one empty chunk).
         total: u32,
+        /// The layer to build; required on chunk 0, ignored on the others.
         spec: Option<LayerSpec>,
+        /// This chunk of the shard bytes.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The labels of the batch, for the loss layer only.
     Labels(Vec<i64>),
     /// Send part `part` of the trained parameters.
-    Export { part: u32 },
+    Export {
+        /// Zero-based part index; part 0 makes the hop take a fresh snapshot
+        /// of the parameters.
+        part: u32,
+    },
     /// Forget the job.
     Close,
 }
@@ -356,23 +381,31 @@ pub enum ToHop {
 pub enum FromHop {
     /// Init chunk `index` stored.
     Received {
+        /// The [`ToHop::Init`] chunk index that was stored.
         index: u32,
     },
     /// The layer is built and ready; its parameter count.
     Ready {
+        /// Parameter count the guest reports for the built layer.
         params: u64,
     },
     /// The loss of the step (f32 bits, so it round-trips exactly).
     Loss {
+        /// `f32::to_bits` of the loss.
         bits: u32,
     },
     /// Part of the CBOR-encoded parameter list.
     ExportPart {
+        /// Index of this part, as asked in [`ToHop::Export`].
         part: u32,
+        /// Number of parts the encoded list spans (at least 1).
         total: u32,
+        /// This part's slice of the CBOR encoding of a `Vec<ParamTensor>`;
+        /// concatenate all parts in order before decoding.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// The job is forgotten (answer to [`ToHop::Close`]).
     Closed,
     /// The hop could not do what the packet asked; it dropped the tensor.
     Error(HopFailure),
@@ -411,7 +444,10 @@ pub enum FailureKind {
 /// [`MAX_E2E_BODY`] on decode). Displays as its message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HopFailure {
+    /// Category the designer can act on.
     pub kind: FailureKind,
+    /// Human-readable detail, at most [`MAX_FAILURE_MESSAGE`] bytes when
+    /// built with [`HopFailure::new`].
     pub message: String,
 }
 
@@ -440,8 +476,12 @@ impl std::fmt::Display for HopFailure {
 /// A named parameter tensor, as export parts carry it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamTensor {
+    /// The parameter's name in the layer.
     pub name: String,
+    /// Dimensions of the parameter.
     pub shape: Vec<u32>,
+    /// The values; their count should be the product of `shape` (checked
+    /// when converted to a [`NamedTensor`]).
     pub data: Vec<f32>,
 }
 

@@ -1,6 +1,9 @@
 //! Descriptor signing and verification: round trip, tampering, forgery,
 //! expiry, and the size limits on decode.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use ed25519_dalek::SigningKey;
 use mixnn_protocol::cbor::CborError;
 use mixnn_protocol::descriptor::{DESCRIPTOR_FORMAT, MAX_DESCRIPTOR_BYTES, peer_id_of};

@@ -186,10 +186,14 @@ impl GuestLayer {
         })
     }
 
+    /// Name of the compiled guest this instance runs (see [`CompiledGuest::name`]).
     pub fn guest_name(&self) -> &str {
         &self.name
     }
 
+    /// True once a call trapped (timeout, memory cap, guest panic): the
+    /// instance's state is then unknown, so every later call is refused with
+    /// [`SandboxError::Poisoned`] and the layer must be instantiated again.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
     }

@@ -37,24 +37,60 @@ compile_error!("host kernels read f32 operands in place from little-endian wasm 
 /// Why a product was refused.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KernelError {
+    /// One of m, k, n is zero.
     #[error("a dimension is zero (m={m}, k={k}, n={n})")]
-    Empty { m: usize, k: usize, n: usize },
+    Empty {
+        /// Rows of op(A) and of the result.
+        m: usize,
+        /// Columns of op(A), rows of op(B): the dimension summed over.
+        k: usize,
+        /// Columns of op(B) and of the result.
+        n: usize,
+    },
+    /// m · k · n exceeds [`MATMUL_LIMIT`] (or overflows `u64`).
     #[error("{m}·{k}·{n} multiply-adds exceed the host's limit of {MATMUL_LIMIT} per call")]
-    TooMuchWork { m: usize, k: usize, n: usize },
+    TooMuchWork {
+        /// Rows of op(A) and of the result.
+        m: usize,
+        /// Columns of op(A), rows of op(B): the dimension summed over.
+        k: usize,
+        /// Columns of op(B) and of the result.
+        n: usize,
+    },
+    /// The m × n result would not fit in the instance's memory cap (or, in
+    /// pure-wasm mode, in the kernel's 32-bit address space).
     #[error("a {m}×{n} result exceeds the instance's memory cap")]
-    TooLarge { m: usize, n: usize },
+    TooLarge {
+        /// Rows of the result.
+        m: usize,
+        /// Columns of the result.
+        n: usize,
+    },
+    /// An operand's length does not match the dimensions.
     #[error("operand {which} holds {got} values, the dimensions need {want}")]
     Length {
+        /// Which operand: `'A'` or `'B'`.
         which: char,
+        /// Values the guest passed.
         got: usize,
+        /// Values the dimensions call for (m · k for A, k · n for B).
         want: usize,
     },
+    /// Pure-wasm mode: the product kernel's memory would pass what the
+    /// layer's memory cap leaves beside the guest's own memories.
     #[error(
         "the product kernel needs {bytes} bytes of memory, more than the layer's memory cap leaves"
     )]
-    KernelMemory { bytes: usize },
+    KernelMemory {
+        /// Linear memory, in bytes, the kernel would need to hold.
+        bytes: usize,
+    },
+    /// The call's CPU deadline passed while the product ran; the only
+    /// failure that traps the guest rather than being returned to it.
     #[error("the call's CPU deadline passed")]
     Deadline,
+    /// The wasm product kernel could not be instantiated or trapped; the
+    /// message is wasmtime's.
     #[error("the wasm product kernel failed: {0}")]
     Failed(String),
 }
@@ -62,10 +98,15 @@ pub enum KernelError {
 /// The shape of one product as the guest states it (see `wit/layer.wit`).
 #[derive(Clone, Copy, Debug)]
 pub struct Product {
+    /// Rows of op(A) and of the result.
     pub m: usize,
+    /// Columns of op(A), rows of op(B): the dimension summed over.
     pub k: usize,
+    /// Columns of op(B) and of the result.
     pub n: usize,
+    /// A is stored transposed (k × m, row-major), so op(A) = Aᵀ.
     pub a_trans: bool,
+    /// B is stored transposed (n × k, row-major), so op(B) = Bᵀ.
     pub b_trans: bool,
 }
 

@@ -54,6 +54,8 @@ pub enum GuestKind {
 }
 
 impl GuestKind {
+    /// Its name as a compiled guest (`standard` or `relay`), also the cache
+    /// file's name.
     pub fn name(self) -> &'static str {
         match self {
             GuestKind::Standard => "standard",
@@ -61,6 +63,7 @@ impl GuestKind {
         }
     }
 
+    /// The guest's component bytes, embedded at build time.
     pub fn wasm(self) -> &'static [u8] {
         match self {
             GuestKind::Standard => {
@@ -108,8 +111,10 @@ pub enum GuestKernels {
     Wasm,
 }
 
+/// How a [`Sandbox`] is set up ([`Sandbox::new`]).
 #[derive(Clone, Debug, Default)]
 pub struct SandboxOptions {
+    /// Memory cap and CPU deadline of every instance.
     pub limits: Limits,
     /// Whether jobs may run their products on host kernels.
     pub kernels: GuestKernels,
@@ -131,32 +136,87 @@ impl SandboxOptions {
     }
 }
 
+/// Why the sandbox could not set up, compile, instantiate or run a guest.
+/// `Timeout`, `OutOfMemory` and `Trap` poison the instance (its later calls
+/// get `Poisoned`); the other call errors leave it usable.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The engine, linker, product kernel or epoch ticker could not be set up.
     #[error("wasmtime setup: {0}")]
     Setup(String),
+    /// The bytes are not a valid component or Cranelift failed on them (an
+    /// unusable cache artifact is recompiled, not reported).
     #[error("compiling guest `{name}`: {message}")]
-    Compile { name: String, message: String },
+    Compile {
+        /// The guest's name.
+        name: String,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// The component could not be instantiated against the `mixnn:layer`
+    /// world (missing exports, wrong types, or a failing start).
     #[error("guest `{name}` does not implement the mixnn:layer world: {message}")]
-    Instantiate { name: String, message: String },
+    Instantiate {
+        /// The guest's name.
+        name: String,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// The call ran past its CPU deadline ([`Limits::call_timeout`]).
     #[error("guest call `{call}` exceeded its CPU time limit of {limit:?}")]
-    Timeout { call: &'static str, limit: Duration },
+    Timeout {
+        /// The export that was called (`load`, `forward`, …).
+        call: &'static str,
+        /// The per-call time limit it exceeded.
+        limit: Duration,
+    },
+    /// The guest's memories (with its product kernel's) would have passed
+    /// the memory cap ([`Limits::memory_bytes`]).
     #[error("guest call `{call}` exceeded the memory limit of {limit} bytes")]
-    OutOfMemory { call: &'static str, limit: usize },
+    OutOfMemory {
+        /// The export that was called.
+        call: &'static str,
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The guest trapped for another reason (e.g. a panic in the guest).
     #[error("guest call `{call}` trapped: {message}")]
-    Trap { call: &'static str, message: String },
+    Trap {
+        /// The export that was called.
+        call: &'static str,
+        /// wasmtime's description of the trap.
+        message: String,
+    },
+    /// The guest returned an error of its own; the instance stays usable.
     #[error("guest call `{call}` failed: {message}")]
-    Guest { call: &'static str, message: String },
+    Guest {
+        /// The export that was called.
+        call: &'static str,
+        /// The guest's error message.
+        message: String,
+    },
+    /// Refused without running: this instance trapped on an earlier call.
     #[error("guest call `{call}` refused: this instance trapped earlier and must be reloaded")]
-    Poisoned { call: &'static str },
+    Poisoned {
+        /// The export that was refused.
+        call: &'static str,
+    },
+    /// A tensor the host was to pass has a dimension that does not fit the
+    /// WIT record's `u32`.
     #[error("guest call `{call}`: cannot pass the tensor: {source}")]
     BadInput {
+        /// The export that was to be called.
         call: &'static str,
+        /// What is wrong with the tensor.
         source: TensorError,
     },
+    /// The guest returned a tensor that is not well formed (e.g. its data
+    /// length does not match its shape).
     #[error("guest call `{call}` returned a malformed tensor: {source}")]
     BadOutput {
+        /// The export that was called.
         call: &'static str,
+        /// What is wrong with the tensor.
         source: TensorError,
     },
 }
@@ -170,6 +230,8 @@ pub struct CompiledGuest {
 }
 
 impl CompiledGuest {
+    /// The name it was compiled under (`standard`, `relay`, or the name
+    /// given to [`Sandbox::compile`]); used in errors and cache file names.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -205,6 +267,9 @@ pub struct Sandbox {
 const TICK: Duration = Duration::from_millis(5);
 
 impl Sandbox {
+    /// Sets up the shared engine and linker (WASI and host kernels), the
+    /// pure-wasm product kernel, and the epoch ticker thread that enforces
+    /// call deadlines. Guests are compiled later, on first use.
     pub fn new(opts: SandboxOptions) -> Result<Self, SandboxError> {
         let engine =
             Engine::new(&engine_config(true)).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
@@ -234,6 +299,7 @@ impl Sandbox {
         })
     }
 
+    /// The limits every instance of this sandbox runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

@@ -21,7 +21,11 @@ pub struct ShardInfo {
     pub input_name: String,
     /// Tensor the shard writes (the model output for the last shard).
     pub output_name: String,
+    /// Concrete shape of `input_name`, inferred from the model; what the
+    /// previous shard (or the data source) must send.
     pub input_shape: Vec<usize>,
+    /// Concrete shape of `output_name`, inferred from the model; what the
+    /// next shard (or the loss) receives.
     pub output_shape: Vec<usize>,
     /// Number of trainable (floating-point initializer) values.
     pub param_count: usize,
@@ -30,6 +34,8 @@ pub struct ShardInfo {
 /// A chain of shards covering every node of a model, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The shards in chain order (`shards[i].index == i`), each reading what
+    /// the one before writes.
     pub shards: Vec<ShardInfo>,
 }
 

@@ -2,6 +2,9 @@
 //! model, for both reference models, both forms and two batch sizes; and
 //! merge/set_params undo split faithfully.
 
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{max_rel_diff, random_input, run, run_chain};

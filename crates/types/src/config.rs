@@ -94,14 +94,19 @@ impl Default for TrainConfig {
 /// A setting that would silently train nothing or diverge at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `learning_rate` is not finite and > 0.
     #[error("train config: learning rate must be a positive number")]
     LearningRate,
+    /// `momentum` is outside `[0, 1)`.
     #[error("train config: momentum must be in [0, 1)")]
     Momentum,
+    /// `weight_decay` is negative or not finite.
     #[error("train config: weight decay must be ≥ 0")]
     WeightDecay,
+    /// `beta1` or `beta2` is outside `[0, 1)`.
     #[error("train config: Adam betas must be in [0, 1)")]
     Betas,
+    /// `epsilon` is not finite and > 0.
     #[error("train config: Adam epsilon must be positive")]
     Epsilon,
 }

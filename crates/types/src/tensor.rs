@@ -13,12 +13,20 @@ pub const MAX_ELEMENTS: usize = 1 << 28;
 /// A tensor whose shape and data do not go together, or that is too large.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TensorError {
+    /// The shape's element count overflows or exceeds [`MAX_ELEMENTS`].
     #[error("shape {shape:?} exceeds the limit of {MAX_ELEMENTS} elements")]
-    TooLarge { shape: Vec<usize> },
+    TooLarge {
+        /// The refused shape.
+        shape: Vec<usize>,
+    },
+    /// The data length is not the shape's element count.
     #[error("shape {shape:?} needs {want} values, got {got}")]
     Length {
+        /// The declared shape.
         shape: Vec<usize>,
+        /// Element count the shape needs.
         want: usize,
+        /// Number of values supplied.
         got: usize,
     },
     /// A dimension that a `u32` (WIT, wire) cannot hold.
@@ -29,7 +37,10 @@ pub enum TensorError {
 /// A dense row-major f32 tensor, the unit every layer call exchanges.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The elements in row-major order; [`Tensor::new`] checks that there
+    /// are exactly the shape's element count.
     pub data: Vec<f32>,
 }
 
@@ -65,13 +76,16 @@ pub fn dims_to_u32(shape: &[usize]) -> Result<Vec<u32>, TensorError> {
 /// A named parameter tensor (export, checkpoints).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
+    /// The parameter's name in its layer.
     pub name: String,
+    /// The parameter's values.
     pub tensor: Tensor,
 }
 
 /// The loss of a batch and its gradient, from the last layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossOutput {
+    /// The batch's scalar loss, of the layer's [`LossKind`](crate::LossKind).
     pub loss: f32,
     /// d loss / d output, to feed `backward`.
     pub grad: Tensor,

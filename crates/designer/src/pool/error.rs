@@ -8,63 +8,112 @@ use mixnn_sphinx::SphinxError;
 /// A failure of the pool cascade (deployment, a phase, an answer).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    /// The shards the designer keeps (first and/or last) leave none for the pool.
     #[error("no shard left for the pool (keeping both ends of a 1- or 2-shard model?)")]
     NoRemoteShard,
+    /// A step's route would have more hops than a packet header can carry.
     #[error(
         "{remote} layers and {dummies} dummies make routes of {route_len} hops; \
          packets carry at most {max}"
     )]
     RouteTooLong {
+        /// Layers run on the pool.
         remote: usize,
+        /// Dummy hops asked for.
         dummies: usize,
+        /// Hops of a step's route: through the cascade and back, or one way with
+        /// `keep_last`.
         route_len: usize,
+        /// Most hops a packet header can carry.
         max: usize,
     },
+    /// The directory lists fewer nodes than the cascade needs.
     #[error(
         "the pool lists {listed} nodes, the cascade needs {needed} distinct ones \
          ({remote} layers + {dummies} dummies)"
     )]
     TooFewNodes {
+        /// Nodes the directory lists.
         listed: usize,
+        /// Distinct nodes the cascade needs.
         needed: usize,
+        /// Layers run on the pool.
         remote: usize,
+        /// Dummy hops asked for.
         dummies: usize,
     },
+    /// The OS random source failed (seeding the designer's secret generator).
     #[error("OS randomness: {0}")]
     Randomness(getrandom::Error),
     /// A directory entry whose mix key is no curve point.
     #[error("node {peer}: {source}")]
-    MixKey { peer: String, source: SphinxError },
+    MixKey {
+        /// The node's peer id, as listed.
+        peer: String,
+        /// Why the key was rejected.
+        source: SphinxError,
+    },
+    /// A directory entry whose mix-key epoch does not fit in 32 bits.
     #[error("node {peer}: epoch out of range")]
-    Epoch { peer: String },
+    Epoch {
+        /// The node's peer id, as listed.
+        peer: String,
+    },
+    /// A directory entry whose peer id does not parse.
     #[error("node {peer}: {source}")]
     PeerId {
+        /// The peer id, as listed.
         peer: String,
+        /// Why it does not parse.
         source: libp2p::identity::ParseError,
     },
     /// The job's payload class does not suit the packet geometry.
     #[error(transparent)]
     Geometry(#[from] SphinxError),
+    /// The job's largest tensor fits no payload class.
     #[error("a {largest}-byte tensor fits no packet class ({source}); use a smaller batch")]
-    NoClass { largest: usize, source: SphinxError },
+    NoClass {
+        /// Size of the largest tensor, in bytes.
+        largest: usize,
+        /// The geometry's error.
+        source: SphinxError,
+    },
     /// `hop` counts from 1, as the progress lines do.
     #[error("hop {hop}: unexpected answer {answer:?}")]
-    UnexpectedAnswer { hop: usize, answer: Box<FromHop> },
+    UnexpectedAnswer {
+        /// The hop that answered, counting from 1.
+        hop: usize,
+        /// What it answered.
+        answer: Box<FromHop>,
+    },
+    /// A hop gave no end-to-end answer to a message addressed to it.
     #[error("hop {hop} did not answer")]
-    NoAnswer { hop: usize },
+    NoAnswer {
+        /// The hop, counting from 1.
+        hop: usize,
+    },
+    /// The turning hop answered something other than the loss; holds its answer,
+    /// if any.
     #[error("expected the loss, got {0:?}")]
     ExpectedLoss(Option<Box<FromHop>>),
+    /// An answer lacks a tensor it must carry; holds which (e.g. `activations`).
     #[error("the answer carries no {0}")]
     NoTensor(&'static str),
+    /// A tensor does not convert to or from its wire form.
     #[error("{what}: {source}")]
     Tensor {
+        /// Which tensor (e.g. `input`, `gradient`, `parameter`).
         what: &'static str,
+        /// The conversion's error.
         source: TensorError,
     },
+    /// The designer's last shard (`keep_last`) gave no input gradient to send back.
     #[error("the last shard gave no input gradient")]
     NoInputGradient,
+    /// A message does not encode or decode as CBOR.
     #[error(transparent)]
     Cbor(#[from] CborError),
+    /// The export got no parameters for a shard; holds its index.
     #[error("no parameters for shard {0}")]
     NoParams(usize),
 }

@@ -67,7 +67,9 @@ pub struct PoolOptions {
 pub struct NetworkReport {
     /// The cascade in order: `layer K` or `dummy`, and the node's peer id.
     pub cascade: Vec<(String, String)>,
+    /// Payload class of the job's packets, in bytes.
     pub payload_class: usize,
+    /// Wire length of a packet of that class, in bytes.
     pub packet_len: usize,
     /// Messages (packets the designer sent and got an answer to).
     pub messages: u64,
@@ -75,15 +77,23 @@ pub struct NetworkReport {
     pub hop_crossings: u64,
     /// The same for training messages only (the per-hop overhead's base).
     pub train_messages: u64,
+    /// Hop crossings of the training messages.
     pub train_hop_crossings: u64,
+    /// Packets the designer's peer sent, all phases.
     pub packets_sent: u64,
+    /// Packets the designer's peer received, all phases.
     pub packets_received: u64,
+    /// Bytes the designer's peer sent, all phases.
     pub bytes_sent: u64,
+    /// Bytes the designer's peer received, all phases.
     pub bytes_received: u64,
     /// Seconds spent per phase, waiting on the network included.
     pub init_seconds: f64,
+    /// Seconds of the training steps.
     pub train_seconds: f64,
+    /// Seconds of the test passes.
     pub test_seconds: f64,
+    /// Seconds of the parameter export and of closing the job.
     pub export_seconds: f64,
     /// Distinct lengths of the packets the designer sent and received.
     pub packet_lengths: Vec<usize>,

@@ -56,20 +56,29 @@ pub fn op_label(op: Op) -> &'static str {
 pub enum Action {
     /// Send `bytes` (same length as they came) to the next mix node.
     Forward {
+        /// Sphinx node id of the next mix.
         next: NodeId,
+        /// The next mix's libp2p peer id.
         to: PeerId,
+        /// The processed packet.
         bytes: Vec<u8>,
     },
     /// Send `bytes` to the endpoint the route ends at (the designer or a
     /// client), which is not a mix.
     Deliver {
+        /// Sphinx node id of the endpoint.
         next: NodeId,
+        /// The endpoint's libp2p peer id.
         to: PeerId,
+        /// The processed packet.
         bytes: Vec<u8>,
     },
     /// A cover loop ended here: if `tag` is one this node sent, its loop
     /// came back (the loop tracker knows).
-    LoopReturned { tag: ReplayTag },
+    LoopReturned {
+        /// Replay tag of the packet's header, which identifies the loop.
+        tag: ReplayTag,
+    },
     /// Nothing is sent on.
     Drop(DropReason),
 }
@@ -79,7 +88,10 @@ pub enum Action {
 pub enum DropReason {
     /// The length is no packet length of the geometry's size classes.
     #[error("length {len} is no packet length of this geometry")]
-    WrongSize { len: usize },
+    WrongSize {
+        /// The packet's length in bytes.
+        len: usize,
+    },
     /// The header MAC does not verify: tampered, or not for this node.
     #[error("header MAC check failed")]
     TamperedHeader,
@@ -161,7 +173,9 @@ pub enum Stage {
 /// packet still travels on (tensor-less) so the designer learns of it.
 #[derive(Debug)]
 pub struct Failure {
+    /// Where in the hop the job failed.
     pub stage: Stage,
+    /// What failed.
     pub error: JobError,
 }
 
@@ -169,6 +183,7 @@ pub struct Failure {
 /// records in the metrics, the job views and the cover's class tracker.
 #[derive(Debug)]
 pub struct Seen {
+    /// The op the header gives this hop.
     pub op: Op,
     /// The job handle (all zero for cover traffic).
     pub job: [u8; 32],
@@ -180,12 +195,14 @@ pub struct Seen {
     pub input_shape: Option<Vec<u32>>,
     /// Kind of the end-to-end message this hop read, if any (`init`, …).
     pub e2e_read: Option<&'static str>,
+    /// The job failure sealed to the designer, if the job's work failed.
     pub failure: Option<Failure>,
 }
 
 /// The hop's verdict on one packet.
 #[derive(Debug)]
 pub struct Outcome {
+    /// What to do with the packet.
     pub action: Action,
     /// `None` when the header did not open.
     pub seen: Option<Seen>,

@@ -36,31 +36,63 @@ pub const IDENTITY_FILE: &str = "identity.key";
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The configuration is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Loading or creating the identity key failed.
     #[error(transparent)]
     Identity(#[from] SecretFileError),
+    /// Loading, creating or rotating the mix keys failed.
     #[error(transparent)]
     MixKeys(#[from] MixKeyError),
+    /// A listen or bootstrap address does not parse.
     #[error("bad multiaddr {addr:?}: {reason}")]
-    Addr { addr: String, reason: String },
+    Addr {
+        /// The address as given.
+        addr: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// Setting up the transport or the node's tasks failed; the message
+    /// says what.
     #[error("libp2p: {0}")]
     Transport(String),
+    /// Binding a listen address failed.
     #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: String, reason: String },
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why binding failed.
+        reason: String,
+    },
+    /// The metrics endpoint could not bind its address.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Signing the node's descriptor failed.
     #[error(transparent)]
     Descriptor(#[from] mixnn_protocol::DescriptorError),
+    /// No bootstrap accepted the descriptor before the timeout.
     #[error(
         "no bootstrap accepted this node's descriptor within {secs} s:\n  {}",
         failures.join("\n  ")
     )]
-    BootstrapUnreachable { secs: u64, failures: Vec<String> },
+    BootstrapUnreachable {
+        /// The timeout, in seconds.
+        secs: u64,
+        /// Why each bootstrap refused the last attempt, one line each.
+        failures: Vec<String>,
+    },
+    /// No bootstrap address is configured.
     #[error("no bootstrap configured (give at least one --bootstrap MULTIADDR)")]
     NoBootstrap,
+    /// A directory request to a bootstrap failed.
     #[error("directory request to {peer}: {reason}")]
-    Directory { peer: PeerId, reason: String },
+    Directory {
+        /// The bootstrap asked.
+        peer: PeerId,
+        /// Why the request failed.
+        reason: String,
+    },
 }
 
 /// A running pool node. Dropping it stops its tasks; [`shutdown`](Self::shutdown)
@@ -168,6 +200,7 @@ impl Node {
         Ok(self)
     }
 
+    /// The node's libp2p peer id, derived from its identity key.
     pub fn peer_id(&self) -> PeerId {
         self.shared.peer_id
     }
@@ -182,6 +215,7 @@ impl Node {
         self.metrics_addr
     }
 
+    /// The node's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }

@@ -48,18 +48,27 @@ pub fn protocol() -> StreamProtocol {
 pub struct InboundPacket {
     /// The neighbour that sent it (authenticated by Noise).
     pub from: PeerId,
+    /// The packet bytes (frame header removed); the length is one of the
+    /// size classes.
     pub data: Vec<u8>,
 }
 
 /// Errors handing a packet to [`PacketSender::send`].
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// The packet's length (in bytes) is not one of the [`SizeClasses`];
+    /// nothing was queued.
     #[error("packet of {0} bytes is not one of the size classes")]
     BadLength(usize),
+    /// The neighbour's packet queue or the shared byte budget is full; the
+    /// packet was dropped and counted.
     #[error("the queue to {0} is full (packet dropped)")]
     QueueFull(PeerId),
+    /// The peer is stopping; no more packets are accepted.
     #[error("the node is shutting down")]
     Closed,
+    /// [`PacketSender::open_link`] saw no stream open to this neighbour
+    /// within its wait.
     #[error("no packet stream to {0} could be opened")]
     Unreachable(PeerId),
 }
@@ -69,12 +78,16 @@ pub enum SendError {
 pub struct SizeClasses(BTreeSet<usize>);
 
 impl SizeClasses {
+    /// The set of `sizes` (packet lengths in bytes; duplicates collapse).
     pub fn new(sizes: &[u32]) -> Self {
         Self(sizes.iter().map(|&s| s as usize).collect())
     }
+    /// Whether `len` bytes is an accepted packet length.
     pub fn contains(&self, len: usize) -> bool {
         self.0.contains(&len)
     }
+    /// The longest accepted length in bytes (0 if there are none); frames
+    /// above it end the stream.
     pub fn largest(&self) -> usize {
         self.0.last().copied().unwrap_or(0)
     }

@@ -97,7 +97,11 @@ fn a_length_of_no_size_class_is_dropped() {
 fn an_output_larger_than_the_class_is_dropped() {
     let mut w = World::new();
     let shard = super::kit::last_mlp_shard();
-    let spec = super::kit::spec(mixnn_protocol::job::LayerKind::Standard, mixnn_types::LossKind::Nll, shard.len());
+    let spec = super::kit::spec(
+        mixnn_protocol::job::LayerKind::Standard,
+        mixnn_types::LossKind::Nll,
+        shard.len(),
+    );
     let ready = w.init(JOB, spec, shard);
     assert_eq!(ready, mixnn_protocol::job::FromHop::Ready { params: 650 });
     // 650 parameters do not fit one export part in a 2 KiB packet.

@@ -25,7 +25,8 @@ fn init_chunks_build_the_layer_and_answer_received_then_ready() {
         let msg = ToHop::Init {
             index: i as u32,
             total: 2,
-            spec: (i == 0).then(|| spec(LayerKind::Standard, mixnn_types::LossKind::Nll, shard.len())),
+            spec: (i == 0)
+                .then(|| spec(LayerKind::Standard, mixnn_types::LossKind::Nll, shard.len())),
             bytes,
         };
         let (packet, sent) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
@@ -83,7 +84,11 @@ fn backward_returns_the_input_gradient() {
 fn the_turn_computes_the_loss_and_the_gradient() {
     let mut w = World::new();
     let shard = last_mlp_shard();
-    let ready = w.init(JOB, spec(LayerKind::Standard, mixnn_types::LossKind::Nll, shard.len()), shard);
+    let ready = w.init(
+        JOB,
+        spec(LayerKind::Standard, mixnn_types::LossKind::Nll, shard.len()),
+        shard,
+    );
     assert_eq!(ready, FromHop::Ready { params: 650 });
     let x = tensor(&[2, 64], (0..128).map(|i| (i % 7) as f32 / 7.0).collect());
     let labels = ToHop::Labels(vec![3, 8]);
