@@ -281,12 +281,18 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source of a file with its `#[cfg(test)]` module cut off (the unit
-/// tests sit at the end of a module, by this project's convention).
+/// The source of a file with its unit-test module cut off (`#[cfg(test)]`
+/// followed by `mod`, at the end of a module by this project's convention).
+/// Only a test *module* ends the scan: a lone `#[cfg(test)]` item elsewhere
+/// must not hide the code after it.
 fn non_test_source(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    match text.find("#[cfg(test)]") {
-        Some(at) => text[..at].to_string(),
+    let test_mod = text.match_indices("#[cfg(test)]").find(|(at, tag)| {
+        let next = text[at + tag.len()..].trim_start();
+        next.starts_with("mod ") || next.starts_with("pub mod ")
+    });
+    match test_mod {
+        Some((at, _)) => text[..at].to_string(),
         None => text,
     }
 }
