@@ -54,8 +54,21 @@ pub struct NodeConfig {
     pub outbound_queue: usize,
     /// Bytes waiting in all outbound streams together.
     pub outbound_queue_bytes: usize,
-    /// Threads that process packets and run guests.
+    /// Threads that run guest work (the layer calls of job packets), each
+    /// job's packets queued in order; relaying never waits for them.
     pub workers: usize,
+    /// Threads that open packets (Sphinx) and relay those that need no
+    /// guest; a slow guest cannot stall them.
+    pub relay_workers: usize,
+    /// Most neighbour links (outbound packet streams) held at once; a link
+    /// to a new neighbour at the limit evicts the least recently used idle
+    /// one. Next hops are chosen by packet builders, so this is a bound on
+    /// what a stranger can make the node hold.
+    pub max_links: usize,
+    /// Replay tags kept per mix-key epoch (persisted in the data dir). When
+    /// the current epoch's set nears this, the node rotates to a fresh mix
+    /// key early instead of refusing packets.
+    pub replay_tags_per_epoch: usize,
     /// CPU time bound of one guest call, in seconds.
     pub guest_call_secs: u64,
     /// Lend this machine's native matrix kernels to the guests of jobs that
@@ -97,6 +110,9 @@ impl Default for NodeConfig {
             outbound_queue: 1024,
             outbound_queue_bytes: 256 << 20,
             workers: 2,
+            relay_workers: 1,
+            max_links: mixnn_p2p::DEFAULT_MAX_LINKS,
+            replay_tags_per_epoch: mixnn_sphinx::DEFAULT_MAX_TAGS_PER_EPOCH,
             guest_call_secs: 60,
             host_kernels: true,
             job_idle_secs: 900,
@@ -230,6 +246,15 @@ impl NodeConfig {
         }
         if self.workers == 0 || self.workers > 64 {
             return bad(format!("workers = {}: between 1 and 64", self.workers));
+        }
+        if self.relay_workers == 0 || self.relay_workers > 64 {
+            return bad(format!(
+                "relay_workers = {}: between 1 and 64",
+                self.relay_workers
+            ));
+        }
+        if self.max_links == 0 || self.replay_tags_per_epoch < 16 {
+            return bad("max_links must be positive, replay_tags_per_epoch at least 16".into());
         }
         if self.jobs == 0 || self.guest_call_secs == 0 {
             return bad("jobs and guest_call_secs must be positive".into());

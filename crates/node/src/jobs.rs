@@ -201,6 +201,23 @@ impl Jobs {
         before - map.len()
     }
 
+    /// Runs `f` while job `handle` (set up as receiving, replacing any job
+    /// of that handle) is locked, as during a long guest call: a test hook.
+    #[cfg(test)]
+    pub(crate) fn while_busy<R>(&self, handle: [u8; 32], f: impl FnOnce() -> R) -> R {
+        let job = Arc::new(Mutex::new(Job {
+            state: State::Receiving {
+                spec: None,
+                chunks: Vec::new(),
+                bytes: 0,
+            },
+            last_used: Instant::now(),
+        }));
+        lock(&self.map).insert(handle, job.clone());
+        let _busy = lock(&job);
+        f()
+    }
+
     /// Answers an end-to-end control message (init, export, close).
     pub fn control(&self, handle: &[u8; 32], msg: ToHop) -> Result<FromHop, JobError> {
         match msg {

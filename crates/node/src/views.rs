@@ -4,6 +4,11 @@
 //! The packet shell records into [`JobViews`] from what the hop reports
 //! ([`crate::hop::Seen`]); the node hands out copies ([`JobViews::snapshot`]).
 //! Cover traffic carries no job (an all-zero handle) and is never recorded.
+//!
+//! The job handle comes from the packet, so the table is bounded: at most
+//! [`MAX_VIEWS`] jobs, and a new job at the limit evicts the view touched
+//! least recently (a flood of made-up handles pushes out only other
+//! made-up handles and idle jobs' views).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -25,10 +30,29 @@ pub struct JobView {
     pub e2e_read: BTreeMap<String, u64>,
 }
 
-/// The views of all jobs, keyed by the job handle this node knows.
+/// Jobs whose views are kept at once.
+pub const MAX_VIEWS: usize = 4096;
+
+/// The views and their recency: `order` maps a touch number to the job
+/// touched then (each job once, at its last touch).
 #[derive(Debug, Default)]
+struct Table {
+    map: HashMap<[u8; 32], (u64, JobView)>,
+    order: BTreeMap<u64, [u8; 32]>,
+    next: u64,
+}
+
+/// The views of recent jobs, keyed by the job handle this node knows.
+#[derive(Debug)]
 pub struct JobViews {
-    map: Mutex<HashMap<[u8; 32], JobView>>,
+    table: Mutex<Table>,
+    max: usize,
+}
+
+impl Default for JobViews {
+    fn default() -> Self {
+        Self::with_limit(MAX_VIEWS)
+    }
 }
 
 impl JobViews {
@@ -58,17 +82,79 @@ impl JobViews {
 
     /// A copy of every job's view.
     pub fn snapshot(&self) -> Vec<JobView> {
-        self.lock().values().cloned().collect()
+        self.lock().map.values().map(|(_, v)| v.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], JobView>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// Views held now.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether no view is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A table keeping at most `max` views (at least one).
+    pub fn with_limit(max: usize) -> Self {
+        Self {
+            table: Mutex::new(Table::default()),
+            max: max.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn note(&self, job: &[u8; 32], f: impl FnOnce(&mut JobView)) {
         if job == &[0u8; 32] {
             return; // cover traffic has no job
         }
-        f(self.lock().entry(*job).or_default());
+        let mut t = self.lock();
+        let Table { map, order, next } = &mut *t;
+        let touch = *next;
+        *next += 1;
+        if let Some((at, view)) = map.get_mut(job) {
+            order.remove(at);
+            *at = touch;
+            order.insert(touch, *job);
+            f(view);
+            return;
+        }
+        while map.len() >= self.max {
+            let Some((_, oldest)) = order.pop_first() else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+        let mut view = JobView::default();
+        f(&mut view);
+        map.insert(*job, (touch, view));
+        order.insert(touch, *job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packets of made-up job handles, one each: the table stays at its
+    /// limit and keeps the job that is still in use.
+    #[test]
+    fn a_flood_of_job_handles_keeps_the_views_bounded() {
+        let views = JobViews::with_limit(64);
+        let from = PeerId::random();
+        let live = [7u8; 32];
+        for i in 0u32..10_000 {
+            let mut job = [1u8; 32];
+            job[..4].copy_from_slice(&i.to_be_bytes());
+            views.received(&job, from, "forward", None);
+            views.received(&live, from, "forward", None);
+            assert!(views.len() <= 64);
+        }
+        assert_eq!(views.len(), 64);
+        let kept = views.snapshot().into_iter().map(|v| v.ops["forward"]).max();
+        assert_eq!(kept, Some(10_000), "the live job's view survives the flood");
     }
 }

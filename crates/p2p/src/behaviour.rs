@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -16,6 +17,25 @@ use mixnn_protocol::{
     DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
     MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES, SOFTWARE_VERSION,
 };
+
+/// Connections being set up by others at once (handshakes are not free).
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Connections others opened that are up at once.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 1024;
+/// Connections to or from one peer at once (a neighbour needs one; a few
+/// allow for simultaneous dials and reconnects).
+pub const MAX_ESTABLISHED_PER_PEER: u32 = 4;
+
+/// The swarm's connection limits: a peer that opens connection after
+/// connection is refused past these, whatever its identity.
+fn connection_limits() -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        ConnectionLimits::default()
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+            .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER)),
+    )
+}
 
 /// The directory behaviour every peer composes.
 pub type DirectoryBehaviour =
@@ -72,11 +92,14 @@ pub use composed::{PeerBehaviour, PeerBehaviourEvent};
 /// carry docs, hence the allow on this module alone.
 #[allow(missing_docs)]
 mod composed {
-    use super::{DirectoryBehaviour, NetworkBehaviour, Toggle, identify, kad, ping};
+    use super::{
+        DirectoryBehaviour, NetworkBehaviour, Toggle, connection_limits, identify, kad, ping,
+    };
 
     /// One behaviour per concern, composed as in rust-libp2p's examples.
     #[derive(NetworkBehaviour)]
     pub struct PeerBehaviour {
+        pub(super) limits: connection_limits::Behaviour,
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) identify: identify::Behaviour,
         pub(super) ping: ping::Behaviour,
@@ -93,6 +116,7 @@ impl PeerBehaviour {
         }
         let (support, timeout) = role.directory();
         Self {
+            limits: connection_limits(),
             kad,
             identify: identify(key),
             ping: ping::Behaviour::default(),

@@ -20,7 +20,9 @@ pub use behaviour::{
 };
 pub use clock::unix_now;
 pub use link_metrics::{DropReason, LinkMetrics};
-pub use packets::{InboundPacket, PacketInbox, PacketSender, SendError, SizeClasses};
+pub use packets::{
+    DEFAULT_MAX_LINKS, InboundPacket, PacketInbox, PacketSender, SendError, SizeClasses,
+};
 pub use peer::{DirectoryError, SwarmHandle, split_p2p};
 pub use setup::{
     AddrError, BootstrapAddr, LISTEN_DEADLINE, ListenError, PeerSetup, PoolPeer, QueueLimits,

@@ -29,12 +29,17 @@ pub enum DropReason {
     StreamError,
     /// No stream could be opened to the neighbour.
     NoRoute,
+    /// A frame began but did not end within the frame deadline: the stream
+    /// is closed.
+    StalledFrame,
+    /// The link table is full of busy links: no link to a new neighbour.
+    LinkTableFull,
 }
 
 impl DropReason {
     /// Every reason once, in the order of the drop counters (for rendering
     /// all labels, including zero ones).
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         Self::BadLength,
         Self::OversizeFrame,
         Self::InboundQueueFull,
@@ -42,6 +47,8 @@ impl DropReason {
         Self::OutboundQueueFull,
         Self::StreamError,
         Self::NoRoute,
+        Self::StalledFrame,
+        Self::LinkTableFull,
     ];
 
     /// The `reason` label value.
@@ -54,6 +61,8 @@ impl DropReason {
             Self::OutboundQueueFull => "outbound_queue_full",
             Self::StreamError => "stream_error",
             Self::NoRoute => "no_route",
+            Self::StalledFrame => "stalled_frame",
+            Self::LinkTableFull => "link_table_full",
         }
     }
 

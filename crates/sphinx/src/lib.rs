@@ -71,7 +71,7 @@ pub use header::{BINDING_LEN, Exit, HeaderBinding, RouteHop};
 pub use keys::{KeyRing, MixKeyPair, MixPublicKey, epoch_hint};
 pub use packet::{DesignerState, Packet, PayloadMode, Processed, build_packet, process};
 pub use payload::{open_payload, seal_payload, seal_payload_vec};
-pub use replay::{DEFAULT_MAX_TAGS_PER_EPOCH, ReplayCache};
+pub use replay::{DEFAULT_MAX_TAGS_PER_EPOCH, ReplayCache, ReplayCheck};
 pub use routing::{
     JobHandle, LinkKey, NodeId, Op, ROUTING_LEN, ROUTING_VERSION, RoutingInfo, flags,
 };

@@ -10,7 +10,7 @@ use crate::geometry::Geometry;
 use crate::header::{Exit, HeaderBinding, RouteHop, build_header, open_header, write_next_header};
 use crate::keys::KeyRing;
 use crate::payload::seal_payload;
-use crate::replay::ReplayCache;
+use crate::replay::ReplayCheck;
 use crate::routing::RoutingInfo;
 
 /// How the payload travels (see [`crate::payload`]).
@@ -221,7 +221,7 @@ pub struct Processed {
 pub fn process(
     g: &Geometry,
     ring: &KeyRing,
-    replay: &mut ReplayCache,
+    replay: &mut impl ReplayCheck,
     packet: &mut [u8],
 ) -> Result<Processed> {
     let class = g.class_of_packet_len(packet.len())?;

@@ -16,6 +16,25 @@ use crate::error::{Result, SphinxError};
 /// overhead; at 5,000 packets/s that is 14 minutes of traffic per key.
 pub const DEFAULT_MAX_TAGS_PER_EPOCH: usize = 1 << 22;
 
+/// The replay check [`crate::process`] makes once the header's MAC
+/// verified: record `tag` for `epoch`, refusing a tag seen before.
+///
+/// Why a trait: the Diffie-Hellman step and the MAC come first and need no
+/// shared state, so a caller that processes packets on several threads
+/// passes an implementation that locks its shared cache only inside this
+/// call (and may persist what it inserts); a single-threaded caller passes
+/// the [`ReplayCache`] itself.
+pub trait ReplayCheck {
+    /// Records `tag` for `epoch`: `Replay` if it was there already.
+    fn check_and_insert(&mut self, epoch: u32, tag: &ReplayTag) -> Result<()>;
+}
+
+impl ReplayCheck for ReplayCache {
+    fn check_and_insert(&mut self, epoch: u32, tag: &ReplayTag) -> Result<()> {
+        ReplayCache::check_and_insert(self, epoch, tag)
+    }
+}
+
 /// Seen replay tags, by key epoch.
 #[derive(Debug)]
 pub struct ReplayCache {
@@ -83,6 +102,22 @@ impl ReplayCache {
     /// Whether no tag is held.
     pub fn is_empty(&self) -> bool {
         self.total_len() == 0
+    }
+
+    /// Records `tag` for `epoch` without the cap (tags read back from a
+    /// store the caller bounds itself); whether it was new.
+    pub fn restore(&mut self, epoch: u32, tag: &ReplayTag) -> bool {
+        self.epochs.entry(epoch).or_default().insert(tag.0)
+    }
+
+    /// The cap per epoch.
+    pub fn max_per_epoch(&self) -> usize {
+        self.max_per_epoch
+    }
+
+    /// Epochs with a tag set.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.epochs.keys().copied().collect()
     }
 
     /// Packets refused because a set was full, since creation.

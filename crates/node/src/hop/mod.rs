@@ -7,19 +7,18 @@
 //! timers, the metrics and the sockets; this module keeps none of them, so
 //! each op and each drop reason is unit-tested on packets built in memory.
 //!
-//! A packet goes through two steps, so the shell holds the replay cache's
-//! lock only for the first: [`peel`] opens the header (Sphinx unwrap, MAC,
+//! A packet goes through two steps: [`peel`] opens the header (Sphinx unwrap, MAC,
 //! replay check) and [`Peeled::serve`] does the hop's op (PROTOCOL.md §12:
 //! open the link payload, the end-to-end section, the job's layer call,
 //! re-seal for the next link). [`handle`] does both.
 
 mod ops;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use libp2p::PeerId;
 use mixnn_protocol::job::{self, JobPayload};
-use mixnn_sphinx::{Geometry, KeyRing, NodeId, Op, Processed, ReplayCache, ReplayTag, SphinxError};
+use mixnn_sphinx::{Geometry, KeyRing, NodeId, Op, Processed, ReplayCheck, ReplayTag, SphinxError};
 
 use crate::jobs::{JobError, Jobs};
 
@@ -216,11 +215,13 @@ pub struct Peeled {
 }
 
 /// Opens the header of `bytes` with the key ring and records its replay
-/// tag: the only step that needs the replay cache.
+/// tag: the only step that needs the replay cache (`replay` is asked only
+/// after the Diffie-Hellman step and the MAC, so a shell may lock its
+/// shared cache inside the check alone).
 pub fn peel(
     geometry: &Geometry,
     ring: &KeyRing,
-    replay: &mut ReplayCache,
+    replay: &mut impl ReplayCheck,
     mut bytes: Vec<u8>,
 ) -> Result<Peeled, DropReason> {
     let p =
@@ -232,7 +233,7 @@ pub fn peel(
 pub fn handle(
     geometry: &Geometry,
     ring: &KeyRing,
-    replay: &mut ReplayCache,
+    replay: &mut impl ReplayCheck,
     jobs: &Jobs,
     bytes: Vec<u8>,
 ) -> Outcome {
@@ -249,6 +250,22 @@ impl Peeled {
     /// The op the routing info asks of this hop.
     pub fn op(&self) -> Op {
         self.p.routing.op
+    }
+
+    /// The job handle the routing info names (all zero for cover).
+    pub fn job(&self) -> [u8; 32] {
+        self.p.routing.job.0
+    }
+
+    /// Whether [`serve`](Self::serve) may call into the job table (and so
+    /// a guest): a job packet (link mode) with a layer op. Cover, replies,
+    /// loops and drops never do.
+    pub fn needs_guest(&self) -> bool {
+        !self.p.routing.is_layered()
+            && matches!(
+                self.p.routing.op,
+                Op::Init | Op::Forward | Op::Test | Op::Backward
+            )
     }
 
     /// Does the hop's op and says what to do with the packet.

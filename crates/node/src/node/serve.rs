@@ -40,6 +40,10 @@ impl Node {
             jobs.clone(),
             self.sender.clone(),
             self.shared.metrics.clone(),
+            crate::processor::ReplayStore {
+                data_dir: Some(&cfg.data_dir),
+                max_per_epoch: cfg.replay_tags_per_epoch,
+            },
         ));
         let cover = crate::cover::CoverLinks {
             geometry,
@@ -52,8 +56,13 @@ impl Node {
         };
         self.views = Some(processor.views());
         let stop = self.stop.subscribe();
-        self.tasks
-            .push(crate::processor::spawn(processor, inbox, cfg.workers, stop));
+        self.tasks.push(crate::processor::spawn(
+            processor,
+            inbox,
+            cfg.relay_workers,
+            cfg.workers,
+            stop,
+        ));
         (self.tasks).push(crate::processor::spawn_expiry(jobs, self.stop.subscribe()));
         self.tasks.push(crate::cover::spawn(
             cover,

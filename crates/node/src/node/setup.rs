@@ -97,5 +97,6 @@ pub(super) async fn start_peer(
     })?;
     peer.listen_addrs
         .truncate(mixnn_protocol::descriptor::MAX_ADDRS);
+    peer.sender.set_max_links(cfg.max_links);
     Ok(peer)
 }

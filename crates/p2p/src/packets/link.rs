@@ -14,7 +14,6 @@ use super::frame::write_frames;
 use super::protocol;
 use super::sender::SenderInner;
 use crate::link_metrics::DropReason;
-use crate::peer::SwarmHandle;
 
 /// How long opening a stream (dial included) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +44,7 @@ pub(super) async fn run_link(
     let mut control = inner.control.clone();
     let mut stop = inner.stop.clone();
     loop {
-        let Some(stream) = open(&mut control, &inner.swarm, peer, &mut stop).await else {
+        let Some(stream) = open(&inner, &mut control, peer, &mut stop).await else {
             // Unreachable: what is queued cannot be delivered.
             drain(&inner, &mut rx);
             return;
@@ -173,10 +172,10 @@ async fn send_batch<W: futures::io::AsyncWrite + Unpin>(
 }
 
 /// Opens a packet stream to `peer`; if that fails, asks Kademlia for the
-/// peer's addresses once and tries again.
+/// peer's addresses once (if a lookup permit is free) and tries again.
 async fn open(
+    inner: &SenderInner,
     control: &mut libp2p_stream::Control,
-    swarm: &SwarmHandle,
     peer: PeerId,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Stream> {
@@ -193,7 +192,14 @@ async fn open(
             Ok(Err(e)) => info!(%peer, error = %e, attempt, "cannot open packet stream"),
             Err(_) => info!(%peer, attempt, "opening packet stream timed out"),
         }
-        if attempt == 0 && !swarm.find_peer(peer).await {
+        if attempt > 0 {
+            break;
+        }
+        let Ok(_permit) = inner.lookups.try_acquire() else {
+            debug!(%peer, "too many DHT lookups running: giving up on this peer");
+            return None;
+        };
+        if !inner.swarm.find_peer(peer).await {
             warn!(%peer, "peer not found in the DHT");
             return None;
         }

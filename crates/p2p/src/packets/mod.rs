@@ -36,7 +36,7 @@ mod link;
 mod sender;
 
 pub use inbound::{PacketInbox, start_inbound};
-pub use sender::PacketSender;
+pub use sender::{DEFAULT_MAX_LINKS, PacketSender};
 
 /// The protocol of packet streams.
 pub fn protocol() -> StreamProtocol {
@@ -115,5 +115,9 @@ impl Budget {
     }
     fn give_back(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
     }
 }

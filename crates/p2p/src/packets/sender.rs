@@ -1,12 +1,23 @@
 //! The link table: one queue and task per neighbour, started on first use
 //! and restarted when its task has ended.
+//!
+//! The next hop of a packet is chosen by whoever built it, so the table is
+//! keyed by outside data: it holds at most [`SenderInner::max_links`] links
+//! ([`DEFAULT_MAX_LINKS`] unless the operator sets another), and a link to
+//! a new neighbour at the limit evicts the least recently used link that is
+//! not kept ([`PacketSender::open_link`]) and not carrying packets over an
+//! open stream; if every link is busy, the packet is a counted
+//! `link_table_full` drop. DHT lookups for unknown peers are bounded too
+//! (at most [`MAX_LOOKUPS`] at once; a link that finds none free gives up
+//! as `no_route`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::link::run_link;
 use super::{Budget, SendError, SizeClasses};
@@ -22,6 +33,25 @@ struct Link {
     /// Reopens as soon as its stream ends (see [`PacketSender::open_link`]);
     /// a restarted link keeps this.
     keep: bool,
+    /// When a packet or [`PacketSender::open_link`] last used the link.
+    used: Instant,
+}
+
+/// Links a sender holds unless told otherwise ([`PacketSender::set_max_links`]).
+pub const DEFAULT_MAX_LINKS: usize = 1024;
+/// DHT lookups for unknown neighbours running at once, per sender.
+pub const MAX_LOOKUPS: usize = 8;
+
+impl Link {
+    /// Whether evicting the link loses nothing a neighbour relies on: not
+    /// kept, and its task ended, or its queue is empty, or its stream never
+    /// opened (a next hop that does not answer).
+    fn evictable(&self) -> bool {
+        !self.keep
+            && (self.tx.is_closed()
+                || self.tx.capacity() == self.tx.max_capacity()
+                || !*self.up.borrow())
+    }
 }
 
 /// What every link task of a sender shares.
@@ -29,6 +59,10 @@ pub(super) struct SenderInner {
     pub(super) control: libp2p_stream::Control,
     pub(super) swarm: SwarmHandle,
     links: Mutex<HashMap<PeerId, Link>>,
+    /// Most links in the table.
+    max_links: AtomicUsize,
+    /// Permits for DHT lookups of unknown neighbours.
+    pub(super) lookups: Semaphore,
     sizes: SizeClasses,
     queue_len: usize,
     pub(super) budget: Arc<Budget>,
@@ -55,6 +89,8 @@ impl PacketSender {
             control,
             swarm,
             links: Mutex::new(HashMap::new()),
+            max_links: AtomicUsize::new(DEFAULT_MAX_LINKS),
+            lookups: Semaphore::new(MAX_LOOKUPS),
             sizes,
             queue_len: limits.packets,
             budget: Budget::new(limits.bytes),
@@ -79,7 +115,12 @@ impl PacketSender {
             return Err(SendError::QueueFull(to));
         }
         let mut links = inner.links.lock().unwrap_or_else(|p| p.into_inner());
-        let link = self.live_link(&mut links, to, false);
+        let Some(link) = self.live_link(&mut links, to, false) else {
+            drop(links);
+            inner.budget.give_back(len);
+            inner.metrics.drop_packet(DropReason::LinkTableFull);
+            return Err(SendError::QueueFull(to));
+        };
         let result = match link.tx.try_send(packet) {
             // The task ended between the check and the send: once more.
             Err(mpsc::error::TrySendError::Closed(p)) => {
@@ -111,7 +152,13 @@ impl PacketSender {
         }
         let mut up = {
             let mut links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
-            self.live_link(&mut links, peer, true).up.clone()
+            match self.live_link(&mut links, peer, true) {
+                Some(link) => {
+                    link.keep = true;
+                    link.up.clone()
+                }
+                None => return Err(SendError::Unreachable(peer)),
+            }
         };
         match tokio::time::timeout(wait, up.wait_for(|open| *open)).await {
             Ok(Ok(_)) => Ok(()),
@@ -119,22 +166,58 @@ impl PacketSender {
         }
     }
 
+    /// Links to at most `n` neighbours from now on (at least one); links
+    /// over the new limit leave as they become evictable.
+    pub fn set_max_links(&self, n: usize) {
+        self.0.max_links.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Links in the table now (a gauge for operators and tests).
+    pub fn link_count(&self) -> usize {
+        self.0.links.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The link to `peer`, started, or restarted if its task ended (its
-    /// peer was unreachable, or left). `keep` applies to a new link; a
-    /// restarted one keeps its own.
+    /// peer was unreachable, or left); `None` if the table is full and no
+    /// link can be evicted. `keep` applies to a new link; a restarted one
+    /// keeps its own.
     fn live_link<'a>(
         &self,
         links: &'a mut HashMap<PeerId, Link>,
         peer: PeerId,
         keep: bool,
-    ) -> &'a mut Link {
+    ) -> Option<&'a mut Link> {
+        if !links.contains_key(&peer) && !self.make_room(links) {
+            return None;
+        }
         let link = links
             .entry(peer)
             .or_insert_with(|| self.spawn_link(peer, keep));
         if link.tx.is_closed() {
             *link = self.spawn_link(peer, link.keep);
         }
-        link
+        link.used = Instant::now();
+        Some(link)
+    }
+
+    /// Evicts links until one more fits: the least recently used evictable
+    /// one each time. An evicted link's task ends once its queue is empty.
+    fn make_room(&self, links: &mut HashMap<PeerId, Link>) -> bool {
+        let max = self.0.max_links.load(Ordering::Relaxed);
+        while links.len() >= max {
+            let oldest = links
+                .iter()
+                .filter(|(_, l)| l.evictable())
+                .min_by_key(|(_, l)| l.used)
+                .map(|(p, _)| *p);
+            match oldest {
+                Some(p) => {
+                    links.remove(&p);
+                }
+                None => return false,
+            }
+        }
+        true
     }
 
     /// `keep`: reopen the stream as soon as it ends, not at the next packet.
@@ -142,6 +225,54 @@ impl PacketSender {
         let (tx, rx) = mpsc::channel(self.0.queue_len);
         let (up_tx, up) = watch::channel(false);
         tokio::spawn(run_link(self.0.clone(), peer, rx, up_tx, keep));
-        Link { tx, up, keep }
+        Link {
+            tx,
+            up,
+            keep,
+            used: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::behaviour::Role;
+    use crate::setup::{PeerSetup, start_pool_peer};
+
+    /// A flood of packets, each naming a fresh next hop (the builder of a
+    /// packet chooses it): the link table never holds more than its limit,
+    /// and the drops are counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_chosen_next_hops_keeps_the_link_table_bounded() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let metrics = Arc::new(LinkMetrics::default());
+        let peer = start_pool_peer(PeerSetup {
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            role: Role::Client,
+            listen: &[],
+            settle: None,
+            bootstraps: &[],
+            sizes: SizeClasses::new(&[64]),
+            inbound: QueueLimits {
+                packets: 16,
+                bytes: 1 << 20,
+            },
+            outbound: QueueLimits {
+                packets: 4,
+                bytes: 1 << 20,
+            },
+            metrics: metrics.clone(),
+            stop,
+        })
+        .await
+        .unwrap();
+        const LIMIT: usize = 16;
+        peer.sender.set_max_links(LIMIT);
+        for _ in 0..2000 {
+            let _ = peer.sender.send(PeerId::random(), vec![0; 64]);
+            assert!(peer.sender.link_count() <= LIMIT);
+        }
+        assert_eq!(peer.sender.link_count(), LIMIT);
     }
 }

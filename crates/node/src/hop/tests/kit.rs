@@ -30,7 +30,7 @@ pub const CLASS: usize = 2048;
 pub const EPOCH: u32 = 1;
 
 /// One sandbox for every test of the binary (each compiles a guest once).
-fn sandbox() -> Arc<Sandbox> {
+pub fn sandbox() -> Arc<Sandbox> {
     static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
     SANDBOX
         .get_or_init(|| Arc::new(Sandbox::new(SandboxOptions::default()).expect("sandbox")))
@@ -113,13 +113,20 @@ pub struct World {
     public: MixPublicKey,
     /// Where the node's packets go next (the designer's endpoint).
     pub next: NodeId,
+    /// The key epoch of the node's mix key.
+    epoch: u32,
     rng: ChaCha20Rng,
 }
 
 impl World {
     pub fn new() -> World {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
-        let key = MixKeyPair::generate(EPOCH, &mut rng);
+        World::with_key(MixKeyPair::generate(EPOCH, &mut rng))
+    }
+
+    /// A world whose node holds `key` (packets are built for it).
+    pub fn with_key(key: MixKeyPair) -> World {
+        let rng = ChaCha20Rng::seed_from_u64(9);
         let limits = JobLimits {
             max_jobs: 8,
             max_shard_bytes: 1 << 20,
@@ -128,6 +135,7 @@ impl World {
         let metrics = Arc::new(Metrics::new("test".into()));
         World {
             geometry: Geometry::default(),
+            epoch: key.epoch(),
             public: *key.public(),
             ring: KeyRing::with_key(key),
             replay: RefCell::new(ReplayCache::default()),
@@ -141,14 +149,14 @@ impl World {
     /// The hop on `bytes`.
     pub fn handle(&self, bytes: Vec<u8>) -> Outcome {
         let mut replay = self.replay.borrow_mut();
-        hop::handle(&self.geometry, &self.ring, &mut replay, &self.jobs, bytes)
+        hop::handle(&self.geometry, &self.ring, &mut *replay, &self.jobs, bytes)
     }
 
     fn route_hop(&self, s: Slot, key_in: LinkKey, key_out: LinkKey) -> RouteHop {
         RouteHop {
             node_id: self.me,
             mix_key: self.public,
-            epoch: EPOCH,
+            epoch: self.epoch,
             op: s.op,
             job: JobHandle(s.job),
             key_in,

@@ -2,5 +2,5 @@
 //! job failure, on packets built in memory as the designer builds them.
 
 mod drops;
-mod kit;
+pub(crate) mod kit;
 mod ops;

@@ -1,32 +1,43 @@
 //! The packet shell: threads, queue and timers around the hop.
 //!
-//! Packets come off the inbox onto a few worker threads (guest calls are
-//! CPU work and must not stall the network tasks). Each worker hands the
-//! packet to the [`hop`](crate::hop), which decides everything (unwrap,
-//! replay check, the op, re-seal), and carries out its [`Action`]: send
-//! to the next hop, count a returned loop, or count a drop under its
-//! reason. This module adds only what needs a clock, a lock or a socket:
+//! Packets come off the inbox onto worker threads in two pools
+//! ([`workers`]): relay workers open every packet (Sphinx unwrap, replay
+//! check) and carry out at once what needs no guest (relay, cover, loops,
+//! drops); packets with guest work go on to the guest workers through a
+//! bounded queue with a share per job, so a slow guest stalls neither the
+//! relaying nor other jobs. The [`hop`](crate::hop) decides everything
+//! (unwrap, replay check, the op, re-seal); this shell carries out its
+//! [`Action`]: send to the next hop, count a returned loop, or count a drop
+//! under its reason. This module adds only what needs a clock, a lock or a socket:
 //! the key ring rebuilt as epochs rotate, the shared replay cache, the
 //! metrics, the job views and the cover's trackers. Nothing a peer sends
 //! can panic a worker.
 
+mod replay;
+#[cfg(test)]
+mod tests;
+mod workers;
+
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use mixnn_p2p::unix_now;
-use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, ReplayCache};
+use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::cover::{JobClasses, LoopTracker};
-use crate::hop::{self, Action, DropReason, Outcome, Seen, Stage, op_label};
+use crate::hop::{self, Action, DropReason, Outcome, Peeled, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::mixkeys::MixKeys;
 use crate::views::JobViews;
-use mixnn_p2p::{PacketInbox, PacketSender};
+use mixnn_p2p::PacketSender;
+pub use replay::{REPLAY_DIR, Replay};
+pub use workers::{GUEST_QUEUE, GUEST_QUEUE_PER_JOB, Pools, spawn};
 
 struct Ring {
     epochs: Vec<u64>,
@@ -39,7 +50,7 @@ pub struct Processor {
     geometry: Geometry,
     keys: MixKeys,
     ring: RwLock<Ring>,
-    replay: Mutex<ReplayCache>,
+    replay: Replay,
     jobs: Arc<Jobs>,
     sender: PacketSender,
     metrics: Arc<Metrics>,
@@ -48,8 +59,12 @@ pub struct Processor {
     classes: Arc<JobClasses>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Where a processor keeps its replay tags, and how many per epoch.
+pub struct ReplayStore<'a> {
+    /// The node's data dir (`None`: in memory only).
+    pub data_dir: Option<&'a Path>,
+    /// Tags per key epoch (the cache's cap).
+    pub max_per_epoch: usize,
 }
 
 fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
@@ -72,15 +87,18 @@ fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
 
 impl Processor {
     /// A processor for `geometry` that decrypts with `keys`, runs hops of
-    /// `jobs` and sends on through `sender`.
+    /// `jobs` and sends on through `sender`; its replay cache is read back
+    /// from (and kept in) `replay`.
     pub fn new(
         geometry: Geometry,
         keys: MixKeys,
         jobs: Arc<Jobs>,
         sender: PacketSender,
         metrics: Arc<Metrics>,
+        replay: ReplayStore<'_>,
     ) -> Self {
         let (epochs, ring) = build_ring(&keys);
+        let replay = Replay::open(replay.data_dir, replay.max_per_epoch, &ring.epochs());
         Processor {
             geometry,
             keys,
@@ -89,7 +107,7 @@ impl Processor {
                 ring: Arc::new(ring),
                 checked: Instant::now(),
             }),
-            replay: Mutex::new(ReplayCache::default()),
+            replay,
             jobs,
             sender,
             metrics,
@@ -127,7 +145,7 @@ impl Processor {
         let (epochs, ring) = build_ring(&self.keys);
         if epochs != r.epochs {
             let keep: BTreeSet<u32> = ring.epochs().into_iter().collect();
-            lock(&self.replay).retain_epochs(|e| keep.contains(&e));
+            self.replay.retain_epochs(|e| keep.contains(&e));
             r.epochs = epochs;
             r.ring = Arc::new(ring);
         }
@@ -135,24 +153,38 @@ impl Processor {
         r.ring.clone()
     }
 
-    /// Handles one packet from `from`: the replay cache is locked only
-    /// while the header is peeled, not during the op.
+    /// The replay cache (shared by the workers, persisted).
+    pub fn replay(&self) -> &Replay {
+        &self.replay
+    }
+
+    /// Handles one packet from `from` on the calling thread: [`peel`](Self::peel)
+    /// then [`serve`](Self::serve).
     pub fn handle(&self, from: PeerId, bytes: Vec<u8>) {
+        if let Some(p) = self.peel(from, bytes) {
+            self.serve(from, p);
+        }
+    }
+
+    /// Opens the header of a packet from `from`; the replay cache is locked
+    /// only for the tag's check and insert. A refused packet is counted and
+    /// `None` returned.
+    pub fn peel(&self, from: PeerId, bytes: Vec<u8>) -> Option<Peeled> {
         let ring = self.ring();
-        let peeled = {
-            let mut replay = lock(&self.replay);
-            hop::peel(&self.geometry, &ring, &mut replay, bytes)
-        };
-        let outcome = match peeled {
-            Ok(p) => p.serve(&self.geometry, &self.jobs),
+        match hop::peel(&self.geometry, &ring, &mut self.replay.checker(), bytes) {
+            Ok(p) => Some(p),
             Err(reason) => {
                 debug!(%from, %reason, "packet refused");
-                Outcome {
-                    action: Action::Drop(reason),
-                    seen: None,
-                }
+                self.act([0; 32], Action::Drop(reason));
+                None
             }
-        };
+        }
+    }
+
+    /// Does the op of a peeled packet from `from` and carries out the
+    /// outcome.
+    pub fn serve(&self, from: PeerId, peeled: Peeled) {
+        let outcome: Outcome = peeled.serve(&self.geometry, &self.jobs);
         if let Some(seen) = &outcome.seen {
             self.record(from, seen);
         }
@@ -207,59 +239,6 @@ impl Processor {
             }
         }
     }
-}
-
-/// Moves packets from the inbox to `workers` threads until `stop` changes.
-pub fn spawn(
-    processor: Arc<Processor>,
-    mut inbox: PacketInbox,
-    workers: usize,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(PeerId, Vec<u8>)>(256);
-    let rx = Arc::new(Mutex::new(rx));
-    let rt = tokio::runtime::Handle::current();
-    for i in 0..workers.max(1) {
-        let rx = rx.clone();
-        let processor = processor.clone();
-        let rt = rt.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("mixnn-worker-{i}"))
-            .spawn(move || {
-                let _guard = rt.enter();
-                loop {
-                    let next = lock(&rx).recv();
-                    match next {
-                        Ok((from, bytes)) => processor.handle(from, bytes),
-                        Err(_) => return,
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start a packet worker");
-        }
-    }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                p = inbox.recv() => match p {
-                    Some(p) => match tx.try_send((p.from, p.data)) {
-                        Ok(()) => {}
-                        Err(std::sync::mpsc::TrySendError::Full(item)) => {
-                            // Workers busy in guests: wait for room off the runtime.
-                            let tx = tx.clone();
-                            if tokio::task::spawn_blocking(move || tx.send(item)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
-                    },
-                    None => return,
-                },
-            }
-        }
-    })
 }
 
 /// Forgets idle jobs every 30 s until `stop` changes. Expiry skips jobs in
