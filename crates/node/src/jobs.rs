@@ -341,7 +341,9 @@ impl Jobs {
         Ok(r?)
     }
 
-    /// Runs `f` on the job's guest.
+    /// Runs `f` on the job's guest. All the guest calls `f` makes share
+    /// one CPU deadline (the sandbox's per-call limit): one packet costs at
+    /// most that much guest time, whatever number of calls its op makes.
     fn with_guest<R>(
         &self,
         handle: &[u8; 32],
@@ -351,7 +353,13 @@ impl Jobs {
         let mut job = lock(&job);
         job.last_used = Instant::now();
         match &mut job.state {
-            State::Ready { guest, .. } => f(self, guest),
+            State::Ready { guest, .. } => {
+                let per_packet = self.sandbox.limits().call_timeout;
+                guest.limit_calls_until(Some(Instant::now() + per_packet));
+                let r = f(self, guest);
+                guest.limit_calls_until(None);
+                r
+            }
             State::Receiving { .. } => Err(JobError::NotInitialised),
         }
     }

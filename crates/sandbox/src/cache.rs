@@ -5,7 +5,10 @@
 //! The key covers the guest bytes and the engine's compatibility hash
 //! (wasmtime version, target, settings), so a stale artifact is never loaded.
 //! Files are written atomically with mode 0600: deserializing compiled code
-//! trusts the file, so only this user may write it.
+//! trusts the file, so only this user may write it. Before loading, the
+//! artifact and its directory are checked: owned by this user, not a
+//! symlink, not writable by group or others; otherwise the artifact is not
+//! loaded (a warning says why) and the guest is compiled afresh.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -43,7 +46,14 @@ pub(crate) fn compile(
         });
     };
     let path = artifact_path(engine, dir, name, wasm);
-    if path.exists() {
+    let trusted = match untrusted(dir, &path) {
+        Some(why) if path.exists() => {
+            tracing::warn!(guest = name, "refusing the cached compiled guest: {why}; recompiling");
+            false
+        }
+        _ => true,
+    };
+    if trusted && path.exists() {
         // Read into memory rather than `deserialize_file`, which maps the
         // file: a map turns someone truncating the file into SIGBUS in a
         // running node.
@@ -94,6 +104,45 @@ pub(crate) fn compile(
         component,
         from_cache: false,
     })
+}
+
+/// Why the artifact at `path` in `dir` may have been written by someone
+/// else, if it may: either is not owned by this user, is a symlink, or is
+/// writable by group or others.
+#[cfg(unix)]
+fn untrusted(dir: &Path, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for p in [dir, path] {
+        let m = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) => return Some(format!("{}: {e}", p.display())),
+        };
+        if m.file_type().is_symlink() {
+            return Some(format!("{} is a symbolic link", p.display()));
+        }
+        if m.uid() != me {
+            return Some(format!(
+                "{} is owned by uid {}, not by this user (uid {me})",
+                p.display(),
+                m.uid()
+            ));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Some(format!(
+                "{} is writable by group or others (mode {:o})",
+                p.display(),
+                m.mode() & 0o777
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn untrusted(_dir: &Path, _path: &Path) -> Option<String> {
+    None
 }
 
 fn artifact_path(engine: &Engine, dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {

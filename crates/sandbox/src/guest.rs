@@ -134,6 +134,8 @@ pub struct GuestLayer {
     bindings: Layer,
     name: String,
     call_timeout: Duration,
+    /// A deadline shared by the next calls ([`GuestLayer::limit_calls_until`]).
+    calls_until: Option<Instant>,
     poisoned: bool,
 }
 
@@ -182,8 +184,17 @@ impl GuestLayer {
             bindings,
             name: guest.name.clone(),
             call_timeout: limits.call_timeout,
+            calls_until: None,
             poisoned: false,
         })
+    }
+
+    /// Makes every call until `end` share one deadline: each call gets the
+    /// time left until `end` (at most the per-call limit). A host that runs
+    /// several calls for one request (a node's turn: forward, loss,
+    /// backward, step) bounds the request's total this way. `None` lifts it.
+    pub fn limit_calls_until(&mut self, end: Option<Instant>) {
+        self.calls_until = end;
     }
 
     /// Name of the compiled guest this instance runs (see [`CompiledGuest::name`]).
@@ -207,18 +218,19 @@ impl GuestLayer {
         if self.poisoned {
             return Err(SandboxError::Poisoned { call });
         }
-        self.store.set_epoch_deadline(ticks(self.call_timeout));
-        self.store.data_mut().deadline = Instant::now() + self.call_timeout;
+        let now = Instant::now();
+        let limit = self.calls_until.map_or(self.call_timeout, |end| {
+            self.call_timeout.min(end.saturating_duration_since(now))
+        });
+        self.store.set_epoch_deadline(ticks(limit));
+        self.store.data_mut().deadline = now + limit;
         match f(&self.bindings, &mut self.store) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(message)) => Err(SandboxError::Guest { call, message }),
             Err(e) => {
                 self.poisoned = true;
                 Err(match e.downcast_ref::<Trap>() {
-                    Some(Trap::Interrupt) => SandboxError::Timeout {
-                        call,
-                        limit: self.call_timeout,
-                    },
+                    Some(Trap::Interrupt) => SandboxError::Timeout { call, limit },
                     Some(Trap::AllocationTooLarge) => SandboxError::OutOfMemory {
                         call,
                         limit: self.store.data().memory_bytes,

@@ -284,3 +284,20 @@ fn hostile_arguments_to_host_kernels_are_refused() {
     let e = msg(g.load(b"kernel-ok", &config()).expect_err("reports"));
     assert!(e.contains("product [19.0, 22.0, 43.0, 50.0]"), "{e}");
 }
+
+/// Calls that share one deadline (a node's turn packet makes four) stop at
+/// it together, though each call alone could run for ten minutes.
+#[test]
+fn calls_sharing_a_deadline_stop_at_it() {
+    let sb = sandbox(256 << 20, Duration::from_secs(600));
+    let hostile = sb
+        .compile("hostile", mixnn_sandbox::hostile_guest_wasm())
+        .expect("compiles");
+    let mut g = sb.instantiate(&hostile).expect("instantiates");
+    g.limit_calls_until(Some(Instant::now() + Duration::from_millis(300)));
+    let err = g.load(b"loop", &config()).expect_err("must not return");
+    assert!(
+        matches!(err, SandboxError::Timeout { call: "load", limit } if limit <= Duration::from_millis(300)),
+        "{err}"
+    );
+}

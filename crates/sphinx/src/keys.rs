@@ -90,12 +90,14 @@ impl MixKeyPair {
 
     /// Restores a key from its 32 secret bytes (as written by [`Self::secret_bytes`]).
     pub fn from_secret_bytes(epoch: u32, bytes: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(bytes);
+        // The caller's copy is theirs to wipe; this one is wiped here.
+        let bytes = Zeroizing::new(bytes);
+        let secret = StaticSecret::from(*bytes);
         let u = *PublicKey::from(&secret).as_bytes();
         // X25519 of a clamped scalar times the base point is always a valid,
         // torsion-free point; build the Edwards form directly from the scalar
         // so no fallible conversion is involved.
-        let point = EdwardsPoint::mul_base_clamped(bytes);
+        let point = EdwardsPoint::mul_base_clamped(*bytes);
         MixKeyPair {
             epoch,
             secret,

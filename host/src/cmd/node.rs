@@ -46,9 +46,15 @@ pub struct NodeArgs {
     /// Jobs (layers or dummy hops) hosted at once.
     #[arg(long, value_name = "N")]
     pub jobs: Option<u32>,
-    /// Threads that process packets and run guests.
+    /// Threads that run guest work (job packets); relaying has its own.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Threads that open and relay packets (never wait on a guest).
+    #[arg(long, value_name = "N")]
+    pub relay_workers: Option<usize>,
+    /// Most neighbour links held at once (idle ones are evicted).
+    #[arg(long, value_name = "N")]
+    pub max_links: Option<usize>,
     /// Mean interval between loop cover packets (Poisson), ms; 0 = off.
     #[arg(long, value_name = "MS")]
     pub cover_loop_ms: Option<u64>,
@@ -102,6 +108,12 @@ impl NodeArgs {
         }
         if let Some(w) = self.workers {
             cfg.workers = w;
+        }
+        if let Some(w) = self.relay_workers {
+            cfg.relay_workers = w;
+        }
+        if let Some(n) = self.max_links {
+            cfg.max_links = n;
         }
         if let Some(c) = self.cover_loop_ms {
             cfg.cover_loop_ms = c;

@@ -74,8 +74,9 @@ fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
     for e in keys.read(|s| s.epochs()) {
         if let Some(secret) = keys.secret(e, now) {
             let Ok(e32) = u32::try_from(e) else { continue };
+            let bytes = zeroize::Zeroizing::new(secret.to_bytes());
             if ring
-                .insert(MixKeyPair::from_secret_bytes(e32, secret.to_bytes()))
+                .insert(MixKeyPair::from_secret_bytes(e32, *bytes))
                 .is_ok()
             {
                 epochs.push(e);
