@@ -48,7 +48,10 @@ pub(crate) fn compile(
     let path = artifact_path(engine, dir, name, wasm);
     let trusted = match untrusted(dir, &path) {
         Some(why) if path.exists() => {
-            tracing::warn!(guest = name, "refusing the cached compiled guest: {why}; recompiling");
+            tracing::warn!(
+                guest = name,
+                "refusing the cached compiled guest: {why}; recompiling"
+            );
             false
         }
         _ => true,

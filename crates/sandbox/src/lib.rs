@@ -276,6 +276,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        wasi::link_no_sleep(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         kernels::add_to_linker(&mut linker).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
 
         let kernel_module = wasm_kernel::KernelModule::new()?;

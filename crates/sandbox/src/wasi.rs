@@ -2,11 +2,22 @@
 //! network, no environment, no arguments, stdio discarded; clocks frozen at
 //! zero and randomness from a fixed seed, so that nothing outside the layer's
 //! own inputs can change its results (replicas must agree bit for bit).
+//!
+//! Sleeping is not offered: WASI's `subscribe-duration` and
+//! `subscribe-instant` would make the host wait in its own code, where the
+//! epoch deadline that bounds a guest call cannot interrupt it. They are
+//! shadowed by a pollable that is ready at once (the clock is frozen
+//! anyway, so no sleep can observe time passing).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::p2::{DynPollable, Pollable};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiView};
+
+use crate::guest::GuestState;
 
 struct FrozenClock;
 
@@ -61,4 +72,31 @@ pub(crate) fn empty_ctx() -> WasiCtx {
         .insecure_random(FixedRng(2))
         .insecure_random_seed(3)
         .build()
+}
+
+/// The monotonic clock's interface as the linker names it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A pollable that is always ready: what a guest's sleep waits on.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+fn ready(mut cx: StoreContextMut<'_, GuestState>) -> wasmtime::Result<(Resource<DynPollable>,)> {
+    let table = cx.data_mut().ctx().table;
+    let r = table.push(Ready)?;
+    Ok((wasmtime_wasi::p2::subscribe(table, r)?,))
+}
+
+/// Replaces the clock's subscriptions (see the module doc) in `linker`.
+pub(crate) fn link_no_sleep(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |cx, (_,): (u64,)| ready(cx))?;
+    clock.func_wrap("subscribe-instant", |cx, (_,): (u64,)| ready(cx))?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

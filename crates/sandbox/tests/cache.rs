@@ -38,15 +38,24 @@ fn a_cached_guest_others_could_write_is_recompiled() {
         .unwrap();
 
     chmod(&artifact, 0o666);
-    assert!(!relay_from_cache(&cache), "a world-writable artifact is not loaded");
+    assert!(
+        !relay_from_cache(&cache),
+        "a world-writable artifact is not loaded"
+    );
     chmod(&artifact, 0o600);
     chmod(&cache, 0o777);
-    assert!(!relay_from_cache(&cache), "an artifact in a world-writable dir is not loaded");
+    assert!(
+        !relay_from_cache(&cache),
+        "an artifact in a world-writable dir is not loaded"
+    );
     chmod(&cache, 0o700);
     assert!(relay_from_cache(&cache));
 
     // Another owner (only root can hand a file to someone else).
     if std::os::unix::fs::chown(&artifact, Some(4242), None).is_ok() {
-        assert!(!relay_from_cache(&cache), "an artifact of another user is not loaded");
+        assert!(
+            !relay_from_cache(&cache),
+            "an artifact of another user is not loaded"
+        );
     }
 }

@@ -51,7 +51,7 @@ impl Replay {
             unsynced: false,
         };
         if let Some(dir) = state.dir.clone() {
-            if let Err(e) = create_private_dir(&dir) {
+            if let Err(e) = mixnn_p2p::secret_file::ensure_private_dir(&dir) {
                 warn!(dir = %dir.display(), error = %e, "replay tags will not survive a restart");
                 state.dir = None;
             } else {
@@ -175,14 +175,6 @@ fn load(cache: &mut ReplayCache, dir: &Path, epochs: &[u32]) {
             }
         }
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
 }
 
 fn open_private(path: &Path) -> std::io::Result<File> {
