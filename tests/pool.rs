@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{PoolCascade, PoolOptions};
+use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
 use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport, train_local};
 use mixnn_layer::TrainConfig;
 use mixnn_node::{Node, NodeConfig, PeerId};
@@ -145,6 +145,8 @@ fn train_on_pool(
         let sb = sandbox();
         let popts = PoolOptions {
             bootstrap,
+            quorum: None,
+            distinct: Distinct::HostPort,
             dummies: 1,
             keep_first,
             keep_last: false,

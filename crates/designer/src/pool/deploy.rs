@@ -12,6 +12,7 @@ use mixnn_sphinx::Geometry;
 
 use super::endpoint::Endpoint;
 use super::onion::{Hop, Role};
+use super::directory;
 use super::placement::{self, Layout};
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
@@ -33,13 +34,11 @@ impl PoolCascade {
         let g = Geometry::default();
         let layout = Layout::new(shards.len(), opts, &g)?;
         let ep = Endpoint::start(&opts.bootstrap, &g)?;
-        progress(&format!(
-            "reading the pool directory (need {} nodes)",
-            layout.count
-        ));
-        let mut pool = ep.directory(layout.count, opts.wait_for_nodes)?;
+        let quorum = directory::resolve_quorum(opts.quorum, ep.bootstraps())?;
+        progress(&directory::reading_note(layout.count, quorum, ep.bootstraps()));
+        let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
-        let hops = placement::choose(&mut pool, &layout, opts, &mut rng)?;
+        let hops = placement::choose(&pool, &layout, opts, &mut rng)?;
         connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
             Some(c) => c,

@@ -19,6 +19,7 @@
 
 mod class;
 mod deploy;
+mod directory;
 mod endpoint;
 mod error;
 mod exchange;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{EngineKind, LayerBackend};
 pub use class::payload_class;
+pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
 use onion::{Hop, Role, Slot};
@@ -41,8 +43,13 @@ use onion::{Hop, Role, Slot};
 /// How to run on the pool.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
-    /// Bootstrap multiaddrs (`/…/p2p/<id>`).
+    /// Bootstrap multiaddrs (`/…/p2p/<id>`); every one is asked.
     pub bootstrap: Vec<String>,
+    /// How many bootstraps must list a node before it is trusted; `None`
+    /// is a majority of those given (1 of 1: one bootstrap is trusted).
+    pub quorum: Option<usize>,
+    /// What counts as one address: no two hops of the cascade share one.
+    pub distinct: Distinct,
     /// Dummy relay hops placed at random positions.
     pub dummies: usize,
     /// The designer runs the first shard itself.
