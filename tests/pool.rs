@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
+use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions};
 use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport, train_local};
 use mixnn_layer::TrainConfig;
 use mixnn_node::{Node, NodeConfig, PeerId};
@@ -75,6 +75,11 @@ fn logs() {
 }
 
 fn start_pool() -> Pool {
+    start_pool_with(|_| {})
+}
+
+/// A pool whose nodes' configuration `tweak` adjusts.
+fn start_pool_with(tweak: impl Fn(&mut NodeConfig)) -> Pool {
     logs();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sb = sandbox();
@@ -89,7 +94,7 @@ fn start_pool() -> Pool {
         let mut dirs = Vec::new();
         for _ in 0..NODES {
             let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = NodeConfig {
+            let mut cfg = NodeConfig {
                 data_dir: dir.path().to_path_buf(),
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 bootstrap: bootstrap
@@ -105,6 +110,7 @@ fn start_pool() -> Pool {
                 cover_class: 65536,
                 ..NodeConfig::default()
             };
+            tweak(&mut cfg);
             let mut node = Node::start(cfg).await.expect("node starts");
             node.serve_jobs(sb.clone()).expect("serve jobs");
             nodes.push(node);
@@ -132,6 +138,23 @@ fn train_on_pool(
     Vec<(String, PeerId)>,
     mixnn_grad::pb::ModelProto,
 ) {
+    let (report, net, exported) = train_on_pool_after(pool, shards, keep_first, || {});
+    let peers = net
+        .cascade
+        .into_iter()
+        .map(|(role, p)| (role, p.parse().expect("peer id")))
+        .collect();
+    (report, peers, exported)
+}
+
+/// The same, with `pause` run between deployment and training; returns
+/// the job's network report.
+fn train_on_pool_after(
+    pool: &Pool,
+    shards: &[mixnn_grad::pb::ModelProto],
+    keep_first: bool,
+    pause: impl FnOnce() + Send + 'static,
+) -> (TrainReport, NetworkReport, mixnn_grad::pb::ModelProto) {
     let bootstrap: Vec<String> = pool
         .bootstrap
         .listen_addrs()
@@ -162,6 +185,7 @@ fn train_on_pool(
         let mut cascade =
             PoolCascade::deploy(&shards, &opts.config, Some(&sb), &popts, &mut |_| {})
                 .expect("deploys");
+        pause();
         let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
         let report = mixnn_designer::train_model(
             &mut cascade,
@@ -173,14 +197,9 @@ fn train_on_pool(
         )
         .expect("trains on the pool");
         let exported = cascade.export_model(&shards).expect("exports");
-        let peers = cascade
-            .network()
-            .cascade
-            .into_iter()
-            .map(|(role, p)| (role, p.parse().expect("peer id")))
-            .collect();
+        let net = cascade.network();
         cascade.close();
-        (report, peers, exported)
+        (report, net, exported)
     })
     .join()
     .expect("designer thread")
@@ -334,4 +353,39 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
             );
         }
     }
+}
+
+/// A job that outlives its nodes' mix keys: 10 s epochs with 5 s of grace,
+/// and the designer waits after deployment until every key it deployed
+/// with has expired. On main the designer kept the keys it read at
+/// deployment, so every later packet named an epoch the hops no longer
+/// held and the job died; now it reads the nodes' new keys (quorum of the
+/// directory) and the job stays bit-identical to the local run.
+#[test]
+fn a_job_outlives_its_nodes_key_rotation() {
+    const EPOCH: u64 = 10;
+    const GRACE: u64 = 5;
+    let pool = start_pool_with(|cfg| {
+        cfg.epoch_secs = EPOCH;
+        cfg.key_grace_secs = GRACE;
+    });
+    let shards = mlp_shards();
+    let (report, net, _) = train_on_pool_after(&pool, &shards, false, || {
+        // Past the grace of the epoch the deployment's keys belong to.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let expiry = (now / EPOCH + 1) * EPOCH + GRACE + 1;
+        std::thread::sleep(Duration::from_secs(expiry - now));
+    });
+    assert!(
+        net.key_refreshes >= net.cascade.len() as u64,
+        "every hop's key was refreshed: {} refreshes for {} hops",
+        net.key_refreshes,
+        net.cascade.len()
+    );
+    let local = local_wasm(&shards);
+    assert_eq!(report.params_sha256, local.params_sha256);
+    assert_eq!(report.final_test_accuracy, local.final_test_accuracy);
 }

@@ -14,6 +14,7 @@ use super::endpoint::Endpoint;
 use super::onion::{Hop, Role};
 use super::directory;
 use super::placement::{self, Layout};
+use super::rekey::KeyWatch;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
@@ -68,6 +69,7 @@ impl PoolCascade {
             ep,
             g,
             class,
+            keys: KeyWatch::new(&hops, &pool, quorum),
             hops,
             first,
             last,

@@ -275,3 +275,7 @@ pub(super) fn anonymous(pool: &[NodeDescriptor], rule: Distinct) -> usize {
         .filter(|d| address_keys(d, rule).is_empty())
         .count()
 }
+
+#[cfg(test)]
+#[path = "directory_tests.rs"]
+mod tests;

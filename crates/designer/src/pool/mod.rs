@@ -26,6 +26,7 @@ mod exchange;
 mod onion;
 mod phases;
 mod placement;
+mod rekey;
 
 use std::time::Duration;
 
@@ -104,6 +105,9 @@ pub struct NetworkReport {
     pub export_seconds: f64,
     /// Distinct lengths of the packets the designer sent and received.
     pub packet_lengths: Vec<usize>,
+    /// Hop mix keys replaced during the job (nodes rotate them per epoch).
+    #[serde(default)]
+    pub key_refreshes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -120,6 +124,7 @@ pub struct PoolCascade {
     g: Geometry,
     class: usize,
     hops: Vec<Hop>,
+    keys: rekey::KeyWatch,
     first: Option<Box<dyn LayerBackend>>,
     last: Option<Box<dyn LayerBackend>>,
     shards: usize,
