@@ -242,7 +242,10 @@ fn handle_event(
             endpoint,
             ..
         } => {
-            sources.insert(connection_id, Source::of_addr(endpoint.get_remote_address()));
+            sources.insert(
+                connection_id,
+                Source::of_addr(endpoint.get_remote_address()),
+            );
             debug!(%peer_id, "connected");
         }
         SwarmEvent::ConnectionClosed {

@@ -59,9 +59,12 @@ fn signed(seed: u16, issued_at: u64, ttl: u64) -> SignedDescriptor {
 fn keeps_the_newest_per_peer() {
     let mut dir = dir(10);
     dir.publish(signed(1, NOW, 600), NOW, here()).unwrap();
-    dir.publish(signed(1, NOW + 10, 600), NOW + 10, here()).unwrap();
+    dir.publish(signed(1, NOW + 10, 600), NOW + 10, here())
+        .unwrap();
     assert_eq!(dir.len(), 1);
-    let err = dir.publish(signed(1, NOW, 600), NOW + 10, here()).unwrap_err();
+    let err = dir
+        .publish(signed(1, NOW, 600), NOW + 10, here())
+        .unwrap_err();
     assert!(matches!(err, PublishError::Stale { .. }));
     let (list, total) = dir.list(0, 10, NOW + 10);
     assert_eq!((list.len(), total), (1, 1));
@@ -149,7 +152,11 @@ fn a_sybil_flood_from_few_addresses_does_not_lock_out_honest_nodes() {
     let mut seed = 2000;
     for a in 0..10 {
         for _ in 0..16 {
-            let _ = dir.publish(signed(seed, NOW, 600), NOW, from(&format!("198.51.100.{a}")));
+            let _ = dir.publish(
+                signed(seed, NOW, 600),
+                NOW,
+                from(&format!("198.51.100.{a}")),
+            );
             seed += 1;
         }
     }

@@ -10,9 +10,9 @@ use mixnn_protocol::job::{LayerKind, LayerSpec};
 use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
+use super::directory;
 use super::endpoint::Endpoint;
 use super::onion::{Hop, Role};
-use super::directory;
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
@@ -36,7 +36,11 @@ impl PoolCascade {
         let layout = Layout::new(shards.len(), opts, &g)?;
         let ep = Endpoint::start(&opts.bootstrap, &g)?;
         let quorum = directory::resolve_quorum(opts.quorum, ep.bootstraps())?;
-        progress(&directory::reading_note(layout.count, quorum, ep.bootstraps()));
+        progress(&directory::reading_note(
+            layout.count,
+            quorum,
+            ep.bootstraps(),
+        ));
         let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
         let hops = placement::choose(&pool, &layout, opts, &mut rng)?;

@@ -78,7 +78,11 @@ pub(super) fn resolve_quorum(given: Option<usize>, bootstraps: usize) -> Result<
 /// one bootstrap is trusted alone.
 pub(super) fn reading_note(want: usize, quorum: usize, bootstraps: usize) -> String {
     if quorum == 1 {
-        let who = if bootstraps == 1 { "the only" } else { "any one" };
+        let who = if bootstraps == 1 {
+            "the only"
+        } else {
+            "any one"
+        };
         tracing::warn!("{who} bootstrap is trusted: it can choose which nodes the job sees");
         format!(
             "reading the pool directory (need {want} nodes; WARNING: {who} bootstrap is \
@@ -156,7 +160,10 @@ pub(super) async fn read_quorum(
             let read = read_bootstrap(fetch, mixnn_p2p::unix_now());
             let r = match tokio::time::timeout(READ_TIMEOUT, read).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no whole listing within {} s", READ_TIMEOUT.as_secs())),
+                Err(_) => Err(format!(
+                    "no whole listing within {} s",
+                    READ_TIMEOUT.as_secs()
+                )),
             };
             (b, r)
         });

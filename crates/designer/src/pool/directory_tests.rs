@@ -220,7 +220,12 @@ fn no_two_hops_share_a_host() {
     assert_eq!(anonymous(&pool, Distinct::Host), 1);
     assert_eq!(pick(&pool, 3, Distinct::Host, &mut rng()).unwrap().len(), 3);
     // A pool on one machine: host and port.
-    assert_eq!(pick(&pool, 6, Distinct::HostPort, &mut rng()).unwrap().len(), 6);
+    assert_eq!(
+        pick(&pool, 6, Distinct::HostPort, &mut rng())
+            .unwrap()
+            .len(),
+        6
+    );
 }
 
 #[test]

@@ -158,8 +158,11 @@ impl Endpoint {
 
     /// One reading of every bootstrap, kept by `quorum`.
     pub(super) fn read_directory(&self, quorum: usize) -> Reading {
-        self.rt
-            .block_on(directory::read_quorum(&self.swarm, &self.bootstraps, quorum))
+        self.rt.block_on(directory::read_quorum(
+            &self.swarm,
+            &self.bootstraps,
+            quorum,
+        ))
     }
 
     /// Bootstraps the designer was given.

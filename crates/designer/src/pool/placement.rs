@@ -68,14 +68,15 @@ pub(super) fn choose(
     opts: &PoolOptions,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<Hop>, PoolError> {
-    let picked = super::directory::pick(pool, layout.count, opts.distinct, rng).map_err(
-        |listed| PoolError::TooFewNodes {
-            listed,
-            needed: layout.count,
-            remote: layout.hi - layout.lo,
-            dummies: opts.dummies,
-        },
-    )?;
+    let picked =
+        super::directory::pick(pool, layout.count, opts.distinct, rng).map_err(|listed| {
+            PoolError::TooFewNodes {
+                listed,
+                needed: layout.count,
+                remote: layout.hi - layout.lo,
+                dummies: opts.dummies,
+            }
+        })?;
     let roles = place_dummies(layout, opts, rng);
     picked
         .into_iter()

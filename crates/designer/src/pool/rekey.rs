@@ -49,9 +49,9 @@ impl KeyWatch {
 
     /// Whether some hop's key epoch has ended at `now` (unix seconds).
     fn due(&self, hops: &[Hop], now: u64) -> bool {
-        hops.iter().zip(&self.epoch_secs).any(|(h, &len)| {
-            u64::from(h.epoch).saturating_add(1).saturating_mul(len) <= now
-        })
+        hops.iter()
+            .zip(&self.epoch_secs)
+            .any(|(h, &len)| u64::from(h.epoch).saturating_add(1).saturating_mul(len) <= now)
     }
 }
 
