@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{PoolCascade, PoolOptions};
+use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions};
 use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport, train_local};
 use mixnn_layer::TrainConfig;
 use mixnn_node::{Node, NodeConfig, PeerId};
@@ -75,6 +75,12 @@ fn logs() {
 }
 
 fn start_pool() -> Pool {
+    start_pool_with(|_, _| {})
+}
+
+/// A pool whose nodes' configuration `tweak` adjusts (given the node's
+/// index).
+fn start_pool_with(tweak: impl Fn(usize, &mut NodeConfig)) -> Pool {
     logs();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sb = sandbox();
@@ -87,9 +93,9 @@ fn start_pool() -> Pool {
         .expect("bootstrap starts");
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
-        for _ in 0..NODES {
+        for i in 0..NODES {
             let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = NodeConfig {
+            let mut cfg = NodeConfig {
                 data_dir: dir.path().to_path_buf(),
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 bootstrap: bootstrap
@@ -105,6 +111,7 @@ fn start_pool() -> Pool {
                 cover_class: 65536,
                 ..NodeConfig::default()
             };
+            tweak(i, &mut cfg);
             let mut node = Node::start(cfg).await.expect("node starts");
             node.serve_jobs(sb.clone()).expect("serve jobs");
             nodes.push(node);
@@ -132,6 +139,43 @@ fn train_on_pool(
     Vec<(String, PeerId)>,
     mixnn_grad::pb::ModelProto,
 ) {
+    let (report, net, exported) = train_on_pool_after(pool, shards, keep_first, || {});
+    let peers = net
+        .cascade
+        .into_iter()
+        .map(|(role, p)| (role, p.parse().expect("peer id")))
+        .collect();
+    (report, peers, exported)
+}
+
+/// How the tests run on the pool: one dummy, nodes told apart by port.
+fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> PoolOptions {
+    PoolOptions {
+        bootstrap,
+        quorum: None,
+        distinct: Distinct::HostPort,
+        dummies: 1,
+        keep_first,
+        keep_last: false,
+        local_engine: EngineKind::Wasm,
+        class: None,
+        // A bound for failure, not a speed check: on a cold guest cache
+        // and a loaded CI machine the nodes' first compile alone has
+        // taken over a minute.
+        timeout: Duration::from_secs(300),
+        wait_for_nodes: Duration::from_secs(20),
+        batches: vec![64],
+    }
+}
+
+/// The same, with `pause` run between deployment and training; returns
+/// the job's network report.
+fn train_on_pool_after(
+    pool: &Pool,
+    shards: &[mixnn_grad::pb::ModelProto],
+    keep_first: bool,
+    pause: impl FnOnce() + Send + 'static,
+) -> (TrainReport, NetworkReport, mixnn_grad::pb::ModelProto) {
     let bootstrap: Vec<String> = pool
         .bootstrap
         .listen_addrs()
@@ -143,23 +187,11 @@ fn train_on_pool(
         let opts = options(EngineKind::Wasm);
         let data = data();
         let sb = sandbox();
-        let popts = PoolOptions {
-            bootstrap,
-            dummies: 1,
-            keep_first,
-            keep_last: false,
-            local_engine: EngineKind::Wasm,
-            class: None,
-            // A bound for failure, not a speed check: on a cold guest cache
-            // and a loaded CI machine the nodes' first compile alone has
-            // taken over a minute.
-            timeout: Duration::from_secs(300),
-            wait_for_nodes: Duration::from_secs(20),
-            batches: vec![64],
-        };
+        let popts = pool_options(bootstrap, keep_first);
         let mut cascade =
             PoolCascade::deploy(&shards, &opts.config, Some(&sb), &popts, &mut |_| {})
                 .expect("deploys");
+        pause();
         let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
         let report = mixnn_designer::train_model(
             &mut cascade,
@@ -171,14 +203,9 @@ fn train_on_pool(
         )
         .expect("trains on the pool");
         let exported = cascade.export_model(&shards).expect("exports");
-        let peers = cascade
-            .network()
-            .cascade
-            .into_iter()
-            .map(|(role, p)| (role, p.parse().expect("peer id")))
-            .collect();
+        let net = cascade.network();
         cascade.close();
-        (report, peers, exported)
+        (report, net, exported)
     })
     .join()
     .expect("designer thread")
@@ -332,4 +359,88 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
             );
         }
     }
+}
+
+/// A job that outlives its nodes' mix keys: 10 s epochs with 5 s of grace,
+/// and the designer waits after deployment until every key it deployed
+/// with has expired. On main the designer kept the keys it read at
+/// deployment, so every later packet named an epoch the hops no longer
+/// held and the job died; now it reads the nodes' new keys (quorum of the
+/// directory) and the job stays bit-identical to the local run.
+#[test]
+fn a_job_outlives_its_nodes_key_rotation() {
+    const EPOCH: u64 = 10;
+    const GRACE: u64 = 5;
+    let pool = start_pool_with(|_, cfg| {
+        cfg.epoch_secs = EPOCH;
+        cfg.key_grace_secs = GRACE;
+    });
+    let shards = mlp_shards();
+    let (report, net, _) = train_on_pool_after(&pool, &shards, false, || {
+        // Past the grace of the epoch the deployment's keys belong to.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let expiry = (now / EPOCH + 1) * EPOCH + GRACE + 1;
+        std::thread::sleep(Duration::from_secs(expiry - now));
+    });
+    assert!(
+        net.key_refreshes >= net.cascade.len() as u64,
+        "every hop's key was refreshed: {} refreshes for {} hops",
+        net.key_refreshes,
+        net.cascade.len()
+    );
+    let local = local_wasm(&shards);
+    assert_eq!(report.params_sha256, local.params_sha256);
+    assert_eq!(report.final_test_accuracy, local.final_test_accuracy);
+}
+
+/// Two bootstraps that disagree: the second lists only half the pool (its
+/// other nodes never reach it, as if it hid them). On main the designer
+/// used the first bootstrap that answered; now both must list a node (the
+/// default quorum of two is both), and the job is refused with an error
+/// naming what is short, unless the operator accepts a quorum of one.
+#[test]
+fn two_bootstraps_that_disagree_are_trusted_only_by_quorum() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let partial = rt
+        .block_on(Bootstrap::start(BootstrapConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            ..Default::default()
+        }))
+        .expect("second bootstrap starts");
+    let partial_addr = partial.listen_addrs()[0].to_string();
+    let pool = start_pool_with(move |i, cfg| {
+        if i < 3 {
+            cfg.bootstrap.push(partial_addr.clone());
+        }
+    });
+    let both = vec![
+        pool.bootstrap.listen_addrs()[0].to_string(),
+        partial.listen_addrs()[0].to_string(),
+    ];
+    let shards = mlp_shards();
+    let deploy = |quorum: Option<usize>| {
+        let (both, shards) = (both.clone(), shards.clone());
+        std::thread::spawn(move || {
+            let mut popts = pool_options(both, false);
+            popts.quorum = quorum;
+            popts.wait_for_nodes = Duration::from_secs(3);
+            let sb = sandbox();
+            let cfg = options(EngineKind::Wasm).config;
+            PoolCascade::deploy(&shards, &cfg, Some(&sb), &popts, &mut |_| {})
+                .map(|mut c| c.close())
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("designer thread")
+    };
+    let err = deploy(None).expect_err("3 agreed nodes cannot hold 4 hops");
+    assert!(
+        err.contains("2 of 2 bootstraps agree on only 3 nodes") && err.contains("4 needed"),
+        "{err}"
+    );
+    deploy(Some(1)).expect("a quorum of one takes what either lists");
+    rt.block_on(partial.shutdown());
 }

@@ -13,6 +13,7 @@
 
 pub mod directory;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use mixnn_p2p::secret_file::{self, SecretFileError};
 use mixnn_p2p::{BuildError, ListenError, PeerBehaviour, PeerBehaviourEvent, Role, unix_now};
@@ -28,7 +29,7 @@ use mixnn_protocol::{DirectoryRequest, DirectoryResponse, MAX_LIST_ENTRIES, Sign
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-pub use directory::{Directory, PublishError};
+pub use directory::{Directory, Limits, PublishError, Source};
 
 /// The identity file's name inside `data_dir`.
 pub const KEY_FILE: &str = "bootstrap.key";
@@ -42,6 +43,9 @@ pub struct BootstrapConfig {
     pub data_dir: Option<PathBuf>,
     /// Directory capacity in peers.
     pub max_entries: usize,
+    /// Peers published from one IP address (an IPv6 /64): what one host
+    /// with many identities can hold (see [`directory`]).
+    pub max_per_source: usize,
     /// How often expired descriptors are dropped.
     pub expire_interval: Duration,
 }
@@ -52,6 +56,7 @@ impl Default for BootstrapConfig {
             listen: Vec::new(),
             data_dir: None,
             max_entries: 10_000,
+            max_per_source: 64,
             expire_interval: Duration::from_secs(30),
         }
     }
@@ -72,6 +77,9 @@ pub enum BootstrapError {
     /// Building the libp2p swarm failed.
     #[error(transparent)]
     Transport(#[from] BuildError),
+    /// The OS random source failed (seeding the directory's choices).
+    #[error("OS randomness: {0}")]
+    Randomness(getrandom::Error),
 }
 
 /// A running bootstrap; [`shutdown`](Self::shutdown) stops it.
@@ -110,7 +118,13 @@ impl Bootstrap {
         for a in &listen_addrs {
             info!(addr = %a, "bootstrap listening");
         }
-        let directory = Arc::new(Mutex::new(Directory::new(cfg.max_entries)));
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(BootstrapError::Randomness)?;
+        let limits = Limits {
+            max_entries: cfg.max_entries,
+            max_per_source: cfg.max_per_source,
+        };
+        let directory = Arc::new(Mutex::new(Directory::new(limits, seed)));
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(run(swarm, directory.clone(), stop_rx, cfg.expire_interval));
         Ok(Self {
@@ -157,6 +171,9 @@ async fn run(
     expire_interval: Duration,
 ) {
     let mut expire = tokio::time::interval(expire_interval);
+    // Where each open connection comes from: a publish is charged to it.
+    // One entry per open connection, removed when it closes.
+    let mut sources: HashMap<ConnectionId, Source> = HashMap::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -166,7 +183,7 @@ async fn run(
                     info!(expired = n, "dropped stale descriptors");
                 }
             }
-            ev = swarm.select_next_some() => handle_event(&mut swarm, &directory, ev),
+            ev = swarm.select_next_some() => handle_event(&mut swarm, &directory, &mut sources, ev),
         }
     }
     info!("bootstrap stopped");
@@ -181,20 +198,25 @@ fn lock(d: &Mutex<Directory>) -> std::sync::MutexGuard<'_, Directory> {
 fn handle_event(
     swarm: &mut Swarm<PeerBehaviour>,
     directory: &Mutex<Directory>,
+    sources: &mut HashMap<ConnectionId, Source>,
     ev: SwarmEvent<PeerBehaviourEvent>,
 ) {
     match ev {
         SwarmEvent::Behaviour(PeerBehaviourEvent::Directory(
             request_response::Event::Message {
                 peer,
+                connection_id,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
-                ..
             },
         )) => {
-            let response = answer(swarm, directory, peer, request);
+            let source = sources
+                .get(&connection_id)
+                .cloned()
+                .unwrap_or_else(|| Source::of_addr(&Multiaddr::empty()));
+            let response = answer(swarm, directory, peer, &source, request);
             if swarm
                 .behaviour_mut()
                 .directory_mut()
@@ -214,8 +236,26 @@ fn handle_event(
         })) => {
             mixnn_p2p::add_identified_peer(swarm.behaviour_mut().kad_mut(), &peer_id, info);
         }
-        SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
-        SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            endpoint,
+            ..
+        } => {
+            sources.insert(
+                connection_id,
+                Source::of_addr(endpoint.get_remote_address()),
+            );
+            debug!(%peer_id, "connected");
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            connection_id,
+            ..
+        } => {
+            sources.remove(&connection_id);
+            debug!(%peer_id, "disconnected");
+        }
         SwarmEvent::IncomingConnectionError { error, .. } => {
             debug!(%error, "incoming connection failed")
         }
@@ -227,12 +267,13 @@ fn answer(
     swarm: &mut Swarm<PeerBehaviour>,
     directory: &Mutex<Directory>,
     from: PeerId,
+    source: &Source,
     request: DirectoryRequest,
 ) -> DirectoryResponse {
     let now = unix_now();
     match request {
         DirectoryRequest::Publish(signed) => {
-            let result = lock(directory).publish(signed, now);
+            let result = lock(directory).publish(signed, now, source.clone());
             match result {
                 Ok(desc) => {
                     info!(
@@ -253,7 +294,7 @@ fn answer(
                     DirectoryResponse::Published
                 }
                 Err(e) => {
-                    warn!(%from, error = %e, "descriptor rejected");
+                    warn!(%from, %source, error = %e, "descriptor rejected");
                     DirectoryResponse::Rejected {
                         reason: e.to_string(),
                     }

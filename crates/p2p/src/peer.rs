@@ -46,9 +46,9 @@ pub enum DirectoryError {
         /// it last connected.
         dial: Option<String>,
     },
-    /// A list request was answered with something else.
-    #[error("unexpected answer to a list request")]
-    UnexpectedAnswer,
+    /// A list page was refused (over the limits, or not a list).
+    #[error(transparent)]
+    List(#[from] mixnn_protocol::ListError),
     /// No bootstrap to ask.
     #[error("no bootstrap configured")]
     NoBootstrap,
@@ -170,18 +170,9 @@ impl SwarmHandle {
 
     async fn list_from(&self, bootstrap: PeerId) -> Result<Vec<NodeDescriptor>, DirectoryError> {
         let mut out = Vec::new();
-        let mut offset = 0u32;
-        loop {
-            let req = DirectoryRequest::List {
-                offset,
-                limit: mixnn_protocol::MAX_LIST_ENTRIES,
-            };
-            let DirectoryResponse::Descriptors { entries, total } =
-                self.directory(bootstrap, req).await?
-            else {
-                return Err(DirectoryError::UnexpectedAnswer);
-            };
-            let n = entries.len() as u32;
+        let mut cursor = mixnn_protocol::ListCursor::new();
+        while let Some(req) = cursor.request() {
+            let entries = cursor.accept(self.directory(bootstrap, req).await?)?;
             let now = crate::unix_now();
             for e in entries {
                 match e.verify_at(now) {
@@ -191,11 +182,8 @@ impl SwarmHandle {
                     }
                 }
             }
-            offset = offset.saturating_add(n);
-            if n == 0 || offset >= total {
-                return Ok(out);
-            }
         }
+        Ok(out)
     }
 }
 

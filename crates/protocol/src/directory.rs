@@ -15,6 +15,10 @@ use crate::descriptor::{MAX_SIGNED_DESCRIPTOR_BYTES, SignedDescriptor};
 pub const DIRECTORY_PROTOCOL: &str = "/mixnn/directory/1.0.0";
 /// At most this many descriptors in one list response.
 pub const MAX_LIST_ENTRIES: u32 = 512;
+/// A client reads at most this many entries from one bootstrap, whatever
+/// `total` the bootstrap claims: a bound on the pages it asks for and on
+/// what it keeps. A bootstrap should hold no more (its default is 10,000).
+pub const MAX_DIRECTORY_ENTRIES: u32 = 16_384;
 /// A request is one descriptor at most.
 pub const MAX_DIRECTORY_REQUEST_BYTES: usize = MAX_SIGNED_DESCRIPTOR_BYTES + 64;
 /// A response is a full page of descriptors at most.
@@ -97,5 +101,67 @@ impl DirectoryResponse {
             });
         }
         Ok(())
+    }
+}
+
+/// Why a list page is refused by [`ListCursor::accept`].
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The page is over the protocol's limits.
+    #[error(transparent)]
+    Limits(#[from] CborError),
+    /// A list request was answered with something else.
+    #[error("unexpected answer to a list request")]
+    UnexpectedAnswer,
+}
+
+/// Walks a bootstrap's list pages with every count it reads bounded: at
+/// most [`MAX_LIST_ENTRIES`] per page, at most [`MAX_DIRECTORY_ENTRIES`] in
+/// all however large the claimed `total`, and the walk ends at the first
+/// short page (an honest bootstrap sends full pages until the end), so a
+/// bootstrap cannot keep a client asking.
+#[derive(Clone, Debug, Default)]
+pub struct ListCursor {
+    offset: u32,
+    done: bool,
+}
+
+impl ListCursor {
+    /// A walk from the first entry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next page to ask for, or `None` once the walk is over.
+    pub fn request(&self) -> Option<DirectoryRequest> {
+        (!self.done).then_some(DirectoryRequest::List {
+            offset: self.offset,
+            limit: MAX_LIST_ENTRIES,
+        })
+    }
+
+    /// Entries read so far.
+    pub fn read(&self) -> u32 {
+        self.offset
+    }
+
+    /// Takes the answer to [`request`](Self::request): its entries
+    /// (unverified), cut so the walk never passes [`MAX_DIRECTORY_ENTRIES`].
+    pub fn accept(
+        &mut self,
+        response: DirectoryResponse,
+    ) -> Result<Vec<SignedDescriptor>, ListError> {
+        response.check_limits()?;
+        let DirectoryResponse::Descriptors { mut entries, total } = response else {
+            self.done = true;
+            return Err(ListError::UnexpectedAnswer);
+        };
+        let end = total.min(MAX_DIRECTORY_ENTRIES);
+        let room = MAX_DIRECTORY_ENTRIES.saturating_sub(self.offset) as usize;
+        let full = entries.len() == MAX_LIST_ENTRIES as usize;
+        entries.truncate(room);
+        self.offset = self.offset.saturating_add(entries.len() as u32);
+        self.done = !full || self.offset >= end;
+        Ok(entries)
     }
 }

@@ -23,8 +23,9 @@ pub mod job;
 
 pub use descriptor::{Capacity, DescriptorError, MixKeyInfo, NodeDescriptor, SignedDescriptor};
 pub use directory::{
-    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, MAX_DIRECTORY_REQUEST_BYTES,
-    MAX_DIRECTORY_RESPONSE_BYTES, MAX_LIST_ENTRIES,
+    DIRECTORY_PROTOCOL, DirectoryRequest, DirectoryResponse, ListCursor, ListError,
+    MAX_DIRECTORY_ENTRIES, MAX_DIRECTORY_REQUEST_BYTES, MAX_DIRECTORY_RESPONSE_BYTES,
+    MAX_LIST_ENTRIES,
 };
 
 /// Kademlia protocol name of the mixnn pool: a DHT of its own, never merged

@@ -19,10 +19,14 @@ pub struct BootstrapArgs {
     /// survives restarts; without it, every start has a new identity.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Most descriptors the directory holds (a memory bound); publishes of
-    /// new peers beyond it are refused until entries expire.
+    /// Most descriptors the directory holds (a memory bound); when it is
+    /// full, a new peer displaces a random entry of the address holding
+    /// the most.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_entries: usize,
+    /// Most descriptors published from one IP address (an IPv6 /64).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_per_source: usize,
 }
 
 pub fn run(a: BootstrapArgs) -> Result<()> {
@@ -38,6 +42,7 @@ pub fn run(a: BootstrapArgs) -> Result<()> {
         listen,
         data_dir: a.data_dir,
         max_entries: a.max_entries,
+        max_per_source: a.max_per_source,
         ..BootstrapConfig::default()
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -151,6 +151,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let node_peers: Vec<String> = pool.nodes().iter().map(|n| n.peer_id.clone()).collect();
     let pool_args = PoolArgs {
         pool: vec![pool.bootstrap_addr().to_string()],
+        quorum: None,
+        // Every node listens on 127.0.0.1: one host, told apart by port.
+        local_pool: true,
         dummies: a.dummies,
         keep_first: false,
         keep_last: false,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mixnn_designer::pool::{PoolCascade, PoolOptions};
+use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
 use mixnn_designer::{EngineKind, Model, TrainOptions, TrainReport};
 
 use super::SandboxArgs;
@@ -30,6 +30,12 @@ pub fn train_on_pool(
     };
     let popts = PoolOptions {
         bootstrap: pool.pool.clone(),
+        quorum: pool.quorum,
+        distinct: if pool.local_pool {
+            Distinct::HostPort
+        } else {
+            Distinct::Host
+        },
         dummies: pool.dummies,
         keep_first: pool.keep_first,
         keep_last: pool.keep_last,

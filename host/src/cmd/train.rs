@@ -91,6 +91,15 @@ pub struct PoolArgs {
         conflicts_with = "local"
     )]
     pub pool: Vec<String>,
+    /// How many of the `--pool` bootstraps must list a node before it is
+    /// used (default: a majority; with one bootstrap, that one is trusted).
+    #[arg(long, value_name = "N")]
+    pub quorum: Option<usize>,
+    /// The pool runs on one machine (e.g. 127.0.0.1): two hops may share an
+    /// IP when their ports differ. Otherwise no two hops share an IP (an
+    /// IPv6 /64) and loopback-only nodes are not used.
+    #[arg(long)]
+    pub local_pool: bool,
     /// Dummy relay hops placed at random positions of the cascade; to their
     /// neighbours they look like any layer.
     #[arg(long, default_value_t = 0, value_name = "R")]

@@ -10,9 +10,11 @@ use mixnn_protocol::job::{LayerKind, LayerSpec};
 use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
+use super::directory;
 use super::endpoint::Endpoint;
 use super::onion::{Hop, Role};
 use super::placement::{self, Layout};
+use super::rekey::KeyWatch;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
@@ -33,13 +35,15 @@ impl PoolCascade {
         let g = Geometry::default();
         let layout = Layout::new(shards.len(), opts, &g)?;
         let ep = Endpoint::start(&opts.bootstrap, &g)?;
-        progress(&format!(
-            "reading the pool directory (need {} nodes)",
-            layout.count
+        let quorum = directory::resolve_quorum(opts.quorum, ep.bootstraps())?;
+        progress(&directory::reading_note(
+            layout.count,
+            quorum,
+            ep.bootstraps(),
         ));
-        let mut pool = ep.directory(layout.count, opts.wait_for_nodes)?;
+        let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
-        let hops = placement::choose(&mut pool, &layout, opts, &mut rng)?;
+        let hops = placement::choose(&pool, &layout, opts, &mut rng)?;
         connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
             Some(c) => c,
@@ -69,6 +73,7 @@ impl PoolCascade {
             ep,
             g,
             class,
+            keys: KeyWatch::new(&hops, &pool, quorum),
             hops,
             first,
             last,

@@ -17,6 +17,8 @@ use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{Geometry, NodeId};
 use tokio::sync::watch;
 
+use super::PoolError;
+use super::directory::{self, Distinct, Reading};
 use crate::DesignerError;
 
 fn err(m: impl std::fmt::Display) -> DesignerError {
@@ -101,26 +103,71 @@ impl Endpoint {
         self.node_id
     }
 
-    /// The verified directory, retried for up to `wait` until it lists at
-    /// least `want` nodes (nodes of a freshly started pool are still joining).
+    /// The directory a quorum of the bootstraps agree on (every bootstrap
+    /// asked at once), retried for up to `wait` until it holds `want` nodes
+    /// with distinct identities and addresses (nodes of a freshly started
+    /// pool are still joining).
     pub fn directory(
         &self,
         want: usize,
+        quorum: usize,
+        rule: Distinct,
         wait: Duration,
     ) -> Result<Vec<NodeDescriptor>, DesignerError> {
         let deadline = Instant::now() + wait;
+        let mut rng = super::placement::os_rng()?;
         loop {
-            let got = self
-                .rt
-                .block_on(self.swarm.list_directory(&self.bootstraps));
-            match got {
-                Ok(list) if list.len() >= want || Instant::now() >= deadline => return Ok(list),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(err(format!("reading the pool directory: {e}")));
+            let r = self.read_directory(quorum);
+            let late = Instant::now() >= deadline;
+            if r.answered < r.quorum {
+                if late {
+                    return Err(PoolError::QuorumUnreached {
+                        answered: r.answered,
+                        asked: r.asked,
+                        quorum: r.quorum,
+                        failures: r.failures.join("; "),
+                    }
+                    .into());
                 }
-                _ => std::thread::sleep(Duration::from_millis(300)),
+            } else {
+                let distinct = match directory::pick(&r.nodes, want, rule, &mut rng) {
+                    Ok(_) => return Ok(r.nodes),
+                    Err(best) => best,
+                };
+                if late {
+                    let lone = rule == Distinct::Host && directory::anonymous(&r.nodes, rule) > 0;
+                    return Err(PoolError::TooFewAgreed {
+                        quorum: r.quorum,
+                        asked: r.asked,
+                        agreed: r.nodes.len(),
+                        distinct,
+                        needed: want,
+                        note: if lone {
+                            " (some nodes list loopback addresses only: for a pool on one \
+                             machine pass --local-pool)"
+                        } else {
+                            ""
+                        },
+                    }
+                    .into());
+                }
             }
+            std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// One reading of every bootstrap, kept by `quorum`.
+    pub(super) fn read_directory(&self, quorum: usize) -> Reading {
+        self.rt.block_on(directory::read_quorum(
+            &self.swarm,
+            &self.bootstraps,
+            quorum,
+        ))
+    }
+
+    /// Bootstraps the designer was given.
+    pub fn bootstraps(&self) -> usize {
+        self.bootstraps.len()
     }
 
     /// Makes `peer` reachable at `addrs` and opens the packet link to it,

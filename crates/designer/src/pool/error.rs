@@ -27,10 +27,11 @@ pub enum PoolError {
         /// Most hops a packet header can carry.
         max: usize,
     },
-    /// The directory lists fewer nodes than the cascade needs.
+    /// The directory lists fewer nodes with distinct identities and
+    /// addresses than the cascade needs.
     #[error(
-        "the pool lists {listed} nodes, the cascade needs {needed} distinct ones \
-         ({remote} layers + {dummies} dummies)"
+        "the pool lists {listed} nodes with distinct identities and addresses, the cascade \
+         needs {needed} ({remote} layers + {dummies} dummies)"
     )]
     TooFewNodes {
         /// Nodes the directory lists.
@@ -41,6 +42,46 @@ pub enum PoolError {
         remote: usize,
         /// Dummy hops asked for.
         dummies: usize,
+    },
+    /// The quorum asked for does not suit the bootstraps given.
+    #[error("quorum {quorum} with {bootstraps} bootstraps: it must be between 1 and {bootstraps}")]
+    Quorum {
+        /// The quorum asked for.
+        quorum: usize,
+        /// Bootstraps given.
+        bootstraps: usize,
+    },
+    /// Fewer bootstraps answered than must agree.
+    #[error("only {answered} of {asked} bootstraps answered, {quorum} must agree: {failures}")]
+    QuorumUnreached {
+        /// Bootstraps that answered a whole listing.
+        answered: usize,
+        /// Bootstraps asked.
+        asked: usize,
+        /// How many must list a node.
+        quorum: usize,
+        /// Why the others did not answer, one per bootstrap.
+        failures: String,
+    },
+    /// The nodes a quorum of bootstraps agree on are too few, once no
+    /// identity or address may hold two hops.
+    #[error(
+        "{quorum} of {asked} bootstraps agree on only {distinct} nodes with distinct identities \
+         and addresses ({agreed} agreed in all); {needed} needed{note}"
+    )]
+    TooFewAgreed {
+        /// How many bootstraps must list a node.
+        quorum: usize,
+        /// Bootstraps asked.
+        asked: usize,
+        /// Nodes the quorum lists.
+        agreed: usize,
+        /// The most of them that can share a cascade.
+        distinct: usize,
+        /// Distinct nodes the cascade needs.
+        needed: usize,
+        /// A hint (e.g. a pool on one machine needs `--local-pool`), or empty.
+        note: &'static str,
     },
     /// The OS random source failed (seeding the designer's secret generator).
     #[error("OS randomness: {0}")]

@@ -76,6 +76,7 @@ impl PoolCascade {
         phase: Phase,
     ) -> Result<(Option<WireTensor>, Option<FromHop>), DesignerError> {
         let start = Instant::now();
+        self.refresh_keys(false);
         let target = e2e.as_ref().map(|(t, _)| *t);
         let first = self.hops[slots[0].hop].peer;
         let (bytes, sent) = onion::build(
@@ -89,7 +90,10 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
-        let answer = self.ep.receive(&sent.exit_id, self.timeout)?;
+        let answer = match self.ep.receive(&sent.exit_id, self.timeout) {
+            Ok(a) => a,
+            Err(e) => return Err(self.after_loss(e)),
+        };
         let payload = onion::open(&self.g, &sent, answer)?;
         let hops = &self.hops;
         let describe = |s: &Slot| describe_slot(hops, s);

@@ -19,12 +19,14 @@
 
 mod class;
 mod deploy;
+mod directory;
 mod endpoint;
 mod error;
 mod exchange;
 mod onion;
 mod phases;
 mod placement;
+mod rekey;
 
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{EngineKind, LayerBackend};
 pub use class::payload_class;
+pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
 use onion::{Hop, Role, Slot};
@@ -41,8 +44,13 @@ use onion::{Hop, Role, Slot};
 /// How to run on the pool.
 #[derive(Clone, Debug)]
 pub struct PoolOptions {
-    /// Bootstrap multiaddrs (`/…/p2p/<id>`).
+    /// Bootstrap multiaddrs (`/…/p2p/<id>`); every one is asked.
     pub bootstrap: Vec<String>,
+    /// How many bootstraps must list a node before it is trusted; `None`
+    /// is a majority of those given (1 of 1: one bootstrap is trusted).
+    pub quorum: Option<usize>,
+    /// What counts as one address: no two hops of the cascade share one.
+    pub distinct: Distinct,
     /// Dummy relay hops placed at random positions.
     pub dummies: usize,
     /// The designer runs the first shard itself.
@@ -97,6 +105,9 @@ pub struct NetworkReport {
     pub export_seconds: f64,
     /// Distinct lengths of the packets the designer sent and received.
     pub packet_lengths: Vec<usize>,
+    /// Hop mix keys replaced during the job (nodes rotate them per epoch).
+    #[serde(default)]
+    pub key_refreshes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -113,6 +124,7 @@ pub struct PoolCascade {
     g: Geometry,
     class: usize,
     hops: Vec<Hop>,
+    keys: rekey::KeyWatch,
     first: Option<Box<dyn LayerBackend>>,
     last: Option<Box<dyn LayerBackend>>,
     shards: usize,

@@ -5,7 +5,6 @@
 
 use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{Geometry, JobHandle, MixPublicKey, NodeId};
-use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -60,25 +59,27 @@ pub(super) fn os_rng() -> Result<ChaCha20Rng, PoolError> {
     Ok(ChaCha20Rng::from_seed(seed))
 }
 
-/// Shuffles the directory, places the dummies among the layers and gives
-/// each of the first `count` nodes its role and a fresh job handle.
+/// Picks `count` nodes at random, no two with the same identity or a
+/// shared address (see [`super::directory::pick`]), places the dummies
+/// among the layers and gives each node its role and a fresh job handle.
 pub(super) fn choose(
-    pool: &mut [NodeDescriptor],
+    pool: &[NodeDescriptor],
     layout: &Layout,
     opts: &PoolOptions,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<Hop>, PoolError> {
-    if pool.len() < layout.count {
-        return Err(PoolError::TooFewNodes {
-            listed: pool.len(),
-            needed: layout.count,
-            remote: layout.hi - layout.lo,
-            dummies: opts.dummies,
-        });
-    }
-    pool.shuffle(rng);
+    let picked =
+        super::directory::pick(pool, layout.count, opts.distinct, rng).map_err(|listed| {
+            PoolError::TooFewNodes {
+                listed,
+                needed: layout.count,
+                remote: layout.hi - layout.lo,
+                dummies: opts.dummies,
+            }
+        })?;
     let roles = place_dummies(layout, opts, rng);
-    pool.iter()
+    picked
+        .into_iter()
         .zip(&roles)
         .map(|(d, role)| hop(d, *role, rng))
         .collect()
