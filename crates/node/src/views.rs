@@ -23,6 +23,9 @@ pub struct JobView {
     pub input_shapes: BTreeSet<Vec<u32>>,
     /// End-to-end messages it could read, by kind (`init`, `labels`, …).
     pub e2e_read: BTreeMap<String, u64>,
+    /// Lengths of the end-to-end sections it received, per op, with counts:
+    /// what the size of the section tells a hop (PROTOCOL.md §12.3).
+    pub e2e_lens: BTreeMap<(String, usize), u64>,
 }
 
 /// The views of all jobs, keyed by the job handle this node knows.
@@ -42,6 +45,11 @@ impl JobViews {
                 v.input_shapes.insert(s.to_vec());
             }
         });
+    }
+
+    /// A packet of `job` for `op` came with an end-to-end section of `len` bytes.
+    pub fn section(&self, job: &[u8; 32], op: &str, len: usize) {
+        self.note(job, |v| *v.e2e_lens.entry((op.into(), len)).or_default() += 1);
     }
 
     /// This node read an end-to-end message of `kind` for `job`.

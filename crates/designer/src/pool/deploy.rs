@@ -11,7 +11,8 @@ use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
 use super::endpoint::Endpoint;
-use super::onion::{Hop, Role};
+use super::onion::{self, Hop, Role};
+use super::mask;
 use super::placement::{self, Layout};
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
@@ -40,6 +41,9 @@ impl PoolCascade {
         let mut pool = ep.directory(layout.count, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
         let hops = placement::choose(&mut pool, &layout, opts, &mut rng)?;
+        let roles: Vec<Role> = hops.iter().map(|h| h.role).collect();
+        let masks = mask::plan(&roles, shards, &mut rng)?;
+        let shards = &masks.shards[..];
         connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
             Some(c) => c,
@@ -56,6 +60,7 @@ impl PoolCascade {
             .keep_last
             .then(|| local(layout.shards - 1))
             .transpose()?;
+        let control_section = onion::control_section_len(&g, class)?;
         let mut me = PoolCascade {
             net: NetworkReport {
                 cascade: hops
@@ -75,19 +80,26 @@ impl PoolCascade {
             shards: layout.shards,
             timeout: opts.timeout,
             rng,
+            control_section,
+            compute_section: onion::compute_section_len(&opts.batches),
+            pad_hops: layout.pad_hops,
+            folds: masks.folds,
         };
-        me.init_all(shards, base, loss, progress)?;
+        me.init_all(shards, &masks.ops, base, loss, progress)?;
         Ok(me)
     }
 
-    /// Sends every hop its guest, shard and training settings, in order.
+    /// Sends every hop its guest, shard and training settings: a dummy its
+    /// relay op with its secret sign mask (`ops`).
     fn init_all(
         &mut self,
         shards: &[pb::ModelProto],
+        ops: &[Option<String>],
         base: &TrainConfig,
         loss: LossKind,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), DesignerError> {
+        let mut inits = Vec::with_capacity(self.hops.len());
         for t in 0..self.hops.len() {
             let (kind, shard, train) = match self.hops[t].role {
                 Role::Layer(i) => (
@@ -96,7 +108,7 @@ impl PoolCascade {
                     layer_config(base, i, self.shards, loss),
                 ),
                 Role::Dummy => (
-                    LayerKind::Relay("identity".into()),
+                    LayerKind::Relay(ops[t].clone().unwrap_or_else(|| "identity".into())),
                     Vec::new(),
                     base.clone(),
                 ),
@@ -112,9 +124,9 @@ impl PoolCascade {
                 train,
                 shard_len: shard.len() as u64,
             };
-            self.init_hop(t, spec, &shard)?;
+            inits.push((spec, shard));
         }
-        Ok(())
+        self.init_hops(inits)
     }
 }
 
