@@ -335,6 +335,7 @@ fn hop_views_are_alike(pool: &Pool, order: &[PeerId]) {
         assert_eq!(l.len(), 2, "one control and one compute length: {l:?}");
         assert_eq!(*c, controls[0], "hop {i} saw {c} control packets, hop 0 {}", controls[0]);
     }
+    println!("control packets per hop: {}; section lengths {:?}", controls[0], lens[0]);
     // Control packets come in rounds of the longest turning cascade (8),
     // not of this one's length.
     assert_eq!(controls[0] % 8, 0, "{} control packets", controls[0]);
