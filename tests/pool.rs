@@ -322,20 +322,40 @@ fn hop_views_are_alike(pool: &Pool, order: &[PeerId]) {
     let mut lens = Vec::new();
     let mut controls = Vec::new();
     for peer in order {
-        let node = pool.nodes.iter().find(|n| n.peer_id() == *peer).expect("ours");
+        let node = pool
+            .nodes
+            .iter()
+            .find(|n| n.peer_id() == *peer)
+            .expect("ours");
         let v = node.job_views().pop().expect("a view");
-        let kind = |op: &str| if op == "init" || op == "relay" { "control" } else { "compute" };
+        let kind = |op: &str| {
+            if op == "init" || op == "relay" {
+                "control"
+            } else {
+                "compute"
+            }
+        };
         let l: BTreeSet<(&str, usize)> = v.e2e_lens.keys().map(|(op, n)| (kind(op), *n)).collect();
-        let c: u64 = ["init", "relay"].iter().filter_map(|op| v.ops.get(*op)).sum();
+        let c: u64 = ["init", "relay"]
+            .iter()
+            .filter_map(|op| v.ops.get(*op))
+            .sum();
         lens.push(l);
         controls.push(c);
     }
     for (i, (l, c)) in lens.iter().zip(&controls).enumerate() {
         assert_eq!(l, &lens[0], "hop {i} saw other section lengths than hop 0");
         assert_eq!(l.len(), 2, "one control and one compute length: {l:?}");
-        assert_eq!(*c, controls[0], "hop {i} saw {c} control packets, hop 0 {}", controls[0]);
+        assert_eq!(
+            *c, controls[0],
+            "hop {i} saw {c} control packets, hop 0 {}",
+            controls[0]
+        );
     }
-    println!("control packets per hop: {}; section lengths {:?}", controls[0], lens[0]);
+    println!(
+        "control packets per hop: {}; section lengths {:?}",
+        controls[0], lens[0]
+    );
     // Control packets come in rounds of the longest turning cascade (8),
     // not of this one's length.
     assert_eq!(controls[0] % 8, 0, "{} control packets", controls[0]);
@@ -359,20 +379,32 @@ fn colluders_across_a_dummy_match_no_bytes_but_still_magnitudes() {
     let base = options(EngineKind::Native).config;
     let layer = |i: usize, shard: &mixnn_grad::pb::ModelProto| {
         let cfg = mixnn_designer::layer_config(&base, i, shards.len(), LossKind::Nll);
-        mixnn_designer::load_layer(EngineKind::Native, i, &mixnn_shard::encode(shard), cfg, None)
-            .expect("layer")
+        mixnn_designer::load_layer(
+            EngineKind::Native,
+            i,
+            &mixnn_shard::encode(shard),
+            cfg,
+            None,
+        )
+        .expect("layer")
     };
     let fold = Fold::of(&shards[1], 1).expect("layer 1 takes a mask");
     let mask: Vec<bool> = (0..fold.width()).map(|c| (c * 7 + 3) % 5 < 2).collect();
     let folded = fold.apply_to_shard(&shards[1], &mask, 1).expect("folds");
     let sb = sandbox();
     let relay = |op: &str| {
-        let mut g = sb.instantiate(sb.guest(mixnn_sandbox::GuestKind::Relay).unwrap()).unwrap();
+        let mut g = sb
+            .instantiate(sb.guest(mixnn_sandbox::GuestKind::Relay).unwrap())
+            .unwrap();
         g.load(op.as_bytes(), &base).expect("relay loads");
         g
     };
     let (mut dummy, mut old_dummy) = (relay(&relay_op(&mask)), relay("identity"));
-    let (mut a, mut b, mut reference) = (layer(0, &shards[0]), layer(1, &folded), layer(1, &shards[1]));
+    let (mut a, mut b, mut reference) = (
+        layer(0, &shards[0]),
+        layer(1, &folded),
+        layer(1, &shards[1]),
+    );
     let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
     let (mut sent, mut got, mut got_old) = (Vec::new(), Vec::new(), Vec::new());
     // The bundled data's first 640 training images are distinct (later
@@ -385,10 +417,20 @@ fn colluders_across_a_dummy_match_no_bytes_but_still_magnitudes() {
         let z = dummy.forward(&y).unwrap();
         got_old.push(old_dummy.forward(&y).unwrap());
         // Exact: layer 1 on the masked input with folded weights is layer 1.
-        let (out, want) = (b.forward(z.clone()).unwrap(), reference.forward(y.clone()).unwrap());
+        let (out, want) = (
+            b.forward(z.clone()).unwrap(),
+            reference.forward(y.clone()).unwrap(),
+        );
         assert_eq!(bits(&out), bits(&want), "forward stays bit-identical");
-        let dz = Tensor::new(out.shape.clone(), out.data.iter().map(|v| v - 0.5).collect()).unwrap();
-        let dx = dummy.backward(&b.backward(dz.clone()).unwrap().unwrap()).unwrap().unwrap();
+        let dz = Tensor::new(
+            out.shape.clone(),
+            out.data.iter().map(|v| v - 0.5).collect(),
+        )
+        .unwrap();
+        let dx = dummy
+            .backward(&b.backward(dz.clone()).unwrap().unwrap())
+            .unwrap()
+            .unwrap();
         let want = reference.backward(dz).unwrap().unwrap();
         assert_eq!(dx.data, want.data, "the gradient A gets back is the same");
         b.step().unwrap();
@@ -409,10 +451,19 @@ fn colluders_across_a_dummy_match_no_bytes_but_still_magnitudes() {
     };
     let bytes = |a: &Tensor, b: &Tensor| bits(a) == bits(b);
     let magnitude = |a: &Tensor, b: &Tensor| {
-        a.data.iter().zip(&b.data).all(|(x, y)| x.abs().to_bits() == y.abs().to_bits())
+        a.data
+            .iter()
+            .zip(&b.data)
+            .all(|(x, y)| x.abs().to_bits() == y.abs().to_bits())
     };
-    let (old, new, mag) = (link(&got_old, &bytes), link(&got, &bytes), link(&got, &magnitude));
-    println!("colluders across a dummy, 10 messages: bytes {old}/10 before, {new}/10 after; |x| {mag}/10");
+    let (old, new, mag) = (
+        link(&got_old, &bytes),
+        link(&got, &bytes),
+        link(&got, &magnitude),
+    );
+    println!(
+        "colluders across a dummy, 10 messages: bytes {old}/10 before, {new}/10 after; |x| {mag}/10"
+    );
     assert_eq!(old, 10, "the identity dummy is transparent");
     assert_eq!(new, 0, "byte equality links nothing across a masked dummy");
     assert_eq!(mag, 10, "magnitudes still link (the price of exactness)");

@@ -49,7 +49,9 @@ impl JobViews {
 
     /// A packet of `job` for `op` came with an end-to-end section of `len` bytes.
     pub fn section(&self, job: &[u8; 32], op: &str, len: usize) {
-        self.note(job, |v| *v.e2e_lens.entry((op.into(), len)).or_default() += 1);
+        self.note(job, |v| {
+            *v.e2e_lens.entry((op.into(), len)).or_default() += 1
+        });
     }
 
     /// This node read an end-to-end message of `kind` for `job`.

@@ -318,7 +318,9 @@ pub fn seal_e2e_padded(
     len: usize,
 ) -> Result<Vec<u8>, JobError> {
     if body.len() > MAX_E2E_BODY || E2E_OVERHEAD + body.len() > len {
-        return Err(JobError::Malformed("end-to-end message larger than its section"));
+        return Err(JobError::Malformed(
+            "end-to-end message larger than its section",
+        ));
     }
     let mut out = vec![0u8; len];
     seal_into(key, dir, body, &mut out);

@@ -11,8 +11,8 @@ use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
 use super::endpoint::Endpoint;
-use super::onion::{self, Hop, Role};
 use super::mask;
+use super::onion::{self, Hop, Role};
 use super::placement::{self, Layout};
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
@@ -100,22 +100,22 @@ impl PoolCascade {
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), DesignerError> {
         let mut inits = Vec::with_capacity(self.hops.len());
-        for t in 0..self.hops.len() {
-            let (kind, shard, train) = match self.hops[t].role {
+        for (t, (hop, op)) in self.hops.iter().zip(ops).enumerate() {
+            let (kind, shard, train) = match hop.role {
                 Role::Layer(i) => (
                     LayerKind::Standard,
                     mixnn_shard::encode(&shards[i]),
                     layer_config(base, i, self.shards, loss),
                 ),
                 Role::Dummy => (
-                    LayerKind::Relay(ops[t].clone().unwrap_or_else(|| "identity".into())),
+                    LayerKind::Relay(op.clone().unwrap_or_else(|| "identity".into())),
                     Vec::new(),
                     base.clone(),
                 ),
             };
             progress(&format!(
                 "init: {} on hop {} ({} bytes)",
-                describe_role(self.hops[t].role),
+                describe_role(hop.role),
                 t + 1,
                 shard.len()
             ));

@@ -127,7 +127,9 @@ pub enum PoolError {
     /// Dummies were asked for but no position admits one: a dummy is never
     /// first and never takes the turn, so a turning cascade of one remote
     /// layer has no room for it.
-    #[error("{dummies} dummies but no place for one: a dummy is never first nor last with the turn; keep the last layer or split further")]
+    #[error(
+        "{dummies} dummies but no place for one: a dummy is never first nor last with the turn; keep the last layer or split further"
+    )]
     NoDummySlot {
         /// Dummy hops asked for.
         dummies: usize,

@@ -13,7 +13,10 @@ use crate::DesignerError;
 impl PoolCascade {
     /// Sends every hop its spec and shard in chunks that fill the job's
     /// control sections, all hops in one [`control_batch`](Self::control_batch).
-    pub(super) fn init_hops(&mut self, inits: Vec<(LayerSpec, Vec<u8>)>) -> Result<(), DesignerError> {
+    pub(super) fn init_hops(
+        &mut self,
+        inits: Vec<(LayerSpec, Vec<u8>)>,
+    ) -> Result<(), DesignerError> {
         let mut msgs = Vec::with_capacity(inits.len());
         for (spec, shard) in inits {
             msgs.push(self.init_chunks(spec, &shard)?);
@@ -94,7 +97,9 @@ impl PoolCascade {
             match target.and_then(|t| Some((t, queues[t].pop_front()?))) {
                 Some((t, msg)) => answers[t].push(self.control(t, msg, phase)?),
                 None => {
-                    let slots = (0..self.hops.len()).map(|j| Slot::new(j, Op::Relay)).collect();
+                    let slots = (0..self.hops.len())
+                        .map(|j| Slot::new(j, Op::Relay))
+                        .collect();
                     self.exchange(slots, None, None, phase)?;
                 }
             }

@@ -41,10 +41,7 @@ impl Fold {
     /// (group = 1), whose weight is a float initializer.
     pub fn of(shard: &pb::ModelProto, index: usize) -> Result<Fold, PoolError> {
         let no = |why: String| PoolError::CannotMask { shard: index, why };
-        let g = shard
-            .graph
-            .as_ref()
-            .ok_or_else(|| no("no graph".into()))?;
+        let g = shard.graph.as_ref().ok_or_else(|| no("no graph".into()))?;
         let params = mixnn_shard::get_params(shard).map_err(|e| no(e.to_string()))?;
         let input = g
             .input
@@ -54,13 +51,16 @@ impl Fold {
         let users: Vec<&pb::NodeProto> = g
             .node
             .iter()
-            .filter(|n| n.input.iter().any(|x| *x == input.name))
+            .filter(|n| n.input.contains(&input.name))
             .collect();
         let [node] = users[..] else {
             return Err(no(format!("its input feeds {} nodes", users.len())));
         };
         if node.input.first() != Some(&input.name) {
-            return Err(no(format!("its input is not {}'s first operand", node.op_type)));
+            return Err(no(format!(
+                "its input is not {}'s first operand",
+                node.op_type
+            )));
         }
         let int = |name: &str, default: i64| {
             node.attribute

@@ -178,7 +178,9 @@ pub fn compute_section_len(batches: &[usize]) -> usize {
 /// Bytes of the end-to-end section of control packets (no tensor): all of
 /// the payload after the framing (version, no-tensor marker, length).
 pub fn control_section_len(g: &Geometry, class: usize) -> Result<usize, DesignerError> {
-    let cap = g.capacity(class).map_err(|e| err(format!("packet class: {e}")))?;
+    let cap = g
+        .capacity(class)
+        .map_err(|e| err(format!("packet class: {e}")))?;
     Ok(cap.saturating_sub(6))
 }
 

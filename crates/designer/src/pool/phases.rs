@@ -75,11 +75,21 @@ impl PoolCascade {
         let first = self
             .hops
             .iter()
-            .map(|h| if is_layer(h) { vec![ToHop::Export { part: 0 }] } else { Vec::new() })
+            .map(|h| {
+                if is_layer(h) {
+                    vec![ToHop::Export { part: 0 }]
+                } else {
+                    Vec::new()
+                }
+            })
             .collect();
         let mut bytes: Vec<Vec<u8>> = vec![Vec::new(); self.hops.len()];
         let mut totals = vec![0u32; self.hops.len()];
-        for (t, answers) in self.control_batch(first, Phase::Export)?.into_iter().enumerate() {
+        for (t, answers) in self
+            .control_batch(first, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
             for a in answers {
                 totals[t] = take_part(t, 0, a, &mut bytes[t])?;
             }
@@ -88,7 +98,11 @@ impl PoolCascade {
             .iter()
             .map(|&n| (1..n).map(|part| ToHop::Export { part }).collect())
             .collect();
-        for (t, answers) in self.control_batch(rest, Phase::Export)?.into_iter().enumerate() {
+        for (t, answers) in self
+            .control_batch(rest, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
             for (i, a) in answers.into_iter().enumerate() {
                 take_part(t, i as u32 + 1, a, &mut bytes[t])?;
             }
@@ -102,9 +116,18 @@ impl PoolCascade {
 }
 
 /// Appends export part `part` of hop `t` to `bytes`; returns the part count.
-fn take_part(t: usize, part: u32, answer: FromHop, bytes: &mut Vec<u8>) -> Result<u32, DesignerError> {
+fn take_part(
+    t: usize,
+    part: u32,
+    answer: FromHop,
+    bytes: &mut Vec<u8>,
+) -> Result<u32, DesignerError> {
     match answer {
-        FromHop::ExportPart { part: p, total, bytes: b } if p == part && part < total => {
+        FromHop::ExportPart {
+            part: p,
+            total,
+            bytes: b,
+        } if p == part && part < total => {
             bytes.extend_from_slice(&b);
             Ok(total)
         }
@@ -114,8 +137,8 @@ fn take_part(t: usize, part: u32, answer: FromHop, bytes: &mut Vec<u8>) -> Resul
 
 /// A hop's exported parameter list, from the concatenated parts.
 fn decode_params(bytes: &[u8]) -> Result<Vec<NamedTensor>, DesignerError> {
-    let list: Vec<ParamTensor> = mixnn_protocol::cbor::decode("parameters", bytes, usize::MAX)
-        .map_err(PoolError::from)?;
+    let list: Vec<ParamTensor> =
+        mixnn_protocol::cbor::decode("parameters", bytes, usize::MAX).map_err(PoolError::from)?;
     list.into_iter()
         .map(|p| {
             NamedTensor::try_from(p).map_err(|source| {

@@ -333,13 +333,20 @@ fn a_sign_dummy_flips_the_masked_features_both_ways() {
     let (shape, v) = values(out.tensor);
     assert_eq!(shape, vec![1, 4]);
     let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
-    let want: Vec<u32> = [1.0f32, 2.0, -0.0, 4.0].iter().map(|x| x.to_bits()).collect();
+    let want: Vec<u32> = [1.0f32, 2.0, -0.0, 4.0]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
     assert_eq!(bits, want);
     let dz = tensor(&[1, 4], vec![0.5, 0.5, -0.5, -0.5]);
     let (packet, sent) = w.packet(Slot::new(Op::Backward, JOB), Some(dz), None);
     let out = w.open(&sent, w.forwarded(w.handle(packet)));
     assert_eq!(values(out.tensor).1, vec![0.5, -0.5, 0.5, -0.5]);
     // A mask that does not fit axis 1 is the guest's error, not a panic.
-    let (packet, _) = w.packet(Slot::new(Op::Forward, JOB), Some(tensor(&[1, 3], vec![0.0; 3])), None);
+    let (packet, _) = w.packet(
+        Slot::new(Op::Forward, JOB),
+        Some(tensor(&[1, 3], vec![0.0; 3])),
+        None,
+    );
     assert!(failure(&w.handle(packet)).stage == Stage::Compute);
 }
