@@ -198,3 +198,82 @@ pub fn plan<R: Rng>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::onion::Role;
+    use super::*;
+    use rand::SeedableRng;
+
+    fn shards() -> Vec<pb::ModelProto> {
+        let model = mixnn_shard::mlp(3, 4, mixnn_shard::Form::Gemm);
+        let plan = mixnn_shard::plan(&model, None).expect("plan");
+        mixnn_shard::split(&model, &plan).expect("split")
+    }
+
+    /// Dummies in the middle fold into the next layer; a run of dummies at
+    /// the end of the pool (keep_last) folds its product into the
+    /// designer's last shard; un-folding gives the original weights back.
+    #[test]
+    fn masks_fold_into_the_next_real_layer_and_unfold_exactly() {
+        let shards = shards();
+        let roles = [
+            Role::Layer(0),
+            Role::Dummy,
+            Role::Layer(1),
+            Role::Dummy,
+            Role::Dummy,
+        ];
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let m = plan(&roles, &shards, &mut rng).expect("plan");
+        let dummies: Vec<bool> = m.ops.iter().map(Option::is_some).collect();
+        assert_eq!(dummies, [false, true, false, true, true]);
+        let folded: Vec<usize> = m.folds.iter().map(|(i, _, _)| *i).collect();
+        assert_eq!(folded, [1, 2]);
+        let bits = |op: &Option<String>| -> Vec<bool> {
+            let op = op.as_deref().expect("a dummy op");
+            op["sign:".len()..].bytes().map(|b| b == b'1').collect()
+        };
+        assert_eq!(m.folds[0].2, bits(&m.ops[1]));
+        assert_eq!(m.folds[1].2, combine(&bits(&m.ops[3]), &bits(&m.ops[4])));
+        assert_eq!(m.shards[0], shards[0], "nothing before a dummy changes");
+        for (i, fold, mask) in &m.folds {
+            assert!(mask.iter().any(|b| *b), "never the identity");
+            assert_ne!(m.shards[*i], shards[*i]);
+            let mut back: Vec<NamedTensor> = mixnn_shard::get_params(&m.shards[*i])
+                .expect("params")
+                .into_iter()
+                .map(|(name, dims, data)| NamedTensor {
+                    name,
+                    tensor: mixnn_layer::Tensor::new(dims, data).expect("tensor"),
+                })
+                .collect();
+            fold.apply_to_params(&mut back, mask);
+            let want = mixnn_shard::get_params(&shards[*i]).expect("params");
+            for (b, (name, _, data)) in back.iter().zip(&want) {
+                assert_eq!(&b.name, name);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&b.tensor.data), bits(data));
+            }
+        }
+    }
+
+    /// Every shard after the first of both reference models, in both
+    /// forms, can take a dummy's mask (Conv channels, Gemm/MatMul features).
+    #[test]
+    fn every_reference_shard_after_the_first_takes_a_mask() {
+        for form in [mixnn_shard::Form::Gemm, mixnn_shard::Form::MatMulAdd] {
+            for model in [
+                mixnn_shard::mlp(3, 4, form),
+                mixnn_shard::lenet5(3, 4, form),
+            ] {
+                let plan = mixnn_shard::plan(&model, None).expect("plan");
+                let shards = mixnn_shard::split(&model, &plan).expect("split");
+                for (k, s) in shards.iter().enumerate().skip(1) {
+                    let f = Fold::of(s, k).expect("foldable");
+                    assert!(f.width() > 0);
+                }
+            }
+        }
+    }
+}
