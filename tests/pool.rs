@@ -264,10 +264,8 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
     // What each node saw: its two neighbours and nothing else of the cascade.
     assert_eq!(cascade.len(), 4, "3 layers + 1 dummy: {cascade:?}");
     let order: Vec<PeerId> = cascade.iter().map(|(_, p)| *p).collect();
-    let first_layer = cascade
-        .iter()
-        .position(|(r, _)| r == "layer 0")
-        .expect("layer 0 is on the pool");
+    // A dummy is never first: the first hop is the first layer.
+    assert_eq!(cascade[0].0, "layer 0", "{cascade:?}");
     for (i, (role, peer)) in cascade.iter().enumerate() {
         let node = pool
             .nodes
@@ -306,7 +304,7 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
         );
         let reads_labels = v.e2e_read.contains_key("labels");
         assert_eq!(reads_labels, role == "layer 2", "{role}: labels");
-        if i > first_layer {
+        if i > 0 {
             assert!(
                 !v.input_shapes
                     .iter()
@@ -319,6 +317,7 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
             "{role}: its shard came end to end"
         );
     }
+    hop_views_are_alike(&pool, &order);
     // The wire: every packet any node sent or received, cover included,
     // has the one length of the job's class (counted at the stream tap).
     for n in &pool.nodes {
@@ -337,6 +336,168 @@ fn pool_training_is_bit_identical_to_local_wasm_and_nodes_see_only_neighbours() 
             assert!(n.job_views().is_empty());
         }
     }
+}
+
+/// Finding 3 of issue 10, from what each hop saw: the end-to-end sections
+/// of one kind of packet have one length at every hop, and every hop
+/// handles as many control packets (init, export, close, its own and the
+/// ones it relays) whatever its position, its shard size or whether it is
+/// a dummy. On the code before, the sections differed (requests, replies,
+/// last chunks) and so did the counts (every hop relays the others'
+/// chunks: the shard sizes and its position showed).
+fn hop_views_are_alike(pool: &Pool, order: &[PeerId]) {
+    let mut lens = Vec::new();
+    let mut controls = Vec::new();
+    for peer in order {
+        let node = pool
+            .nodes
+            .iter()
+            .find(|n| n.peer_id() == *peer)
+            .expect("ours");
+        let v = node.job_views().pop().expect("a view");
+        let kind = |op: &str| {
+            if op == "init" || op == "relay" {
+                "control"
+            } else {
+                "compute"
+            }
+        };
+        let l: BTreeSet<(&str, usize)> = v.e2e_lens.keys().map(|(op, n)| (kind(op), *n)).collect();
+        let c: u64 = ["init", "relay"]
+            .iter()
+            .filter_map(|op| v.ops.get(*op))
+            .sum();
+        lens.push(l);
+        controls.push(c);
+    }
+    for (i, (l, c)) in lens.iter().zip(&controls).enumerate() {
+        assert_eq!(l, &lens[0], "hop {i} saw other section lengths than hop 0");
+        assert_eq!(l.len(), 2, "one control and one compute length: {l:?}");
+        assert_eq!(
+            *c, controls[0],
+            "hop {i} saw {c} control packets, hop 0 {}",
+            controls[0]
+        );
+    }
+    println!(
+        "control packets per hop: {}; section lengths {:?}",
+        controls[0], lens[0]
+    );
+    // Control packets come in rounds of the longest turning cascade (8),
+    // not of this one's length.
+    assert_eq!(controls[0] % 8, 0, "{} control packets", controls[0]);
+}
+
+/// Finding 4 of issue 10: two colluding hops on both sides of a dummy try
+/// to tell which message that one of them sent is which the other got.
+/// Layer 0 (colluder A) emits its activations, the dummy passes them on,
+/// layer 1 (colluder B) receives them; 10 messages of 64 samples. With the
+/// old identity dummy, byte equality links all of them; with the secret
+/// sign mask (folded into layer 1, still bit-exact forward, backward and
+/// through SGD steps), byte equality links none. Comparing magnitudes
+/// still links all of them: no exact computation can hide |x| (PROTOCOL.md
+/// §12.6), and the test states that figure rather than hide it.
+#[test]
+fn colluders_across_a_dummy_match_no_bytes_but_still_magnitudes() {
+    use mixnn_designer::pool::mask::{Fold, relay_op};
+    use mixnn_layer::{LossKind, Tensor};
+    let shards = mlp_shards();
+    let data = data();
+    let base = options(EngineKind::Native).config;
+    let layer = |i: usize, shard: &mixnn_grad::pb::ModelProto| {
+        let cfg = mixnn_designer::layer_config(&base, i, shards.len(), LossKind::Nll);
+        mixnn_designer::load_layer(
+            EngineKind::Native,
+            i,
+            &mixnn_shard::encode(shard),
+            cfg,
+            None,
+        )
+        .expect("layer")
+    };
+    let fold = Fold::of(&shards[1], 1).expect("layer 1 takes a mask");
+    let mask: Vec<bool> = (0..fold.width()).map(|c| (c * 7 + 3) % 5 < 2).collect();
+    let folded = fold.apply_to_shard(&shards[1], &mask, 1).expect("folds");
+    let sb = sandbox();
+    let relay = |op: &str| {
+        let mut g = sb
+            .instantiate(sb.guest(mixnn_sandbox::GuestKind::Relay).unwrap())
+            .unwrap();
+        g.load(op.as_bytes(), &base).expect("relay loads");
+        g
+    };
+    let (mut dummy, mut old_dummy) = (relay(&relay_op(&mask)), relay("identity"));
+    let (mut a, mut b, mut reference) = (
+        layer(0, &shards[0]),
+        layer(1, &folded),
+        layer(1, &shards[1]),
+    );
+    let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
+    let (mut sent, mut got, mut got_old) = (Vec::new(), Vec::new(), Vec::new());
+    // The bundled data's first 640 training images are distinct (later
+    // batches repeat some, which would tie any matcher).
+    for m in 0..10 {
+        let idx: Vec<usize> = (m * 64..(m + 1) * 64).collect();
+        let (x, _) = data.train.batch(&idx);
+        let x = Tensor::new([&[64][..], &sample].concat(), x).unwrap();
+        let y = a.forward(x).unwrap();
+        let z = dummy.forward(&y).unwrap();
+        got_old.push(old_dummy.forward(&y).unwrap());
+        // Exact: layer 1 on the masked input with folded weights is layer 1.
+        let (out, want) = (
+            b.forward(z.clone()).unwrap(),
+            reference.forward(y.clone()).unwrap(),
+        );
+        assert_eq!(bits(&out), bits(&want), "forward stays bit-identical");
+        let dz = Tensor::new(
+            out.shape.clone(),
+            out.data.iter().map(|v| v - 0.5).collect(),
+        )
+        .unwrap();
+        let dx = dummy
+            .backward(&b.backward(dz.clone()).unwrap().unwrap())
+            .unwrap()
+            .unwrap();
+        let want = reference.backward(dz).unwrap().unwrap();
+        assert_eq!(dx.data, want.data, "the gradient A gets back is the same");
+        b.step().unwrap();
+        reference.step().unwrap();
+        a.backward(dx).unwrap();
+        a.step().unwrap();
+        sent.push(y);
+        got.push(z);
+    }
+    let link = |got: &[Tensor], same: &dyn Fn(&Tensor, &Tensor) -> bool| {
+        got.iter()
+            .enumerate()
+            .filter(|(j, g)| {
+                let hits: Vec<usize> = (0..sent.len()).filter(|&i| same(&sent[i], g)).collect();
+                hits == [*j]
+            })
+            .count()
+    };
+    let bytes = |a: &Tensor, b: &Tensor| bits(a) == bits(b);
+    let magnitude = |a: &Tensor, b: &Tensor| {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .all(|(x, y)| x.abs().to_bits() == y.abs().to_bits())
+    };
+    let (old, new, mag) = (
+        link(&got_old, &bytes),
+        link(&got, &bytes),
+        link(&got, &magnitude),
+    );
+    println!(
+        "colluders across a dummy, 10 messages: bytes {old}/10 before, {new}/10 after; |x| {mag}/10"
+    );
+    assert_eq!(old, 10, "the identity dummy is transparent");
+    assert_eq!(new, 0, "byte equality links nothing across a masked dummy");
+    assert_eq!(mag, 10, "magnitudes still link (the price of exactness)");
+}
+
+fn bits(t: &mixnn_layer::Tensor) -> Vec<u32> {
+    t.data.iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]

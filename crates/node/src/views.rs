@@ -28,6 +28,9 @@ pub struct JobView {
     pub input_shapes: BTreeSet<Vec<u32>>,
     /// End-to-end messages it could read, by kind (`init`, `labels`, …).
     pub e2e_read: BTreeMap<String, u64>,
+    /// Lengths of the end-to-end sections it received, per op, with counts:
+    /// what the size of the section tells a hop (PROTOCOL.md §12.3).
+    pub e2e_lens: BTreeMap<(String, usize), u64>,
 }
 
 /// Jobs whose views are kept at once.
@@ -65,6 +68,13 @@ impl JobViews {
             if let Some(s) = shape {
                 v.input_shapes.insert(s.to_vec());
             }
+        });
+    }
+
+    /// A packet of `job` for `op` came with an end-to-end section of `len` bytes.
+    pub fn section(&self, job: &[u8; 32], op: &str, len: usize) {
+        self.note(job, |v| {
+            *v.e2e_lens.entry((op.into(), len)).or_default() += 1
         });
     }
 

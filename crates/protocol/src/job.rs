@@ -33,6 +33,11 @@ pub const MAX_DIMS: usize = 8;
 pub const MAX_E2E_BODY: usize = 1 << 20;
 /// Bytes of the MAC in front of an end-to-end body.
 pub const E2E_MAC_LEN: usize = 16;
+/// Bytes a sealed section adds to its body: the MAC and the body's length
+/// (u32 LE); the rest of the section is zero padding, under the MAC.
+pub const E2E_OVERHEAD: usize = E2E_MAC_LEN + 4;
+/// Longest sealed section a hop opens.
+pub const MAX_E2E_SECTION: usize = E2E_OVERHEAD + MAX_E2E_BODY;
 
 /// Errors decoding job payloads and end-to-end sections.
 #[derive(Debug, thiserror::Error)]
@@ -292,33 +297,72 @@ pub fn e2e_layer(hop_key: &[u8; 32], data: &mut [u8]) {
 }
 
 /// Seals `body` for (or, with [`E2eDirection::FromHop`], from) the hop whose
-/// end-to-end key is `key`: `MAC(16) || body`, then the direction's stream.
+/// end-to-end key is `key`, at its natural length
+/// ([`E2E_OVERHEAD`] + body); see [`seal_e2e_padded`].
 pub fn seal_e2e(key: &[u8; 32], dir: E2eDirection, body: &[u8]) -> Vec<u8> {
-    let (stream, mac_ctx) = dir.contexts();
-    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
-    let mac = blake3::keyed_hash(&mac_key, body);
-    let mut out = Vec::with_capacity(E2E_MAC_LEN + body.len());
-    out.extend_from_slice(&mac.as_bytes()[..E2E_MAC_LEN]);
-    out.extend_from_slice(body);
-    xor_stream(stream, key, &mut out);
+    let mut out = vec![0u8; E2E_OVERHEAD + body.len()];
+    seal_into(key, dir, body, &mut out);
     out
 }
 
-/// Opens what [`seal_e2e`] made (after every other layer is gone); the MAC
-/// is compared in constant time.
+/// Seals `body` into a section of exactly `len` bytes:
+/// `MAC(16) || body_len (u32 LE) || body || 0^pad`, the MAC over everything
+/// after it (so the padding is authenticated), then the direction's stream.
+/// Every section of a kind has one length whatever its message, so the
+/// hops that only layer it learn nothing from its size (PROTOCOL.md §12.3).
+/// Fails when the body does not fit.
+pub fn seal_e2e_padded(
+    key: &[u8; 32],
+    dir: E2eDirection,
+    body: &[u8],
+    len: usize,
+) -> Result<Vec<u8>, JobError> {
+    if body.len() > MAX_E2E_BODY || E2E_OVERHEAD + body.len() > len {
+        return Err(JobError::Malformed(
+            "end-to-end message larger than its section",
+        ));
+    }
+    let mut out = vec![0u8; len];
+    seal_into(key, dir, body, &mut out);
+    Ok(out)
+}
+
+/// `out` (zeroed, at least [`E2E_OVERHEAD`] + body bytes) becomes the seal.
+fn seal_into(key: &[u8; 32], dir: E2eDirection, body: &[u8], out: &mut [u8]) {
+    let (stream, mac_ctx) = dir.contexts();
+    out[E2E_MAC_LEN..E2E_OVERHEAD].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    out[E2E_OVERHEAD..E2E_OVERHEAD + body.len()].copy_from_slice(body);
+    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
+    let mac = blake3::keyed_hash(&mac_key, &out[E2E_MAC_LEN..]);
+    out[..E2E_MAC_LEN].copy_from_slice(&mac.as_bytes()[..E2E_MAC_LEN]);
+    xor_stream(stream, key, out);
+}
+
+/// Opens what [`seal_e2e`] or [`seal_e2e_padded`] made (after every other
+/// layer is gone); the MAC is compared in constant time before the length
+/// and the padding are read.
 pub fn open_e2e(key: &[u8; 32], dir: E2eDirection, sealed: &[u8]) -> Result<Vec<u8>, JobError> {
     use subtle::ConstantTimeEq;
-    if sealed.len() < E2E_MAC_LEN || sealed.len() > E2E_MAC_LEN + MAX_E2E_BODY {
+    if sealed.len() < E2E_OVERHEAD || sealed.len() > MAX_E2E_SECTION {
         return Err(JobError::E2eAuth);
     }
     let (stream, mac_ctx) = dir.contexts();
     let mut plain = sealed.to_vec();
     xor_stream(stream, key, &mut plain);
     let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
-    let (mac, body) = plain.split_at(E2E_MAC_LEN);
-    let want = blake3::keyed_hash(&mac_key, body);
+    let (mac, rest) = plain.split_at(E2E_MAC_LEN);
+    let want = blake3::keyed_hash(&mac_key, rest);
     if !bool::from(mac.ct_eq(&want.as_bytes()[..E2E_MAC_LEN])) {
         return Err(JobError::E2eAuth);
+    }
+    let (len, padded) = rest.split_at(4);
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > padded.len() || len > MAX_E2E_BODY {
+        return Err(JobError::Malformed("end-to-end length past its section"));
+    }
+    let (body, pad) = padded.split_at(len);
+    if pad.iter().any(|&b| b != 0) {
+        return Err(JobError::Malformed("end-to-end padding is not zero"));
     }
     Ok(body.to_vec())
 }

@@ -2,21 +2,28 @@
 //! standard guest so that its neighbours see an ordinary layer, but only
 //! applies a parameter-free op. It carries no tract, so it loads in
 //! milliseconds and costs a node almost nothing to host.
-
-use std::cell::Cell;
+//!
+//! The designer's dummies run `sign:<bits>`: a secret ±1 per index of axis 1
+//! (feature or channel), `1` flips that index's sign, forward and backward
+//! alike (the op is its own transpose and inverse). The designer folds the
+//! same signs into the next real layer's weights, so the training stays
+//! bit-exact while the hops on both sides of the dummy see different bytes
+//! (PROTOCOL.md §12.6).
 
 wit_bindgen::generate!({ world: "layer", path: "../../wit" });
 
 use mixnn::layer::types;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Op {
     Identity,
     Relu,
+    /// Flip the sign of axis-1 index c where the mask is true.
+    Sign(Vec<bool>),
 }
 
 thread_local! {
-    static OP: Cell<Option<Op>> = const { Cell::new(None) };
+    static OP: std::cell::RefCell<Option<Op>> = const { std::cell::RefCell::new(None) };
     /// The last forward input, needed by ReLU's backward mask.
     static LAST: std::cell::RefCell<Option<types::Tensor>> = const { std::cell::RefCell::new(None) };
 }
@@ -24,7 +31,36 @@ thread_local! {
 struct RelayGuest;
 
 fn op() -> Result<Op, String> {
-    OP.with(|o| o.get()).ok_or_else(|| "no relay op loaded: call load first".to_string())
+    OP.with(|o| o.borrow().clone()).ok_or_else(|| "no relay op loaded: call load first".to_string())
+}
+
+/// `sign:` followed by one `0` or `1` per index of axis 1.
+fn parse_sign(bits: &[u8]) -> Result<Op, String> {
+    if bits.is_empty() {
+        return Err("relay guest: a sign mask needs at least one index".into());
+    }
+    bits.iter()
+        .map(|b| match b {
+            b'0' => Ok(false),
+            b'1' => Ok(true),
+            _ => Err("relay guest: a sign mask is made of `0` and `1`".to_string()),
+        })
+        .collect::<Result<Vec<bool>, String>>()
+        .map(Op::Sign)
+}
+
+/// Flips the signs `mask` asks for, along axis 1 of `t`.
+fn flip(mask: &[bool], mut t: types::Tensor) -> Result<types::Tensor, String> {
+    if t.shape.len() < 2 || t.shape[1] as usize != mask.len() {
+        return Err(format!("sign mask of {} indices does not fit axis 1 of shape {:?}", mask.len(), t.shape));
+    }
+    let inner: usize = t.shape[2..].iter().map(|&d| d as usize).product();
+    for (i, v) in t.data.iter_mut().enumerate() {
+        if mask[(i / inner.max(1)) % mask.len()] {
+            *v = f32::from_bits(v.to_bits() ^ 0x8000_0000);
+        }
+    }
+    Ok(t)
 }
 
 fn check(t: &types::Tensor) -> Result<(), String> {
@@ -35,11 +71,15 @@ fn check(t: &types::Tensor) -> Result<(), String> {
     }
 }
 
-fn apply(op: Op, mut t: types::Tensor) -> types::Tensor {
-    if let Op::Relu = op {
-        t.data.iter_mut().for_each(|v| *v = v.max(0.0));
+fn apply(op: &Op, mut t: types::Tensor) -> Result<types::Tensor, String> {
+    match op {
+        Op::Identity => Ok(t),
+        Op::Relu => {
+            t.data.iter_mut().for_each(|v| *v = v.max(0.0));
+            Ok(t)
+        }
+        Op::Sign(mask) => flip(mask, t),
     }
-    t
 }
 
 impl Guest for RelayGuest {
@@ -47,9 +87,10 @@ impl Guest for RelayGuest {
         let op = match shard.as_slice() {
             b"identity" => Op::Identity,
             b"relu" => Op::Relu,
-            _ => return Err("relay guest: the shard must be the op name `identity` or `relu`".into()),
+            s if s.starts_with(b"sign:") => parse_sign(&s[5..])?,
+            _ => return Err("relay guest: the shard must be the op `identity`, `relu` or `sign:<bits>`".into()),
         };
-        OP.with(|o| o.set(Some(op)));
+        OP.with(|o| *o.borrow_mut() = Some(op));
         Ok(types::LayerInfo { params: Vec::new(), param_count: 0, output_shape: Vec::new() })
     }
 
@@ -59,7 +100,7 @@ impl Guest for RelayGuest {
         if let Op::Relu = op {
             LAST.with(|l| *l.borrow_mut() = Some(input.clone()));
         }
-        Ok(apply(op, input))
+        apply(&op, input)
     }
 
     fn loss(_output: types::Tensor, _labels: Vec<i64>) -> Result<types::LossOutput, String> {
@@ -70,6 +111,7 @@ impl Guest for RelayGuest {
         check(&grad_output)?;
         match op()? {
             Op::Identity => Ok(Some(grad_output)),
+            Op::Sign(mask) => flip(&mask, grad_output).map(Some),
             Op::Relu => {
                 let x = LAST
                     .with(|l| l.borrow_mut().take())
@@ -95,7 +137,7 @@ impl Guest for RelayGuest {
     fn infer(input: types::Tensor) -> Result<types::Tensor, String> {
         let op = op()?;
         check(&input)?;
-        Ok(apply(op, input))
+        apply(&op, input)
     }
 
     fn export_params() -> Result<Vec<types::NamedTensor>, String> {

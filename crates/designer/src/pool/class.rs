@@ -29,7 +29,8 @@ pub fn payload_class(
             largest = largest.max(per_sample.saturating_mul(b).saturating_mul(width));
         }
     }
-    // Output of the last shard on the test path: classes per sample.
-    g.class_for(largest + 2048)
+    // Output of the last shard on the test path (classes per sample), the
+    // tensor framing and the fixed-length end-to-end section.
+    g.class_for(largest + 1024 + super::onion::compute_section_len(batches))
         .map_err(|source| PoolError::NoClass { largest, source }.into())
 }

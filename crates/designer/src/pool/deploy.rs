@@ -12,7 +12,8 @@ use mixnn_sphinx::Geometry;
 
 use super::directory;
 use super::endpoint::Endpoint;
-use super::onion::{Hop, Role};
+use super::mask;
+use super::onion::{self, Hop, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
@@ -44,6 +45,9 @@ impl PoolCascade {
         let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
         let hops = placement::choose(&pool, &layout, opts, &mut rng)?;
+        let roles: Vec<Role> = hops.iter().map(|h| h.role).collect();
+        let masks = mask::plan(&roles, shards, &mut rng)?;
+        let shards = &masks.shards[..];
         connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
             Some(c) => c,
@@ -60,6 +64,7 @@ impl PoolCascade {
             .keep_last
             .then(|| local(layout.shards - 1))
             .transpose()?;
+        let control_section = onion::control_section_len(&g, class)?;
         let mut me = PoolCascade {
             net: NetworkReport {
                 cascade: hops
@@ -80,35 +85,42 @@ impl PoolCascade {
             shards: layout.shards,
             timeout: opts.timeout,
             rng,
+            control_section,
+            compute_section: onion::compute_section_len(&opts.batches),
+            pad_hops: layout.pad_hops,
+            folds: masks.folds,
         };
-        me.init_all(shards, base, loss, progress)?;
+        me.init_all(shards, &masks.ops, base, loss, progress)?;
         Ok(me)
     }
 
-    /// Sends every hop its guest, shard and training settings, in order.
+    /// Sends every hop its guest, shard and training settings: a dummy its
+    /// relay op with its secret sign mask (`ops`).
     fn init_all(
         &mut self,
         shards: &[pb::ModelProto],
+        ops: &[Option<String>],
         base: &TrainConfig,
         loss: LossKind,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), DesignerError> {
-        for t in 0..self.hops.len() {
-            let (kind, shard, train) = match self.hops[t].role {
+        let mut inits = Vec::with_capacity(self.hops.len());
+        for (t, (hop, op)) in self.hops.iter().zip(ops).enumerate() {
+            let (kind, shard, train) = match hop.role {
                 Role::Layer(i) => (
                     LayerKind::Standard,
                     mixnn_shard::encode(&shards[i]),
                     layer_config(base, i, self.shards, loss),
                 ),
                 Role::Dummy => (
-                    LayerKind::Relay("identity".into()),
+                    LayerKind::Relay(op.clone().unwrap_or_else(|| "identity".into())),
                     Vec::new(),
                     base.clone(),
                 ),
             };
             progress(&format!(
                 "init: {} on hop {} ({} bytes)",
-                describe_role(self.hops[t].role),
+                describe_role(hop.role),
                 t + 1,
                 shard.len()
             ));
@@ -117,9 +129,9 @@ impl PoolCascade {
                 train,
                 shard_len: shard.len() as u64,
             };
-            self.init_hop(t, spec, &shard)?;
+            inits.push((spec, shard));
         }
-        Ok(())
+        self.init_hops(inits)
     }
 }
 

@@ -157,4 +157,22 @@ pub enum PoolError {
     /// The export got no parameters for a shard; holds its index.
     #[error("no parameters for shard {0}")]
     NoParams(usize),
+    /// A dummy placed before shard `shard` cannot hand its sign mask to it.
+    #[error("a dummy cannot mask the input of shard {shard}: {why}")]
+    CannotMask {
+        /// The shard after the dummy.
+        shard: usize,
+        /// What the shard's input meets instead of a foldable linear op.
+        why: String,
+    },
+    /// Dummies were asked for but no position admits one: a dummy is never
+    /// first and never takes the turn, so a turning cascade of one remote
+    /// layer has no room for it.
+    #[error(
+        "{dummies} dummies but no place for one: a dummy is never first nor last with the turn; keep the last layer or split further"
+    )]
+    NoDummySlot {
+        /// Dummy hops asked for.
+        dummies: usize,
+    },
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use mixnn_protocol::job::{FromHop, LayerSpec, ToHop, WireTensor};
+use mixnn_protocol::job::{E2E_OVERHEAD, FromHop, LayerSpec, ToHop, WireTensor};
 use mixnn_sphinx::Op;
 
 use super::onion::{self, Sent, Slot};
@@ -11,18 +11,45 @@ use super::{Phase, PoolCascade, PoolError, describe_slot};
 use crate::DesignerError;
 
 impl PoolCascade {
-    /// Sends hop `t` its spec and shard in chunks that fit the job's class.
-    pub(super) fn init_hop(
+    /// Sends every hop its spec and shard in chunks that fill the job's
+    /// control sections, all hops in one [`control_batch`](Self::control_batch).
+    pub(super) fn init_hops(
         &mut self,
-        t: usize,
-        spec: LayerSpec,
-        shard: &[u8],
+        inits: Vec<(LayerSpec, Vec<u8>)>,
     ) -> Result<(), DesignerError> {
-        let chunk = self
-            .g
-            .capacity(self.class)
+        let mut msgs = Vec::with_capacity(inits.len());
+        for (spec, shard) in inits {
+            msgs.push(self.init_chunks(spec, &shard)?);
+        }
+        let answers = self.control_batch(msgs, Phase::Init)?;
+        for (t, list) in answers.into_iter().enumerate() {
+            let total = list.len();
+            for (i, answer) in list.into_iter().enumerate() {
+                match answer {
+                    FromHop::Received { .. } if i + 1 < total => {}
+                    FromHop::Ready { .. } if i + 1 == total => {}
+                    other => return Err(unexpected(t, other)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One hop's init messages: chunk 0 carries `spec`, each chunk fills
+    /// what the control section leaves after the message's own fields.
+    fn init_chunks(&self, spec: LayerSpec, shard: &[u8]) -> Result<Vec<ToHop>, DesignerError> {
+        let probe = ToHop::Init {
+            index: u32::MAX,
+            total: u32::MAX,
+            spec: Some(spec.clone()),
+            bytes: Vec::new(),
+        };
+        let fields = mixnn_protocol::cbor::encode("init", &probe, usize::MAX)
             .map_err(PoolError::from)?
-            .saturating_sub(1024)
+            .len();
+        let chunk = self
+            .control_section
+            .saturating_sub(E2E_OVERHEAD + fields + 16)
             .max(1);
         let parts: Vec<&[u8]> = if shard.is_empty() {
             vec![&[]]
@@ -31,20 +58,53 @@ impl PoolCascade {
         };
         let total = parts.len() as u32;
         let mut spec = Some(spec);
-        for (i, part) in parts.into_iter().enumerate() {
-            let msg = ToHop::Init {
+        Ok(parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| ToHop::Init {
                 index: i as u32,
                 total,
                 spec: spec.take(),
                 bytes: part.to_vec(),
-            };
-            match self.control(t, msg, Phase::Init)? {
-                FromHop::Received { .. } if (i as u32) + 1 < total => {}
-                FromHop::Ready { .. } if (i as u32) + 1 == total => {}
-                other => return Err(unexpected(t, other)),
+            })
+            .collect())
+    }
+
+    /// Sends `msgs[t]` to hop `t` (in order, per hop) among blank messages
+    /// that no hop is the target of, `pad_hops` packets per round for as
+    /// many rounds as the longest list has messages, in a random order.
+    /// Every hop sees the same number of control packets whatever its
+    /// position, its shard or the cascade's length (PROTOCOL.md §12.5).
+    /// Returns each hop's answers in order.
+    pub(super) fn control_batch(
+        &mut self,
+        msgs: Vec<Vec<ToHop>>,
+        phase: Phase,
+    ) -> Result<Vec<Vec<FromHop>>, DesignerError> {
+        use rand::seq::SliceRandom;
+        let rounds = msgs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut order: Vec<Option<usize>> = msgs
+            .iter()
+            .enumerate()
+            .flat_map(|(t, m)| std::iter::repeat_n(Some(t), m.len()))
+            .collect();
+        order.resize(rounds * self.pad_hops.max(msgs.len()), None);
+        order.shuffle(&mut self.rng);
+        let mut queues: Vec<std::collections::VecDeque<ToHop>> =
+            msgs.into_iter().map(Into::into).collect();
+        let mut answers: Vec<Vec<FromHop>> = queues.iter().map(|_| Vec::new()).collect();
+        for target in order {
+            match target.and_then(|t| Some((t, queues[t].pop_front()?))) {
+                Some((t, msg)) => answers[t].push(self.control(t, msg, phase)?),
+                None => {
+                    let slots = (0..self.hops.len())
+                        .map(|j| Slot::new(j, Op::Relay))
+                        .collect();
+                    self.exchange(slots, None, None, phase)?;
+                }
             }
         }
-        Ok(())
+        Ok(answers)
     }
 
     /// A control message to hop `t`: every other hop relays.
@@ -79,6 +139,11 @@ impl PoolCascade {
         self.refresh_keys(false);
         let target = e2e.as_ref().map(|(t, _)| *t);
         let first = self.hops[slots[0].hop].peer;
+        let section = if tensor.is_some() {
+            self.compute_section
+        } else {
+            self.control_section
+        };
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -87,6 +152,7 @@ impl PoolCascade {
             self.ep.node_id(),
             tensor,
             e2e,
+            section,
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
@@ -131,12 +197,12 @@ impl PoolCascade {
             .collect()
     }
 
-    /// Closes the job on every hop (best effort: a failure is logged).
+    /// Closes the job on every hop, in one control batch (best effort: a
+    /// failure is logged).
     pub fn close(&mut self) {
-        for t in 0..self.hops.len() {
-            if let Err(e) = self.control(t, ToHop::Close, Phase::Export) {
-                tracing::warn!(hop = t + 1, error = %e, "closing the job");
-            }
+        let msgs = self.hops.iter().map(|_| vec![ToHop::Close]).collect();
+        if let Err(e) = self.control_batch(msgs, Phase::Export) {
+            tracing::warn!(error = %e, "closing the job");
         }
     }
 }

@@ -23,6 +23,7 @@ mod directory;
 mod endpoint;
 mod error;
 mod exchange;
+pub mod mask;
 mod onion;
 mod phases;
 mod placement;
@@ -131,6 +132,15 @@ pub struct PoolCascade {
     timeout: Duration,
     rng: ChaCha20Rng,
     net: NetworkReport,
+    /// End-to-end section length of packets without a tensor (control).
+    control_section: usize,
+    /// End-to-end section length of packets with a tensor (training, test).
+    compute_section: usize,
+    /// Control packets per round: the longest cascade the mode allows.
+    pad_hops: usize,
+    /// Shards whose first linear op carries the dummies' masks (index,
+    /// fold, combined mask), un-folded at export.
+    folds: Vec<(usize, mask::Fold, Vec<bool>)>,
 }
 
 impl PoolCascade {

@@ -73,7 +73,9 @@ pub struct Sent {
 }
 
 /// Builds the packet for `slots` carrying `tensor` and, for the slot at
-/// `e2e.0`, the end-to-end message `e2e.1`.
+/// `e2e.0`, the end-to-end message `e2e.1`, sealed into a section of
+/// `section_len` bytes (random bytes of that length when the packet has no
+/// message: every hop sees a section of the same length either way).
 #[allow(clippy::too_many_arguments)]
 pub fn build<R: RngCore + CryptoRng>(
     g: &Geometry,
@@ -83,6 +85,7 @@ pub fn build<R: RngCore + CryptoRng>(
     designer: NodeId,
     tensor: Option<WireTensor>,
     e2e: Option<(usize, ToHop)>,
+    section_len: usize,
     rng: &mut R,
 ) -> Result<(Vec<u8>, Sent), DesignerError> {
     let links: Vec<LinkKey> = (0..=slots.len()).map(|_| LinkKey::random(rng)).collect();
@@ -113,11 +116,13 @@ pub fn build<R: RngCore + CryptoRng>(
         rng,
     )
     .map_err(|e| err(format!("building a packet: {e}")))?;
-    let mut section = Vec::new();
+    let mut section = vec![0u8; section_len];
+    rng.fill_bytes(&mut section);
     if let Some((t, msg)) = e2e {
         let key = e2e_key(&state, t)?;
         let body = job::encode_msg("end-to-end message", &msg).map_err(err)?;
-        section = job::seal_e2e(key.as_bytes(), E2eDirection::ToHop, &body);
+        section = job::seal_e2e_padded(key.as_bytes(), E2eDirection::ToHop, &body, section_len)
+            .map_err(err)?;
         for j in 0..t {
             job::e2e_layer(e2e_key(&state, j)?.as_bytes(), &mut section);
         }
@@ -161,6 +166,24 @@ fn e2e_key(state: &DesignerState, i: usize) -> Result<LinkKey, DesignerError> {
         .ok_or_else(|| err(format!("no end-to-end key for slot {i}")))
 }
 
+/// Bytes of the end-to-end section of every packet that carries a tensor
+/// (training and test): room for the labels of the largest batch or a
+/// hop's failure, whichever is larger. It depends on the batch sizes only,
+/// which every hop sees in its tensors anyway, never on a hop or a layer.
+pub fn compute_section_len(batches: &[usize]) -> usize {
+    let labels = 16 + 9 * batches.iter().copied().max().unwrap_or(1);
+    job::E2E_OVERHEAD + labels.max(job::MAX_FAILURE_MESSAGE + 128)
+}
+
+/// Bytes of the end-to-end section of control packets (no tensor): all of
+/// the payload after the framing (version, no-tensor marker, length).
+pub fn control_section_len(g: &Geometry, class: usize) -> Result<usize, DesignerError> {
+    let cap = g
+        .capacity(class)
+        .map_err(|e| err(format!("packet class: {e}")))?;
+    Ok(cap.saturating_sub(6))
+}
+
 /// Opens the answer to `sent`.
 pub fn open(g: &Geometry, sent: &Sent, mut bytes: Vec<u8>) -> Result<JobPayload, DesignerError> {
     let h = g.header_len();
@@ -172,7 +195,9 @@ pub fn open(g: &Geometry, sent: &Sent, mut bytes: Vec<u8>) -> Result<JobPayload,
 }
 
 /// The end-to-end reply written by slot `target` (or an error any slot
-/// wrote instead), as `Ok(message)`; `Err` names the failing slot.
+/// wrote instead), as `Ok(message)`; `Err` names the failing slot. Without
+/// a target the section is the designer's random filler unless a hop
+/// failed and wrote its error there.
 pub fn reply(
     sent: &Sent,
     section: &[u8],
@@ -197,15 +222,15 @@ pub fn reply(
             m => Ok(Some(m)),
         };
     }
-    if section.is_empty() {
-        return Ok(None);
-    }
     for k in (0..n).rev() {
         if let Some(FromHop::Error(e)) = try_open(k) {
             return Err(err(format!("{}: {e}", describe(&sent.slots[k]))));
         }
     }
-    Err(err(
-        "the answer carries an end-to-end section nobody sealed",
-    ))
+    match target {
+        None => Ok(None),
+        Some(_) => Err(err(
+            "the answer carries an end-to-end section nobody sealed",
+        )),
+    }
 }

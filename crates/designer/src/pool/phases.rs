@@ -67,40 +67,89 @@ impl PoolCascade {
         }
     }
 
-    /// Hop `t`'s trained parameters, part after part.
-    fn export_hop(&mut self, t: usize) -> Result<Vec<NamedTensor>, DesignerError> {
-        let mut bytes = Vec::new();
-        let mut part = 0;
-        loop {
-            match self.control(t, ToHop::Export { part }, Phase::Export)? {
-                FromHop::ExportPart {
-                    part: p,
-                    total,
-                    bytes: b,
-                } if p == part => {
-                    bytes.extend_from_slice(&b);
-                    part += 1;
-                    if part >= total {
-                        break;
-                    }
+    /// Every layer hop's trained parameters, by hop: part 0 of all of them
+    /// in one control batch, which tells each hop's part count, then the
+    /// other parts in a second (PROTOCOL.md §12.5). Dummies export nothing.
+    fn export_hops(&mut self) -> Result<Vec<Option<Vec<NamedTensor>>>, DesignerError> {
+        let is_layer = |h: &super::onion::Hop| matches!(h.role, Role::Layer(_));
+        let first = self
+            .hops
+            .iter()
+            .map(|h| {
+                if is_layer(h) {
+                    vec![ToHop::Export { part: 0 }]
+                } else {
+                    Vec::new()
                 }
-                other => return Err(unexpected(t, other)),
+            })
+            .collect();
+        let mut bytes: Vec<Vec<u8>> = vec![Vec::new(); self.hops.len()];
+        let mut totals = vec![0u32; self.hops.len()];
+        for (t, answers) in self
+            .control_batch(first, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
+            for a in answers {
+                totals[t] = take_part(t, 0, a, &mut bytes[t])?;
             }
         }
-        let list: Vec<ParamTensor> = mixnn_protocol::cbor::decode("parameters", &bytes, usize::MAX)
-            .map_err(PoolError::from)?;
-        list.into_iter()
-            .map(|p| {
-                NamedTensor::try_from(p).map_err(|source| {
-                    PoolError::Tensor {
-                        what: "parameter",
-                        source,
-                    }
-                    .into()
-                })
-            })
+        let rest = totals
+            .iter()
+            .map(|&n| (1..n).map(|part| ToHop::Export { part }).collect())
+            .collect();
+        for (t, answers) in self
+            .control_batch(rest, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
+            for (i, a) in answers.into_iter().enumerate() {
+                take_part(t, i as u32 + 1, a, &mut bytes[t])?;
+            }
+        }
+        self.hops
+            .iter()
+            .zip(bytes)
+            .map(|(h, b)| is_layer(h).then(|| decode_params(&b)).transpose())
             .collect()
     }
+}
+
+/// Appends export part `part` of hop `t` to `bytes`; returns the part count.
+fn take_part(
+    t: usize,
+    part: u32,
+    answer: FromHop,
+    bytes: &mut Vec<u8>,
+) -> Result<u32, DesignerError> {
+    match answer {
+        FromHop::ExportPart {
+            part: p,
+            total,
+            bytes: b,
+        } if p == part && part < total => {
+            bytes.extend_from_slice(&b);
+            Ok(total)
+        }
+        other => Err(unexpected(t, other)),
+    }
+}
+
+/// A hop's exported parameter list, from the concatenated parts.
+fn decode_params(bytes: &[u8]) -> Result<Vec<NamedTensor>, DesignerError> {
+    let list: Vec<ParamTensor> =
+        mixnn_protocol::cbor::decode("parameters", bytes, usize::MAX).map_err(PoolError::from)?;
+    list.into_iter()
+        .map(|p| {
+            NamedTensor::try_from(p).map_err(|source| {
+                PoolError::Tensor {
+                    what: "parameter",
+                    source,
+                }
+                .into()
+            })
+        })
+        .collect()
 }
 
 impl Model for PoolCascade {
@@ -146,9 +195,16 @@ impl Model for PoolCascade {
         if let Some(l) = self.last.as_mut() {
             out[self.shards - 1] = Some(l.export_params()?);
         }
-        for t in 0..self.hops.len() {
-            if let Role::Layer(i) = self.hops[t].role {
-                out[i] = Some(self.export_hop(t)?);
+        let exported = self.export_hops()?;
+        for (h, params) in self.hops.iter().zip(exported) {
+            if let (Role::Layer(i), Some(p)) = (h.role, params) {
+                out[i] = Some(p);
+            }
+        }
+        // The dummies' masks leave the weights they were folded into.
+        for (i, fold, mask) in &self.folds {
+            if let Some(Some(p)) = out.get_mut(*i) {
+                fold.apply_to_params(p, mask);
             }
         }
         out.into_iter()

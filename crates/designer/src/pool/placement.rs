@@ -21,6 +21,10 @@ pub(super) struct Layout {
     pub hi: usize,
     /// Layers plus dummies: the cascade's distinct nodes.
     pub count: usize,
+    /// Control packets per round (PROTOCOL.md §12.5): the longest cascade
+    /// the geometry allows in this mode, so the count of control packets a
+    /// hop relays says nothing about the cascade's real length.
+    pub pad_hops: usize,
 }
 
 impl Layout {
@@ -33,6 +37,11 @@ impl Layout {
             return Err(PoolError::NoRemoteShard);
         }
         let remote = hi - lo;
+        if opts.dummies > 0 && !opts.keep_last && remote < 2 {
+            return Err(PoolError::NoDummySlot {
+                dummies: opts.dummies,
+            });
+        }
         let count = remote + opts.dummies;
         let route_len = if opts.keep_last { count } else { 2 * count - 1 };
         if route_len > g.max_hops() {
@@ -43,11 +52,17 @@ impl Layout {
                 max: g.max_hops(),
             });
         }
+        let pad_hops = if opts.keep_last {
+            g.max_hops()
+        } else {
+            g.max_hops().div_ceil(2)
+        };
         Ok(Layout {
             shards,
             lo,
             hi,
             count,
+            pad_hops,
         })
     }
 }
@@ -85,17 +100,20 @@ pub(super) fn choose(
         .collect()
 }
 
-/// The layers in order with the dummies at random positions. A dummy never
-/// takes the turn: with the last layer remote it goes somewhere before it.
+/// The layers in order with the dummies at random positions. A dummy is
+/// never first (it would get the raw input, or the designer's first
+/// output, unmasked) and never takes the turn: with the last layer remote
+/// it goes somewhere between the first and the last layer. [`Layout::new`]
+/// refuses dummies when no such position exists.
 fn place_dummies(layout: &Layout, opts: &PoolOptions, rng: &mut ChaCha20Rng) -> Vec<Role> {
     let mut roles: Vec<Role> = (layout.lo..layout.hi).map(Role::Layer).collect();
     for _ in 0..opts.dummies {
         let max = if opts.keep_last {
             roles.len()
         } else {
-            roles.len() - 1
+            roles.len().saturating_sub(1)
         };
-        roles.insert(rng.gen_range(0..=max), Role::Dummy);
+        roles.insert(rng.gen_range(1..=max.max(1)), Role::Dummy);
     }
     roles
 }
@@ -124,4 +142,53 @@ fn hop(d: &NodeDescriptor, role: Role, rng: &mut ChaCha20Rng) -> Result<Hop, Poo
         job: JobHandle(job),
         role,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dummies: usize, keep_last: bool) -> PoolOptions {
+        PoolOptions {
+            bootstrap: Vec::new(),
+            dummies,
+            keep_first: false,
+            keep_last,
+            local_engine: crate::EngineKind::Native,
+            class: None,
+            timeout: std::time::Duration::from_secs(1),
+            wait_for_nodes: std::time::Duration::from_secs(1),
+            batches: vec![1],
+        }
+    }
+
+    /// The adversary's wish: a dummy first, where it sees the raw input.
+    /// Over many placements of every size, the first hop is always a layer
+    /// and, with the turn, so is the last.
+    #[test]
+    fn a_dummy_is_never_first_nor_takes_the_turn() {
+        let g = Geometry::default();
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        for keep_last in [false, true] {
+            for shards in 2..5 {
+                for dummies in 1..3 {
+                    let o = opts(dummies, keep_last);
+                    let layout = Layout::new(shards, &o, &g).expect("layout");
+                    for _ in 0..200 {
+                        let roles = place_dummies(&layout, &o, &mut rng);
+                        assert_eq!(roles.len(), layout.count);
+                        assert_eq!(roles[0], Role::Layer(0), "{roles:?}");
+                        if !keep_last {
+                            assert!(matches!(roles.last(), Some(Role::Layer(_))));
+                        }
+                    }
+                }
+            }
+        }
+        // One remote layer that turns: no place for a dummy at all.
+        assert!(matches!(
+            Layout::new(1, &opts(1, false), &g),
+            Err(PoolError::NoDummySlot { dummies: 1 })
+        ));
+    }
 }

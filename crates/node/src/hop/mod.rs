@@ -192,6 +192,8 @@ pub struct Seen {
     pub decoded: bool,
     /// Shape of the tensor that came in the clear, if any.
     pub input_shape: Option<Vec<u32>>,
+    /// Length of the end-to-end section that came in (link mode only).
+    pub e2e_len: Option<usize>,
     /// Kind of the end-to-end message this hop read, if any (`init`, …).
     pub e2e_read: Option<&'static str>,
     /// The job failure sealed to the designer, if the job's work failed.
@@ -277,6 +279,7 @@ impl Peeled {
             job_class: None,
             decoded: false,
             input_shape: None,
+            e2e_len: None,
             e2e_read: None,
             failure: None,
         };
@@ -313,6 +316,7 @@ fn serve_link(
     let mut payload = JobPayload::decode(message).map_err(DropReason::MalformedJobPayload)?;
     seen.decoded = true;
     seen.input_shape = payload.tensor.as_ref().map(|t| t.shape.clone());
+    seen.e2e_len = Some(payload.e2e.len());
     ops::run(jobs, p, &mut payload, seen);
     let Some(outgoing) = p.outgoing else {
         return Err(DropReason::RouteEnds);

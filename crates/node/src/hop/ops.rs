@@ -111,11 +111,23 @@ fn fail(payload: &mut JobPayload, key: &[u8; 32], seen: &mut Seen, stage: Stage,
     seen.failure = Some(Failure { stage, error });
 }
 
-/// Replaces the end-to-end section with `msg`, sealed from this hop.
+/// Replaces the end-to-end section with `msg`, sealed from this hop at the
+/// length of the section that came in (PROTOCOL.md §12.3), so the hops
+/// after this one cannot tell a reply from a request by its size. A reply
+/// that does not fit becomes a short error; a section too short even for
+/// that (or none) gets the reply at its natural length.
 fn reply(payload: &mut JobPayload, key: &[u8; 32], msg: &FromHop) {
-    let body = job::encode_msg("reply", msg).unwrap_or_else(|_| {
-        let too_large = FromHop::Error(HopFailure::new(FailureKind::Encoding, "reply too large"));
-        job::encode_msg("reply", &too_large).unwrap_or_default()
+    let len = payload.e2e.len();
+    let too_large = || FromHop::Error(HopFailure::new(FailureKind::Encoding, "reply too large"));
+    let fits = |m: &FromHop| {
+        job::encode_msg("reply", m)
+            .ok()
+            .and_then(|b| job::seal_e2e_padded(key, E2eDirection::FromHop, &b, len).ok())
+    };
+    payload.e2e = fits(msg).or_else(|| fits(&too_large())).unwrap_or_else(|| {
+        let body = job::encode_msg("reply", msg)
+            .or_else(|_| job::encode_msg("reply", &too_large()))
+            .unwrap_or_default();
+        job::seal_e2e(key, E2eDirection::FromHop, &body)
     });
-    payload.e2e = job::seal_e2e(key, E2eDirection::FromHop, &body);
 }

@@ -204,6 +204,9 @@ impl Processor {
         if seen.decoded {
             let shape = seen.input_shape.as_deref();
             (self.views).received(&seen.job, from, op_label(seen.op), shape);
+            if let Some(n) = seen.e2e_len {
+                self.views.section(&seen.job, op_label(seen.op), n);
+            }
         }
         if let Some(kind) = seen.e2e_read {
             self.views.read_e2e(&seen.job, kind);

@@ -115,6 +115,9 @@ pub struct World {
     pub next: NodeId,
     /// The key epoch of the node's mix key.
     epoch: u32,
+    /// Seal end-to-end messages into sections of this many bytes (the
+    /// designer's fixed lengths); `None`: at their natural length.
+    pub section_len: Option<usize>,
     rng: ChaCha20Rng,
 }
 
@@ -142,6 +145,7 @@ impl World {
             jobs: Jobs::new(sandbox(), limits, metrics),
             me: peer_node(1),
             next: peer_node(2),
+            section_len: None,
             rng,
         }
     }
@@ -203,7 +207,11 @@ impl World {
         .expect("build");
         let e2e = body.map_or_else(Vec::new, |b| {
             let key = state.e2e_key(0).expect("e2e key");
-            job::seal_e2e(key.as_bytes(), E2eDirection::ToHop, &b)
+            match self.section_len {
+                Some(n) => job::seal_e2e_padded(key.as_bytes(), E2eDirection::ToHop, &b, n)
+                    .expect("fits its section"),
+                None => job::seal_e2e(key.as_bytes(), E2eDirection::ToHop, &b),
+            }
         });
         let message = raw.unwrap_or_else(|| JobPayload { tensor, e2e }.encode());
         let mut bytes = packet.into_bytes();

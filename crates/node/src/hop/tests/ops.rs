@@ -297,3 +297,56 @@ fn a_section_that_does_not_open_is_an_end_to_end_failure() {
     let e = w.error(&sent, &out);
     assert_eq!(e.kind, FailureKind::EndToEnd);
 }
+
+/// Issue 10, finding 3: the hops after a target must not tell its reply
+/// from a request by size, so the reply (an answer, or an error) takes the
+/// length of the section it replaces, padding under the MAC.
+#[test]
+fn a_reply_keeps_the_length_of_the_section_it_replaces() {
+    let mut w = World::new();
+    w.section_len = Some(1500);
+    w.relay_job(JOB, "identity");
+    for msg in [ToHop::Export { part: 0 }, ToHop::Labels(vec![1])] {
+        let (packet, sent) = w.packet(Slot::target(Op::Init, JOB), None, Some(msg));
+        let out = w.open(&sent, w.forwarded(w.handle(packet)));
+        assert_eq!(out.e2e.len(), 1500);
+        let reply = w.reply(&sent, &out);
+        assert!(
+            matches!(reply, FromHop::ExportPart { .. } | FromHop::Error(_)),
+            "{reply:?}"
+        );
+    }
+    // A hop that only layers the section leaves its length alone too.
+    let (packet, sent) = w.packet(Slot::new(Op::Relay, JOB), None, Some(ToHop::Close));
+    assert_eq!(w.open(&sent, w.forwarded(w.handle(packet))).e2e.len(), 1500);
+}
+
+/// Issue 10, finding 4: a dummy's secret sign mask flips the masked
+/// features (zeros too: -0.0), forward and backward alike.
+#[test]
+fn a_sign_dummy_flips_the_masked_features_both_ways() {
+    let mut w = World::new();
+    w.relay_job(JOB, "sign:0110");
+    let x = tensor(&[1, 4], vec![1.0, -2.0, 0.0, 4.0]);
+    let (packet, sent) = w.packet(Slot::new(Op::Forward, JOB), Some(x), None);
+    let out = w.open(&sent, w.forwarded(w.handle(packet)));
+    let (shape, v) = values(out.tensor);
+    assert_eq!(shape, vec![1, 4]);
+    let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+    let want: Vec<u32> = [1.0f32, 2.0, -0.0, 4.0]
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    assert_eq!(bits, want);
+    let dz = tensor(&[1, 4], vec![0.5, 0.5, -0.5, -0.5]);
+    let (packet, sent) = w.packet(Slot::new(Op::Backward, JOB), Some(dz), None);
+    let out = w.open(&sent, w.forwarded(w.handle(packet)));
+    assert_eq!(values(out.tensor).1, vec![0.5, -0.5, 0.5, -0.5]);
+    // A mask that does not fit axis 1 is the guest's error, not a panic.
+    let (packet, _) = w.packet(
+        Slot::new(Op::Forward, JOB),
+        Some(tensor(&[1, 3], vec![0.0; 3])),
+        None,
+    );
+    assert!(failure(&w.handle(packet)).stage == Stage::Compute);
+}
