@@ -98,11 +98,14 @@ fn start_pool() -> Pool {
                     .map(ToString::to_string)
                     .collect(),
                 bootstrap_timeout_secs: 10,
-                // Cover traffic on, fast, in the job's class (the MLP at
-                // batch 64 travels in 64 KiB payloads).
+                // Cover traffic on, fast. The links accept one public
+                // class, the job's (the MLP at batch 64 travels in 64 KiB
+                // payloads), so cover, which goes out in every public
+                // class, has the job's length too.
                 cover_loop_ms: 100,
                 cover_drop_ms: 100,
-                cover_class: 65536,
+                cover_bytes_per_sec: 16 << 20,
+                packet_sizes: vec![2609 + 65536],
                 ..NodeConfig::default()
             };
             let mut node = Node::start(cfg).await.expect("node starts");

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use mixnn_p2p::unix_now;
-use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, ReplayCache};
+use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, Op, ReplayCache};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::cover::{JobClasses, LoopTracker};
+use crate::cover::LoopTracker;
 use crate::hop::{self, Action, DropReason, Outcome, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
@@ -45,7 +45,6 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     views: Arc<JobViews>,
     loops: Arc<LoopTracker>,
-    classes: Arc<JobClasses>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,7 +94,6 @@ impl Processor {
             metrics,
             views: Arc::new(JobViews::default()),
             loops: Arc::new(LoopTracker::default()),
-            classes: Arc::new(JobClasses::default()),
         }
     }
 
@@ -107,11 +105,6 @@ impl Processor {
     /// The loops in flight: cover registers them, this shell answers them.
     pub fn loops(&self) -> Arc<LoopTracker> {
         self.loops.clone()
-    }
-
-    /// The payload classes job traffic uses, for cover.
-    pub fn classes(&self) -> Arc<JobClasses> {
-        self.classes.clone()
     }
 
     /// The key ring, rebuilt when the node's epochs change (checked at most
@@ -156,19 +149,18 @@ impl Processor {
         if let Some(seen) = &outcome.seen {
             self.record(from, seen);
         }
-        self.act(
-            outcome.seen.as_ref().map_or([0; 32], |s| s.job),
-            outcome.action,
-        );
+        // A relayed packet's handle names nothing (the designer draws it
+        // per packet, as cover does): it is no job of this node's views.
+        let job = (outcome.seen.as_ref())
+            .filter(|s| s.op != Op::Relay)
+            .map_or([0; 32], |s| s.job);
+        self.act(job, outcome.action);
     }
 
-    /// Notes what the hop saw in the metrics, the views and the classes.
+    /// Notes what the hop saw in the metrics and the views.
     fn record(&self, from: PeerId, seen: &Seen) {
         self.metrics.count_op(op_label(seen.op));
-        if let Some(class) = seen.job_class {
-            self.classes.saw(class, Instant::now());
-        }
-        if seen.decoded {
+        if seen.decoded && seen.op != Op::Relay {
             let shape = seen.input_shape.as_deref();
             (self.views).received(&seen.job, from, op_label(seen.op), shape);
         }

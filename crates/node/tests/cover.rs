@@ -1,6 +1,7 @@
 //! Cover traffic: three nodes serving jobs send loops and drops through each
-//! other, their loops come back, and every packet on the wire has the one
-//! length of the smallest class (no job runs, so that is the cover class).
+//! other, their loops come back, and the packets on the wire have the
+//! lengths of the public classes, more than one of them (cover goes out in
+//! every public class).
 
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,7 +25,7 @@ fn counts(m: &Metrics) -> (u64, u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loops_return_and_cover_has_the_smallest_class_length() {
+async fn loops_return_and_cover_uses_the_public_classes() {
     init_logs();
     bounded(90, async {
         let b = bootstrap().await;
@@ -33,11 +34,11 @@ async fn loops_return_and_cover_has_the_smallest_class_length() {
         let mut nodes: Vec<Node> = Vec::new();
         for d in &dirs {
             let cfg = NodeConfig {
-                // The real classes: cover uses the geometry's smallest.
+                // The real classes: cover uses all of them.
                 packet_sizes: DEFAULT_PACKET_SIZES.to_vec(),
                 cover_loop_ms: 50,
                 cover_drop_ms: 50,
-                cover_class: 0,
+                cover_bytes_per_sec: 4 << 20,
                 ..node_config(d.path(), &b)
             };
             let mut n = Node::start(cfg).await.expect("node starts");
@@ -58,18 +59,20 @@ async fn loops_return_and_cover_has_the_smallest_class_length() {
             "cover (loops sent, returned, drops sent) per node: {all:?}"
         );
 
-        let smallest = DEFAULT_PACKET_SIZES[0] as usize;
-        assert_eq!(smallest, 4657);
+        let public: Vec<usize> = DEFAULT_PACKET_SIZES.iter().map(|&l| l as usize).collect();
+        let mut all_lengths = std::collections::BTreeSet::new();
         for m in &metrics {
             let lengths = m.link.lengths();
             assert!(!lengths.is_empty());
             assert!(
-                lengths.keys().all(|&l| l == smallest),
+                lengths.keys().all(|l| public.contains(l)),
                 "packet lengths seen: {lengths:?}"
             );
+            all_lengths.extend(lengths.keys().copied());
             let text = m.render();
             assert!(text.contains("mixnn_cover_packets_total{kind=\"loop_lost\"}"));
         }
+        assert!(all_lengths.len() > 1, "one class only: {all_lengths:?}");
         for n in nodes {
             n.shutdown().await;
         }

@@ -3,8 +3,8 @@
 //! 1. **distributed**: the local harness ([`super::harness`]) starts a
 //!    bootstrap and N node processes on 127.0.0.1, and the paper's MLP is
 //!    trained through onion packets with every protection on: dummy hops,
-//!    loop and drop cover traffic at the job's packet length, one size
-//!    class for every packet;
+//!    loop and drop cover traffic in every public class under a byte
+//!    budget, one size class for every packet of the job;
 //! 2. the same shards in one process, each in a wasm guest;
 //! 3. the same in one process with the native engine (the reference).
 //!
@@ -45,6 +45,9 @@ pub struct DemoArgs {
     /// Mean interval between drop cover packets of each node, ms (0 = off).
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub cover_drop_ms: u64,
+    /// Cover bandwidth budget of each node, bytes per second (0 = no cover).
+    #[arg(long, default_value_t = 256 << 10, value_name = "BYTES")]
+    pub cover_bytes_per_sec: u64,
     /// MNIST directory. Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -137,7 +140,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             nodes,
             cover_loop_ms: a.cover_loop_ms,
             cover_drop_ms: a.cover_drop_ms,
-            cover_class: Some(u32::try_from(class).context("payload class out of range")?),
+            cover_bytes_per_sec: Some(a.cover_bytes_per_sec),
             cache_dir: a.sandbox.cache_dir.clone(),
             ..LocalPoolOptions::default()
         },
@@ -154,8 +157,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         dummies: a.dummies,
         keep_first: false,
         keep_last: false,
-        // The class the cover traffic uses, so both are the same by
-        // construction even if the designer's rule changes.
+        // The class printed above (cover uses every public class).
         class: Some(class),
         timeout_s: 60,
         wait_for_nodes_s: 30,
@@ -216,7 +218,7 @@ fn warm_guest_cache(sandbox: &SandboxArgs) -> Result<()> {
 
 /// The job's payload class (the designer's own rule, for a cascade with
 /// both ends on the pool) and its packet length. The demo passes the class
-/// to the job and to the nodes' cover traffic, so both agree.
+/// to the job; cover uses every public class.
 fn job_class(shards: &[mixnn_shard::pb::ModelProto], batches: &[usize]) -> Result<(usize, usize)> {
     let g = mixnn_sphinx::Geometry::default();
     let class = mixnn_designer::pool::payload_class(&g, shards, 0, shards.len(), batches)?;

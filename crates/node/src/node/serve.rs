@@ -48,7 +48,6 @@ impl Node {
             metrics: self.shared.metrics.clone(),
             self_id: self.node_id(),
             loops: processor.loops(),
-            classes: processor.classes(),
         };
         self.views = Some(processor.views());
         let stop = self.stop.subscribe();

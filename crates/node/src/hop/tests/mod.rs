@@ -4,3 +4,4 @@
 mod drops;
 mod kit;
 mod ops;
+mod relay_view;
