@@ -75,6 +75,14 @@ pub struct NodeConfig {
     /// cover). Cover goes out in every public class (`packet_sizes`), each
     /// class the same share of these bytes.
     pub cover_bytes_per_sec: u64,
+    /// Send slots (mixing against an observer of every link): every
+    /// `slot_ms` one packet goes to each pool neighbour, a real one if one
+    /// waits, else cover; 0 = off (real packets go out at once). Stretched
+    /// to fit `cover_bytes_per_sec`.
+    pub slot_ms: u64,
+    /// Payload class of send slots (bytes; 0: the smallest public class).
+    /// Real packets of other classes go out at once.
+    pub slot_class: u32,
 }
 
 impl Default for NodeConfig {
@@ -105,6 +113,8 @@ impl Default for NodeConfig {
             cover_loop_ms: 1000,
             cover_drop_ms: 1000,
             cover_bytes_per_sec: 64 << 10,
+            slot_ms: 0,
+            slot_class: 0,
         }
     }
 }

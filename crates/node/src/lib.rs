@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mixkeys;
 mod node;
 pub mod processor;
+pub mod slots;
 pub mod views;
 
 pub use config::{ConfigError, NodeConfig};

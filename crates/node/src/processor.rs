@@ -24,6 +24,7 @@ use crate::cover::LoopTracker;
 use crate::hop::{self, Action, DropReason, Outcome, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::slots::SlotQueue;
 use crate::mixkeys::MixKeys;
 use crate::views::JobViews;
 use mixnn_p2p::{PacketInbox, PacketSender};
@@ -45,6 +46,8 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     views: Arc<JobViews>,
     loops: Arc<LoopTracker>,
+    /// Send slots: real packets wait here for their link's next slot.
+    slots: Option<Arc<SlotQueue>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,7 +97,14 @@ impl Processor {
             metrics,
             views: Arc::new(JobViews::default()),
             loops: Arc::new(LoopTracker::default()),
+            slots: None,
         }
+    }
+
+    /// Sends forwarded packets through send slots (`slot_ms`).
+    pub fn with_slots(mut self, slots: Arc<SlotQueue>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// What this node saw of each job.
@@ -179,6 +189,13 @@ impl Processor {
         match action {
             Action::Forward { to, bytes, .. } | Action::Deliver { to, bytes, .. } => {
                 self.views.sent(&job, to);
+                let bytes = match &self.slots {
+                    Some(q) => match q.push(to, bytes) {
+                        Some(now) => now,
+                        None => return,
+                    },
+                    None => bytes,
+                };
                 if let Err(e) = self.sender.send(to, bytes) {
                     debug!(peer = %to, error = %e, "forwarding failed");
                 }

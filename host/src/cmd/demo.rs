@@ -48,6 +48,10 @@ pub struct DemoArgs {
     /// Cover bandwidth budget of each node, bytes per second (0 = no cover).
     #[arg(long, default_value_t = 256 << 10, value_name = "BYTES")]
     pub cover_bytes_per_sec: u64,
+    /// Send slots of each node: one packet per neighbour every MS, real
+    /// packets in place of cover, in the job's class (0 = off).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub slot_ms: u64,
     /// MNIST directory. Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -67,6 +71,12 @@ pub struct CoverReport {
     pub loop_ms: u64,
     pub drop_ms: u64,
     pub class: usize,
+    /// Cover byte budget of each node (bytes per second).
+    pub bytes_per_sec: u64,
+    /// Send slots of each node, ms (0 = off).
+    pub slot_ms: u64,
+    /// Distributed training time per step (one training message), ms.
+    pub step_ms: f64,
     pub loops_sent: u64,
     pub loops_returned: u64,
     pub drops_sent: u64,
@@ -141,6 +151,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
             cover_loop_ms: a.cover_loop_ms,
             cover_drop_ms: a.cover_drop_ms,
             cover_bytes_per_sec: Some(a.cover_bytes_per_sec),
+            slots: (a.slot_ms > 0)
+                .then(|| Ok::<_, anyhow::Error>((a.slot_ms, u32::try_from(class)?)))
+                .transpose()?,
             cache_dir: a.sandbox.cache_dir.clone(),
             ..LocalPoolOptions::default()
         },
@@ -185,6 +198,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             loop_ms: a.cover_loop_ms,
             drop_ms: a.cover_drop_ms,
             class,
+            bytes_per_sec: a.cover_bytes_per_sec,
+            slot_ms: a.slot_ms,
             ..CoverReport::default()
         },
     )?;
@@ -244,6 +259,7 @@ fn compare(
     let train_hop_crossings = net.train_hop_crossings;
     let extra = distributed.train_seconds - wasm.train_seconds;
     let per_hop_overhead_us = extra / train_hop_crossings.max(1) as f64 * 1e6;
+    cover.step_ms = net.train_seconds / net.train_messages.max(1) as f64 * 1e3;
 
     let count = |series: &str| metrics.get(series).copied().unwrap_or(0.0) as u64;
     let labelled = |family: &str, label: &str| -> Vec<(String, u64)> {
@@ -373,6 +389,15 @@ fn print_comparison(r: &DemoReport) {
         format!(
             "loops sent {}, returned {}; drops sent {}",
             c.loops_sent, c.loops_returned, c.drops_sent
+        ),
+    );
+    row(
+        "send slots; step time",
+        format!(
+            "slot {} ms ({}); {:.1} ms per training step",
+            c.slot_ms,
+            if c.slot_ms == 0 { "off" } else { "on" },
+            c.step_ms
         ),
     );
     if !r.node_drops.is_empty() {

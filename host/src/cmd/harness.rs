@@ -49,6 +49,8 @@ pub struct LocalPoolOptions {
     pub cover_drop_ms: u64,
     /// `--cover-bytes-per-sec` of every node (default: the node's).
     pub cover_bytes_per_sec: Option<u64>,
+    /// `--slot-ms` and `--slot-class` of every node (slots off if `None`).
+    pub slots: Option<(u64, u32)>,
     /// `--cache-dir` of every node (compiled guests); default: theirs.
     pub cache_dir: Option<PathBuf>,
     /// How long the bootstrap and all nodes together may take to come up.
@@ -62,6 +64,7 @@ impl Default for LocalPoolOptions {
             cover_loop_ms: 200,
             cover_drop_ms: 200,
             cover_bytes_per_sec: None,
+            slots: None,
             cache_dir: None,
             start_timeout: Duration::from_secs(90),
         }
@@ -200,6 +203,10 @@ impl LocalPool {
             ];
             if let Some(c) = opts.cover_bytes_per_sec {
                 pairs.push(("--cover-bytes-per-sec", c.to_string().into()));
+            }
+            if let Some((ms, class)) = opts.slots {
+                pairs.push(("--slot-ms", ms.to_string().into()));
+                pairs.push(("--slot-class", class.to_string().into()));
             }
             if let Some(d) = &opts.cache_dir {
                 pairs.push(("--cache-dir", d.into()));

@@ -15,6 +15,7 @@
 
 pub mod packet;
 mod schedule;
+mod slots;
 mod track;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use crate::mixkeys::MixKeys;
 
 pub use packet::{CoverHop, Kind};
 pub use schedule::Schedule;
+pub use slots::queue as slot_queue;
 pub use track::{LoopTracker, MAX_LOOPS, TooManyLoops};
 
 /// How often the pool view is re-read (new nodes, rotated mix keys).
@@ -68,6 +70,8 @@ pub enum CoverError {
     NoKey,
     #[error("{MAX_LOOPS} loops in flight already")]
     TooManyLoops,
+    #[error("cover is off: no public class")]
+    NoClass,
     #[error("the route names a node that is no ed25519 key")]
     BadHop,
     #[error(transparent)]
@@ -91,14 +95,18 @@ pub struct CoverLinks {
     pub self_id: NodeId,
     /// Loops in flight; the packet shell answers returning ones.
     pub loops: Arc<LoopTracker>,
+    /// Send slots (`slot_ms`): the queue the packet shell fills and its
+    /// class; `None` when off.
+    pub slots: Option<(Arc<crate::slots::SlotQueue>, usize)>,
 }
 
 struct Cover {
     links: CoverLinks,
     swarm: SwarmHandle,
     bootstraps: Vec<PeerId>,
-    /// Classes and rates, from the configuration only.
-    schedule: Schedule,
+    /// Classes and rates, from the configuration only (`None`: only slots).
+    schedule: Option<Schedule>,
+    slots: Option<slots::Slots>,
     pool: Vec<CoverHop>,
     /// Addresses already given to the swarm, per peer.
     known: HashMap<PeerId, Vec<String>>,
@@ -120,21 +128,36 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let schedule = Schedule::new(&links.geometry, cfg);
-    let (Some(schedule), Ok(rng)) = (schedule, ChaCha20Rng::from_rng(OsRng)) else {
-        info!("cover traffic is off (no rate, no budget, no public class or no randomness)");
+    let slots = (links.slots.clone()).map(|(queue, class)| slots::Slots {
+        queue,
+        period: Duration::from_millis(cfg.slot_ms),
+        class,
+        budget: cfg.cover_bytes_per_sec,
+        next: 0,
+    });
+    let Ok(rng) = ChaCha20Rng::from_rng(OsRng) else {
+        warn!("no OS randomness: cover traffic is off");
         return tokio::spawn(async {});
     };
-    let (loop_mean, drop_mean) = (schedule.loop_mean, schedule.drop_mean);
-    info!(
-        classes = ?schedule.classes(),
-        bytes_per_sec = schedule.bytes_per_sec() as u64,
-        "cover traffic in every public class"
-    );
+    if schedule.is_none() && slots.is_none() {
+        info!("cover traffic is off (no rate, no budget or no public class)");
+        return tokio::spawn(async {});
+    }
+    let loop_mean = schedule.as_ref().and_then(|s| s.loop_mean);
+    let drop_mean = schedule.as_ref().and_then(|s| s.drop_mean);
+    if let Some(s) = &schedule {
+        info!(
+            classes = ?s.classes(),
+            bytes_per_sec = s.bytes_per_sec() as u64,
+            "cover traffic in every public class"
+        );
+    }
     let cover = Cover {
         links,
         swarm,
         bootstraps,
         schedule,
+        slots,
         pool: Vec::new(),
         known: HashMap::new(),
         rng,
@@ -174,8 +197,9 @@ impl Cover {
         let mut next_loop = loop_mean.map(|m| now + gap(&mut self.rng, m));
         let mut next_drop = drop_mean.map(|m| now + gap(&mut self.rng, m));
         let mut next_tick = now + TICK;
+        let mut next_slot = self.slots.as_ref().map(|_| now);
         while !*stop.borrow() {
-            let wake = [next_loop, next_drop, Some(next_refresh.min(next_tick))];
+            let wake = [next_loop, next_drop, next_slot, Some(next_refresh.min(next_tick))];
             let wake = wake.into_iter().flatten().min().unwrap_or(next_tick);
             tokio::select! {
                 _ = stop.changed() => return,
@@ -202,6 +226,14 @@ impl Cover {
                     }
                     *next = Some(Instant::now() + gap(&mut self.rng, m));
                 }
+            }
+            if let Some(t) = next_slot
+                && now >= t
+            {
+                // Steady: the next slot is due a step after this one was,
+                // not after it was served.
+                let floor = now.checked_sub(TICK).unwrap_or(now);
+                next_slot = Some(t.max(floor) + self.slot_step());
             }
             if now >= next_tick {
                 self.check(now);
@@ -265,7 +297,8 @@ impl Cover {
         let first = (route.first())
             .and_then(|h| peer_of(&h.id))
             .ok_or(CoverError::BadHop)?;
-        let class = self.schedule.class(&mut self.rng);
+        let schedule = self.schedule.as_ref().ok_or(CoverError::NoClass)?;
+        let class = schedule.class(&mut self.rng);
         let kind = if is_loop { Kind::Loop } else { Kind::Drop };
         let (bytes, tag) = packet::build(&self.links.geometry, &route, kind, class, &mut OsRng)?;
         let metrics = &self.links.metrics;

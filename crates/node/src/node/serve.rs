@@ -34,13 +34,18 @@ impl Node {
             self.shared.metrics.clone(),
         ));
         let geometry = mixnn_sphinx::Geometry::default();
-        let processor = Arc::new(Processor::new(
+        let slots = crate::cover::slot_queue(&geometry, cfg);
+        let mut processor = Processor::new(
             geometry.clone(),
             self.shared.mix_keys.clone(),
             jobs.clone(),
             self.sender.clone(),
             self.shared.metrics.clone(),
-        ));
+        );
+        if let Some((q, _)) = &slots {
+            processor = processor.with_slots(q.clone());
+        }
+        let processor = Arc::new(processor);
         let cover = crate::cover::CoverLinks {
             geometry,
             keys: self.shared.mix_keys.clone(),
@@ -48,6 +53,7 @@ impl Node {
             metrics: self.shared.metrics.clone(),
             self_id: self.node_id(),
             loops: processor.loops(),
+            slots,
         };
         self.views = Some(processor.views());
         let stop = self.stop.subscribe();

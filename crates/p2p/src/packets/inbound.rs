@@ -44,7 +44,7 @@ struct InboundQueue {
 
 impl InboundQueue {
     fn push(&self, p: InboundPacket) {
-        let len = p.data.len();
+        let (len, from) = (p.data.len(), p.from);
         if !self.budget.try_take(len) {
             self.metrics.drop_packet(DropReason::InboundQueueFull);
             return;
@@ -53,6 +53,7 @@ impl InboundQueue {
             Ok(()) => {
                 self.metrics.packets_in.fetch_add(1, Ordering::Relaxed);
                 self.metrics.count_length(len, 1);
+                self.metrics.trace.record(false, from, len);
                 self.metrics
                     .bytes_in
                     .fetch_add(len as u64, Ordering::Relaxed);
