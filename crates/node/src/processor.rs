@@ -24,8 +24,8 @@ use crate::cover::LoopTracker;
 use crate::hop::{self, Action, DropReason, Outcome, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
-use crate::slots::SlotQueue;
 use crate::mixkeys::MixKeys;
+use crate::slots::SlotQueue;
 use crate::views::JobViews;
 use mixnn_p2p::{PacketInbox, PacketSender};
 

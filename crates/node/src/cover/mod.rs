@@ -199,7 +199,12 @@ impl Cover {
         let mut next_tick = now + TICK;
         let mut next_slot = self.slots.as_ref().map(|_| now);
         while !*stop.borrow() {
-            let wake = [next_loop, next_drop, next_slot, Some(next_refresh.min(next_tick))];
+            let wake = [
+                next_loop,
+                next_drop,
+                next_slot,
+                Some(next_refresh.min(next_tick)),
+            ];
             let wake = wake.into_iter().flatten().min().unwrap_or(next_tick);
             tokio::select! {
                 _ = stop.changed() => return,

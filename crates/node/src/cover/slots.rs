@@ -74,9 +74,8 @@ impl Cover {
             }
         }
         let len = s.queue.packet_len() as u64;
-        let need = Duration::from_micros(
-            (n as u64 * len).saturating_mul(1_000_000) / s.budget.max(1),
-        );
+        let need =
+            Duration::from_micros((n as u64 * len).saturating_mul(1_000_000) / s.budget.max(1));
         let step = s.period.max(need) / u32::try_from(n.max(1)).unwrap_or(1);
         let Some((hop, peer)) = neighbours.get(s.next % neighbours.len().max(1)).copied() else {
             return step;
@@ -84,11 +83,17 @@ impl Cover {
         s.next = (s.next + 1) % neighbours.len();
         let sent = match s.queue.pop(&peer) {
             Some(real) => self.links.sender.send(peer, real).map_err(CoverError::from),
-            None => packet::build(&self.links.geometry, &[hop], Kind::Drop, s.class, &mut OsRng)
-                .and_then(|(b, _)| Ok(self.links.sender.send(peer, b)?))
-                .map(|()| {
-                    (self.links.metrics.cover_drops_sent).fetch_add(1, Ordering::Relaxed);
-                }),
+            None => packet::build(
+                &self.links.geometry,
+                &[hop],
+                Kind::Drop,
+                s.class,
+                &mut OsRng,
+            )
+            .and_then(|(b, _)| Ok(self.links.sender.send(peer, b)?))
+            .map(|()| {
+                (self.links.metrics.cover_drops_sent).fetch_add(1, Ordering::Relaxed);
+            }),
         };
         if let Err(e) = sent {
             debug!(%peer, error = %e, "slot: packet not sent");

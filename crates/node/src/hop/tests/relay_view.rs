@@ -25,7 +25,13 @@ fn shape(seen: &Seen) -> (Op, u16, bool, Option<usize>, bool, bool, bool, bool) 
     )
 }
 
-fn view(w: &World, outcome: Outcome) -> ((Op, u16, bool, Option<usize>, bool, bool, bool, bool), usize) {
+fn view(
+    w: &World,
+    outcome: Outcome,
+) -> (
+    (Op, u16, bool, Option<usize>, bool, bool, bool, bool),
+    usize,
+) {
     let seen = outcome.seen.as_ref().expect("the header opened");
     let s = shape(seen);
     let len = match &outcome.action {
