@@ -10,9 +10,13 @@ use super::kit::{Slot, World};
 use crate::cover::Kind;
 use crate::hop::{Action, Outcome, Seen};
 
+/// The hop's view of a packet: op, flags, handle all zero, class, decoded,
+/// tensor in the clear, end-to-end read, failure.
+type Shape = (Op, u16, bool, Option<usize>, bool, bool, bool, bool);
+
 /// Everything of the hop's view but the handle's value (drawn afresh per
 /// packet in both cases), with the handle's look instead.
-fn shape(seen: &Seen) -> (Op, u16, bool, Option<usize>, bool, bool, bool, bool) {
+fn shape(seen: &Seen) -> Shape {
     (
         seen.op,
         seen.flags,
@@ -25,13 +29,7 @@ fn shape(seen: &Seen) -> (Op, u16, bool, Option<usize>, bool, bool, bool, bool) 
     )
 }
 
-fn view(
-    w: &World,
-    outcome: Outcome,
-) -> (
-    (Op, u16, bool, Option<usize>, bool, bool, bool, bool),
-    usize,
-) {
+fn view(w: &World, outcome: Outcome) -> (Shape, usize) {
     let seen = outcome.seen.as_ref().expect("the header opened");
     let s = shape(seen);
     let len = match &outcome.action {
