@@ -19,15 +19,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
-use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{PoolCascade, PoolOptions};
 use mixnn_designer::{EngineKind, TrainOptions};
 use mixnn_layer::TrainConfig;
-use mixnn_node::{Node, NodeConfig, PeerId, TraceEntry};
-use mixnn_sandbox::{Sandbox, SandboxOptions};
+use mixnn_node::{NodeConfig, PeerId, TraceEntry};
+use support::Pool;
+
+mod support;
 
 const NODES: usize = 6;
 /// Jobs (cascades, seeds) per mode.
@@ -39,80 +37,24 @@ const WINDOW_US: u64 = 2_000_000;
 /// Packets each node's trace keeps at most.
 const TRACE_MAX: usize = 1 << 20;
 
-fn sandbox() -> Arc<Sandbox> {
-    static SANDBOX: std::sync::OnceLock<Arc<Sandbox>> = std::sync::OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            let cache_dir = std::env::var_os("MIXNN_CACHE_DIR").map(Into::into);
-            let opts = SandboxOptions {
-                cache_dir,
-                ..Default::default()
-            };
-            Arc::new(Sandbox::new(opts).expect("sandbox"))
-        })
-        .clone()
-}
-
 /// A pool whose nodes run cover traffic and, with `slot_ms` > 0, send slots
 /// in the job's class.
-struct Observed {
-    rt: tokio::runtime::Runtime,
-    bootstrap: Bootstrap,
-    nodes: Vec<Node>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-fn observed_pool(slot_ms: u64) -> Observed {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let sb = sandbox();
-    let (bootstrap, nodes, dirs) = rt.block_on(async {
-        let listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
-        let bootstrap = Bootstrap::start(BootstrapConfig {
-            listen,
-            ..Default::default()
-        })
-        .await
-        .expect("bootstrap starts");
-        let addrs: Vec<String> = (bootstrap.listen_addrs().iter())
-            .map(ToString::to_string)
-            .collect();
-        let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
-        for _ in 0..NODES {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = NodeConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-                bootstrap: addrs.clone(),
-                bootstrap_timeout_secs: 10,
-                cover_loop_ms: 100,
-                cover_drop_ms: 100,
-                cover_bytes_per_sec: 32 << 20,
-                packet_sizes: vec![JOB_LEN],
-                slot_ms,
-                slot_class: 65536,
-                ..NodeConfig::default()
-            };
-            let mut node = Node::start(cfg).await.expect("node starts");
-            node.serve_jobs(sb.clone()).expect("serve jobs");
-            nodes.push(node);
-            dirs.push(dir);
-        }
-        (bootstrap, nodes, dirs)
-    });
-    Observed {
-        rt,
-        bootstrap,
-        nodes,
-        _dirs: dirs,
-    }
+fn observed_pool(slot_ms: u64) -> Pool {
+    support::start_pool(NODES, |cfg| NodeConfig {
+        cover_loop_ms: 100,
+        cover_drop_ms: 100,
+        cover_bytes_per_sec: 32 << 20,
+        packet_sizes: vec![JOB_LEN],
+        slot_ms,
+        slot_class: 65536,
+        ..cfg
+    })
 }
 
 /// Trains a short job with `seed` (its own random cascade); returns the
 /// cascade's peers in order.
-fn short_job(pool: &Observed, seed: u64) -> Vec<PeerId> {
-    let bootstrap: Vec<String> = (pool.bootstrap.listen_addrs().iter())
-        .map(ToString::to_string)
-        .collect();
+fn short_job(pool: &Pool, seed: u64) -> Vec<PeerId> {
+    let bootstrap = pool.bootstrap_addrs();
     std::thread::spawn(move || {
         let opts = TrainOptions {
             engine: EngineKind::Wasm,
@@ -132,25 +74,8 @@ fn short_job(pool: &Observed, seed: u64) -> Vec<PeerId> {
         let model = mixnn_shard::mlp(3, 64, mixnn_shard::Form::Gemm);
         let plan = mixnn_shard::plan(&model, None).expect("plan");
         let shards = mixnn_shard::split(&model, &plan).expect("split");
-        let popts = PoolOptions {
-            bootstrap,
-            dummies: 1,
-            keep_first: false,
-            keep_last: false,
-            local_engine: EngineKind::Wasm,
-            class: None,
-            timeout: Duration::from_secs(300),
-            wait_for_nodes: Duration::from_secs(20),
-            batches: vec![64],
-        };
-        let sb = sandbox();
-        let mut cascade =
-            PoolCascade::deploy(&shards, &opts.config, Some(&sb), &popts, &mut |_| {})
-                .expect("deploys");
-        let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
-        let n = shards.len();
-        mixnn_designer::train_model(&mut cascade, n, &sample, &data, &opts, &mut |_| {})
-            .expect("trains on the pool");
+        let popts = support::pool_options(bootstrap, false);
+        let (mut cascade, _) = support::deploy_and_train(&shards, &data, &opts, &popts);
         let order = (cascade.network().cascade.into_iter())
             .map(|(_, p)| p.parse().expect("peer id"))
             .collect();
@@ -268,18 +193,7 @@ fn observe(slot_ms: u64) -> Vec<(f64, bool)> {
         );
         results.push((rate, majority));
     }
-    let Observed {
-        rt,
-        bootstrap,
-        nodes,
-        ..
-    } = pool;
-    rt.block_on(async {
-        for n in nodes {
-            n.shutdown().await;
-        }
-        bootstrap.shutdown().await;
-    });
+    pool.shutdown();
     results
 }
 

@@ -6,34 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
-use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{PoolCascade, PoolOptions};
 use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport, train_local};
 use mixnn_layer::TrainConfig;
-use mixnn_node::{Node, NodeConfig, PeerId};
-use mixnn_sandbox::{Sandbox, SandboxOptions};
+use mixnn_node::{NodeConfig, PeerId};
+use support::{Pool, sandbox};
+
+mod support;
 
 const NODES: usize = 6;
-
-/// One sandbox for every pool, designer and reference run of this test
-/// binary: the tests run at once, and each sandbox compiles its guest once.
-fn sandbox() -> Arc<Sandbox> {
-    static SANDBOX: std::sync::OnceLock<Arc<Sandbox>> = std::sync::OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            Arc::new(
-                Sandbox::new(SandboxOptions {
-                    cache_dir: std::env::var_os("MIXNN_CACHE_DIR").map(Into::into),
-                    ..Default::default()
-                })
-                .expect("sandbox"),
-            )
-        })
-        .clone()
-}
 
 fn data() -> mixnn_data::Mnist {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
@@ -56,14 +37,6 @@ fn options(engine: EngineKind) -> TrainOptions {
     }
 }
 
-struct Pool {
-    /// Drives the nodes and the bootstrap; dropped with the pool.
-    _rt: tokio::runtime::Runtime,
-    bootstrap: Bootstrap,
-    nodes: Vec<Node>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
 /// Node and designer logs when `RUST_LOG` is set (e.g. `mixnn_node=debug`).
 fn logs() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -76,51 +49,16 @@ fn logs() {
 
 fn start_pool() -> Pool {
     logs();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let sb = sandbox();
-    let (bootstrap, nodes, dirs) = rt.block_on(async {
-        let bootstrap = Bootstrap::start(BootstrapConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-            ..Default::default()
-        })
-        .await
-        .expect("bootstrap starts");
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for _ in 0..NODES {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = NodeConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-                bootstrap: bootstrap
-                    .listen_addrs()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                bootstrap_timeout_secs: 10,
-                // Cover traffic on, fast. The links accept one public
-                // class, the job's (the MLP at batch 64 travels in 64 KiB
-                // payloads), so cover, which goes out in every public
-                // class, has the job's length too.
-                cover_loop_ms: 100,
-                cover_drop_ms: 100,
-                cover_bytes_per_sec: 16 << 20,
-                packet_sizes: vec![2609 + 65536],
-                ..NodeConfig::default()
-            };
-            let mut node = Node::start(cfg).await.expect("node starts");
-            node.serve_jobs(sb.clone()).expect("serve jobs");
-            nodes.push(node);
-            dirs.push(dir);
-        }
-        (bootstrap, nodes, dirs)
-    });
-    Pool {
-        _rt: rt,
-        bootstrap,
-        nodes,
-        _dirs: dirs,
-    }
+    support::start_pool(NODES, |cfg| NodeConfig {
+        // Cover traffic on, fast. The links accept one public class, the
+        // job's (the MLP at batch 64 travels in 64 KiB payloads), so cover,
+        // which goes out in every public class, has the job's length too.
+        cover_loop_ms: 100,
+        cover_drop_ms: 100,
+        cover_bytes_per_sec: 16 << 20,
+        packet_sizes: vec![2609 + 65536],
+        ..cfg
+    })
 }
 
 /// Trains on the pool in a thread of its own (the designer runs its own
@@ -135,44 +73,13 @@ fn train_on_pool(
     Vec<(String, PeerId)>,
     mixnn_grad::pb::ModelProto,
 ) {
-    let bootstrap: Vec<String> = pool
-        .bootstrap
-        .listen_addrs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let bootstrap = pool.bootstrap_addrs();
     let shards = shards.to_vec();
     std::thread::spawn(move || {
         let opts = options(EngineKind::Wasm);
         let data = data();
-        let sb = sandbox();
-        let popts = PoolOptions {
-            bootstrap,
-            dummies: 1,
-            keep_first,
-            keep_last: false,
-            local_engine: EngineKind::Wasm,
-            class: None,
-            // A bound for failure, not a speed check: on a cold guest cache
-            // and a loaded CI machine the nodes' first compile alone has
-            // taken over a minute.
-            timeout: Duration::from_secs(300),
-            wait_for_nodes: Duration::from_secs(20),
-            batches: vec![64],
-        };
-        let mut cascade =
-            PoolCascade::deploy(&shards, &opts.config, Some(&sb), &popts, &mut |_| {})
-                .expect("deploys");
-        let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
-        let report = mixnn_designer::train_model(
-            &mut cascade,
-            shards.len(),
-            &sample,
-            &data,
-            &opts,
-            &mut |_| {},
-        )
-        .expect("trains on the pool");
+        let popts = support::pool_options(bootstrap, keep_first);
+        let (mut cascade, report) = support::deploy_and_train(&shards, &data, &opts, &popts);
         let exported = cascade.export_model(&shards).expect("exports");
         let peers = cascade
             .network()
