@@ -231,11 +231,19 @@ fn demo_runs_the_job_on_a_local_pool_of_processes() {
         r["distributed"]["params_sha256"],
         r["single_process_wasm"]["params_sha256"]
     );
+    // Every packet of the job has one length (the designer sends and
+    // receives only job packets); cover, on the nodes' links, goes out in
+    // every public class, the job's among them.
+    let job = r["distributed"]["network"]["packet_lengths"]
+        .as_array()
+        .unwrap();
+    assert_eq!(job.len(), 1, "one packet length for the job: {job:?}");
     let lengths = r["packet_lengths"].as_array().unwrap();
-    assert_eq!(
-        lengths.len(),
-        1,
-        "one packet length on the wire: {lengths:?}"
+    assert!(lengths.contains(&job[0]), "{lengths:?}");
+    let public = mixnn_node::config::DEFAULT_PACKET_SIZES;
+    assert!(
+        (lengths.iter()).all(|l| public.contains(&(l.as_u64().unwrap() as u32))),
+        "only public classes on the wire: {lengths:?}"
     );
     for k in [
         "time_ratio_wasm",

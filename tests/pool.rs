@@ -6,34 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
-use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions};
+use mixnn_designer::pool::{NetworkReport, PoolCascade};
 use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport, train_local};
 use mixnn_layer::TrainConfig;
-use mixnn_node::{Node, NodeConfig, PeerId};
-use mixnn_sandbox::{Sandbox, SandboxOptions};
+use mixnn_node::{NodeConfig, PeerId};
+use support::{Pool, sandbox};
+
+mod support;
 
 const NODES: usize = 6;
-
-/// One sandbox for every pool, designer and reference run of this test
-/// binary: the tests run at once, and each sandbox compiles its guest once.
-fn sandbox() -> Arc<Sandbox> {
-    static SANDBOX: std::sync::OnceLock<Arc<Sandbox>> = std::sync::OnceLock::new();
-    SANDBOX
-        .get_or_init(|| {
-            Arc::new(
-                Sandbox::new(SandboxOptions {
-                    cache_dir: std::env::var_os("MIXNN_CACHE_DIR").map(Into::into),
-                    ..Default::default()
-                })
-                .expect("sandbox"),
-            )
-        })
-        .clone()
-}
 
 fn data() -> mixnn_data::Mnist {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
@@ -56,14 +39,6 @@ fn options(engine: EngineKind) -> TrainOptions {
     }
 }
 
-struct Pool {
-    /// Drives the nodes and the bootstrap; dropped with the pool.
-    _rt: tokio::runtime::Runtime,
-    bootstrap: Bootstrap,
-    nodes: Vec<Node>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
 /// Node and designer logs when `RUST_LOG` is set (e.g. `mixnn_node=debug`).
 fn logs() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -82,49 +57,20 @@ fn start_pool() -> Pool {
 /// index).
 fn start_pool_with(tweak: impl Fn(usize, &mut NodeConfig)) -> Pool {
     logs();
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let sb = sandbox();
-    let (bootstrap, nodes, dirs) = rt.block_on(async {
-        let bootstrap = Bootstrap::start(BootstrapConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-            ..Default::default()
-        })
-        .await
-        .expect("bootstrap starts");
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..NODES {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut cfg = NodeConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-                bootstrap: bootstrap
-                    .listen_addrs()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-                bootstrap_timeout_secs: 10,
-                // Cover traffic on, fast, in the job's class (the MLP at
-                // batch 64 travels in 64 KiB payloads).
-                cover_loop_ms: 100,
-                cover_drop_ms: 100,
-                cover_class: 65536,
-                ..NodeConfig::default()
-            };
-            tweak(i, &mut cfg);
-            let mut node = Node::start(cfg).await.expect("node starts");
-            node.serve_jobs(sb.clone()).expect("serve jobs");
-            nodes.push(node);
-            dirs.push(dir);
-        }
-        (bootstrap, nodes, dirs)
-    });
-    Pool {
-        _rt: rt,
-        bootstrap,
-        nodes,
-        _dirs: dirs,
-    }
+    support::start_pool(NODES, |i, cfg| {
+        // Cover traffic on, fast. The links accept one public class, the
+        // job's (the MLP at batch 64 travels in 64 KiB payloads), so cover,
+        // which goes out in every public class, has the job's length too.
+        let mut cfg = NodeConfig {
+            cover_loop_ms: 100,
+            cover_drop_ms: 100,
+            cover_bytes_per_sec: 16 << 20,
+            packet_sizes: vec![2609 + 65536],
+            ..cfg
+        };
+        tweak(i, &mut cfg);
+        cfg
+    })
 }
 
 /// Trains on the pool in a thread of its own (the designer runs its own
@@ -148,26 +94,6 @@ fn train_on_pool(
     (report, peers, exported)
 }
 
-/// How the tests run on the pool: one dummy, nodes told apart by port.
-fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> PoolOptions {
-    PoolOptions {
-        bootstrap,
-        quorum: None,
-        distinct: Distinct::HostPort,
-        dummies: 1,
-        keep_first,
-        keep_last: false,
-        local_engine: EngineKind::Wasm,
-        class: None,
-        // A bound for failure, not a speed check: on a cold guest cache
-        // and a loaded CI machine the nodes' first compile alone has
-        // taken over a minute.
-        timeout: Duration::from_secs(300),
-        wait_for_nodes: Duration::from_secs(20),
-        batches: vec![64],
-    }
-}
-
 /// The same, with `pause` run between deployment and training; returns
 /// the job's network report.
 fn train_on_pool_after(
@@ -176,18 +102,13 @@ fn train_on_pool_after(
     keep_first: bool,
     pause: impl FnOnce() + Send + 'static,
 ) -> (TrainReport, NetworkReport, mixnn_grad::pb::ModelProto) {
-    let bootstrap: Vec<String> = pool
-        .bootstrap
-        .listen_addrs()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let bootstrap = pool.bootstrap_addrs();
     let shards = shards.to_vec();
     std::thread::spawn(move || {
         let opts = options(EngineKind::Wasm);
         let data = data();
         let sb = sandbox();
-        let popts = pool_options(bootstrap, keep_first);
+        let popts = support::pool_options(bootstrap, keep_first);
         let mut cascade =
             PoolCascade::deploy(&shards, &opts.config, Some(&sb), &popts, &mut |_| {})
                 .expect("deploys");
@@ -585,7 +506,7 @@ fn two_bootstraps_that_disagree_are_trusted_only_by_quorum() {
     let deploy = |quorum: Option<usize>| {
         let (both, shards) = (both.clone(), shards.clone());
         std::thread::spawn(move || {
-            let mut popts = pool_options(both, false);
+            let mut popts = support::pool_options(both, false);
             popts.quorum = quorum;
             popts.wait_for_nodes = Duration::from_secs(3);
             let sb = sandbox();

@@ -79,14 +79,23 @@ pub struct NodeConfig {
     /// Largest shard a job may deploy, in bytes.
     pub max_shard_bytes: u64,
     /// Mean interval between loop cover packets, in milliseconds (Poisson);
-    /// 0 turns loops off.
+    /// 0 turns loops off. Stretched to fit `cover_bytes_per_sec`.
     pub cover_loop_ms: u64,
     /// Mean interval between drop cover packets, in milliseconds (Poisson);
-    /// 0 turns them off.
+    /// 0 turns them off. Stretched to fit `cover_bytes_per_sec`.
     pub cover_drop_ms: u64,
-    /// Payload class of cover traffic while no job traffic shows which
-    /// classes are in use (0: the smallest class).
-    pub cover_class: u32,
+    /// Bandwidth budget of cover traffic in bytes per second (0: no
+    /// cover). Cover goes out in every public class (`packet_sizes`), each
+    /// class the same share of these bytes.
+    pub cover_bytes_per_sec: u64,
+    /// Send slots (mixing against an observer of every link): every
+    /// `slot_ms` one packet goes to each pool neighbour, a real one if one
+    /// waits, else cover; 0 = off (real packets go out at once). Stretched
+    /// to fit `cover_bytes_per_sec`.
+    pub slot_ms: u64,
+    /// Payload class of send slots (bytes; 0: the smallest public class).
+    /// Real packets of other classes go out at once.
+    pub slot_class: u32,
 }
 
 impl Default for NodeConfig {
@@ -119,7 +128,9 @@ impl Default for NodeConfig {
             max_shard_bytes: 256 << 20,
             cover_loop_ms: 1000,
             cover_drop_ms: 1000,
-            cover_class: 0,
+            cover_bytes_per_sec: 64 << 10,
+            slot_ms: 0,
+            slot_class: 0,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mixkeys;
 mod node;
 pub mod processor;
+pub mod slots;
 pub mod views;
 
 pub use config::{ConfigError, NodeConfig};
@@ -28,6 +29,6 @@ pub use hop::{node_id_of, peer_of};
 pub use libp2p::{Multiaddr, PeerId};
 pub use metrics::{DropReason, LinkMetrics, Metrics};
 pub use mixkeys::{MixKeyStore, MixKeys};
-pub use mixnn_p2p::{InboundPacket, PacketInbox, PacketSender, SendError};
+pub use mixnn_p2p::{InboundPacket, PacketInbox, PacketSender, SendError, TraceEntry};
 pub use node::{IDENTITY_FILE, Node, NodeError};
 pub use views::{JobView, JobViews};

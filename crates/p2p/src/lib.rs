@@ -9,6 +9,7 @@ pub mod behaviour;
 pub mod clock;
 pub mod identity;
 pub mod link_metrics;
+pub mod link_trace;
 pub mod packets;
 pub mod peer;
 pub mod secret_file;
@@ -20,6 +21,7 @@ pub use behaviour::{
 };
 pub use clock::unix_now;
 pub use link_metrics::{DropReason, LinkMetrics};
+pub use link_trace::{LinkTrace, TraceEntry};
 pub use packets::{
     DEFAULT_MAX_LINKS, InboundPacket, PacketInbox, PacketSender, SendError, SizeClasses,
 };

@@ -93,6 +93,8 @@ pub struct LinkMetrics {
     pub peers_connected: AtomicU64,
     /// Packets received and sent, by wire length.
     lengths: Mutex<BTreeMap<usize, u64>>,
+    /// The observer's view of this peer's links (opt-in, off by default).
+    pub trace: crate::link_trace::LinkTrace,
 }
 
 impl LinkMetrics {

@@ -3,8 +3,8 @@
 //! 1. **distributed**: the local harness ([`super::harness`]) starts a
 //!    bootstrap and N node processes on 127.0.0.1, and the paper's MLP is
 //!    trained through onion packets with every protection on: dummy hops,
-//!    loop and drop cover traffic at the job's packet length, one size
-//!    class for every packet;
+//!    loop and drop cover traffic in every public class under a byte
+//!    budget, one size class for every packet of the job;
 //! 2. the same shards in one process, each in a wasm guest;
 //! 3. the same in one process with the native engine (the reference).
 //!
@@ -45,6 +45,13 @@ pub struct DemoArgs {
     /// Mean interval between drop cover packets of each node, ms (0 = off).
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub cover_drop_ms: u64,
+    /// Cover bandwidth budget of each node, bytes per second (0 = no cover).
+    #[arg(long, default_value_t = 256 << 10, value_name = "BYTES")]
+    pub cover_bytes_per_sec: u64,
+    /// Send slots of each node: one packet per neighbour every MS, real
+    /// packets in place of cover, in the job's class (0 = off).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub slot_ms: u64,
     /// MNIST directory. Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -64,6 +71,12 @@ pub struct CoverReport {
     pub loop_ms: u64,
     pub drop_ms: u64,
     pub class: usize,
+    /// Cover byte budget of each node (bytes per second).
+    pub bytes_per_sec: u64,
+    /// Send slots of each node, ms (0 = off).
+    pub slot_ms: u64,
+    /// Distributed training time per step (one training message), ms.
+    pub step_ms: f64,
     pub loops_sent: u64,
     pub loops_returned: u64,
     pub drops_sent: u64,
@@ -137,7 +150,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             nodes,
             cover_loop_ms: a.cover_loop_ms,
             cover_drop_ms: a.cover_drop_ms,
-            cover_class: Some(u32::try_from(class).context("payload class out of range")?),
+            cover_bytes_per_sec: Some(a.cover_bytes_per_sec),
+            slots: (a.slot_ms > 0)
+                .then(|| Ok::<_, anyhow::Error>((a.slot_ms, u32::try_from(class)?)))
+                .transpose()?,
             cache_dir: a.sandbox.cache_dir.clone(),
             ..LocalPoolOptions::default()
         },
@@ -157,8 +173,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         dummies: a.dummies,
         keep_first: false,
         keep_last: false,
-        // The class the cover traffic uses, so both are the same by
-        // construction even if the designer's rule changes.
+        // The class printed above (cover uses every public class).
         class: Some(class),
         timeout_s: 60,
         wait_for_nodes_s: 30,
@@ -186,6 +201,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
             loop_ms: a.cover_loop_ms,
             drop_ms: a.cover_drop_ms,
             class,
+            bytes_per_sec: a.cover_bytes_per_sec,
+            slot_ms: a.slot_ms,
             ..CoverReport::default()
         },
     )?;
@@ -219,7 +236,7 @@ fn warm_guest_cache(sandbox: &SandboxArgs) -> Result<()> {
 
 /// The job's payload class (the designer's own rule, for a cascade with
 /// both ends on the pool) and its packet length. The demo passes the class
-/// to the job and to the nodes' cover traffic, so both agree.
+/// to the job; cover uses every public class.
 fn job_class(shards: &[mixnn_shard::pb::ModelProto], batches: &[usize]) -> Result<(usize, usize)> {
     let g = mixnn_sphinx::Geometry::default();
     let class = mixnn_designer::pool::payload_class(&g, shards, 0, shards.len(), batches)?;
@@ -245,6 +262,7 @@ fn compare(
     let train_hop_crossings = net.train_hop_crossings;
     let extra = distributed.train_seconds - wasm.train_seconds;
     let per_hop_overhead_us = extra / train_hop_crossings.max(1) as f64 * 1e6;
+    cover.step_ms = net.train_seconds / net.train_messages.max(1) as f64 * 1e3;
 
     let count = |series: &str| metrics.get(series).copied().unwrap_or(0.0) as u64;
     let labelled = |family: &str, label: &str| -> Vec<(String, u64)> {
@@ -374,6 +392,15 @@ fn print_comparison(r: &DemoReport) {
         format!(
             "loops sent {}, returned {}; drops sent {}",
             c.loops_sent, c.loops_returned, c.drops_sent
+        ),
+    );
+    row(
+        "send slots; step time",
+        format!(
+            "slot {} ms ({}); {:.1} ms per training step",
+            c.slot_ms,
+            if c.slot_ms == 0 { "off" } else { "on" },
+            c.step_ms
         ),
     );
     if !r.node_drops.is_empty() {

@@ -47,9 +47,10 @@ pub struct LocalPoolOptions {
     pub cover_loop_ms: u64,
     /// `--cover-drop-ms` of every node (0 = no drop cover).
     pub cover_drop_ms: u64,
-    /// `--cover-class` of every node: the job's payload class, so cover
-    /// packets have the job's length from the first packet on.
-    pub cover_class: Option<u32>,
+    /// `--cover-bytes-per-sec` of every node (default: the node's).
+    pub cover_bytes_per_sec: Option<u64>,
+    /// `--slot-ms` and `--slot-class` of every node (slots off if `None`).
+    pub slots: Option<(u64, u32)>,
     /// `--cache-dir` of every node (compiled guests); default: theirs.
     pub cache_dir: Option<PathBuf>,
     /// How long the bootstrap and all nodes together may take to come up.
@@ -62,7 +63,8 @@ impl Default for LocalPoolOptions {
             nodes: 6,
             cover_loop_ms: 200,
             cover_drop_ms: 200,
-            cover_class: None,
+            cover_bytes_per_sec: None,
+            slots: None,
             cache_dir: None,
             start_timeout: Duration::from_secs(90),
         }
@@ -199,8 +201,12 @@ impl LocalPool {
                 ("--cover-loop-ms", opts.cover_loop_ms.to_string().into()),
                 ("--cover-drop-ms", opts.cover_drop_ms.to_string().into()),
             ];
-            if let Some(c) = opts.cover_class {
-                pairs.push(("--cover-class", c.to_string().into()));
+            if let Some(c) = opts.cover_bytes_per_sec {
+                pairs.push(("--cover-bytes-per-sec", c.to_string().into()));
+            }
+            if let Some((ms, class)) = opts.slots {
+                pairs.push(("--slot-ms", ms.to_string().into()));
+                pairs.push(("--slot-class", class.to_string().into()));
             }
             if let Some(d) = &opts.cache_dir {
                 pairs.push(("--cache-dir", d.into()));

@@ -61,10 +61,18 @@ pub struct NodeArgs {
     /// Mean interval between drop cover packets (Poisson), ms; 0 = off.
     #[arg(long, value_name = "MS")]
     pub cover_drop_ms: Option<u64>,
-    /// Payload class (bytes) of cover traffic until job traffic shows the
-    /// classes in use; e.g. 65536. Default: the smallest class.
+    /// Bandwidth budget of cover traffic, bytes per second (0 = no cover);
+    /// cover goes out in every public class within it.
     #[arg(long, value_name = "BYTES")]
-    pub cover_class: Option<u32>,
+    pub cover_bytes_per_sec: Option<u64>,
+    /// Send slots: one packet per pool neighbour every MS, real packets in
+    /// place of cover (0 = off).
+    #[arg(long, value_name = "MS")]
+    pub slot_ms: Option<u64>,
+    /// Payload class (bytes) of send slots, e.g. 65536; default the
+    /// smallest public class.
+    #[arg(long, value_name = "BYTES")]
+    pub slot_class: Option<u32>,
     /// Where compiled guests are cached (default: $MIXNN_CACHE_DIR,
     /// $XDG_CACHE_HOME/mixnn or ~/.cache/mixnn).
     #[arg(long, value_name = "DIR")]
@@ -121,8 +129,14 @@ impl NodeArgs {
         if let Some(c) = self.cover_drop_ms {
             cfg.cover_drop_ms = c;
         }
-        if let Some(c) = self.cover_class {
-            cfg.cover_class = c;
+        if let Some(c) = self.cover_bytes_per_sec {
+            cfg.cover_bytes_per_sec = c;
+        }
+        if let Some(s) = self.slot_ms {
+            cfg.slot_ms = s;
+        }
+        if let Some(c) = self.slot_class {
+            cfg.slot_class = c;
         }
         if let Some(k) = self.guest_kernels {
             cfg.host_kernels = k == super::KernelsArg::Host;

@@ -99,7 +99,7 @@ pub fn build<R: RngCore + CryptoRng>(
                 mix_key: h.mix_key,
                 epoch: h.epoch,
                 op: s.op,
-                job: h.job,
+                job: relay_handle(s, h, rng),
                 key_in: links[i].clone(),
                 key_out: links[i + 1].clone(),
                 app_flags: s.flags,
@@ -158,6 +158,20 @@ pub fn build<R: RngCore + CryptoRng>(
             exit_id,
         },
     ))
+}
+
+/// The handle a slot names the job by: a hop that only relays (not the
+/// target of the end-to-end message) does no work for the job, so it gets a
+/// handle drawn afresh, as cover packets carry (SPEC §7: a relaying hop
+/// cannot tell cover from a job's packet).
+fn relay_handle<R: RngCore + CryptoRng>(s: &Slot, h: &Hop, rng: &mut R) -> JobHandle {
+    if s.op == Op::Relay && s.flags == 0 {
+        let mut job = [0u8; 32];
+        rng.fill_bytes(&mut job);
+        JobHandle(job)
+    } else {
+        h.job
+    }
 }
 
 fn e2e_key(state: &DesignerState, i: usize) -> Result<LinkKey, DesignerError> {

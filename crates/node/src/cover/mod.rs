@@ -2,14 +2,20 @@
 //!
 //! Why: a link that carries packets only while a job runs tells an observer
 //! when jobs run and which nodes serve them. Every node therefore sends, at
-//! exponentially distributed gaps, layered packets of the payload classes
-//! job traffic uses: *loops* through 2–3 random pool nodes back to itself,
-//! and *drops* through 1–2 random nodes, the last of which discards them.
-//! On the wire they have the length of job packets and fresh Sphinx headers,
-//! so a relay cannot tell them from real traffic. Loops double as a probe:
+//! exponentially distributed gaps, packets of every public class under the
+//! operator's byte budget ([`Schedule`]: a function of the node's own
+//! configuration, never of what peers send): *loops* through 2–3 random pool
+//! nodes back to itself, and *drops* through 1–2 random nodes, the last of
+//! which discards them. They are built like a real job packet that a hop
+//! relays ([`packet`]): link mode, op relay, a random handle, a job payload
+//! with no tensor, so a relay cannot tell them from real traffic; only
+//! their last hop can. Loops double as a probe:
 //! if the node keeps sending them and none come back, it is likely cut off
 //! (a partition, or neighbours that drop its packets), and it says so.
 
+pub mod packet;
+mod schedule;
+mod slots;
 mod track;
 
 use std::collections::HashMap;
@@ -20,13 +26,11 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use mixnn_p2p::{PacketSender, SendError, SwarmHandle, split_p2p, unix_now};
 use mixnn_protocol::NodeDescriptor;
-use mixnn_sphinx::{
-    Exit, Geometry, JobHandle, LinkKey, MixPublicKey, NodeId, Op, PayloadMode, RouteHop,
-    SphinxError,
-};
+use mixnn_sphinx::{Geometry, MixPublicKey, NodeId, SphinxError};
 use rand::rngs::OsRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng as _};
+
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -36,7 +40,10 @@ use crate::hop::peer_of;
 use crate::metrics::Metrics;
 use crate::mixkeys::MixKeys;
 
-pub use track::{JobClasses, LoopTracker, MAX_LOOPS, TooManyLoops};
+pub use packet::{CoverHop, Kind};
+pub use schedule::Schedule;
+pub use slots::queue as slot_queue;
+pub use track::{LoopTracker, MAX_LOOPS, TooManyLoops};
 
 /// How often the pool view is re-read (new nodes, rotated mix keys).
 const REFRESH: Duration = Duration::from_secs(30);
@@ -44,8 +51,6 @@ const REFRESH: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(2);
 /// Bound on one directory read, so a silent bootstrap cannot stall cover.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A class job traffic used this recently is "in use".
-const CLASS_WINDOW: Duration = Duration::from_secs(60);
 /// A loop not back after this long is counted lost.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Loops sent and none returned for this long: the node may be cut off.
@@ -65,6 +70,8 @@ pub enum CoverError {
     NoKey,
     #[error("{MAX_LOOPS} loops in flight already")]
     TooManyLoops,
+    #[error("cover is off: no public class")]
+    NoClass,
     #[error("the route names a node that is no ed25519 key")]
     BadHop,
     #[error(transparent)]
@@ -88,26 +95,19 @@ pub struct CoverLinks {
     pub self_id: NodeId,
     /// Loops in flight; the packet shell answers returning ones.
     pub loops: Arc<LoopTracker>,
-    /// Classes job traffic uses; the packet shell records them.
-    pub classes: Arc<JobClasses>,
-}
-
-/// A pool node (or this node) as cover routes name it.
-struct Peer {
-    id: NodeId,
-    key: MixPublicKey,
-    epoch: u32,
+    /// Send slots (`slot_ms`): the queue the packet shell fills and its
+    /// class; `None` when off.
+    pub slots: Option<(Arc<crate::slots::SlotQueue>, usize)>,
 }
 
 struct Cover {
     links: CoverLinks,
     swarm: SwarmHandle,
     bootstraps: Vec<PeerId>,
-    /// Payload classes whose packets the node's links accept.
-    usable: Vec<usize>,
-    /// The class while job traffic shows none.
-    fallback: usize,
-    pool: Vec<Peer>,
+    /// Classes and rates, from the configuration only (`None`: only slots).
+    schedule: Option<Schedule>,
+    slots: Option<slots::Slots>,
+    pool: Vec<CoverHop>,
     /// Addresses already given to the swarm, per peer.
     known: HashMap<PeerId, Vec<String>>,
     /// Gaps and route choice; packet keys come from `OsRng` directly.
@@ -118,8 +118,8 @@ struct Cover {
     warned: bool,
 }
 
-/// Starts the cover task; it ends when `stop` changes. With both rates 0,
-/// or no payload class the links accept, it ends at once.
+/// Starts the cover task; it ends when `stop` changes. With cover off
+/// ([`Schedule::new`] gives none) it ends at once.
 pub fn spawn(
     links: CoverLinks,
     swarm: SwarmHandle,
@@ -127,39 +127,37 @@ pub fn spawn(
     cfg: &NodeConfig,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let mean = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-    let (loop_mean, drop_mean) = (mean(cfg.cover_loop_ms), mean(cfg.cover_drop_ms));
-    if loop_mean.is_none() && drop_mean.is_none() {
-        return tokio::spawn(async {});
-    }
-    let g = &links.geometry;
-    let mut usable: Vec<usize> = (g.size_classes().iter().copied())
-        .filter(|&c| {
-            let len = g.packet_len(c).ok().and_then(|l| u32::try_from(l).ok());
-            len.is_some_and(|l| cfg.packet_sizes.contains(&l))
-        })
-        .collect();
-    usable.sort_unstable();
-    let wanted = cfg.cover_class as usize;
-    if wanted != 0 && !usable.contains(&wanted) {
-        warn!(
-            cover_class = wanted,
-            "cover_class is no class the links accept; using the smallest"
-        );
-    }
-    let fallback = Some(wanted)
-        .filter(|c| usable.contains(c))
-        .or(usable.first().copied());
-    let (Some(fallback), Ok(rng)) = (fallback, ChaCha20Rng::from_rng(OsRng)) else {
-        warn!("no usable packet class or no OS randomness: cover traffic is off");
+    let schedule = Schedule::new(&links.geometry, cfg);
+    let slots = (links.slots.clone()).map(|(queue, class)| slots::Slots {
+        queue,
+        period: Duration::from_millis(cfg.slot_ms),
+        class,
+        budget: cfg.cover_bytes_per_sec,
+        next: 0,
+    });
+    let Ok(rng) = ChaCha20Rng::from_rng(OsRng) else {
+        warn!("no OS randomness: cover traffic is off");
         return tokio::spawn(async {});
     };
+    if schedule.is_none() && slots.is_none() {
+        info!("cover traffic is off (no rate, no budget or no public class)");
+        return tokio::spawn(async {});
+    }
+    let loop_mean = schedule.as_ref().and_then(|s| s.loop_mean);
+    let drop_mean = schedule.as_ref().and_then(|s| s.drop_mean);
+    if let Some(s) = &schedule {
+        info!(
+            classes = ?s.classes(),
+            bytes_per_sec = s.bytes_per_sec() as u64,
+            "cover traffic in every public class"
+        );
+    }
     let cover = Cover {
         links,
         swarm,
         bootstraps,
-        usable,
-        fallback,
+        schedule,
+        slots,
         pool: Vec::new(),
         known: HashMap::new(),
         rng,
@@ -179,21 +177,8 @@ fn gap(rng: &mut ChaCha20Rng, mean: Duration) -> Duration {
     Duration::try_from_secs_f64(mean.as_secs_f64() * x).unwrap_or(mean)
 }
 
-fn hop(p: &Peer, op: Op) -> RouteHop {
-    RouteHop {
-        node_id: p.id,
-        mix_key: p.key,
-        epoch: p.epoch,
-        op,
-        job: JobHandle([0; 32]),
-        key_in: LinkKey::random(&mut OsRng),
-        key_out: LinkKey::random(&mut OsRng),
-        app_flags: 0,
-    }
-}
-
-fn peer_from(d: &NodeDescriptor) -> Option<Peer> {
-    Some(Peer {
+fn peer_from(d: &NodeDescriptor) -> Option<CoverHop> {
+    Some(CoverHop {
         id: NodeId(d.identity_key),
         key: MixPublicKey::from_bytes(d.mix_key.public).ok()?,
         epoch: u32::try_from(d.mix_key.epoch).ok()?,
@@ -212,8 +197,14 @@ impl Cover {
         let mut next_loop = loop_mean.map(|m| now + gap(&mut self.rng, m));
         let mut next_drop = drop_mean.map(|m| now + gap(&mut self.rng, m));
         let mut next_tick = now + TICK;
+        let mut next_slot = self.slots.as_ref().map(|_| now);
         while !*stop.borrow() {
-            let wake = [next_loop, next_drop, Some(next_refresh.min(next_tick))];
+            let wake = [
+                next_loop,
+                next_drop,
+                next_slot,
+                Some(next_refresh.min(next_tick)),
+            ];
             let wake = wake.into_iter().flatten().min().unwrap_or(next_tick);
             tokio::select! {
                 _ = stop.changed() => return,
@@ -240,6 +231,14 @@ impl Cover {
                     }
                     *next = Some(Instant::now() + gap(&mut self.rng, m));
                 }
+            }
+            if let Some(t) = next_slot
+                && now >= t
+            {
+                // Steady: the next slot is due a step after this one was,
+                // not after it was served.
+                let floor = now.checked_sub(TICK).unwrap_or(now);
+                next_slot = Some(t.max(floor) + self.slot_step());
             }
             if now >= next_tick {
                 self.check(now);
@@ -277,18 +276,9 @@ impl Cover {
         (self.known, self.pool) = (known, pool);
     }
 
-    /// A class job traffic uses now (each equally likely), else the
-    /// configured one.
-    fn class(&mut self) -> usize {
-        let used: Vec<usize> = (self.links.classes.in_use(CLASS_WINDOW).into_iter())
-            .filter(|c| self.usable.contains(c))
-            .collect();
-        used.choose(&mut self.rng).copied().unwrap_or(self.fallback)
-    }
-
     /// Sends one loop (2–3 other nodes, then this one) or drop packet (1–2
-    /// other nodes, the last discards it); nothing while the pool lists no
-    /// other node.
+    /// other nodes, the last discards it) of a class the schedule draws;
+    /// nothing while the pool lists no other node.
     fn send(&mut self, is_loop: bool) -> Result<(), CoverError> {
         if self.pool.is_empty() {
             return Ok(());
@@ -298,45 +288,34 @@ impl Cover {
         } else {
             self.rng.gen_range(1..=2)
         };
-        let mut route: Vec<RouteHop> = (self.pool.choose_multiple(&mut self.rng, n))
-            .map(|p| hop(p, Op::Relay))
+        let mut route: Vec<CoverHop> = (self.pool.choose_multiple(&mut self.rng, n))
+            .copied()
             .collect();
         if is_loop {
             let (epoch, public) = (self.links.keys.current(unix_now())).ok_or(CoverError::NoKey)?;
-            let me = Peer {
+            route.push(CoverHop {
                 id: self.links.self_id,
                 key: MixPublicKey::from_bytes(public.to_bytes())?,
                 epoch: u32::try_from(epoch).map_err(|_| CoverError::NoKey)?,
-            };
-            route.push(hop(&me, Op::Loop));
-        } else if let Some(last) = route.last_mut() {
-            last.op = Op::Drop;
+            });
         }
-        let first = route
-            .first()
-            .and_then(|h| peer_of(&h.node_id))
+        let first = (route.first())
+            .and_then(|h| peer_of(&h.id))
             .ok_or(CoverError::BadHop)?;
-        let class = self.class();
-        let (packet, state) = mixnn_sphinx::build_packet(
-            &self.links.geometry,
-            &route,
-            Exit::Final,
-            PayloadMode::Layered,
-            class,
-            &[],
-            &mut OsRng,
-        )?;
+        let schedule = self.schedule.as_ref().ok_or(CoverError::NoClass)?;
+        let class = schedule.class(&mut self.rng);
+        let kind = if is_loop { Kind::Loop } else { Kind::Drop };
+        let (bytes, tag) = packet::build(&self.links.geometry, &route, kind, class, &mut OsRng)?;
         let metrics = &self.links.metrics;
         if !is_loop {
-            self.links.sender.send(first, packet.into_bytes())?;
+            self.links.sender.send(first, bytes)?;
             metrics.cover_drops_sent.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // Registered before sending: the loop can be back before `send`
         // returns.
-        let tag = *state.replay_tags().last().ok_or(CoverError::BadHop)?;
         self.links.loops.register(&tag, Instant::now())?;
-        if let Err(e) = self.links.sender.send(first, packet.into_bytes()) {
+        if let Err(e) = self.links.sender.send(first, bytes) {
             self.links.loops.forget(&tag);
             return Err(e.into());
         }

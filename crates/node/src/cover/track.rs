@@ -1,7 +1,7 @@
 //! The state cover traffic shares with the packet shell: the loops in
 //! flight (registered by cover when it sends one, answered by the shell
-//! when one comes back) and the payload classes job traffic uses (recorded
-//! by the shell, read by cover so that its packets have their lengths).
+//! when one comes back). Nothing else flows from the shell to cover: what
+//! peers send never steers cover's classes or rates.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -86,32 +86,6 @@ impl LoopTracker {
     }
 }
 
-/// Payload classes of job (link-mode) packets, with when each was last
-/// seen: cover traffic copies them so that job packets do not stand out by
-/// length. At most one entry per class of the geometry.
-#[derive(Debug, Default)]
-pub struct JobClasses {
-    seen: Mutex<HashMap<usize, Instant>>,
-}
-
-impl JobClasses {
-    /// A job packet of `class` was seen at `now`.
-    pub fn saw(&self, class: usize, now: Instant) {
-        lock(&self.seen).insert(class, now);
-    }
-
-    /// The classes seen within `window`, smallest first.
-    pub fn in_use(&self, window: Duration) -> Vec<usize> {
-        let mut c: Vec<usize> = lock(&self.seen)
-            .iter()
-            .filter(|(_, seen)| seen.elapsed() <= window)
-            .map(|(&class, _)| class)
-            .collect();
-        c.sort_unstable();
-        c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,15 +119,5 @@ mod tests {
             1
         );
         assert!(t.is_empty());
-    }
-
-    #[test]
-    fn job_classes_in_use_are_sorted() {
-        let c = JobClasses::default();
-        let now = Instant::now();
-        c.saw(65536, now);
-        c.saw(2048, now);
-        c.saw(2048, now);
-        assert_eq!(c.in_use(Duration::from_secs(60)), vec![2048, 65536]);
     }
 }

@@ -179,12 +179,14 @@ pub struct Failure {
 }
 
 /// What the hop learned of a packet whose header opened: what the shell
-/// records in the metrics, the job views and the cover's class tracker.
+/// records in the metrics and the job views.
 #[derive(Debug)]
 pub struct Seen {
     /// The op the header gives this hop.
     pub op: Op,
-    /// The job handle (all zero for cover traffic).
+    /// The routing flags (the library's and the application's bits).
+    pub flags: u16,
+    /// The job handle (drawn afresh per packet for a relay, real or cover).
     pub job: [u8; 32],
     /// The payload class, when the packet is job (link-mode) traffic.
     pub job_class: Option<usize>,
@@ -275,6 +277,7 @@ impl Peeled {
         let Peeled { p, mut bytes } = self;
         let mut seen = Seen {
             op: p.routing.op,
+            flags: p.routing.flags,
             job: p.routing.job.0,
             job_class: None,
             decoded: false,

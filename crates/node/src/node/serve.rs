@@ -34,7 +34,8 @@ impl Node {
             self.shared.metrics.clone(),
         ));
         let geometry = mixnn_sphinx::Geometry::default();
-        let processor = Arc::new(Processor::new(
+        let slots = crate::cover::slot_queue(&geometry, cfg);
+        let mut processor = Processor::new(
             geometry.clone(),
             self.shared.mix_keys.clone(),
             jobs.clone(),
@@ -44,7 +45,11 @@ impl Node {
                 data_dir: Some(&cfg.data_dir),
                 max_per_epoch: cfg.replay_tags_per_epoch,
             },
-        ));
+        );
+        if let Some((q, _)) = &slots {
+            processor = processor.with_slots(q.clone());
+        }
+        let processor = Arc::new(processor);
         let cover = crate::cover::CoverLinks {
             geometry,
             keys: self.shared.mix_keys.clone(),
@@ -52,7 +57,7 @@ impl Node {
             metrics: self.shared.metrics.clone(),
             self_id: self.node_id(),
             loops: processor.loops(),
-            classes: processor.classes(),
+            slots,
         };
         self.views = Some(processor.views());
         let stop = self.stop.subscribe();

@@ -25,15 +25,16 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use mixnn_p2p::unix_now;
-use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair};
+use mixnn_sphinx::{Geometry, KeyRing, MixKeyPair, Op};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::cover::{JobClasses, LoopTracker};
+use crate::cover::LoopTracker;
 use crate::hop::{self, Action, DropReason, Outcome, Peeled, Seen, Stage, op_label};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::mixkeys::MixKeys;
+use crate::slots::SlotQueue;
 use crate::views::JobViews;
 use mixnn_p2p::PacketSender;
 pub use replay::{REPLAY_DIR, Replay};
@@ -56,7 +57,8 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     views: Arc<JobViews>,
     loops: Arc<LoopTracker>,
-    classes: Arc<JobClasses>,
+    /// Send slots: real packets wait here for their link's next slot.
+    slots: Option<Arc<SlotQueue>>,
 }
 
 /// Where a processor keeps its replay tags, and how many per epoch.
@@ -114,8 +116,14 @@ impl Processor {
             metrics,
             views: Arc::new(JobViews::default()),
             loops: Arc::new(LoopTracker::default()),
-            classes: Arc::new(JobClasses::default()),
+            slots: None,
         }
+    }
+
+    /// Sends forwarded packets through send slots (`slot_ms`).
+    pub fn with_slots(mut self, slots: Arc<SlotQueue>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// What this node saw of each job.
@@ -126,11 +134,6 @@ impl Processor {
     /// The loops in flight: cover registers them, this shell answers them.
     pub fn loops(&self) -> Arc<LoopTracker> {
         self.loops.clone()
-    }
-
-    /// The payload classes job traffic uses, for cover.
-    pub fn classes(&self) -> Arc<JobClasses> {
-        self.classes.clone()
     }
 
     /// The key ring, rebuilt when the node's epochs change (checked at most
@@ -189,19 +192,18 @@ impl Processor {
         if let Some(seen) = &outcome.seen {
             self.record(from, seen);
         }
-        self.act(
-            outcome.seen.as_ref().map_or([0; 32], |s| s.job),
-            outcome.action,
-        );
+        // A relayed packet's handle names nothing (the designer draws it
+        // per packet, as cover does): it is no job of this node's views.
+        let job = (outcome.seen.as_ref())
+            .filter(|s| s.op != Op::Relay)
+            .map_or([0; 32], |s| s.job);
+        self.act(job, outcome.action);
     }
 
-    /// Notes what the hop saw in the metrics, the views and the classes.
+    /// Notes what the hop saw in the metrics and the views.
     fn record(&self, from: PeerId, seen: &Seen) {
         self.metrics.count_op(op_label(seen.op));
-        if let Some(class) = seen.job_class {
-            self.classes.saw(class, Instant::now());
-        }
-        if seen.decoded {
+        if seen.decoded && seen.op != Op::Relay {
             let shape = seen.input_shape.as_deref();
             (self.views).received(&seen.job, from, op_label(seen.op), shape);
             if let Some(n) = seen.e2e_len {
@@ -223,6 +225,13 @@ impl Processor {
         match action {
             Action::Forward { to, bytes, .. } | Action::Deliver { to, bytes, .. } => {
                 self.views.sent(&job, to);
+                let bytes = match &self.slots {
+                    Some(q) => match q.push(to, bytes) {
+                        Some(now) => now,
+                        None => return,
+                    },
+                    None => bytes,
+                };
                 if let Err(e) = self.sender.send(to, bytes) {
                     debug!(peer = %to, error = %e, "forwarding failed");
                 }

@@ -59,11 +59,12 @@ struct InboundQueue {
 impl InboundQueue {
     /// Queues a packet whose length the reader already took from the budget.
     fn push(&self, p: InboundPacket) {
-        let len = p.data.len();
+        let (len, from) = (p.data.len(), p.from);
         match self.tx.try_send(p) {
             Ok(()) => {
                 self.metrics.packets_in.fetch_add(1, Ordering::Relaxed);
                 self.metrics.count_length(len, 1);
+                self.metrics.trace.record(false, from, len);
                 self.metrics
                     .bytes_in
                     .fetch_add(len as u64, Ordering::Relaxed);

@@ -131,7 +131,10 @@ impl PacketSender {
         };
         drop(links);
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                inner.metrics.trace.record(true, to, len);
+                Ok(())
+            }
             Err(_) => {
                 inner.budget.give_back(len);
                 inner.metrics.drop_packet(DropReason::OutboundQueueFull);

@@ -15,11 +15,12 @@ use mixnn_protocol::job::{
 use mixnn_sandbox::{Sandbox, SandboxOptions};
 use mixnn_sphinx::{
     DesignerState, Exit, Geometry, HeaderBinding, JobHandle, KeyRing, LinkKey, MixKeyPair,
-    MixPublicKey, NodeId, Op, PayloadMode, ReplayCache, RouteHop,
+    MixPublicKey, NodeId, Op, PayloadMode, ReplayCache, ReplayTag, RouteHop,
 };
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 
+use crate::cover::{CoverHop, Kind};
 use crate::hop::{self, Outcome, node_id_of};
 use crate::jobs::{JobLimits, Jobs};
 use crate::metrics::Metrics;
@@ -221,21 +222,33 @@ impl World {
         (bytes, Sent { state, links })
     }
 
-    /// A cover (layered) packet through this node, ending with `exit`.
-    pub fn cover_packet(&mut self, op: Op, exit: Exit) -> (Vec<u8>, DesignerState) {
-        let k = LinkKey::random(&mut self.rng);
-        let route = [self.route_hop(Slot::new(op, [0; 32]), k.clone(), k)];
-        let (packet, state) = mixnn_sphinx::build_packet(
-            &self.geometry,
-            &route,
-            exit,
-            PayloadMode::Layered,
-            CLASS,
-            &[],
-            &mut self.rng,
-        )
-        .expect("build");
-        (packet.into_bytes(), state)
+    /// A cover packet as the node's cover task builds it, of `kind`:
+    /// relayed by this node to `next` (where it ends) when `relay`, else
+    /// ending here.
+    pub fn cover_packet(&mut self, kind: Kind, relay: bool) -> (Vec<u8>, ReplayTag) {
+        let me = CoverHop {
+            id: self.me,
+            key: self.public,
+            epoch: EPOCH,
+        };
+        let mut route = vec![me];
+        if relay {
+            let other = MixKeyPair::generate(EPOCH, &mut self.rng);
+            route.push(CoverHop {
+                id: self.next,
+                key: *other.public(),
+                epoch: EPOCH,
+            });
+        }
+        crate::cover::packet::build(&self.geometry, &route, kind, CLASS, &mut self.rng)
+            .expect("build")
+    }
+
+    /// A fresh random job handle, as the designer draws for a relay slot.
+    pub fn fresh_handle(&mut self) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut h);
+        h
     }
 
     /// The job payload the node sent on, opened as the next link would.

@@ -4,3 +4,4 @@
 mod drops;
 pub(crate) mod kit;
 mod ops;
+mod relay_view;

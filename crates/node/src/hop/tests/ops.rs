@@ -1,9 +1,10 @@
 //! Every op and every end-to-end message, and the job failures they report.
 
 use mixnn_protocol::job::{FailureKind, FromHop, LayerKind, ToHop, app_flags};
-use mixnn_sphinx::{Exit, Op};
+use mixnn_sphinx::Op;
 
 use super::kit::{Slot, World, failure, last_mlp_shard, spec, tensor};
+use crate::cover::Kind;
 use crate::hop::{Action, Stage};
 use crate::jobs::JobError;
 
@@ -188,12 +189,9 @@ fn deliver_hands_the_packet_to_the_endpoint() {
 #[test]
 fn a_cover_relay_is_forwarded_and_a_cover_drop_ends_here() {
     let mut w = World::new();
-    let next = w.next;
-    let (packet, _) = w.cover_packet(Op::Relay, Exit::Endpoint(next));
-    let outcome = w.handle(packet);
-    assert_eq!(outcome.seen.as_ref().map(|s| s.job_class), Some(None));
-    w.forwarded(outcome);
-    let (packet, _) = w.cover_packet(Op::Drop, Exit::Final);
+    let (packet, _) = w.cover_packet(Kind::Drop, true);
+    w.forwarded(w.handle(packet));
+    let (packet, _) = w.cover_packet(Kind::Drop, false);
     match w.handle(packet).action {
         Action::Drop(reason) => assert_eq!(reason.label(), None, "not counted"),
         other => panic!("expected a drop, got {other:?}"),
@@ -204,8 +202,7 @@ fn a_cover_relay_is_forwarded_and_a_cover_drop_ends_here() {
 fn a_returning_loop_is_recognised_by_its_tag() {
     let mut w = World::new();
     let tracker = crate::cover::LoopTracker::default();
-    let (packet, state) = w.cover_packet(Op::Loop, Exit::Final);
-    let sent_tag = *state.replay_tags().last().expect("tag");
+    let (packet, sent_tag) = w.cover_packet(Kind::Loop, false);
     tracker
         .register(&sent_tag, std::time::Instant::now())
         .expect("room");

@@ -1,0 +1,153 @@
+//! A real pool for the end-to-end tests: a bootstrap and nodes on
+//! 127.0.0.1 (real tasks, real sockets, Noise and yamux), on a runtime of
+//! their own, sharing one sandbox with the designer of the test binary.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use mixnn_bootstrap::{Bootstrap, BootstrapConfig};
+use mixnn_node::{Node, NodeConfig};
+use mixnn_sandbox::{Sandbox, SandboxOptions};
+
+/// One sandbox for every pool, designer and reference run of a test
+/// binary: the tests run at once, and each sandbox compiles its guest once.
+pub fn sandbox() -> Arc<Sandbox> {
+    static SANDBOX: std::sync::OnceLock<Arc<Sandbox>> = std::sync::OnceLock::new();
+    SANDBOX
+        .get_or_init(|| {
+            Arc::new(
+                Sandbox::new(SandboxOptions {
+                    cache_dir: std::env::var_os("MIXNN_CACHE_DIR").map(Into::into),
+                    ..Default::default()
+                })
+                .expect("sandbox"),
+            )
+        })
+        .clone()
+}
+
+/// A running pool.
+pub struct Pool {
+    /// Drives the nodes and the bootstrap; dropped with the pool.
+    pub rt: tokio::runtime::Runtime,
+    pub bootstrap: Bootstrap,
+    pub nodes: Vec<Node>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Starts a bootstrap and `n` nodes serving jobs; `tune` (given the node's
+/// index) sets what a test needs on top of the base configuration (data
+/// dir, loopback listen address, the bootstrap).
+pub fn start_pool(n: usize, tune: impl Fn(usize, NodeConfig) -> NodeConfig) -> Pool {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sb = sandbox();
+    let (bootstrap, nodes, dirs) = rt.block_on(async {
+        let bootstrap = Bootstrap::start(BootstrapConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            ..Default::default()
+        })
+        .await
+        .expect("bootstrap starts");
+        let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cfg = tune(
+                i,
+                NodeConfig {
+                data_dir: dir.path().to_path_buf(),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                bootstrap: (bootstrap.listen_addrs().iter())
+                    .map(ToString::to_string)
+                    .collect(),
+                bootstrap_timeout_secs: 10,
+                ..NodeConfig::default()
+                },
+            );
+            let mut node = Node::start(cfg).await.expect("node starts");
+            node.serve_jobs(sb.clone()).expect("serve jobs");
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        (bootstrap, nodes, dirs)
+    });
+    Pool {
+        rt,
+        bootstrap,
+        nodes,
+        _dirs: dirs,
+    }
+}
+
+impl Pool {
+    /// The bootstrap's addresses, as a designer is given them.
+    pub fn bootstrap_addrs(&self) -> Vec<String> {
+        (self.bootstrap.listen_addrs().iter())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Stops the nodes and the bootstrap.
+    pub fn shutdown(self) {
+        let Pool {
+            rt,
+            bootstrap,
+            nodes,
+            ..
+        } = self;
+        rt.block_on(async {
+            for n in nodes {
+                n.shutdown().await;
+            }
+            bootstrap.shutdown().await;
+        });
+    }
+}
+
+/// The designer's options for a job of the tests on `bootstrap`: one dummy,
+/// the batch-64 class, generous bounds.
+pub fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> mixnn_designer::pool::PoolOptions {
+    mixnn_designer::pool::PoolOptions {
+        bootstrap,
+        quorum: None,
+        // The test pools run on one host: nodes are told apart by port.
+        distinct: mixnn_designer::pool::Distinct::HostPort,
+        dummies: 1,
+        keep_first,
+        keep_last: false,
+        local_engine: mixnn_designer::EngineKind::Wasm,
+        class: None,
+        // A bound for failure, not a speed check: on a cold guest cache
+        // and a loaded CI machine the nodes' first compile alone has
+        // taken over a minute.
+        timeout: std::time::Duration::from_secs(300),
+        wait_for_nodes: std::time::Duration::from_secs(20),
+        batches: vec![64],
+    }
+}
+
+/// Deploys `shards` on the pool and trains them with `opts`.
+pub fn deploy_and_train(
+    shards: &[mixnn_grad::pb::ModelProto],
+    data: &mixnn_data::Mnist,
+    opts: &mixnn_designer::TrainOptions,
+    popts: &mixnn_designer::pool::PoolOptions,
+) -> (
+    mixnn_designer::pool::PoolCascade,
+    mixnn_designer::TrainReport,
+) {
+    let sb = sandbox();
+    let mut cascade = mixnn_designer::pool::PoolCascade::deploy(
+        shards,
+        &opts.config,
+        Some(&sb),
+        popts,
+        &mut |_| {},
+    )
+    .expect("deploys");
+    let sample = mixnn_designer::sample_shape(shards, data).expect("shape");
+    let n = shards.len();
+    let report = mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, &mut |_| {})
+        .expect("trains on the pool");
+    (cascade, report)
+}
