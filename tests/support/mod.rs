@@ -55,13 +55,13 @@ pub fn start_pool(n: usize, tune: impl Fn(usize, NodeConfig) -> NodeConfig) -> P
             let cfg = tune(
                 i,
                 NodeConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-                bootstrap: (bootstrap.listen_addrs().iter())
-                    .map(ToString::to_string)
-                    .collect(),
-                bootstrap_timeout_secs: 10,
-                ..NodeConfig::default()
+                    data_dir: dir.path().to_path_buf(),
+                    listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                    bootstrap: (bootstrap.listen_addrs().iter())
+                        .map(ToString::to_string)
+                        .collect(),
+                    bootstrap_timeout_secs: 10,
+                    ..NodeConfig::default()
                 },
             );
             let mut node = Node::start(cfg).await.expect("node starts");

@@ -151,6 +151,8 @@ mod tests {
     fn opts(dummies: usize, keep_last: bool) -> PoolOptions {
         PoolOptions {
             bootstrap: Vec::new(),
+            quorum: None,
+            distinct: super::super::Distinct::HostPort,
             dummies,
             keep_first: false,
             keep_last,

@@ -61,6 +61,15 @@ pub struct Processor {
     slots: Option<Arc<SlotQueue>>,
 }
 
+/// Whether the packet's handle names a job of this node: every op but a
+/// relay, and a relay that carries a section for this hop (export, close).
+/// A plain relay's handle is fresh per packet (cover's too), so keeping it
+/// would name nothing and fill the views.
+fn names_a_job(seen: &Seen) -> bool {
+    let app = (seen.flags >> 8) as u8;
+    seen.op != Op::Relay || app & mixnn_protocol::job::app_flags::E2E_TARGET != 0
+}
+
 /// Where a processor keeps its replay tags, and how many per epoch.
 pub struct ReplayStore<'a> {
     /// The node's data dir (`None`: in memory only).
@@ -195,7 +204,7 @@ impl Processor {
         // A relayed packet's handle names nothing (the designer draws it
         // per packet, as cover does): it is no job of this node's views.
         let job = (outcome.seen.as_ref())
-            .filter(|s| s.op != Op::Relay)
+            .filter(|s| names_a_job(s))
             .map_or([0; 32], |s| s.job);
         self.act(job, outcome.action);
     }
@@ -203,7 +212,7 @@ impl Processor {
     /// Notes what the hop saw in the metrics and the views.
     fn record(&self, from: PeerId, seen: &Seen) {
         self.metrics.count_op(op_label(seen.op));
-        if seen.decoded && seen.op != Op::Relay {
+        if seen.decoded && names_a_job(seen) {
             let shape = seen.input_shape.as_deref();
             (self.views).received(&seen.job, from, op_label(seen.op), shape);
             if let Some(n) = seen.e2e_len {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use mixnn_p2p::{LinkMetrics, PeerSetup, QueueLimits, Role, SizeClasses, unix_now};
-use mixnn_sphinx::{Exit, Geometry, MixKeyPair, Op};
+use mixnn_sphinx::{Geometry, MixKeyPair, Op};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 
@@ -89,8 +89,7 @@ fn harness(rt: &Runtime, dir: &Path, max_tags: usize) -> Harness {
 }
 
 fn relay_packet(world: &mut World) -> Vec<u8> {
-    let next = world.next;
-    world.cover_packet(Op::Relay, Exit::Endpoint(next)).0
+    world.cover_packet(crate::cover::Kind::Drop, true).0
 }
 
 /// A packet is relayed, the node's processor restarts from its data dir,

@@ -229,7 +229,7 @@ impl World {
         let me = CoverHop {
             id: self.me,
             key: self.public,
-            epoch: EPOCH,
+            epoch: self.epoch,
         };
         let mut route = vec![me];
         if relay {
