@@ -7,6 +7,7 @@ use mixnn_sandbox::Sandbox;
 
 use crate::DesignerError;
 use crate::backend::{EngineKind, LayerBackend, layer_config, load_layer};
+use crate::report::Repair;
 
 /// The layers of a split model in shard order, all on one engine in this process.
 pub struct Cascade {
@@ -104,6 +105,32 @@ pub trait Model {
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
     /// Parameters of every layer, in shard order.
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError>;
+
+    /// Every layer's whole training state, in shard order: parameters,
+    /// optimizer state, step count, dropout stream position. What a
+    /// checkpoint holds; opaque bytes whose format `crates/layer` owns.
+    /// (ISSUE 11 INTERFACE: the default is replaced by real implementations.)
+    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
+        Err(DesignerError::Pool("layer state export not built yet".into()))
+    }
+
+    /// Puts every layer back to states [`Model::save_state`] returned, so
+    /// training continues bit for bit from there.
+    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
+        let _ = states;
+        Err(DesignerError::Pool("layer state import not built yet".into()))
+    }
+
+    /// Called by the training loop after a step, test or checkpoint failed:
+    /// replaces what failed so the job can go on from its latest checkpoint.
+    /// `Ok(Some(_))`: repaired; the loop then loads the checkpoint's state
+    /// into every layer and replays the data order from its step.
+    /// `Ok(None)`: this model cannot repair that failure (the loop returns
+    /// the failure). A model in one process never can.
+    fn repair(&mut self, failure: &DesignerError) -> Result<Option<Repair>, DesignerError> {
+        let _ = failure;
+        Ok(None)
+    }
 
     /// The trained model as one ONNX graph: each shard with its layer's
     /// current parameters, merged back into a chain.

@@ -18,7 +18,7 @@ pub use bench::{
     render_bench,
 };
 pub use cascade::{Cascade, Model};
-pub use report::{EpochReport, TrainReport, params_sha256};
+pub use report::{EpochReport, Repair, TrainReport, params_sha256};
 pub use train::{TrainOptions, evaluate, sample_shape, train_local, train_model};
 
 /// Everything the designer's library can fail with.

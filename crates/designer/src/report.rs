@@ -67,3 +67,25 @@ pub fn params_sha256(params: &[Vec<NamedTensor>]) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// One repair of a pool job: a hop that failed and the node that took its
+/// place (ISSUE 11 INTERFACE).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Repair {
+    /// Position of the failed hop in the cascade (0-based).
+    pub hop: usize,
+    /// What the hop held: `layer K` or `dummy`.
+    pub role: String,
+    /// Training step (1-based, counted over the whole job) whose exchange failed.
+    pub step: u64,
+    /// Peer id of the node that failed.
+    pub failed_node: String,
+    /// Peer id of the node that replaced it.
+    pub new_node: String,
+    /// From the send of the failed exchange to the failure being noticed.
+    pub detected_after_ms: u64,
+    /// From the failure being noticed to the cascade being whole again.
+    pub repaired_after_ms: u64,
+    /// Steps replayed from the checkpoint (filled by the training loop).
+    pub steps_replayed: u64,
+}
