@@ -123,6 +123,7 @@ pub fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> mixnn_designer:
         timeout: std::time::Duration::from_secs(300),
         wait_for_nodes: std::time::Duration::from_secs(20),
         batches: vec![64],
+        job_secret: None,
     }
 }
 

@@ -55,6 +55,9 @@ pub struct TrainReport {
     /// Network figures of a pool run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::pool::NetworkReport>,
+    /// Repairs of a pool job, in order (ISSUE 11 INTERFACE).
+    #[serde(default)]
+    pub repairs: Vec<Repair>,
 }
 
 /// Digest of all parameters in shard order (names excluded: they are fixed by the shards).

@@ -128,6 +128,7 @@ pub fn train_model(
         train_seconds,
         params_sha256: params_sha256(&params),
         network: None,
+        repairs: Vec::new(),
     };
     Ok(report)
 }

@@ -44,6 +44,7 @@ pub fn train_on_pool(
         timeout: Duration::from_secs(pool.timeout_s),
         wait_for_nodes: Duration::from_secs(pool.wait_for_nodes_s),
         batches: vec![opts.batch, opts.eval_batch],
+        job_secret: None,
     };
     println!(
         "deploying {} shards on the pool ({} dummies{}{}), {} epochs, batch {}, seed {}",

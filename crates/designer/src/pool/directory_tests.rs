@@ -94,6 +94,7 @@ fn options(distinct: Distinct) -> PoolOptions {
         timeout: Duration::from_secs(1),
         wait_for_nodes: Duration::from_secs(1),
         batches: vec![1],
+        job_secret: None,
     }
 }
 

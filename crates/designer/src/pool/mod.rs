@@ -69,6 +69,12 @@ pub struct PoolOptions {
     pub wait_for_nodes: Duration,
     /// Batch sizes the job will send (training and test), for the class.
     pub batches: Vec<usize>,
+    /// The job's secret seed: where the dummies sit and their sign masks
+    /// derive from it, so a resumed or repaired job rebuilds the same
+    /// masked shards (its checkpoints hold masked parameters). `None`: a
+    /// fresh random seed. Kept 0600 in the job directory, never sent.
+    /// (ISSUE 11 INTERFACE.)
+    pub job_secret: Option<[u8; 32]>,
 }
 
 /// Network figures of a job, for the report.

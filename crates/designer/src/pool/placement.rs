@@ -161,6 +161,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             wait_for_nodes: std::time::Duration::from_secs(1),
             batches: vec![1],
+            job_secret: None,
         }
     }
 
