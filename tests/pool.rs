@@ -121,7 +121,7 @@ fn train_on_pool_after(
             &sample,
             &data,
             &opts,
-            &mut |_| {},
+            &mut mixnn_designer::Quiet,
         )
         .expect("trains on the pool");
         let exported = cascade.export_model(&shards).expect("exports");
@@ -147,7 +147,7 @@ fn local_wasm(shards: &[mixnn_grad::pb::ModelProto]) -> TrainReport {
         &data(),
         &options(EngineKind::Wasm),
         Some(&sb),
-        &mut |_| {},
+        &mut mixnn_designer::Quiet,
     )
     .expect("local run")
     .0

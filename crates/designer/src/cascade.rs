@@ -132,6 +132,13 @@ pub trait Model {
         Ok(None)
     }
 
+    /// Which node holds which hop, and the network figures so far, when
+    /// the layers run on the pool (`None` in one process): an observer of
+    /// the training loop sees the cascade through it (the demo's `--kill`).
+    fn network(&self) -> Option<crate::pool::NetworkReport> {
+        None
+    }
+
     /// The trained model as one ONNX graph: each shard with its layer's
     /// current parameters, merged back into a chain.
     fn export_model(&mut self, shards: &[pb::ModelProto]) -> Result<pb::ModelProto, DesignerError> {

@@ -8,6 +8,7 @@
 mod backend;
 mod bench;
 mod cascade;
+pub mod checkpoint;
 pub mod pool;
 mod report;
 mod train;
@@ -18,8 +19,11 @@ pub use bench::{
     render_bench,
 };
 pub use cascade::{Cascade, Model};
-pub use report::{EpochReport, Repair, TrainReport, params_sha256};
-pub use train::{TrainOptions, evaluate, sample_shape, train_local, train_model};
+pub use report::{CheckpointReport, EpochReport, Repair, TrainReport, params_sha256};
+pub use train::{
+    Checkpointing, DEFAULT_MAX_REPAIRS, Quiet, TrainEvent, TrainObserver, TrainOptions, evaluate,
+    sample_shape, train_checkpointed, train_local, train_model,
+};
 
 /// Everything the designer's library can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -94,4 +98,18 @@ pub enum DesignerError {
     /// A pool job failed (deployment, a phase, an answer).
     #[error("pool: {0}")]
     Job(#[from] pool::PoolError),
+    /// The job directory or a checkpoint could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A checkpoint that does not fit the job (its position or settings).
+    #[error("checkpoint: {0}")]
+    BadCheckpoint(String),
+    /// The job failed more often than it may be repaired.
+    #[error("giving up after {limit} repairs; the last failure: {last}")]
+    TooManyRepairs {
+        /// Repairs allowed per job.
+        limit: usize,
+        /// The failure that was not repaired.
+        last: Box<DesignerError>,
+    },
 }

@@ -58,6 +58,33 @@ pub struct TrainReport {
     /// Repairs of a pool job, in order (ISSUE 11 INTERFACE).
     #[serde(default)]
     pub repairs: Vec<Repair>,
+    /// What checkpointing cost, when the job checkpointed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointReport>,
+}
+
+/// The cost of a job's checkpoints and where it resumed from: checkpoints
+/// are the price of repair and resume, so the report shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    /// Steps between checkpoints (there is also one at step 0 and one at
+    /// each epoch end).
+    pub every: u64,
+    /// The job directory; `None`: checkpoints held in memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Checkpoints taken by this run.
+    pub count: u64,
+    /// Time they took (state export and writing), in seconds.
+    pub seconds: f64,
+    /// Bytes they wrote (states and manifests).
+    pub bytes: u64,
+    /// The checkpoint's step this run resumed from (`--resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+    /// Checkpoints refused on resume and why (torn or corrupted).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// Digest of all parameters in shard order (names excluded: they are fixed by the shards).

@@ -1,7 +1,9 @@
-//! The local training loop (`mixnn train --local`): seeded shuffling, the
-//! paper's batching (last partial batch kept), a test pass per epoch.
-
-use std::time::Instant;
+//! The training loop (`mixnn train`), the same wherever the layers run:
+//! seeded shuffling, the paper's batching (last partial batch kept), a test
+//! pass per epoch; with [`Checkpointing`], a checkpoint every K steps and at
+//! each epoch end, and on a failure a repair by the model and a replay from
+//! the latest checkpoint (issue 11). The data order is a pure function of
+//! the seed and the epoch, so a replay from batch b of epoch e is exact.
 
 use mixnn_data::{Dataset, Mnist};
 use mixnn_grad::pb;
@@ -11,8 +13,12 @@ use mixnn_sandbox::Sandbox;
 use crate::DesignerError;
 use crate::backend::EngineKind;
 use crate::cascade::{Cascade, Model};
-use crate::report::{EpochReport, TrainReport, params_sha256};
+use crate::checkpoint::{Checkpoint, DEFAULT_CHECKPOINT_EVERY, JobDir};
+use crate::report::{EpochReport, Repair, TrainReport};
 
+mod run;
+#[cfg(test)]
+mod tests;
 /// Settings of a training run.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -34,21 +40,125 @@ pub struct TrainOptions {
     pub model_name: String,
 }
 
-/// Trains `shards` on `data`; calls `progress` after each epoch. Returns the
+/// Repairs a job may make before it gives up: a pool that loses more
+/// nodes than this in one job has a problem a replay will not fix.
+pub const DEFAULT_MAX_REPAIRS: usize = 8;
+
+/// How a job checkpoints, and so how it can be repaired and resumed.
+#[derive(Debug)]
+pub struct Checkpointing {
+    /// Where checkpoints are written; `None`: held in memory only (a repair
+    /// can still roll back; a dead designer cannot resume).
+    pub dir: Option<JobDir>,
+    /// Steps between checkpoints; there is also one at step 0 and one at
+    /// each epoch end.
+    pub every: u64,
+    /// Repairs allowed over the job.
+    pub max_repairs: usize,
+    /// Start from this checkpoint instead of the beginning (`--resume`),
+    /// with the warnings [`JobDir::latest_valid`] gave about newer ones.
+    pub resume: Option<(Checkpoint, Vec<String>)>,
+}
+
+impl Checkpointing {
+    /// Checkpoints in memory only, every [`DEFAULT_CHECKPOINT_EVERY`] steps.
+    pub fn in_memory() -> Self {
+        Checkpointing {
+            dir: None,
+            every: DEFAULT_CHECKPOINT_EVERY,
+            max_repairs: DEFAULT_MAX_REPAIRS,
+            resume: None,
+        }
+    }
+
+    /// Checkpoints written to `dir` every `every` steps.
+    pub fn on_disk(dir: JobDir, every: u64) -> Self {
+        Checkpointing {
+            dir: Some(dir),
+            every,
+            ..Checkpointing::in_memory()
+        }
+    }
+}
+
+/// Something the training loop reports as it happens, besides epochs.
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    /// A checkpoint was taken.
+    Checkpoint {
+        /// Steps trained when it was taken.
+        step: u64,
+        /// Its epoch (`epochs + 1` after the last).
+        epoch: usize,
+        /// Batches of that epoch trained.
+        batch: usize,
+        /// Bytes written (or held, in memory).
+        bytes: u64,
+        /// Time it took, in seconds.
+        seconds: f64,
+    },
+    /// A checkpoint was refused and an older one used (torn or corrupted);
+    /// the text says which and why.
+    Fallback(String),
+    /// The job continued from a checkpoint (`--resume`).
+    Resumed {
+        /// The checkpoint's step.
+        step: u64,
+        /// Its epoch.
+        epoch: usize,
+        /// Batches of that epoch it had trained.
+        batch: usize,
+    },
+    /// A failure was repaired and the job rolled back to its latest
+    /// checkpoint.
+    Repaired(Repair),
+}
+
+/// Watches a training run: the CLI prints, the demo acts at a step (kills
+/// the node of a hop). Every method has an empty default.
+pub trait TrainObserver {
+    /// After each epoch's test pass (an epoch replayed after a repair is
+    /// reported again).
+    fn epoch(&mut self, report: &EpochReport) {
+        let _ = report;
+    }
+    /// After each training step, `step` counted from 1 over the whole job.
+    /// Replayed steps are reported again: an observer that acts once must
+    /// remember it did.
+    fn step(&mut self, step: u64, model: &mut dyn Model) {
+        let _ = (step, model);
+    }
+    /// Checkpoints, fallbacks, resumes, repairs.
+    fn event(&mut self, event: &TrainEvent) {
+        let _ = event;
+    }
+}
+
+/// An observer that watches nothing.
+pub struct Quiet;
+
+impl TrainObserver for Quiet {}
+
+impl<F: FnMut(&EpochReport)> TrainObserver for F {
+    fn epoch(&mut self, report: &EpochReport) {
+        self(report)
+    }
+}
+
+/// Trains `shards` on `data`, telling `observer` as it goes. Returns the
 /// report and the trained cascade (for export).
 pub fn train_local(
     shards: &[pb::ModelProto],
     data: &Mnist,
     opts: &TrainOptions,
     sandbox: Option<&Sandbox>,
-    progress: &mut dyn FnMut(&EpochReport),
+    observer: &mut dyn TrainObserver,
 ) -> Result<(TrainReport, Cascade), DesignerError> {
     let sample = sample_shape(shards, data)?;
     let mut cascade = Cascade::load(opts.engine, shards, &opts.config, sandbox)?;
-    let report = train_model(&mut cascade, shards.len(), &sample, data, opts, progress)?;
+    let report = train_model(&mut cascade, shards.len(), &sample, data, opts, observer)?;
     Ok((report, cascade))
 }
-
 /// The shape of one sample as the first shard takes it, checked against
 /// the data's images.
 pub fn sample_shape(shards: &[pb::ModelProto], data: &Mnist) -> Result<Vec<usize>, DesignerError> {
@@ -69,78 +179,45 @@ pub fn sample_shape(shards: &[pb::ModelProto], data: &Mnist) -> Result<Vec<usize
 
 /// The training loop over any [`Model`]: the same data order, batching and
 /// test pass wherever the layers run, so runs are comparable bit for bit.
+/// No checkpoints, so a failure ends the run.
 pub fn train_model(
-    cascade: &mut dyn Model,
+    model: &mut dyn Model,
     shard_count: usize,
     sample: &[usize],
     data: &Mnist,
     opts: &TrainOptions,
-    progress: &mut dyn FnMut(&EpochReport),
+    observer: &mut dyn TrainObserver,
 ) -> Result<TrainReport, DesignerError> {
-    if opts.batch == 0 || opts.eval_batch == 0 {
-        return Err(DesignerError::ZeroBatch);
-    }
-    let train = limit(&data.train, opts.train_limit);
-    let test = limit(&data.test, opts.test_limit);
-    let mut epochs = Vec::with_capacity(opts.epochs);
-    let mut train_seconds = 0.0;
-    for epoch in 1..=opts.epochs {
-        let start = Instant::now();
-        let order = train.epoch_order(opts.config.seed, epoch);
-        let (mut loss_sum, mut batches) = (0.0f64, 0usize);
-        for idx in order.chunks(opts.batch) {
-            let (x, labels) = batch_tensor(&train, idx, sample)?;
-            loss_sum += f64::from(cascade.train_batch(x, &labels)?);
-            batches += 1;
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        train_seconds += seconds;
-        let t = Instant::now();
-        let test_accuracy = evaluate(cascade, &test, sample, opts.eval_batch)?;
-        let report = EpochReport {
-            epoch,
-            train_loss: loss_sum / batches.max(1) as f64,
-            test_accuracy,
-            seconds,
-            test_seconds: t.elapsed().as_secs_f64(),
-        };
-        progress(&report);
-        epochs.push(report);
-    }
-    let final_test_accuracy = match epochs.last() {
-        Some(e) => e.test_accuracy,
-        None => evaluate(cascade, &test, sample, opts.eval_batch)?,
-    };
-    let params = cascade.export_params()?;
-    let report = TrainReport {
-        engine: opts.engine.to_string(),
-        model: opts.model_name.clone(),
-        shards: shard_count,
-        optimizer: opts.config.optimizer.as_str().into(),
-        learning_rate: opts.config.learning_rate,
-        momentum: opts.config.momentum,
-        batch: opts.batch,
-        seed: opts.config.seed,
-        train_samples: train.count,
-        test_samples: test.count,
-        epochs,
-        final_test_accuracy,
-        train_seconds,
-        params_sha256: params_sha256(&params),
-        network: None,
-        repairs: Vec::new(),
-    };
-    Ok(report)
+    run::Run::new(shard_count, sample, data, opts, None)?.train(model, observer)
 }
 
-fn limit(d: &Dataset, n: Option<usize>) -> Dataset {
+/// [`train_model`] with checkpoints: one at step 0 (or the resumed one),
+/// every `ck.every` steps and at each epoch end, written to the job
+/// directory if there is one and always held in memory. When a step, a
+/// test, a checkpoint or the export fails, the model is asked to
+/// [`Model::repair`]; if it does, every layer is put back to the latest
+/// checkpoint and the data order replayed from there. Same parameters, to
+/// the bit, as a run without failures.
+pub fn train_checkpointed(
+    model: &mut dyn Model,
+    shard_count: usize,
+    sample: &[usize],
+    data: &Mnist,
+    opts: &TrainOptions,
+    ck: Checkpointing,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainReport, DesignerError> {
+    run::Run::new(shard_count, sample, data, opts, Some(ck))?.train(model, observer)
+}
+
+pub(crate) fn limit(d: &Dataset, n: Option<usize>) -> Dataset {
     match n {
         Some(n) if n < d.count => d.subset(n),
         _ => d.clone(),
     }
 }
 
-fn batch_tensor(
+pub(crate) fn batch_tensor(
     d: &Dataset,
     idx: &[usize],
     sample: &[usize],

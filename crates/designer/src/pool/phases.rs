@@ -153,6 +153,10 @@ fn decode_params(bytes: &[u8]) -> Result<Vec<NamedTensor>, DesignerError> {
 }
 
 impl Model for PoolCascade {
+    fn network(&self) -> Option<super::NetworkReport> {
+        Some(PoolCascade::network(self))
+    }
+
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
         let mut z = x;
         if let Some(l) = self.first.as_mut() {
