@@ -7,6 +7,7 @@ pub mod harness;
 pub mod model;
 pub mod node;
 pub mod pool;
+pub mod resume;
 pub mod split;
 pub mod status;
 pub mod train;

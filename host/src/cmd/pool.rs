@@ -5,30 +5,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
-use mixnn_designer::{EngineKind, Model, TrainOptions, TrainReport};
+use mixnn_designer::{
+    Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport,
+};
 
 use super::SandboxArgs;
-use super::train::{PoolArgs, print_epoch};
+use super::train::{PoolArgs, Printer};
 
-/// Splits the model, deploys it on the pool, trains with a test pass per
-/// epoch, optionally exports the trained model, then closes the job.
-pub fn train_on_pool(
-    model: &mixnn_shard::pb::ModelProto,
-    data: &mixnn_data::Mnist,
-    opts: &TrainOptions,
-    pool: &PoolArgs,
-    sandbox: &SandboxArgs,
-    export: Option<&Path>,
-) -> Result<(TrainReport, usize)> {
-    let plan = mixnn_shard::plan(model, None)?;
-    let shards = mixnn_shard::split(model, &plan)?;
-    let sample = mixnn_designer::sample_shape(&shards, data)?;
-    let keeps = pool.keep_first || pool.keep_last;
-    let sb = match (keeps, opts.engine) {
-        (true, EngineKind::Wasm) => Some(sandbox.sandbox()?),
-        _ => None,
-    };
-    let popts = PoolOptions {
+/// The pool options the flags ask for (a fresh job secret).
+pub fn pool_options(pool: &PoolArgs, opts: &TrainOptions) -> PoolOptions {
+    PoolOptions {
         bootstrap: pool.pool.clone(),
         quorum: pool.quorum,
         distinct: if pool.local_pool {
@@ -45,17 +31,66 @@ pub fn train_on_pool(
         wait_for_nodes: Duration::from_secs(pool.wait_for_nodes_s),
         batches: vec![opts.batch, opts.eval_batch],
         job_secret: None,
+    }
+}
+
+/// How a pool job checkpoints and who watches it.
+pub struct JobRun<'a> {
+    /// Checkpoints (and a resume); `None`: none, a failure ends the job.
+    pub ck: Option<Checkpointing>,
+    /// Told of epochs, steps and events.
+    pub observer: &'a mut dyn TrainObserver,
+}
+
+/// Splits the model, deploys it on the pool, trains with a test pass per
+/// epoch, optionally exports the trained model, then closes the job. No
+/// checkpoints (the demo's pool run).
+pub fn train_on_pool(
+    model: &mixnn_shard::pb::ModelProto,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    pool: &PoolArgs,
+    sandbox: &SandboxArgs,
+    export: Option<&Path>,
+) -> Result<(TrainReport, usize)> {
+    let popts = pool_options(pool, opts);
+    let run = JobRun {
+        ck: None,
+        observer: &mut Printer,
+    };
+    train_on_pool_job(model, data, opts, &popts, sandbox, export, run)
+}
+
+/// [`train_on_pool`] with the pool options given and checkpoints: a new
+/// job, or one resumed (its `job_secret` rebuilds the same layout, then
+/// every layer gets the checkpoint's state).
+pub fn train_on_pool_job(
+    model: &mixnn_shard::pb::ModelProto,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    popts: &PoolOptions,
+    sandbox: &SandboxArgs,
+    export: Option<&Path>,
+    run: JobRun<'_>,
+) -> Result<(TrainReport, usize)> {
+    let plan = mixnn_shard::plan(model, None)?;
+    let shards = mixnn_shard::split(model, &plan)?;
+    let sample = mixnn_designer::sample_shape(&shards, data)?;
+    let keeps = popts.keep_first || popts.keep_last;
+    let sb = match (keeps, opts.engine) {
+        (true, EngineKind::Wasm) => Some(sandbox.sandbox()?),
+        _ => None,
     };
     println!(
         "deploying {} shards on the pool ({} dummies{}{}), {} epochs, batch {}, seed {}",
         shards.len(),
-        pool.dummies,
-        if pool.keep_first {
+        popts.dummies,
+        if popts.keep_first {
             ", first shard kept here"
         } else {
             ""
         },
-        if pool.keep_last {
+        if popts.keep_last {
             ", last shard kept here"
         } else {
             ""
@@ -64,7 +99,7 @@ pub fn train_on_pool(
         opts.batch,
         opts.config.seed
     );
-    let mut cascade = PoolCascade::deploy(&shards, &opts.config, sb.as_ref(), &popts, &mut |m| {
+    let mut cascade = PoolCascade::deploy(&shards, &opts.config, sb.as_ref(), popts, &mut |m| {
         println!("  {m}")
     })
     .context("deploying the job")?;
@@ -78,15 +113,23 @@ pub fn train_on_pool(
             .join(" -> "),
         net.packet_len
     );
+    let JobRun { ck, observer } = run;
     let result = (|| -> Result<(TrainReport, usize)> {
-        let mut report = mixnn_designer::train_model(
-            &mut cascade,
-            shards.len(),
-            &sample,
-            data,
-            opts,
-            &mut print_epoch,
-        )?;
+        let n = shards.len();
+        let mut report = match ck {
+            Some(ck) => mixnn_designer::train_checkpointed(
+                &mut cascade,
+                n,
+                &sample,
+                data,
+                opts,
+                ck,
+                observer,
+            )?,
+            None => {
+                mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, observer)?
+            }
+        };
         if let Some(path) = export {
             let merged = cascade.export_model(&shards)?;
             std::fs::write(path, mixnn_shard::encode(&merged))

@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use mixnn_designer::{EngineKind, EpochReport, Model, TrainOptions, TrainReport};
+use mixnn_designer::{
+    Checkpointing, EngineKind, EpochReport, Model, TrainEvent, TrainObserver, TrainOptions,
+    TrainReport,
+};
 use mixnn_layer::{OptimizerKind, TrainConfig};
 
 use super::SandboxArgs;
+use super::resume::JobArgs;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum EngineArg {
@@ -130,8 +134,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
     /// The ONNX model; it is split automatically into per-layer shards.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub job: JobArgs,
     /// MNIST directory (IDX files, gzipped or not). Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -150,33 +156,60 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if let Some(dir) = a.job.resume.clone() {
+        return super::resume::resume(&dir, a);
+    }
     if !a.local && a.pool.pool.is_empty() {
         bail!("say where to train: --local (this process) or --pool MULTIADDR (pool nodes)");
     }
-    let model = super::read_model(&a.model)?;
+    let Some(model_path) = a.model.clone() else {
+        bail!("--model is needed (or --resume DIR)");
+    };
+    let model_bytes = std::fs::read(&model_path)
+        .with_context(|| format!("reading {}", model_path.display()))?;
+    let model = mixnn_shard::decode(&model_bytes)
+        .with_context(|| format!("parsing {}", model_path.display()))?;
     let engine = match a.engine {
         EngineArg::Wasm => EngineKind::Wasm,
         EngineArg::Native => EngineKind::Native,
     };
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
-    let mut opts = a.recipe.options(engine, a.model.display().to_string());
+    let mut opts = a.recipe.options(engine, model_path.display().to_string());
     opts.config.host_kernels = a.sandbox.host_kernels();
+    let new_job = super::resume::NewJob {
+        args: &a.job,
+        model: &model_bytes,
+        data: a.data.as_deref(),
+    };
     let (report, shards) = if a.local {
-        train_model(&model, &data, &opts, &a.sandbox, a.export.as_deref())?
+        let ck = new_job.create(&opts, None)?;
+        train_local_job(&model, &data, &opts, &a.sandbox, a.export.as_deref(), ck)?
     } else {
         opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
-        super::pool::train_on_pool(
+        let mut popts = super::pool::pool_options(&a.pool, &opts);
+        let ck = new_job.create(&opts, Some(&mut popts))?;
+        let run = super::pool::JobRun {
+            ck,
+            observer: &mut Printer,
+        };
+        super::pool::train_on_pool_job(
             &model,
             &data,
             &opts,
-            &a.pool,
+            &popts,
             &a.sandbox,
             a.export.as_deref(),
+            run,
         )?
     };
-    print_summary(&report, shards);
-    if let Some(p) = &a.report {
-        super::write_json(p, &report)?;
+    finish(&report, shards, a.report.as_deref())
+}
+
+/// The summary and the report file.
+pub fn finish(report: &TrainReport, shards: usize, path: Option<&std::path::Path>) -> Result<()> {
+    print_summary(report, shards);
+    if let Some(p) = path {
+        super::write_json(p, report)?;
         println!("report written to {}", p.display());
     }
     Ok(())
@@ -189,6 +222,19 @@ pub fn train_model(
     opts: &TrainOptions,
     sandbox: &SandboxArgs,
     export: Option<&std::path::Path>,
+) -> Result<(TrainReport, usize)> {
+    train_local_job(model, data, opts, sandbox, export, None)
+}
+
+/// [`train_model`] with checkpoints (a job directory, a resume) when `ck`
+/// is given.
+pub fn train_local_job(
+    model: &mixnn_shard::pb::ModelProto,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    sandbox: &SandboxArgs,
+    export: Option<&std::path::Path>,
+    ck: Option<Checkpointing>,
 ) -> Result<(TrainReport, usize)> {
     let plan = mixnn_shard::plan(model, None)?;
     let shards = mixnn_shard::split(model, &plan)?;
@@ -207,8 +253,27 @@ pub fn train_model(
         opts.config.momentum,
         opts.config.seed
     );
-    let (report, mut cascade) =
-        mixnn_designer::train_local(&shards, data, opts, sb.as_ref(), &mut print_epoch)?;
+    let sample = mixnn_designer::sample_shape(&shards, data)?;
+    let mut cascade = mixnn_designer::Cascade::load(opts.engine, &shards, &opts.config, sb.as_ref())?;
+    let report = match ck {
+        Some(ck) => mixnn_designer::train_checkpointed(
+            &mut cascade,
+            shards.len(),
+            &sample,
+            data,
+            opts,
+            ck,
+            &mut Printer,
+        )?,
+        None => mixnn_designer::train_model(
+            &mut cascade,
+            shards.len(),
+            &sample,
+            data,
+            opts,
+            &mut Printer,
+        )?,
+    };
     if let Some(path) = export {
         let merged = cascade.export_model(&shards)?;
         std::fs::write(path, mixnn_shard::encode(&merged))
@@ -228,6 +293,46 @@ pub fn print_epoch(e: &EpochReport) {
         e.seconds,
         e.test_seconds
     );
+}
+
+/// What the CLI prints as training goes: epochs, checkpoints, fallbacks
+/// to an older checkpoint, resumes and repairs.
+pub struct Printer;
+
+impl TrainObserver for Printer {
+    fn epoch(&mut self, e: &EpochReport) {
+        print_epoch(e);
+    }
+
+    fn event(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Checkpoint {
+                step,
+                epoch,
+                batch,
+                bytes,
+                seconds,
+            } => println!(
+                "  checkpoint at step {step} (epoch {epoch}, batch {batch}): {bytes} bytes in {seconds:.2}s"
+            ),
+            TrainEvent::Fallback(w) => println!("warning: {w}"),
+            TrainEvent::Resumed { step, epoch, batch } => {
+                println!("resumed at step {step}: epoch {epoch}, batch {batch}")
+            }
+            TrainEvent::Repaired(r) => println!(
+                "repaired hop {} ({}) failed at step {}: node {} replaced by {}; detected after {} ms, \
+                 repaired after {} ms, {} steps replayed",
+                r.hop + 1,
+                r.role,
+                r.step,
+                r.failed_node,
+                r.new_node,
+                r.detected_after_ms,
+                r.repaired_after_ms,
+                r.steps_replayed
+            ),
+        }
+    }
 }
 
 pub fn print_summary(r: &TrainReport, shards: usize) {
