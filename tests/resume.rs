@@ -123,7 +123,8 @@ fn a_killed_local_job_resumes_to_the_parameters_of_an_uninterrupted_run() {
 
     let mut args = vec!["train", "--local"];
     args.extend(&base);
-    args.extend(["--report", &path(&reference)]);
+    let reference_s = path(&reference);
+    args.extend(["--report", &reference_s]);
     mixnn(&args, &cache);
 
     let mut args = vec!["train", "--local"];
@@ -165,7 +166,8 @@ fn a_corrupted_checkpoint_is_refused_said_so_and_the_previous_one_used() {
     let mut args = vec!["train", "--local"];
     args.extend(recipe(&model, "1280"));
     args.extend(["--job-dir", &job_s, "--checkpoint-every", "5"]);
-    args.extend(["--report", &path(&full)]);
+    let full_s = path(&full);
+    args.extend(["--report", &full_s]);
     mixnn(&args, &cache);
     // 20 steps per epoch, two epochs: the newest three are kept.
     assert_eq!(checkpoints(&job), vec![30, 35, 40]);
@@ -219,7 +221,8 @@ fn a_killed_pool_designer_resumes_on_the_pool_to_the_same_parameters() {
 
     let mut args = vec!["train", "--local", "--eval-batch", "64"];
     args.extend(&base);
-    args.extend(["--report", &path(&reference)]);
+    let reference_s = path(&reference);
+    args.extend(["--report", &reference_s]);
     mixnn(&args, &cache);
 
     let mut args = vec!["train", "--pool", &addr, "--local-pool", "--dummies", "1"];

@@ -158,12 +158,13 @@ fn checkpoints_change_nothing_and_come_at_step_zero_every_k_and_each_epoch_end()
 fn a_repaired_failure_replays_from_the_latest_checkpoint_to_the_same_parameters() {
     let want = undisturbed();
     let mut log = Log::default();
-    // Call 5 is step 5 (checkpoint at 3: 1 step replayed); after it, step
-    // n is call n + 1, so call 10 is step 9, just after the checkpoint at
-    // 9 (0 steps replayed), and call 14 is step 13 (1 replayed, past the
-    // epoch-end checkpoint at 7 and the one at 12).
+    // Call 5 is step 5 (checkpoint at 3: step 4 replayed); then step n is
+    // call n + 2, so call 11 is step 9 (checkpoint at 7, the epoch end:
+    // step 8 replayed); then call n + 4, so call 15 is step 11 (checkpoint
+    // at 9: 1 replayed); then call n + 6, so call 16 is step 10, right
+    // after the checkpoint at 9 (nothing replayed).
     let mut m = Fake {
-        fail_at: vec![5, 11, 15],
+        fail_at: vec![5, 11, 15, 16],
         repairable: true,
         ..Fake::default()
     };
@@ -171,12 +172,12 @@ fn a_repaired_failure_replays_from_the_latest_checkpoint_to_the_same_parameters(
     assert_eq!(r.params_sha256, want.params_sha256);
     assert_eq!(r.train_loss_bits(), want.train_loss_bits());
     let got: Vec<(u64, u64)> = r.repairs.iter().map(|r| (r.step, r.steps_replayed)).collect();
-    assert_eq!(got, vec![(5, 1), (10, 0), (13, 0)]);
+    assert_eq!(got, vec![(5, 1), (9, 1), (11, 1), (10, 0)]);
     assert_eq!(r.repairs[0].role, "layer 1");
     let repaired = (log.events.iter())
         .filter(|e| matches!(e, TrainEvent::Repaired(_)))
         .count();
-    assert_eq!(repaired, 3);
+    assert_eq!(repaired, 4);
     // Replayed steps are reported again.
     assert_eq!(log.steps.iter().filter(|&&s| s == 4).count(), 2);
 }
