@@ -90,7 +90,10 @@ fn path(p: &Path) -> String {
 
 fn mlp(dir: &Path, cache: &Path) -> PathBuf {
     let model = dir.join("mlp.onnx");
-    mixnn(&["model", "mlp", "--out", &path(&model), "--seed", "3"], cache);
+    mixnn(
+        &["model", "mlp", "--out", &path(&model), "--seed", "3"],
+        cache,
+    );
     model
 }
 

@@ -55,7 +55,8 @@ fn train(
     sb: Option<&Sandbox>,
 ) -> (TrainReport, mixnn_designer::Cascade, Vec<pb::ModelProto>) {
     let shards = mixnn_shard::split(model, &mixnn_shard::plan(model, None).unwrap()).unwrap();
-    let (r, c) = train_local(&shards, mnist(), o, sb, &mut mixnn_designer::Quiet).expect("training runs");
+    let (r, c) =
+        train_local(&shards, mnist(), o, sb, &mut mixnn_designer::Quiet).expect("training runs");
     (r, c, shards)
 }
 

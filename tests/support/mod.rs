@@ -148,7 +148,14 @@ pub fn deploy_and_train(
     .expect("deploys");
     let sample = mixnn_designer::sample_shape(shards, data).expect("shape");
     let n = shards.len();
-    let report = mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, &mut mixnn_designer::Quiet)
-        .expect("trains on the pool");
+    let report = mixnn_designer::train_model(
+        &mut cascade,
+        n,
+        &sample,
+        data,
+        opts,
+        &mut mixnn_designer::Quiet,
+    )
+    .expect("trains on the pool");
     (cascade, report)
 }

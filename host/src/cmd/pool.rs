@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
-use mixnn_designer::{
-    Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport,
-};
+use mixnn_designer::{Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport};
 
 use super::SandboxArgs;
 use super::train::{PoolArgs, Printer};
@@ -126,9 +124,7 @@ pub fn train_on_pool_job(
                 ck,
                 observer,
             )?,
-            None => {
-                mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, observer)?
-            }
+            None => mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, observer)?,
         };
         if let Some(path) = export {
             let merged = cascade.export_model(&shards)?;

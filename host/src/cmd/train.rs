@@ -165,8 +165,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let Some(model_path) = a.model.clone() else {
         bail!("--model is needed (or --resume DIR)");
     };
-    let model_bytes = std::fs::read(&model_path)
-        .with_context(|| format!("reading {}", model_path.display()))?;
+    let model_bytes =
+        std::fs::read(&model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let model = mixnn_shard::decode(&model_bytes)
         .with_context(|| format!("parsing {}", model_path.display()))?;
     let engine = match a.engine {
@@ -254,7 +254,8 @@ pub fn train_local_job(
         opts.config.seed
     );
     let sample = mixnn_designer::sample_shape(&shards, data)?;
-    let mut cascade = mixnn_designer::Cascade::load(opts.engine, &shards, &opts.config, sb.as_ref())?;
+    let mut cascade =
+        mixnn_designer::Cascade::load(opts.engine, &shards, &opts.config, sb.as_ref())?;
     let report = match ck {
         Some(ck) => mixnn_designer::train_checkpointed(
             &mut cascade,

@@ -107,17 +107,19 @@ impl JobDir {
     /// The job's recipe.
     pub fn recipe(&self) -> Result<JobRecipe, CheckpointError> {
         let path = self.root.join(JOB_FILE);
-        let bytes = read_secret(&path, MAX_JOB_BYTES as usize)?.ok_or_else(|| {
-            CheckpointError::NoJob {
+        let bytes =
+            read_secret(&path, MAX_JOB_BYTES as usize)?.ok_or_else(|| CheckpointError::NoJob {
                 path: self.root.clone(),
-            }
-        })?;
+            })?;
         let recipe: JobRecipe =
             serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
         if recipe.version != FORMAT_VERSION {
             return Err(invalid(
                 &path,
-                format!("format version {}, this build reads {FORMAT_VERSION}", recipe.version),
+                format!(
+                    "format version {}, this build reads {FORMAT_VERSION}",
+                    recipe.version
+                ),
             ));
         }
         Ok(recipe)
@@ -211,7 +213,8 @@ impl JobDir {
             let entry = entry.map_err(io(&dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
+            if !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_digit())
                 && let Ok(step) = name.parse::<u64>()
             {
                 steps.push(step);
@@ -363,6 +366,8 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
         return Err(format!("{len} bytes, more than the {max} allowed"));
     }
     let mut buf = Vec::with_capacity(len as usize);
-    f.take(max).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    f.take(max)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
     Ok(buf)
 }

@@ -55,7 +55,10 @@ fn round_trip_keeps_the_newest_three() {
     assert!(warnings.is_empty(), "{warnings:?}");
     let want = checkpoint(15);
     assert_eq!(cp.position, want.position);
-    assert_eq!(cp.position.loss_sum.to_bits(), want.position.loss_sum.to_bits());
+    assert_eq!(
+        cp.position.loss_sum.to_bits(),
+        want.position.loss_sum.to_bits()
+    );
     assert_eq!(cp.states, want.states);
 
     let again = JobDir::open(job.path()).unwrap();
@@ -79,7 +82,12 @@ fn files_are_owner_only() {
     assert_eq!(mode(job.path()), 0o700);
     assert_eq!(mode(&job.path().join("checkpoints")), 0o700);
     assert_eq!(mode(&job.path().join("checkpoints/3")), 0o700);
-    for f in ["job.json", "model.onnx", "secret", "checkpoints/3/manifest.json"] {
+    for f in [
+        "job.json",
+        "model.onnx",
+        "secret",
+        "checkpoints/3/manifest.json",
+    ] {
         assert_eq!(mode(&job.path().join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&state_file(&job, 3, 0)), 0o600);
@@ -94,7 +102,12 @@ fn a_new_job_in_a_job_directory_is_refused_and_an_empty_one_names_what_is_missin
     let none = JobDir::open(dir.path()).unwrap_err();
     assert!(none.to_string().contains("job.json is missing"), "{none}");
     let empty = job.latest_valid().unwrap_err();
-    assert!(empty.to_string().contains("no valid checkpoint (none was written)"), "{empty}");
+    assert!(
+        empty
+            .to_string()
+            .contains("no valid checkpoint (none was written)"),
+        "{empty}"
+    );
 }
 
 #[test]
@@ -131,7 +144,10 @@ fn an_interrupted_write_is_ignored_and_cleared() {
     let (cp, warnings) = job.latest_valid().unwrap();
     assert_eq!(cp.position.step, 5);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].starts_with("checkpoint step 10: manifest:"), "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("checkpoint step 10: manifest:"),
+        "{warnings:?}"
+    );
     job.write_checkpoint(&checkpoint(15)).unwrap();
     assert!(!cps.join(".tmp-10-1").exists());
 }
@@ -148,7 +164,10 @@ fn all_corrupted_is_a_clear_error() {
     let e = job.latest_valid().unwrap_err().to_string();
     assert!(e.contains("no valid checkpoint"), "{e}");
     assert!(e.contains("checkpoint step 2: state of shard 0"), "{e}");
-    assert!(e.contains("checkpoint step 1: manifest does not parse"), "{e}");
+    assert!(
+        e.contains("checkpoint step 1: manifest does not parse"),
+        "{e}"
+    );
 }
 
 #[test]

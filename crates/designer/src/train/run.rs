@@ -7,7 +7,9 @@ use std::time::Instant;
 use mixnn_data::{Dataset, Mnist};
 use mixnn_layer::NamedTensor;
 
-use super::{Checkpointing, TrainEvent, TrainObserver, TrainOptions, batch_tensor, evaluate, limit};
+use super::{
+    Checkpointing, TrainEvent, TrainObserver, TrainOptions, batch_tensor, evaluate, limit,
+};
 use crate::DesignerError;
 use crate::cascade::Model;
 use crate::checkpoint::{Checkpoint, Position};
@@ -143,7 +145,10 @@ impl<'a> Run<'a> {
             self.pos.batch += 1;
             self.pos.step += 1;
             obs.step(self.pos.step, model);
-            let due = self.ck.as_ref().is_some_and(|c| self.pos.step % c.every == 0);
+            let due = self
+                .ck
+                .as_ref()
+                .is_some_and(|c| self.pos.step.is_multiple_of(c.every));
             // The last batch's checkpoint is the epoch end's, after the test.
             if due && self.pos.batch < n {
                 self.pos.epoch_seconds += clock.elapsed().as_secs_f64();

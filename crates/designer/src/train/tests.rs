@@ -9,7 +9,9 @@ use crate::checkpoint::{JobDir, JobRecipe};
 
 fn dataset(count: usize, salt: f32) -> Dataset {
     Dataset {
-        images: (0..count * 4).map(|i| ((i as f32) * 0.37 + salt).sin()).collect(),
+        images: (0..count * 4)
+            .map(|i| ((i as f32) * 0.37 + salt).sin())
+            .collect(),
         labels: (0..count).map(|i| (i % 3) as u8).collect(),
         count,
         rows: 2,
@@ -55,7 +57,10 @@ impl Model for Fake {
         if self.fail_at.contains(&self.calls) {
             // A lost hop: its state is gone until the checkpoint comes back.
             self.w = [f32::NAN; 2];
-            return Err(DesignerError::Pool(format!("hop lost at call {}", self.calls)));
+            return Err(DesignerError::Pool(format!(
+                "hop lost at call {}",
+                self.calls
+            )));
         }
         let s: f32 = x.data.iter().sum::<f32>() + labels.iter().sum::<i64>() as f32;
         self.w[0] = self.w[0] * 0.9 + s;
@@ -66,7 +71,7 @@ impl Model for Fake {
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
         let n = x.shape[0];
         let data = (0..n * 3).map(|i| (i as f32 + self.w[1]).cos()).collect();
-        Ok(Tensor::new(vec![n, 3], data).map_err(DesignerError::Batch)?)
+        Tensor::new(vec![n, 3], data).map_err(DesignerError::Batch)
     }
 
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
@@ -128,7 +133,15 @@ fn checkpoint_steps(log: &Log) -> Vec<u64> {
 }
 
 fn undisturbed() -> TrainReport {
-    train_model(&mut Fake::default(), 2, &[2, 2], &data(), &opts(), &mut Quiet).unwrap()
+    train_model(
+        &mut Fake::default(),
+        2,
+        &[2, 2],
+        &data(),
+        &opts(),
+        &mut Quiet,
+    )
+    .unwrap()
 }
 
 fn every(k: u64) -> Checkpointing {
@@ -171,7 +184,11 @@ fn a_repaired_failure_replays_from_the_latest_checkpoint_to_the_same_parameters(
     let r = train_checkpointed(&mut m, 2, &[2, 2], &data(), &opts(), every(3), &mut log).unwrap();
     assert_eq!(r.params_sha256, want.params_sha256);
     assert_eq!(r.train_loss_bits(), want.train_loss_bits());
-    let got: Vec<(u64, u64)> = r.repairs.iter().map(|r| (r.step, r.steps_replayed)).collect();
+    let got: Vec<(u64, u64)> = r
+        .repairs
+        .iter()
+        .map(|r| (r.step, r.steps_replayed))
+        .collect();
     assert_eq!(got, vec![(5, 1), (9, 1), (11, 1), (10, 0)]);
     assert_eq!(r.repairs[0].role, "layer 1");
     let repaired = (log.events.iter())
@@ -188,8 +205,8 @@ fn an_unrepairable_failure_is_returned_and_the_repairs_are_bounded() {
         fail_at: vec![4],
         ..Fake::default()
     };
-    let e = train_checkpointed(&mut m, 2, &[2, 2], &data(), &opts(), every(3), &mut Quiet)
-        .unwrap_err();
+    let e =
+        train_checkpointed(&mut m, 2, &[2, 2], &data(), &opts(), every(3), &mut Quiet).unwrap_err();
     assert!(e.to_string().contains("hop lost at call 4"), "{e}");
     assert_eq!(m.repairs, 1);
 
@@ -236,14 +253,25 @@ fn a_job_resumes_from_its_directory_to_the_same_parameters() {
     // A new designer, a new model: resumes from step 8, mid-epoch 2.
     let (cp, warnings) = JobDir::open(job.path()).unwrap().latest_valid().unwrap();
     assert!(warnings.is_empty());
-    assert_eq!((cp.position.step, cp.position.epoch, cp.position.batch), (8, 2, 1));
+    assert_eq!(
+        (cp.position.step, cp.position.epoch, cp.position.batch),
+        (8, 2, 1)
+    );
     let ck = Checkpointing {
         resume: Some((cp, vec!["an older warning".into()])),
         ..Checkpointing::on_disk(job.clone(), 2)
     };
     let mut log = Log::default();
-    let r = train_checkpointed(&mut Fake::default(), 2, &[2, 2], &data(), &opts(), ck, &mut log)
-        .unwrap();
+    let r = train_checkpointed(
+        &mut Fake::default(),
+        2,
+        &[2, 2],
+        &data(),
+        &opts(),
+        ck,
+        &mut log,
+    )
+    .unwrap();
     assert_eq!(r.params_sha256, want.params_sha256);
     assert_eq!(r.train_loss_bits(), want.train_loss_bits());
     assert_eq!(r.epochs.len(), 2);
@@ -267,8 +295,16 @@ fn a_job_resumes_from_its_directory_to_the_same_parameters() {
         resume: Some((cp, Vec::new())),
         ..Checkpointing::on_disk(job, 2)
     };
-    let r = train_checkpointed(&mut Fake::default(), 2, &[2, 2], &data(), &opts(), ck, &mut Quiet)
-        .unwrap();
+    let r = train_checkpointed(
+        &mut Fake::default(),
+        2,
+        &[2, 2],
+        &data(),
+        &opts(),
+        ck,
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!(r.params_sha256, want.params_sha256);
 }
 
