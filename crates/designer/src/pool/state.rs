@@ -28,7 +28,8 @@ impl PoolCascade {
         if let Some(l) = self.last.as_mut() {
             out[self.shards - 1] = Some(l.export_state()?);
         }
-        for (h, state) in self.hops.iter().zip(self.save_hop_states()?) {
+        let hop_states = self.save_hop_states()?;
+        for (h, state) in self.hops.iter().zip(hop_states) {
             if let (Role::Layer(i), Some(s)) = (h.role, state) {
                 out[i] = Some(s);
             }

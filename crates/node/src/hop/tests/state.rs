@@ -202,7 +202,7 @@ fn a_state_past_the_layers_bound_is_refused_before_it_is_stored() {
 
 #[test]
 fn state_messages_before_init_are_refused() {
-    let mut w = World::new();
+    let w = World::new();
     let err = w
         .jobs
         .control(&JOB, ToHop::SaveState { part: 0 }, 2048)
