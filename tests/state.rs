@@ -64,7 +64,10 @@ fn digest(model: &mut dyn Model) -> String {
 
 /// K batches, save, M batches → P1; load, the same M batches → P2 = P1.
 /// Returns P1 and the saved states.
-fn save_train_load_train(model: &mut dyn Model, data: &mixnn_data::Mnist) -> (String, Vec<Vec<u8>>) {
+fn save_train_load_train(
+    model: &mut dyn Model,
+    data: &mixnn_data::Mnist,
+) -> (String, Vec<Vec<u8>>) {
     train(model, data, 0, K);
     let saved = model.save_state().expect("saves the state");
     train(model, data, K, K + M);
@@ -92,13 +95,18 @@ fn local_cascades_continue_bit_for_bit_from_a_state() {
     // A state is the layer's, not the engine's: the native layer takes the
     // guest's state (same format) and goes on from there.
     let mut mixed = local(EngineKind::Native);
-    mixed.load_state(&wasm_states).expect("a guest's state loads natively");
+    mixed
+        .load_state(&wasm_states)
+        .expect("a guest's state loads natively");
 
     // Both engines write the same format; whether their bytes agree
     // depends on whether their arithmetic did (host kernels vs tract).
     let fresh_equal = local(EngineKind::Wasm).save_state().expect("state")
         == local(EngineKind::Native).save_state().expect("state");
-    assert!(fresh_equal, "untrained layers have the same state on both engines");
+    assert!(
+        fresh_equal,
+        "untrained layers have the same state on both engines"
+    );
     eprintln!(
         "after {K} batches: wasm and native states byte-equal: {}; params equal after {}: {}",
         wasm_states == native_states,
@@ -161,7 +169,13 @@ fn a_pool_job_rolls_back_to_a_state_and_continues_bit_for_bit() {
     })
     .join()
     .expect("designer thread");
-    assert_eq!(p1, local_p1, "the pool after a roll-back equals the local wasm run");
-    assert_eq!(after, local_after, "the refused state left the layer intact");
+    assert_eq!(
+        p1, local_p1,
+        "the pool after a roll-back equals the local wasm run"
+    );
+    assert_eq!(
+        after, local_after,
+        "the refused state left the layer intact"
+    );
     pool.shutdown();
 }

@@ -20,7 +20,6 @@ mod rng;
 mod state;
 
 pub use layer::{Layer, LayerInfo, MAX_BATCH, declared_input_shape};
-pub use state::{STATE_MAGIC, STATE_VERSION, max_state_len};
 /// The boundary types live in `mixnn-types` (one definition for the layer,
 /// the guest, the sandbox and the wire); re-exported so the layer's API
 /// stays whole.
@@ -28,6 +27,7 @@ pub use mixnn_types::{
     ConfigError, LossKind, LossOutput, MAX_ELEMENTS, NamedTensor, OptimizerKind, Tensor,
     TensorError, TrainConfig, element_count,
 };
+pub use state::{STATE_MAGIC, STATE_VERSION, max_state_len};
 
 /// Why a [`Layer`] call failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,9 @@ const BATCH: usize = 4;
 /// A one-shard classifier with dropout: Gemm 8→6, Relu, Dropout(0.3),
 /// Gemm 6→3, raw logits.
 fn dropout_shard() -> Vec<u8> {
-    let w1: Vec<f64> = (0..48).map(|i| ((i * 7) % 11) as f64 / 11.0 - 0.5).collect();
+    let w1: Vec<f64> = (0..48)
+        .map(|i| ((i * 7) % 11) as f64 / 11.0 - 0.5)
+        .collect();
     let w2: Vec<f64> = (0..18).map(|i| ((i * 5) % 7) as f64 / 7.0 - 0.5).collect();
     let model = ModelBuilder::new(FloatType::F32)
         .input("x", &[BATCH, 8])
@@ -146,7 +148,9 @@ fn the_paper_mlp_shards_continue_bit_for_bit() {
                 .expect("forward");
             let dz = Tensor::new(
                 y.shape.clone(),
-                (0..y.data.len()).map(|i| ((i + k) % 5) as f32 * 0.01).collect(),
+                (0..y.data.len())
+                    .map(|i| ((i + k) % 5) as f32 * 0.01)
+                    .collect(),
             )
             .expect("dz");
             l.backward(dz).expect("backward");
@@ -184,9 +188,13 @@ fn bad_states_are_refused_and_the_layer_keeps_its_own() {
         cases.push(("garbled", g));
     }
     // A state of a layer with another optimizer, another seed, another shard.
-    let mut sgd = Layer::load(&shard, config(OptimizerKind::Sgd, 5)).expect("load").0;
+    let mut sgd = Layer::load(&shard, config(OptimizerKind::Sgd, 5))
+        .expect("load")
+        .0;
     cases.push(("sgd state", sgd.export_state().expect("state")));
-    let other_seed = Layer::load(&shard, config(OptimizerKind::Adam, 6)).expect("load").0;
+    let other_seed = Layer::load(&shard, config(OptimizerKind::Adam, 6))
+        .expect("load")
+        .0;
     cases.push(("other seed", other_seed.export_state().expect("state")));
     let model = mixnn_shard::mlp(5, BATCH, mixnn_shard::Form::Gemm);
     let plan = mixnn_shard::plan(&model, None).expect("plan");

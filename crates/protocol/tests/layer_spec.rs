@@ -138,6 +138,9 @@ fn state_messages_round_trip_and_their_bounds_hold() {
             bytes: vec![0xff; n],
         };
         let body = encode_msg("state", &reply).unwrap();
-        assert!(body.len() + mixnn_protocol::job::E2E_OVERHEAD <= section, "{section}");
+        assert!(
+            body.len() + mixnn_protocol::job::E2E_OVERHEAD <= section,
+            "{section}"
+        );
     }
 }

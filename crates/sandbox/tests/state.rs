@@ -26,12 +26,30 @@ fn the_relay_guest_has_an_empty_state_and_takes_only_one() {
     let sb = sandbox(64 << 20);
     let mut relay = sb.instantiate(sb.guest(GuestKind::Relay).unwrap()).unwrap();
     let before = relay.export_state().expect_err("nothing loaded yet");
-    assert!(matches!(before, SandboxError::Guest { call: "export-state", .. }), "{before}");
+    assert!(
+        matches!(
+            before,
+            SandboxError::Guest {
+                call: "export-state",
+                ..
+            }
+        ),
+        "{before}"
+    );
     relay.load(b"sign:01", &TrainConfig::default()).unwrap();
     assert_eq!(relay.export_state().unwrap(), Vec::<u8>::new());
     relay.import_state(&[]).unwrap();
     let err = relay.import_state(b"MXLS junk").unwrap_err();
-    assert!(matches!(err, SandboxError::Guest { call: "import-state", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SandboxError::Guest {
+                call: "import-state",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!relay.is_poisoned(), "a refused state is no trap");
 }
 
@@ -45,7 +63,13 @@ fn an_absurd_state_hits_the_memory_cap() {
     g.load(b"ok", &TrainConfig::default()).expect("loads");
     let err = g.export_state().expect_err("64 MiB under a 32 MiB cap");
     assert!(
-        matches!(err, SandboxError::OutOfMemory { call: "export-state", .. }),
+        matches!(
+            err,
+            SandboxError::OutOfMemory {
+                call: "export-state",
+                ..
+            }
+        ),
         "{err}"
     );
 }

@@ -8,9 +8,7 @@
 //! (PROTOCOL.md §12.5). States are of the masked cascade and go back into
 //! the same masked cascade, so nothing is un-folded here.
 
-use mixnn_protocol::job::{
-    E2E_OVERHEAD, FromHop, MAX_STATE_BYTES, ToHop, state_part_len,
-};
+use mixnn_protocol::job::{E2E_OVERHEAD, FromHop, MAX_STATE_BYTES, ToHop, state_part_len};
 
 use super::exchange::unexpected;
 use super::onion::Role;

@@ -195,8 +195,14 @@ fn a_state_past_the_layers_bound_is_refused_before_it_is_stored() {
         w.jobs.control(&JOB, big(0), len).expect("first half"),
         FromHop::Received { index: 0 }
     );
-    let err = w.jobs.control(&JOB, big(1), len).expect_err("past the bound");
-    assert!(matches!(err, JobError::StateTooLarge(c) if c == cap), "{err}");
+    let err = w
+        .jobs
+        .control(&JOB, big(1), len)
+        .expect_err("past the bound");
+    assert!(
+        matches!(err, JobError::StateTooLarge(c) if c == cap),
+        "{err}"
+    );
     assert_eq!(err.kind(), FailureKind::Capacity);
 }
 
