@@ -157,6 +157,19 @@ pub enum PoolError {
     /// The export got no parameters for a shard; holds its index.
     #[error("no parameters for shard {0}")]
     NoParams(usize),
+    /// Saving the state got none for a shard; holds its index.
+    #[error("no state for shard {0}")]
+    NoState(usize),
+    /// A hop's state would take more parts than any state may (a
+    /// [`mixnn_protocol::job::MAX_STATE_BYTES`] bound), or its parts
+    /// disagree on their count.
+    #[error("hop {hop}: a state of {parts} parts is refused")]
+    StateParts {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// The part count it announced.
+        parts: u32,
+    },
     /// A dummy placed before shard `shard` cannot hand its sign mask to it.
     #[error("a dummy cannot mask the input of shard {shard}: {why}")]
     CannotMask {

@@ -28,6 +28,7 @@ mod onion;
 mod phases;
 mod placement;
 mod rekey;
+mod state;
 
 use std::time::Duration;
 

@@ -212,4 +212,14 @@ impl Model for PoolCascade {
             .map(|(i, p)| p.ok_or_else(|| PoolError::NoParams(i).into()))
             .collect()
     }
+
+    /// One state per shard (the kept ones here, the others from their
+    /// hops), of the masked cascade: see `pool/state.rs`.
+    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
+        self.save_states()
+    }
+
+    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
+        self.load_states(states)
+    }
 }
