@@ -205,32 +205,84 @@ impl Endpoint {
 
     /// The next packet whose header carries `alpha` (the exit id of the
     /// message sent); anything else arriving meanwhile is stale and dropped.
+    /// Waits at most `bound`; fails at once (after [`LINK_GRACE`]) when the
+    /// link to one of `ends` (hop index, peer: the cascade's ends, the only
+    /// nodes the designer is linked to) closes and stays closed.
     pub fn receive(
         &mut self,
         alpha: &[u8; 32],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, DesignerError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        bound: Duration,
+        ends: &[(usize, PeerId)],
+    ) -> Result<Vec<u8>, Received> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut links: Vec<(usize, Option<watch::Receiver<bool>>, Option<Instant>)> = ends
+            .iter()
+            .map(|&(hop, peer)| (hop, self.sender.link_up(peer), None))
+            .collect();
         let inbox = &mut self.inbox;
         self.rt.block_on(async {
             loop {
-                let p = tokio::time::timeout_at(deadline, inbox.recv())
-                    .await
-                    .map_err(|_| {
-                        err(format!(
-                            "no answer from the cascade within {} s (a hop may have crashed or \
-                             dropped the packet; see the nodes' logs and metrics)",
-                            timeout.as_secs()
-                        ))
-                    })?
-                    .ok_or_else(|| err("the designer's peer stopped"))?;
-                if p.data.get(1..33) == Some(&alpha[..]) {
-                    return Ok(p.data);
+                tokio::select! {
+                    p = tokio::time::timeout_at(deadline, inbox.recv()) => {
+                        let p = p.map_err(|_| Received::TimedOut)?.ok_or(Received::Stopped)?;
+                        if p.data.get(1..33) == Some(&alpha[..]) {
+                            return Ok(p.data);
+                        }
+                        tracing::debug!(from = %p.from, "stray packet ignored");
+                    }
+                    _ = tokio::time::sleep(LINK_POLL) => {
+                        if let Some(hop) = closed_link(&mut links) {
+                            return Err(Received::LinkClosed { hop });
+                        }
+                    }
                 }
-                tracing::debug!(from = %p.from, "stray packet ignored");
             }
         })
     }
+}
+
+/// How long a link to a cascade end may be down before the pending answer
+/// is given up: a stream that merely reset reopens well within it (the link
+/// task retries after 200 ms); a peer that stopped or died refuses the
+/// reopen, so the link stays down.
+pub const LINK_GRACE: Duration = Duration::from_millis(1000);
+/// How often a pending answer looks at the links to the cascade's ends.
+const LINK_POLL: Duration = Duration::from_millis(50);
+
+/// Why [`Endpoint::receive`] returned no answer.
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing came within the bound.
+    TimedOut,
+    /// The link to this end hop (index) closed and stayed closed.
+    LinkClosed {
+        /// Index of the hop in the cascade.
+        hop: usize,
+    },
+    /// The designer's own peer stopped.
+    Stopped,
+}
+
+/// The first of `links` down for at longer than [`LINK_GRACE`] (or whose
+/// link task ended, or that has no link at all); remembers since when each
+/// one is down.
+fn closed_link(links: &mut [(usize, Option<watch::Receiver<bool>>, Option<Instant>)]) -> Option<usize> {
+    for (hop, up, since) in links.iter_mut() {
+        let down = match up {
+            Some(rx) => rx.has_changed().is_err() || !*rx.borrow(),
+            None => true,
+        };
+        if !down {
+            *since = None;
+            continue;
+        }
+        let t = *since.get_or_insert_with(Instant::now);
+        let ended = up.as_ref().is_none_or(|rx| rx.has_changed().is_err());
+        if ended || t.elapsed() >= LINK_GRACE {
+            return Some(*hop);
+        }
+    }
+    None
 }
 
 impl Drop for Endpoint {
