@@ -45,6 +45,7 @@ fn batch(data: &mixnn_data::Mnist, sample: &[usize], i: usize) -> (Tensor, Vec<i
 }
 
 /// What the designer saw around one failed hop.
+#[derive(Debug)]
 struct Run {
     /// The cascade (role, peer) before and after the repair.
     before: Vec<(String, String)>,

@@ -170,18 +170,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let model = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
     let plan = mixnn_shard::plan(&model, None)?;
     let shards = mixnn_shard::split(&model, &plan)?;
-    let remote = shards.len() - usize::from(a.keep_first) - usize::from(a.keep_last);
-    let hops = remote + a.dummies;
-    let nodes = a.nodes.unwrap_or(hops + a.kills.len().max(1));
-    if nodes < hops {
-        bail!(
-            "--nodes {nodes}: the cascade needs {hops} distinct nodes ({remote} layers + {} dummies)",
-            a.dummies
-        );
-    }
-    if let Some(k) = (a.kills.iter()).find(|k| matches!(k.target, chaos::Target::Hop(n) if n > hops)) {
-        bail!("--kill {}@{}: the cascade has {hops} hops", k.target, k.step);
-    }
+    let nodes = pool_nodes(&a, shards.len())?;
     let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
     opts.config.host_kernels = a.sandbox.host_kernels();
     opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
@@ -282,6 +271,27 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("report written to {}", p.display());
     }
     Ok(())
+}
+
+/// How many nodes to start: `--nodes`, or one per hop plus a spare per
+/// kill (at least one); checks that the cascade fits and every numbered
+/// kill names one of its hops.
+fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
+    let kept = usize::from(a.keep_first) + usize::from(a.keep_last);
+    let remote = shards.saturating_sub(kept);
+    let hops = remote + a.dummies;
+    let nodes = a.nodes.unwrap_or(hops + a.kills.len().max(1));
+    if nodes < hops {
+        bail!(
+            "--nodes {nodes}: the cascade needs {hops} distinct nodes ({remote} layers + {} dummies)",
+            a.dummies
+        );
+    }
+    let beyond = |k: &&KillAt| matches!(k.target, chaos::Target::Hop(n) if n > hops);
+    if let Some(k) = a.kills.iter().find(beyond) {
+        bail!("--kill {}@{}: the cascade has {hops} hops", k.target, k.step);
+    }
+    Ok(nodes)
 }
 
 /// Compiles the guests into the on-disk cache before the nodes start, so

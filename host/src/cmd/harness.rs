@@ -321,6 +321,9 @@ impl Killer {
         let _ = p.child.wait();
         Ok(p.name.clone())
     }
+}
+
+impl LocalPool {
 
     fn spawn(&mut self, exe: &Path, name: &str, args: &[OsString], root: &Path) -> Result<()> {
         let stdout = root.join(format!("{name}.out"));

@@ -87,7 +87,6 @@ impl PoolCascade {
             first,
             last,
             shards: layout.shards,
-            timeout: opts.timeout,
             rng,
             control_section,
             compute_section: onion::compute_section_len(&opts.batches),

@@ -43,7 +43,7 @@ impl Kind {
     /// The kind of an exchange of `phase` carrying a batch of `batch`;
     /// `None` for the phases that always wait the ceiling (init, export
     /// and other control messages, whose size varies).
-    pub fn of(phase: Phase, batch: Option<usize>) -> Option<Kind> {
+    pub(super) fn of(phase: Phase, batch: Option<usize>) -> Option<Kind> {
         match (phase, batch) {
             (Phase::Train, Some(b)) => Some(Kind::Train(b)),
             (Phase::Test, Some(b)) => Some(Kind::Test(b)),

@@ -290,3 +290,30 @@ impl Drop for Endpoint {
         let _ = self.stop.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link that is up is no failure; one that just went down gets its
+    /// grace (it may reopen); one whose task ended, or that is missing,
+    /// fails the pending answer at once.
+    #[test]
+    fn a_closed_end_link_fails_the_answer() {
+        let (tx0, rx0) = watch::channel(true);
+        let (tx1, rx1) = watch::channel(true);
+        let mut links = vec![(0, Some(rx0), None), (4, Some(rx1), None)];
+        assert_eq!(closed_link(&mut links), None);
+        tx1.send_replace(false);
+        assert_eq!(closed_link(&mut links), None, "down, within its grace");
+        assert!(links[1].2.is_some(), "down since now");
+        tx1.send_replace(true);
+        assert_eq!(closed_link(&mut links), None);
+        assert!(links[1].2.is_none(), "up again: the grace starts over");
+        drop(tx1);
+        assert_eq!(closed_link(&mut links), Some(4), "its task ended");
+        drop(tx0);
+        assert_eq!(closed_link(&mut links[..1]), Some(0));
+        assert_eq!(closed_link(&mut [(2, None, None)]), Some(2), "no link at all");
+    }
+}

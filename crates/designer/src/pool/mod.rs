@@ -143,7 +143,6 @@ pub struct PoolCascade {
     first: Option<Box<dyn LayerBackend>>,
     last: Option<Box<dyn LayerBackend>>,
     shards: usize,
-    timeout: Duration,
     rng: ChaCha20Rng,
     net: NetworkReport,
     /// End-to-end section length of packets without a tensor (control).
