@@ -20,9 +20,9 @@ use mixnn_designer::pool::{PoolCascade, PoolError};
 use mixnn_designer::{DesignerError, Model, Repair};
 use mixnn_layer::{Tensor, TrainConfig};
 
-mod support;
 #[path = "faults/procs.rs"]
 mod procs;
+mod support;
 
 fn data() -> mixnn_data::Mnist {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
@@ -89,8 +89,8 @@ fn fail_a_hop(
             ..TrainConfig::default()
         };
         let sb = support::sandbox();
-        let mut cascade = PoolCascade::deploy(&shards, &config, Some(&sb), &popts, &mut |_| {})
-            .expect("deploys");
+        let mut cascade =
+            PoolCascade::deploy(&shards, &config, Some(&sb), &popts, &mut |_| {}).expect("deploys");
         for i in 0..6 {
             let (x, labels) = batch(&data, &sample, i);
             cascade.train_batch(x, &labels).expect("a step");
@@ -150,6 +150,7 @@ fn replaced(run: &Run, t: usize, spare: &str) {
         Ok(Some(r)) => r,
         other => panic!("repair after {}: {other:?}", run.failure),
     };
+    eprintln!("failure: {}\nrepair: {r:?}", run.failure);
     assert_eq!(r.hop, t, "{}", run.failure);
     assert_eq!(r.failed_node, run.before[t].1);
     assert_eq!(r.new_node, spare);
@@ -202,7 +203,11 @@ fn a_killed_middle_hop_is_located_by_probes() {
         pool.kill(&cascade[1].1);
     });
     assert!(run.lost, "{}", run.failure);
-    assert!(run.failure.contains("median"), "a measured bound: {}", run.failure);
+    assert!(
+        run.failure.contains("median"),
+        "a measured bound: {}",
+        run.failure
+    );
     replaced(&run, 1, &spare(&peers, &run.before));
     // Hop 1 answered, hop 2 did not.
     assert_eq!(run.probes - run.idle_probes, 2);
@@ -224,7 +229,10 @@ fn a_stopped_node_fails_fast_and_no_spare_is_a_clear_error() {
     let run = fail_a_hop(pool.bootstrap_addrs(), 0, |cascade| {
         let first = &cascade[0].1;
         let node = (nodes.iter_mut())
-            .find(|n| n.as_ref().is_some_and(|n| n.peer_id().to_base58() == *first))
+            .find(|n| {
+                n.as_ref()
+                    .is_some_and(|n| n.peer_id().to_base58() == *first)
+            })
             .and_then(Option::take)
             .expect("the first hop's node");
         rt.block_on(node.shutdown());

@@ -38,7 +38,11 @@ fn wait_for(out: &Path, child: &mut Child, find: impl Fn(&str) -> Option<String>
             let log = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
             panic!("{} exited ({status}):\n{log}", out.display());
         }
-        assert!(Instant::now() < deadline, "{} did not come up", out.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not come up",
+            out.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -50,7 +54,10 @@ impl Procs {
         let p = |name: &str| -> PathBuf { dir.path().join(name) };
         let listen = "/ip4/127.0.0.1/tcp/0".to_string();
         let out = p("bootstrap.out");
-        let mut boot = spawn(&["bootstrap".into(), "--listen".into(), listen.clone()], &out);
+        let mut boot = spawn(
+            &["bootstrap".into(), "--listen".into(), listen.clone()],
+            &out,
+        );
         let bootstrap = wait_for(&out, &mut boot, |l| {
             let l = l.trim();
             (l.starts_with("/ip4/") && l.contains("/p2p/")).then(|| l.to_string())
@@ -83,7 +90,9 @@ impl Procs {
                 let out = p(&format!("node-{i}.out"));
                 // The banner's last line comes once the bootstrap accepted
                 // the descriptor.
-                wait_for(&out, &mut child, |l| l.starts_with("(Ctrl-C").then(String::new));
+                wait_for(&out, &mut child, |l| {
+                    l.starts_with("(Ctrl-C").then(String::new)
+                });
                 let peer = wait_for(&out, &mut child, |l| {
                     l.strip_prefix("node ")?
                         .strip_suffix(" listening on:")

@@ -37,8 +37,8 @@ use serde::Serialize;
 
 use super::SandboxArgs;
 use super::harness::{LocalPool, LocalPoolOptions};
-use chaos::{Chaos, KillAt, KillReport};
 use super::train::{PoolArgs, RecipeArgs};
+use chaos::{Chaos, KillAt, KillReport};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -289,7 +289,11 @@ fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
     }
     let beyond = |k: &&KillAt| matches!(k.target, chaos::Target::Hop(n) if n > hops);
     if let Some(k) = a.kills.iter().find(beyond) {
-        bail!("--kill {}@{}: the cascade has {hops} hops", k.target, k.step);
+        bail!(
+            "--kill {}@{}: the cascade has {hops} hops",
+            k.target,
+            k.step
+        );
     }
     Ok(nodes)
 }

@@ -324,7 +324,6 @@ impl Killer {
 }
 
 impl LocalPool {
-
     fn spawn(&mut self, exe: &Path, name: &str, args: &[OsString], root: &Path) -> Result<()> {
         let stdout = root.join(format!("{name}.out"));
         let stderr = root.join(format!("{name}.log"));

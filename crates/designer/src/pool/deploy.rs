@@ -143,7 +143,11 @@ impl PoolCascade {
 
 /// Opens the packet links to the cascade's first and last hop: the only
 /// nodes the designer talks to.
-pub(super) fn connect_ends(ep: &Endpoint, hops: &[Hop], pool: &[NodeDescriptor]) -> Result<(), DesignerError> {
+pub(super) fn connect_ends(
+    ep: &Endpoint,
+    hops: &[Hop],
+    pool: &[NodeDescriptor],
+) -> Result<(), DesignerError> {
     for h in [hops.first(), hops.last()].into_iter().flatten() {
         if let Some(d) = pool.iter().find(|d| d.identity_key == h.node.0) {
             ep.connect(h.peer, &d.addrs, CONNECT_WAIT)?;

@@ -266,7 +266,9 @@ pub enum Received {
 /// The first of `links` down for at longer than [`LINK_GRACE`] (or whose
 /// link task ended, or that has no link at all); remembers since when each
 /// one is down.
-fn closed_link(links: &mut [(usize, Option<watch::Receiver<bool>>, Option<Instant>)]) -> Option<usize> {
+fn closed_link(
+    links: &mut [(usize, Option<watch::Receiver<bool>>, Option<Instant>)],
+) -> Option<usize> {
     for (hop, up, since) in links.iter_mut() {
         let down = match up {
             Some(rx) => rx.has_changed().is_err() || !*rx.borrow(),
@@ -314,6 +316,10 @@ mod tests {
         assert_eq!(closed_link(&mut links), Some(4), "its task ended");
         drop(tx0);
         assert_eq!(closed_link(&mut links[..1]), Some(0));
-        assert_eq!(closed_link(&mut [(2, None, None)]), Some(2), "no link at all");
+        assert_eq!(
+            closed_link(&mut [(2, None, None)]),
+            Some(2),
+            "no link at all"
+        );
     }
 }

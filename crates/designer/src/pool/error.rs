@@ -232,7 +232,9 @@ pub enum PoolError {
         note: String,
     },
     /// The hop to repair lies beyond what a probe route can reach.
-    #[error("hop {hop} cannot be probed: a probe to it needs {route_len} hops, packets carry {max}")]
+    #[error(
+        "hop {hop} cannot be probed: a probe to it needs {route_len} hops, packets carry {max}"
+    )]
     ProbeTooLong {
         /// The hop, counting from 1.
         hop: usize,

@@ -217,7 +217,9 @@ impl PoolCascade {
                 }
                 .into())
             }
-            Err(Received::Stopped) => Err(DesignerError::Pool("the designer's peer stopped".into())),
+            Err(Received::Stopped) => {
+                Err(DesignerError::Pool("the designer's peer stopped".into()))
+            }
         }
     }
 

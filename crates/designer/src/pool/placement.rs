@@ -273,7 +273,10 @@ mod tests {
         let others: Vec<_> = (0..8)
             .map(|_| build(&JobSecret::new(None).expect("fresh secret")))
             .collect();
-        assert!(others.iter().any(|o| o.1 != first.1), "masks change with the secret");
+        assert!(
+            others.iter().any(|o| o.1 != first.1),
+            "masks change with the secret"
+        );
         // The uses are apart: the two generators of one secret differ.
         let mut p = a.rng(DUMMY_POSITIONS);
         let mut m = a.rng(DUMMY_MASKS);

@@ -217,7 +217,11 @@ impl PoolCascade {
         match self.await_answer(&sent, bound, start, &what, &rule.to_string()) {
             Ok(answer) => {
                 onion::open(&self.g, &sent, answer)?;
-                tracing::info!(hop = k + 1, ms = start.elapsed().as_millis() as u64, "probe answered");
+                tracing::info!(
+                    hop = k + 1,
+                    ms = start.elapsed().as_millis() as u64,
+                    "probe answered"
+                );
                 Ok(Probe::Answered)
             }
             Err(DesignerError::Job(PoolError::Lost { .. })) => Ok(Probe::Silent),

@@ -306,7 +306,13 @@ impl Node {
         let peers = self.shared.swarm.disconnect_all().await;
         // Let the swarm task carry the closes out before it stops (bounded).
         let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
-        while self.shared.metrics.link.peers_connected.load(Ordering::Relaxed) > 0
+        while self
+            .shared
+            .metrics
+            .link
+            .peers_connected
+            .load(Ordering::Relaxed)
+            > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -51,7 +51,9 @@ impl FromStr for KillAt {
 
     fn from_str(s: &str) -> Result<KillAt, String> {
         let bad = || {
-            format!("{s:?}: expected HOP@STEP, e.g. 2@300 (hop from 1, or dummy, or layerK; step from 1)")
+            format!(
+                "{s:?}: expected HOP@STEP, e.g. 2@300 (hop from 1, or dummy, or layerK; step from 1)"
+            )
         };
         let (hop, step) = s.split_once('@').ok_or_else(bad)?;
         let hop = hop.trim();
