@@ -215,7 +215,7 @@ impl Endpoint {
         ends: &[(usize, PeerId)],
     ) -> Result<Vec<u8>, Received> {
         let deadline = tokio::time::Instant::now() + bound;
-        let mut links: Vec<(usize, Option<watch::Receiver<bool>>, Option<Instant>)> = ends
+        let mut links: Vec<EndLink> = ends
             .iter()
             .map(|&(hop, peer)| (hop, self.sender.link_up(peer), None))
             .collect();
@@ -249,6 +249,11 @@ pub const LINK_GRACE: Duration = Duration::from_millis(1000);
 /// How often a pending answer looks at the links to the cascade's ends.
 const LINK_POLL: Duration = Duration::from_millis(50);
 
+/// A link to a cascade end as a pending answer watches it: the hop's
+/// index, the link's up/down watch (`None`: no link), and since when it
+/// is down.
+type EndLink = (usize, Option<watch::Receiver<bool>>, Option<Instant>);
+
 /// Why [`Endpoint::receive`] returned no answer.
 #[derive(Debug)]
 pub enum Received {
@@ -267,7 +272,7 @@ pub enum Received {
 /// link task ended, or that has no link at all); remembers since when each
 /// one is down.
 fn closed_link(
-    links: &mut [(usize, Option<watch::Receiver<bool>>, Option<Instant>)],
+    links: &mut [EndLink],
 ) -> Option<usize> {
     for (hop, up, since) in links.iter_mut() {
         let down = match up {
