@@ -68,7 +68,10 @@ pub struct PoolOptions {
     /// Payload class of the job's packets; `None` picks the smallest that
     /// fits the largest tensor.
     pub class: Option<usize>,
-    /// How long to wait for an answer before calling a hop failed.
+    /// The longest wait for an answer: the detection bound's ceiling. Once
+    /// a kind of message was measured, the bound is derived from its
+    /// answer times instead (PROTOCOL.md §12.7); deployment and control
+    /// messages always wait this long.
     pub timeout: Duration,
     /// How long to wait for enough nodes to be listed.
     pub wait_for_nodes: Duration,
