@@ -271,9 +271,7 @@ pub enum Received {
 /// The first of `links` down for at longer than [`LINK_GRACE`] (or whose
 /// link task ended, or that has no link at all); remembers since when each
 /// one is down.
-fn closed_link(
-    links: &mut [EndLink],
-) -> Option<usize> {
+fn closed_link(links: &mut [EndLink]) -> Option<usize> {
     for (hop, up, since) in links.iter_mut() {
         let down = match up {
             Some(rx) => rx.has_changed().is_err() || !*rx.borrow(),
