@@ -13,6 +13,7 @@ use super::{Phase, PoolCascade, PoolError};
 use crate::DesignerError;
 use crate::backend::LayerBackend;
 use crate::cascade::Model;
+use crate::report::Repair;
 
 /// A tensor for the wire (compact: image input stays in bytes).
 fn to_wire(t: Tensor, what: &'static str) -> Result<WireTensor, DesignerError> {
@@ -185,6 +186,11 @@ impl Model for PoolCascade {
             y = l.infer(&y)?;
         }
         Ok(y)
+    }
+
+    /// Replaces a hop that stopped answering (`pool/repair.rs`).
+    fn repair(&mut self, failure: &DesignerError) -> Result<Option<Repair>, DesignerError> {
+        self.repair_failure(failure)
     }
 
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
