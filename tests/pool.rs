@@ -446,7 +446,9 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
     }
 }
 
-/// A job that outlives its nodes' mix keys: 10 s epochs with 5 s of grace,
+/// A job that outlives its nodes' mix keys: 15 s epochs with 30 s of grace
+/// (short enough for a test; the grace long enough that a loaded machine
+/// delivers every deployment packet within the grace of its key),
 /// and the designer waits after deployment until every key it deployed
 /// with has expired. On main the designer kept the keys it read at
 /// deployment, so every later packet named an epoch the hops no longer
@@ -454,13 +456,17 @@ fn keeping_the_first_layer_keeps_raw_input_off_the_pool() {
 /// directory) and the job stays bit-identical to the local run.
 #[test]
 fn a_job_outlives_its_nodes_key_rotation() {
-    const EPOCH: u64 = 10;
-    const GRACE: u64 = 5;
+    const EPOCH: u64 = 15;
+    const GRACE: u64 = 30;
     let pool = start_pool_with(|_, cfg| {
         cfg.epoch_secs = EPOCH;
         cfg.key_grace_secs = GRACE;
     });
     let shards = mlp_shards();
+    // The reference first: it compiles the guest in the sandbox the nodes
+    // share, so no deployment packet waits out a key's grace behind a cold
+    // compile (tens of seconds on a loaded 2-core machine).
+    let local = local_wasm(&shards);
     let (report, net, _) = train_on_pool_after(&pool, &shards, false, || {
         // Past the grace of the epoch the deployment's keys belong to.
         let now = std::time::SystemTime::now()
@@ -476,7 +482,6 @@ fn a_job_outlives_its_nodes_key_rotation() {
         net.key_refreshes,
         net.cascade.len()
     );
-    let local = local_wasm(&shards);
     assert_eq!(report.params_sha256, local.params_sha256);
     assert_eq!(report.final_test_accuracy, local.final_test_accuracy);
 }

@@ -40,6 +40,13 @@ pub trait LayerBackend {
     fn infer(&mut self, x: &Tensor) -> Result<Tensor, DesignerError>;
     /// The layer's current parameters, by name.
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError>;
+    /// The layer's whole training state (parameters, optimizer state, step
+    /// count, dropout stream position; `mixnn-layer`'s format), taken
+    /// between steps: what a checkpoint holds of it.
+    fn export_state(&mut self) -> Result<Vec<u8>, DesignerError>;
+    /// Puts the layer back to a state [`LayerBackend::export_state`] gave,
+    /// so training continues bit for bit from there. All or nothing.
+    fn import_state(&mut self, state: &[u8]) -> Result<(), DesignerError>;
 }
 
 /// The per-layer config of a cascade position: the first layer needs no
@@ -116,6 +123,12 @@ impl LayerBackend for NativeLayer {
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError> {
         self.layer.export_params().map_err(self.err())
     }
+    fn export_state(&mut self) -> Result<Vec<u8>, DesignerError> {
+        self.layer.export_state().map_err(self.err())
+    }
+    fn import_state(&mut self, state: &[u8]) -> Result<(), DesignerError> {
+        self.layer.import_state(state).map_err(self.err())
+    }
 }
 
 /// A layer run by the standard guest inside the wasmtime sandbox, as on a node.
@@ -170,5 +183,11 @@ impl LayerBackend for WasmLayer {
     }
     fn export_params(&mut self) -> Result<Vec<NamedTensor>, DesignerError> {
         self.guest.export_params().map_err(self.err())
+    }
+    fn export_state(&mut self) -> Result<Vec<u8>, DesignerError> {
+        self.guest.export_state().map_err(self.err())
+    }
+    fn import_state(&mut self, state: &[u8]) -> Result<(), DesignerError> {
+        self.guest.import_state(state).map_err(self.err())
     }
 }

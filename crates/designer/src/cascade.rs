@@ -94,6 +94,23 @@ impl Model for Cascade {
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
         self.layers.iter_mut().map(|l| l.export_params()).collect()
     }
+
+    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
+        self.layers.iter_mut().map(|l| l.export_state()).collect()
+    }
+
+    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
+        if states.len() != self.layers.len() {
+            return Err(DesignerError::ShardCount {
+                shards: self.layers.len(),
+                layers: states.len(),
+            });
+        }
+        for (l, s) in self.layers.iter_mut().zip(states) {
+            l.import_state(s)?;
+        }
+        Ok(())
+    }
 }
 
 /// What the training loop needs of a cascade, wherever its layers run (one
@@ -106,24 +123,21 @@ pub trait Model {
     /// Parameters of every layer, in shard order.
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError>;
 
-    /// Every layer's whole training state, in shard order: parameters,
+    /// Every layer's whole training state, one entry per shard in shard
+    /// order (dummy hops are no shards and hold none): parameters,
     /// optimizer state, step count, dropout stream position. What a
     /// checkpoint holds; opaque bytes whose format `crates/layer` owns.
-    /// (ISSUE 11 INTERFACE: the default is replaced by real implementations.)
-    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
-        Err(DesignerError::Pool(
-            "layer state export not built yet".into(),
-        ))
-    }
+    /// Taken between steps. On the pool the states are of the masked
+    /// cascade (a dummy's signs folded into the next layer's weights and
+    /// moments) and only fit the same masked cascade, i.e. the same
+    /// `job_secret`.
+    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError>;
 
-    /// Puts every layer back to states [`Model::save_state`] returned, so
-    /// training continues bit for bit from there.
-    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
-        let _ = states;
-        Err(DesignerError::Pool(
-            "layer state import not built yet".into(),
-        ))
-    }
+    /// Puts every layer back to states [`Model::save_state`] returned (one
+    /// per shard, in shard order), so training continues bit for bit from
+    /// there. A state a layer refuses is an error; that layer keeps its
+    /// own (others may already hold theirs: reload the whole set).
+    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError>;
 
     /// Called by the training loop after a step, test or checkpoint failed:
     /// replaces what failed so the job can go on from its latest checkpoint.

@@ -61,7 +61,7 @@ pub enum DesignerError {
     #[error("batch sizes must be positive")]
     ZeroBatch,
     /// The layers returned a different number of parameter sets than the
-    /// model has shards.
+    /// model has shards, or `load_state` got a different number of states.
     #[error("{shards} shards for {layers} layers")]
     ShardCount {
         /// Shards of the model.

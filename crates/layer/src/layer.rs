@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use mixnn_grad::{GradOptions, MaskSpec, pb};
 use prost::Message;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::{DatumType, TValue, TVec};
 
 use crate::optimizer::{self, ParamState};
 use crate::plans::{Feed, Plan, f32_slice, shared, to_tensor, value};
 use crate::{
-    LayerError, LossKind, LossOutput, NamedTensor, Tensor, TrainConfig, element_count, rng,
+    LayerError, LossKind, LossOutput, NamedTensor, Tensor, TrainConfig, element_count, rng, state,
 };
 
 /// Largest batch a layer accepts; larger batches are a caller bug or an attack.
@@ -359,6 +360,77 @@ impl Layer {
             p.value = v;
             p.grad = None;
         }
+        Ok(())
+    }
+
+    /// The layer's whole training state, as bytes ([`crate::state`]'s
+    /// format): parameters, optimizer state, step count and the dropout
+    /// stream's position. A layer loaded from the same shard and config
+    /// that imports it continues bit for bit. Taken between steps only: a
+    /// pending forward or gradient is an [`LayerError::State`] error, since
+    /// its masks already advanced the dropout stream.
+    pub fn export_state(&self) -> Result<Vec<u8>, LayerError> {
+        if self.pending.is_some() || self.params.iter().any(|p| p.grad.is_some()) {
+            return Err(LayerError::State(
+                "a forward or gradient is pending; a state is taken between steps".into(),
+            ));
+        }
+        let header = state::Header {
+            optimizer: self.cfg.optimizer,
+            step: self.step,
+            rng_seed: self.mask_rng.get_seed(),
+            rng_stream: self.mask_rng.get_stream(),
+            rng_word_pos: self.mask_rng.get_word_pos(),
+        };
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                Ok(state::ParamView {
+                    name: &p.name,
+                    shape: &p.shape,
+                    value: f32_slice(&p.value)?,
+                    m: &p.state.m,
+                    v: &p.state.v,
+                })
+            })
+            .collect::<Result<Vec<_>, LayerError>>()?;
+        Ok(state::encode(&header, &params))
+    }
+
+    /// Puts the layer back to a state [`Layer::export_state`] wrote (on a
+    /// layer of the same shard and config). All or nothing: a malformed or
+    /// mismatched state is an error and leaves the layer as it was. A
+    /// pending forward or gradient is dropped.
+    pub fn import_state(&mut self, bytes: &[u8]) -> Result<(), LayerError> {
+        let expect = state::Expect {
+            optimizer: self.cfg.optimizer,
+            rng_seed: rng::rng(self.cfg.seed, 0).get_seed(),
+            params: self
+                .params
+                .iter()
+                .map(|p| (p.name.as_str(), p.shape.as_slice()))
+                .collect(),
+        };
+        let (header, decoded) = state::decode(bytes, &expect)?;
+        let values = self
+            .params
+            .iter()
+            .zip(&decoded)
+            .map(|(p, d)| shared(&p.shape, &d.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut mask_rng = ChaCha8Rng::from_seed(header.rng_seed);
+        mask_rng.set_stream(header.rng_stream);
+        mask_rng.set_word_pos(header.rng_word_pos);
+        for ((p, d), v) in self.params.iter_mut().zip(decoded).zip(values) {
+            p.value = v;
+            p.state.m = d.m;
+            p.state.v = d.v;
+            p.grad = None;
+        }
+        self.step = header.step;
+        self.mask_rng = mask_rng;
+        self.pending = None;
         Ok(())
     }
 

@@ -17,6 +17,7 @@ mod layer;
 mod optimizer;
 mod plans;
 mod rng;
+mod state;
 
 pub use layer::{Layer, LayerInfo, MAX_BATCH, declared_input_shape};
 /// The boundary types live in `mixnn-types` (one definition for the layer,
@@ -26,6 +27,7 @@ pub use mixnn_types::{
     ConfigError, LossKind, LossOutput, MAX_ELEMENTS, NamedTensor, OptimizerKind, Tensor,
     TensorError, TrainConfig, element_count,
 };
+pub use state::{STATE_MAGIC, STATE_VERSION, max_state_len};
 
 /// Why a [`Layer`] call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,12 @@ pub enum LayerError {
     /// Imported parameters do not match the layer's in count, name or shape.
     #[error("parameters: {0}")]
     Params(String),
+    /// A training state to import is malformed (truncated, corrupted, an
+    /// unknown version) or belongs to another layer (names, shapes,
+    /// optimizer or dropout seed differ); or one cannot be exported now (a
+    /// forward or a gradient is pending: a state is taken between steps).
+    #[error("layer state: {0}")]
+    State(String),
     /// The training configuration is invalid (see [`ConfigError`]).
     #[error("parameters: {0}")]
     Config(#[from] ConfigError),

@@ -19,6 +19,8 @@ use mixnn_sandbox::{GuestKind, GuestLayer, Sandbox, SandboxError, Tensor};
 
 use crate::metrics::Metrics;
 
+mod state;
+
 /// Bytes of parameters per export part (fits the 64 KiB class with room
 /// for the framing).
 pub const EXPORT_PART_BYTES: usize = 48 * 1024;
@@ -88,6 +90,30 @@ pub enum JobError {
         /// Number of parts of the export.
         total: u32,
     },
+    /// A state part past the end of the snapshot was asked for.
+    #[error("state part {part} of {total}")]
+    StatePart {
+        /// The part asked for (from 0).
+        part: u32,
+        /// Number of parts of the snapshot.
+        total: u32,
+    },
+    /// A state chunk out of order: a duplicate, a gap, another count than
+    /// the load's first chunk, a count of 0 or past the limit, or a next
+    /// chunk with no load under way. The load is dropped.
+    #[error("state chunk {index} of {total} refused: {why}")]
+    StateChunk {
+        /// The chunk's index (from 0).
+        index: u32,
+        /// The chunk count it announces.
+        total: u32,
+        /// What is wrong with it (e.g. `expected chunk 2`).
+        why: String,
+    },
+    /// The state's chunks add up to more than the layer's bound
+    /// ([`mixnn_protocol::job::max_state_bytes`] of its parameter count).
+    #[error("state larger than this layer's limit of {0} bytes")]
+    StateTooLarge(u64),
     /// Encoding the exported parameters as CBOR failed.
     #[error("encoding the parameters: {0}")]
     Encode(#[from] mixnn_protocol::cbor::CborError),
@@ -109,10 +135,14 @@ impl JobError {
             | JobError::ChunkCountChanged
             | JobError::NoSpec
             | JobError::ShardLength { .. } => FailureKind::BadInit,
-            JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) => FailureKind::Capacity,
+            JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) | JobError::StateTooLarge(_) => {
+                FailureKind::Capacity
+            }
             JobError::LabelsAlone
             | JobError::NoLabels
             | JobError::ExportPart { .. }
+            | JobError::StatePart { .. }
+            | JobError::StateChunk { .. }
             | JobError::Tensor(_) => FailureKind::BadRequest,
             JobError::Encode(_) => FailureKind::Encoding,
             JobError::Guest(_) => FailureKind::Guest,
@@ -147,6 +177,10 @@ enum State {
         guest: Box<GuestLayer>,
         /// The CBOR parameter list of an export in progress.
         export: Option<Vec<u8>>,
+        /// The layer's parameter count (bounds a state to load).
+        params: u64,
+        /// A state snapshot being sent, or a state being received.
+        transfer: state::Transfer,
     },
 }
 
@@ -218,8 +252,15 @@ impl Jobs {
         f()
     }
 
-    /// Answers an end-to-end control message (init, export, close).
-    pub fn control(&self, handle: &[u8; 32], msg: ToHop) -> Result<FromHop, JobError> {
+    /// Answers an end-to-end control message (init, export, state, close).
+    /// `section_len` is the length of the end-to-end section it came in,
+    /// which the reply must fit (state parts are cut to it).
+    pub fn control(
+        &self,
+        handle: &[u8; 32],
+        msg: ToHop,
+        section_len: usize,
+    ) -> Result<FromHop, JobError> {
         match msg {
             ToHop::Init {
                 index,
@@ -228,6 +269,12 @@ impl Jobs {
                 bytes,
             } => self.init(handle, index, total, spec, bytes),
             ToHop::Export { part } => self.export(handle, part),
+            ToHop::SaveState { part } => self.save_state(handle, part, section_len),
+            ToHop::LoadState {
+                index,
+                total,
+                bytes,
+            } => self.load_state(handle, index, total, bytes),
             ToHop::Close => {
                 let mut map = lock(&self.map);
                 map.remove(handle);
@@ -313,6 +360,8 @@ impl Jobs {
         job.state = State::Ready {
             guest: Box::new(guest),
             export: None,
+            params,
+            transfer: state::Transfer::default(),
         };
         Ok(FromHop::Ready { params })
     }
@@ -413,7 +462,7 @@ impl Jobs {
         let job = self.get(handle)?;
         let mut job = lock(&job);
         job.last_used = Instant::now();
-        let State::Ready { guest, export } = &mut job.state else {
+        let State::Ready { guest, export, .. } = &mut job.state else {
             return Err(JobError::NotInitialised);
         };
         if part == 0 || export.is_none() {

@@ -84,6 +84,9 @@ enum Command {
     Dial {
         addr: Multiaddr,
     },
+    DisconnectAll {
+        done: oneshot::Sender<usize>,
+    },
 }
 
 /// Talks to the swarm task; cheap to clone.
@@ -128,6 +131,19 @@ impl SwarmHandle {
     /// Starts a connection to `addr` (which should end in `/p2p/<id>`).
     pub async fn dial(&self, addr: Multiaddr) {
         let _ = self.tx.send(Command::Dial { addr }).await;
+    }
+
+    /// Closes every connection now (each peer sees it closed at once, not
+    /// after a timeout); returns how many peers were connected. Why: a
+    /// node that stops must make the jobs that cross it fail fast, and its
+    /// neighbours and a designer linked to it notice a closed connection
+    /// at once (PROTOCOL.md §12.8).
+    pub async fn disconnect_all(&self) -> usize {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::DisconnectAll { done }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Looks `peer` up in the DHT; true if it was found with an address.
@@ -261,6 +277,13 @@ impl Task {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     info!(%addr, error = %e, "dial failed");
                 }
+            }
+            Command::DisconnectAll { done } => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for p in &peers {
+                    let _ = self.swarm.disconnect_peer_id(*p);
+                }
+                let _ = done.send(peers.len());
             }
         }
     }

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cbor::{self, CborError};
 
+mod e2e;
+pub use e2e::{E2eDirection, e2e_layer, open_e2e, seal_e2e, seal_e2e_padded};
+
 /// Bits of the application byte of a hop's routing flags.
 pub mod app_flags {
     /// The end-to-end section is for this hop.
@@ -257,116 +260,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Which way an end-to-end message goes: the key schedule keeps the two
-/// apart so a reply can never be replayed as a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum E2eDirection {
-    /// Designer to hop ([`ToHop`] messages).
-    ToHop,
-    /// Hop back to the designer ([`FromHop`] messages).
-    FromHop,
-}
-
-impl E2eDirection {
-    fn contexts(self) -> (&'static str, &'static str) {
-        match self {
-            E2eDirection::ToHop => (
-                "mixnn job v1 e2e to-hop stream",
-                "mixnn job v1 e2e to-hop mac",
-            ),
-            E2eDirection::FromHop => (
-                "mixnn job v1 e2e from-hop stream",
-                "mixnn job v1 e2e from-hop mac",
-            ),
-        }
-    }
-}
-
-fn xor_stream(context: &str, key: &[u8; 32], data: &mut [u8]) {
-    use chacha20::cipher::{KeyIvInit, StreamCipher};
-    let k = zeroize::Zeroizing::new(blake3::derive_key(context, key));
-    let key: &[u8; 32] = &k;
-    let mut c = chacha20::ChaCha20::new(key.into(), &[0u8; 12].into());
-    c.apply_keystream(data);
-}
-
-/// The layer a hop adds or strips (XOR) on an end-to-end section it is not
-/// the target of, and the designer's way to add or remove that layer.
-pub fn e2e_layer(hop_key: &[u8; 32], data: &mut [u8]) {
-    xor_stream(E2eDirection::ToHop.contexts().0, hop_key, data);
-}
-
-/// Seals `body` for (or, with [`E2eDirection::FromHop`], from) the hop whose
-/// end-to-end key is `key`, at its natural length
-/// ([`E2E_OVERHEAD`] + body); see [`seal_e2e_padded`].
-pub fn seal_e2e(key: &[u8; 32], dir: E2eDirection, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; E2E_OVERHEAD + body.len()];
-    seal_into(key, dir, body, &mut out);
-    out
-}
-
-/// Seals `body` into a section of exactly `len` bytes:
-/// `MAC(16) || body_len (u32 LE) || body || 0^pad`, the MAC over everything
-/// after it (so the padding is authenticated), then the direction's stream.
-/// Every section of a kind has one length whatever its message, so the
-/// hops that only layer it learn nothing from its size (PROTOCOL.md §12.3).
-/// Fails when the body does not fit.
-pub fn seal_e2e_padded(
-    key: &[u8; 32],
-    dir: E2eDirection,
-    body: &[u8],
-    len: usize,
-) -> Result<Vec<u8>, JobError> {
-    if body.len() > MAX_E2E_BODY || E2E_OVERHEAD + body.len() > len {
-        return Err(JobError::Malformed(
-            "end-to-end message larger than its section",
-        ));
-    }
-    let mut out = vec![0u8; len];
-    seal_into(key, dir, body, &mut out);
-    Ok(out)
-}
-
-/// `out` (zeroed, at least [`E2E_OVERHEAD`] + body bytes) becomes the seal.
-fn seal_into(key: &[u8; 32], dir: E2eDirection, body: &[u8], out: &mut [u8]) {
-    let (stream, mac_ctx) = dir.contexts();
-    out[E2E_MAC_LEN..E2E_OVERHEAD].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    out[E2E_OVERHEAD..E2E_OVERHEAD + body.len()].copy_from_slice(body);
-    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
-    let mac = blake3::keyed_hash(&mac_key, &out[E2E_MAC_LEN..]);
-    out[..E2E_MAC_LEN].copy_from_slice(&mac.as_bytes()[..E2E_MAC_LEN]);
-    xor_stream(stream, key, out);
-}
-
-/// Opens what [`seal_e2e`] or [`seal_e2e_padded`] made (after every other
-/// layer is gone); the MAC is compared in constant time before the length
-/// and the padding are read.
-pub fn open_e2e(key: &[u8; 32], dir: E2eDirection, sealed: &[u8]) -> Result<Vec<u8>, JobError> {
-    use subtle::ConstantTimeEq;
-    if sealed.len() < E2E_OVERHEAD || sealed.len() > MAX_E2E_SECTION {
-        return Err(JobError::E2eAuth);
-    }
-    let (stream, mac_ctx) = dir.contexts();
-    let mut plain = sealed.to_vec();
-    xor_stream(stream, key, &mut plain);
-    let mac_key = zeroize::Zeroizing::new(blake3::derive_key(mac_ctx, key));
-    let (mac, rest) = plain.split_at(E2E_MAC_LEN);
-    let want = blake3::keyed_hash(&mac_key, rest);
-    if !bool::from(mac.ct_eq(&want.as_bytes()[..E2E_MAC_LEN])) {
-        return Err(JobError::E2eAuth);
-    }
-    let (len, padded) = rest.split_at(4);
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if len > padded.len() || len > MAX_E2E_BODY {
-        return Err(JobError::Malformed("end-to-end length past its section"));
-    }
-    let (body, pad) = padded.split_at(len);
-    if pad.iter().any(|&b| b != 0) {
-        return Err(JobError::Malformed("end-to-end padding is not zero"));
-    }
-    Ok(body.to_vec())
-}
-
 /// Which guest serves a hop.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LayerKind {
@@ -418,6 +311,30 @@ pub enum ToHop {
     },
     /// Forget the job.
     Close,
+    /// Send part `part` of the layer's whole training state (parameters,
+    /// optimizer state, step count, dropout stream position), for a
+    /// checkpoint. Part 0 makes the hop take a fresh snapshot, like
+    /// [`ToHop::Export`]; the parts together are the layer's state bytes
+    /// (`mixnn-layer`'s format, opaque here; empty for a dummy).
+    SaveState {
+        /// Zero-based part index.
+        part: u32,
+    },
+    /// Chunk `index` of a state to load (rolling back to a checkpoint),
+    /// sent in order: chunk 0 starts a load (dropping any unfinished one),
+    /// each next chunk must be the next index of the same count; after the
+    /// last the hop imports the whole state and answers
+    /// [`FromHop::StateLoaded`]. The total is bounded by
+    /// [`max_state_bytes`] of the layer's parameter count.
+    LoadState {
+        /// This chunk's position, `0..total`.
+        index: u32,
+        /// Number of chunks (at least 1; an empty state is one empty chunk).
+        total: u32,
+        /// This chunk of the state bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// End-to-end messages from one hop back to the designer.
@@ -451,8 +368,61 @@ pub enum FromHop {
     },
     /// The job is forgotten (answer to [`ToHop::Close`]).
     Closed,
+    /// Part of the layer's training state (answer to [`ToHop::SaveState`]).
+    StatePart {
+        /// Index of this part, as asked.
+        part: u32,
+        /// Number of parts of the snapshot (at least 1).
+        total: u32,
+        /// This part's slice of the state; concatenate all parts in order.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The state of the last [`ToHop::LoadState`] chunk is imported: the
+    /// layer continues from it. (Earlier chunks answer
+    /// [`FromHop::Received`].)
+    StateLoaded,
     /// The hop could not do what the packet asked; it dropped the tensor.
     Error(HopFailure),
+}
+
+/// Hard cap on a layer state a hop accepts or sends, whatever its
+/// parameter count (1 GiB).
+pub const MAX_STATE_BYTES: u64 = 1 << 30;
+/// Room a state takes beyond its values: header, names, shapes, checksum.
+pub const STATE_OVERHEAD_BYTES: u64 = 1 << 20;
+
+/// The largest state a layer of `param_count` trainable values may have:
+/// the values and two moment sets (Adam) of 4 bytes each, plus
+/// [`STATE_OVERHEAD_BYTES`], never more than [`MAX_STATE_BYTES`]. A hop
+/// refuses a [`ToHop::LoadState`] that would pass it before storing more.
+pub fn max_state_bytes(param_count: u64) -> u64 {
+    param_count
+        .saturating_mul(12)
+        .saturating_add(STATE_OVERHEAD_BYTES)
+        .min(MAX_STATE_BYTES)
+}
+
+/// Most chunks a [`ToHop::LoadState`] of a layer of `param_count` values
+/// may announce: one per KiB of [`max_state_bytes`], and one more.
+pub fn max_state_chunks(param_count: u64) -> u32 {
+    u32::try_from(max_state_bytes(param_count) / 1024 + 1).unwrap_or(u32::MAX)
+}
+
+/// Most state bytes in one [`FromHop::StatePart`] (fits the 64 KiB class).
+pub const STATE_PART_BYTES: usize = 48 * 1024;
+/// What a [`FromHop::StatePart`] adds to its bytes in CBOR (variant and
+/// field names, two integers, the byte string's header), with room to spare.
+const STATE_PART_FRAMING: usize = 64;
+
+/// State bytes per [`FromHop::StatePart`] when the request came in a
+/// section of `section_len` bytes: what the reply, sealed at that length,
+/// can carry, at most [`STATE_PART_BYTES`] (and at least 1). The hop cuts
+/// its snapshot so; the designer bounds the part count with it.
+pub fn state_part_len(section_len: usize) -> usize {
+    section_len
+        .saturating_sub(E2E_OVERHEAD + STATE_PART_FRAMING)
+        .clamp(1, STATE_PART_BYTES)
 }
 
 /// Longest failure message a hop writes (bytes); longer ones are cut, so a

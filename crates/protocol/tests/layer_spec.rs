@@ -95,3 +95,52 @@ fn parameters_convert_both_ways() {
     };
     assert!(NamedTensor::try_from(bad).is_err());
 }
+
+#[test]
+fn state_messages_round_trip_and_their_bounds_hold() {
+    use mixnn_protocol::job::{
+        FromHop, MAX_STATE_BYTES, STATE_PART_BYTES, max_state_bytes, max_state_chunks,
+        state_part_len,
+    };
+    for msg in [
+        ToHop::SaveState { part: 3 },
+        ToHop::LoadState {
+            index: 1,
+            total: 2,
+            bytes: vec![9; 100],
+        },
+    ] {
+        let bytes = encode_msg("state", &msg).unwrap();
+        assert_eq!(decode_msg::<ToHop>("state", &bytes).unwrap(), msg);
+    }
+    for msg in [
+        FromHop::StatePart {
+            part: 0,
+            total: 1,
+            bytes: vec![1, 2],
+        },
+        FromHop::StateLoaded,
+    ] {
+        let bytes = encode_msg("state", &msg).unwrap();
+        assert_eq!(decode_msg::<FromHop>("state", &bytes).unwrap(), msg);
+    }
+    // Params, two moment sets and the overhead; never past the hard cap.
+    assert_eq!(max_state_bytes(1000), 12_000 + (1 << 20));
+    assert_eq!(max_state_bytes(u64::MAX), MAX_STATE_BYTES);
+    assert!(max_state_chunks(u64::MAX) > 1 << 20);
+    // A full part, framed and sealed, fits the section it is cut for.
+    for section in [2022usize, 30_000, 65_510, 1 << 20] {
+        let n = state_part_len(section);
+        assert!(n <= STATE_PART_BYTES);
+        let reply = FromHop::StatePart {
+            part: u32::MAX,
+            total: u32::MAX,
+            bytes: vec![0xff; n],
+        };
+        let body = encode_msg("state", &reply).unwrap();
+        assert!(
+            body.len() + mixnn_protocol::job::E2E_OVERHEAD <= section,
+            "{section}"
+        );
+    }
+}

@@ -327,6 +327,20 @@ impl GuestLayer {
             .map_err(bad_input(CALL))?;
         self.call(CALL, |b, s| b.call_import_params(s, &params))
     }
+
+    /// The layer's whole training state (`mixnn-layer`'s format; empty for
+    /// the relay guest), under the same deadline and memory cap as every
+    /// call: what a checkpoint holds.
+    pub fn export_state(&mut self) -> Result<Vec<u8>, SandboxError> {
+        self.call("export-state", |b, s| b.call_export_state(s))
+    }
+
+    /// Puts the layer back to a state [`GuestLayer::export_state`] gave. A
+    /// refused state is a [`SandboxError::Guest`] error and leaves the
+    /// layer as it was (the instance stays usable).
+    pub fn import_state(&mut self, state: &[u8]) -> Result<(), SandboxError> {
+        self.call("import-state", |b, s| b.call_import_state(s, state))
+    }
 }
 
 fn bad_input(call: &'static str) -> impl Fn(TensorError) -> SandboxError {

@@ -10,6 +10,7 @@
 //! would not fit beside it; `kernel-then-grow` (honest) runs a large product,
 //! then needs the room the product kernel held. Each reports what the host
 //! answered as its error message.
+//! `export-state` answers a 64 MiB junk state.
 //! The sandbox must turn each into a clear error and keep serving.
 
 wit_bindgen::generate!({ world: "layer", path: "../../wit" });
@@ -112,6 +113,14 @@ impl Guest for HostileGuest {
         Ok(vec![])
     }
     fn import_params(_p: Vec<types::NamedTensor>) -> Result<(), String> {
+        Ok(())
+    }
+    /// A state far larger than any honest one (64 MiB of junk): the host
+    /// must bound what it keeps of an answer by the memory cap.
+    fn export_state() -> Result<Vec<u8>, String> {
+        Ok(vec![0xA5; 64 << 20])
+    }
+    fn import_state(_s: Vec<u8>) -> Result<(), String> {
         Ok(())
     }
 }

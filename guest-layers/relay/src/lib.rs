@@ -147,6 +147,17 @@ impl Guest for RelayGuest {
     fn import_params(params: Vec<types::NamedTensor>) -> Result<(), String> {
         if params.is_empty() { Ok(()) } else { Err("a relay hop has no parameters".into()) }
     }
+
+    /// Stateless: the op and its sign mask come with `load`, nothing
+    /// changes while training, so its state is empty.
+    fn export_state() -> Result<Vec<u8>, String> {
+        op().map(|_| Vec::new())
+    }
+
+    fn import_state(state: Vec<u8>) -> Result<(), String> {
+        op()?;
+        if state.is_empty() { Ok(()) } else { Err("a relay hop has no state: only an empty one imports".into()) }
+    }
 }
 
 export!(RelayGuest);

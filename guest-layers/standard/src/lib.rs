@@ -108,6 +108,14 @@ impl Guest for StandardGuest {
         let params = params.into_iter().map(convert::named_in).collect::<Result<Vec<_>, _>>()?;
         with_layer(|l| l.import_params(params).map_err(err))
     }
+
+    fn export_state() -> Result<Vec<u8>, String> {
+        with_layer(|l| l.export_state().map_err(err))
+    }
+
+    fn import_state(state: Vec<u8>) -> Result<(), String> {
+        with_layer(|l| l.import_state(&state).map_err(err))
+    }
 }
 
 bindings::export!(StandardGuest with_types_in bindings);

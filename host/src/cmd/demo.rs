@@ -15,6 +15,17 @@
 //! the single-process runs so its cover traffic does not slow them.
 //! Prints the comparison, writes the JSON report and a PNG in the style
 //! of the paper's Figure 3.
+//!
+//! `--kill HOP@STEP` turns the harness into a chaos tool ([`chaos`]): the
+//! node holding a hop is SIGKILLed mid-job, the designer repairs the
+//! cascade from its latest checkpoint, and `matches_undisturbed` says
+//! whether the job still ended on the single-process run's parameters.
+
+// ISSUE 11 WIRING: `Chaos::step` (and the harness's `Killer::kill` it
+// calls) runs once the training loop's step observer exists; until then
+// they have no caller.
+#[allow(dead_code)]
+mod chaos;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,18 +38,35 @@ use serde::Serialize;
 use super::SandboxArgs;
 use super::harness::{LocalPool, LocalPoolOptions};
 use super::train::{PoolArgs, RecipeArgs};
+use chaos::{Chaos, KillAt, KillReport};
 
 #[derive(Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// Pool nodes to start. Default: one per shard and per dummy, plus a
-    /// spare (6 for the paper's MLP with 2 dummies).
+    /// Pool nodes to start. Default: one per pool layer and per dummy,
+    /// plus one spare per `--kill` (at least one): 6 for the paper's MLP
+    /// with 2 dummies.
     #[arg(long, value_name = "N")]
     pub nodes: Option<usize>,
     /// Dummy relay hops in the cascade (2: a cascade of 5 hops).
     #[arg(long, default_value_t = 2, value_name = "R")]
     pub dummies: usize,
+    /// The designer runs the first layer itself (the pool never sees the
+    /// raw input).
+    #[arg(long)]
+    pub keep_first: bool,
+    /// The designer runs the last layer and the loss itself.
+    #[arg(long)]
+    pub keep_last: bool,
+    /// Chaos: SIGKILL the node process holding hop HOP (from 1, as the
+    /// `cascade:` line prints it; or `dummy`, the first dummy hop; or
+    /// `layerK`) when the designer reaches global training step STEP;
+    /// repeatable. The designer detects the loss, replaces the
+    /// node with a spare and replays from its latest checkpoint; one spare
+    /// node per kill is started.
+    #[arg(long = "kill", value_name = "HOP@STEP")]
+    pub kills: Vec<KillAt>,
     /// Mean interval between loop cover packets of each node, ms (0 = off).
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub cover_loop_ms: u64,
@@ -110,6 +138,30 @@ pub struct DemoReport {
     pub cover: CoverReport,
     /// Packets the nodes dropped, by reason (non-zero ones).
     pub node_drops: BTreeMap<String, u64>,
+    /// The distributed run ended with the single-process wasm run's
+    /// parameters bit for bit, whatever was killed on the way.
+    pub matches_undisturbed: bool,
+    /// Repairs of the distributed job, in order.
+    pub repairs: Vec<DemoRepair>,
+    /// Lying hops detected (none yet: the Byzantine checks come later).
+    pub detections: Vec<serde_json::Value>,
+    /// Nodes killed by `--kill`, in order.
+    pub kills: Vec<KillReport>,
+}
+
+/// One repair, as the demo reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoRepair {
+    /// The failed hop, from 1 (as `--kill` names hops).
+    pub hop: usize,
+    /// The training step whose exchange failed.
+    pub step: u64,
+    /// From the send of the failed exchange to the failure being noticed.
+    pub detected_after_ms: u64,
+    /// From the failure being noticed to the cascade being whole again.
+    pub repaired_after_ms: u64,
+    /// Steps replayed from the checkpoint.
+    pub steps_replayed: u64,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -118,15 +170,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let model = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
     let plan = mixnn_shard::plan(&model, None)?;
     let shards = mixnn_shard::split(&model, &plan)?;
-    let nodes = a.nodes.unwrap_or(shards.len() + a.dummies + 1);
-    if nodes < shards.len() + a.dummies {
-        bail!(
-            "--nodes {nodes}: the cascade needs {} distinct nodes ({} layers + {} dummies)",
-            shards.len() + a.dummies,
-            shards.len(),
-            a.dummies
-        );
-    }
+    let nodes = pool_nodes(&a, shards.len())?;
     let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
     opts.config.host_kernels = a.sandbox.host_kernels();
     opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
@@ -165,14 +209,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
         watch.join(", ")
     );
     let node_peers: Vec<String> = pool.nodes().iter().map(|n| n.peer_id.clone()).collect();
+    // ISSUE 11 WIRING: `chaos` becomes the training loop's step observer
+    // (`Chaos::step(step, &model.network().cascade)` before each step).
+    let chaos = Chaos::new(a.kills.clone(), pool.killer());
     let pool_args = PoolArgs {
         pool: vec![pool.bootstrap_addr().to_string()],
         quorum: None,
         // Every node listens on 127.0.0.1: one host, told apart by port.
         local_pool: true,
         dummies: a.dummies,
-        keep_first: false,
-        keep_last: false,
+        keep_first: a.keep_first,
+        keep_last: a.keep_last,
         // The class printed above (cover uses every public class).
         class: Some(class),
         timeout_s: 60,
@@ -180,6 +227,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     };
     let (distributed, _) =
         super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?;
+    if let Some(k) = chaos.pending().first() {
+        bail!(
+            "--kill {}@{} was not carried out: the job ended before step {}",
+            k.target,
+            k.step,
+            k.step
+        );
+    }
+    let kills = chaos.report();
     let metrics = pool.metrics_sum()?;
     println!("stopping the local pool ({nodes} nodes and the bootstrap)");
     pool.stop();
@@ -190,7 +246,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     opts.engine = EngineKind::Native;
     let (native, _) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
 
-    let report = compare(
+    let mut report = compare(
         distributed,
         wasm,
         native,
@@ -206,6 +262,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ..CoverReport::default()
         },
     )?;
+    report.kills = kills;
     print_comparison(&report);
     plot(&report, &a.plot)?;
     println!("plot written to {}", a.plot.display());
@@ -214,6 +271,31 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("report written to {}", p.display());
     }
     Ok(())
+}
+
+/// How many nodes to start: `--nodes`, or one per hop plus a spare per
+/// kill (at least one); checks that the cascade fits and every numbered
+/// kill names one of its hops.
+fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
+    let kept = usize::from(a.keep_first) + usize::from(a.keep_last);
+    let remote = shards.saturating_sub(kept);
+    let hops = remote + a.dummies;
+    let nodes = a.nodes.unwrap_or(hops + a.kills.len().max(1));
+    if nodes < hops {
+        bail!(
+            "--nodes {nodes}: the cascade needs {hops} distinct nodes ({remote} layers + {} dummies)",
+            a.dummies
+        );
+    }
+    let beyond = |k: &&KillAt| matches!(k.target, chaos::Target::Hop(n) if n > hops);
+    if let Some(k) = a.kills.iter().find(beyond) {
+        bail!(
+            "--kill {}@{}: the cascade has {hops} hops",
+            k.target,
+            k.step
+        );
+    }
+    Ok(nodes)
 }
 
 /// Compiles the guests into the on-disk cache before the nodes start, so
@@ -288,7 +370,20 @@ fn compare(
     cover.loops_returned = count("mixnn_cover_packets_total{kind=\"loop_returned\"}");
     cover.drops_sent = count("mixnn_cover_packets_total{kind=\"drop_sent\"}");
 
+    let repairs = (distributed.repairs.iter())
+        .map(|r| DemoRepair {
+            hop: r.hop + 1,
+            step: r.step,
+            detected_after_ms: r.detected_after_ms,
+            repaired_after_ms: r.repaired_after_ms,
+            steps_replayed: r.steps_replayed,
+        })
+        .collect();
     Ok(DemoReport {
+        matches_undisturbed: distributed.params_sha256 == wasm.params_sha256,
+        repairs,
+        detections: Vec::new(),
+        kills: Vec::new(),
         time_ratio_wasm: distributed.train_seconds / wasm.train_seconds,
         time_ratio_native: distributed.train_seconds / native.train_seconds,
         per_hop_overhead_us,
@@ -371,6 +466,27 @@ fn print_comparison(r: &DemoReport) {
         ),
     );
     let list = |items: Vec<String>| items.join(", ");
+    if !r.kills.is_empty() || !r.repairs.is_empty() {
+        row(
+            "nodes killed; repairs",
+            format!(
+                "{}; {}",
+                r.kills.len(),
+                list(
+                    (r.repairs.iter())
+                        .map(|x| format!(
+                            "hop {} at step {} (detected after {} ms, repaired in {} ms, {} steps replayed)",
+                            x.hop, x.step, x.detected_after_ms, x.repaired_after_ms, x.steps_replayed
+                        ))
+                        .collect()
+                )
+            ),
+        );
+        row(
+            "matches the undisturbed run",
+            yes(r.matches_undisturbed).to_string(),
+        );
+    }
     row(
         "packet lengths on the wire (all nodes)",
         list(

@@ -275,6 +275,55 @@ impl LocalPool {
     /// Stops every process now (the same as dropping the pool).
     pub fn stop(self) {}
 
+    /// A handle that can SIGKILL this pool's nodes while it runs (the
+    /// demo's `--kill`); it does not keep the pool alive.
+    pub fn killer(&self) -> Killer {
+        Killer {
+            inner: Arc::downgrade(&self.inner),
+            peers: self.nodes.iter().map(|n| n.peer_id.clone()).collect(),
+        }
+    }
+}
+
+/// SIGKILLs node processes of a [`LocalPool`] by peer id: no clean
+/// shutdown, no closing of links, what a pulled plug does. The rest of the
+/// pool keeps running.
+#[derive(Clone)]
+pub struct Killer {
+    inner: Weak<Mutex<Inner>>,
+    /// Peer id of each node, in start order (node `i` is process `i + 1`).
+    peers: Vec<String>,
+}
+
+impl Killer {
+    /// SIGKILLs the node process that holds `peer_id` and reaps it; returns
+    /// its name (`node-N`). Fails if no running node of the pool has it.
+    #[allow(dead_code)] // ISSUE 11 WIRING: called by `demo::chaos` once wired.
+    pub fn kill(&self, peer_id: &str) -> Result<String> {
+        let i = self
+            .peers
+            .iter()
+            .position(|p| p == peer_id)
+            .with_context(|| format!("no node of the local pool is {peer_id}"))?;
+        let inner = self.inner.upgrade().context("the local pool has stopped")?;
+        let mut inner = lock(&inner);
+        let p = inner
+            .procs
+            .get_mut(i + 1)
+            .with_context(|| format!("node {} was not started", i + 1))?;
+        if p.child.try_wait().ok().flatten().is_some() {
+            bail!("{} ({peer_id}) is not running", p.name);
+        }
+        // std's kill is SIGKILL on Unix.
+        p.child
+            .kill()
+            .with_context(|| format!("killing {} ({peer_id})", p.name))?;
+        let _ = p.child.wait();
+        Ok(p.name.clone())
+    }
+}
+
+impl LocalPool {
     fn spawn(&mut self, exe: &Path, name: &str, args: &[OsString], root: &Path) -> Result<()> {
         let stdout = root.join(format!("{name}.out"));
         let stderr = root.join(format!("{name}.log"));

@@ -10,19 +10,21 @@ use mixnn_protocol::job::{LayerKind, LayerSpec};
 use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
+use super::detect::Detect;
 use super::directory;
 use super::endpoint::Endpoint;
 use super::mask;
 use super::onion::{self, Hop, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
+use super::repair::Spares;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
 use crate::cascade::loss_for;
 
 /// How long connecting to a cascade end (dial, Noise, stream) may take.
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
+pub(super) const CONNECT_WAIT: Duration = Duration::from_secs(30);
 
 impl PoolCascade {
     /// Chooses nodes, places dummies and deploys every hop (init, op 0).
@@ -44,9 +46,10 @@ impl PoolCascade {
         ));
         let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
         let mut rng = placement::os_rng()?;
-        let hops = placement::choose(&pool, &layout, opts, &mut rng)?;
+        let secret = placement::JobSecret::new(opts.job_secret)?;
+        let hops = placement::choose(&pool, &layout, opts, &secret, &mut rng)?;
         let roles: Vec<Role> = hops.iter().map(|h| h.role).collect();
-        let masks = mask::plan(&roles, shards, &mut rng)?;
+        let masks = mask::plan(&roles, shards, &mut secret.rng(placement::DUMMY_MASKS))?;
         let shards = &masks.shards[..];
         connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
@@ -79,16 +82,18 @@ impl PoolCascade {
             g,
             class,
             keys: KeyWatch::new(&hops, &pool, quorum),
+            spares: Spares::new(&hops, &pool, quorum, opts.distinct),
             hops,
             first,
             last,
             shards: layout.shards,
-            timeout: opts.timeout,
             rng,
             control_section,
             compute_section: onion::compute_section_len(&opts.batches),
             pad_hops: layout.pad_hops,
             folds: masks.folds,
+            secret,
+            detect: Detect::new(opts.timeout),
         };
         me.init_all(shards, &masks.ops, base, loss, progress)?;
         Ok(me)
@@ -131,13 +136,18 @@ impl PoolCascade {
             };
             inits.push((spec, shard));
         }
-        self.init_hops(inits)
+        self.spares.inits = inits.clone();
+        self.init_hops(inits.into_iter().map(Some).collect())
     }
 }
 
 /// Opens the packet links to the cascade's first and last hop: the only
 /// nodes the designer talks to.
-fn connect_ends(ep: &Endpoint, hops: &[Hop], pool: &[NodeDescriptor]) -> Result<(), DesignerError> {
+pub(super) fn connect_ends(
+    ep: &Endpoint,
+    hops: &[Hop],
+    pool: &[NodeDescriptor],
+) -> Result<(), DesignerError> {
     for h in [hops.first(), hops.last()].into_iter().flatten() {
         if let Some(d) = pool.iter().find(|d| d.identity_key == h.node.0) {
             ep.connect(h.peer, &d.addrs, CONNECT_WAIT)?;

@@ -124,7 +124,13 @@ fn choose_never_places_one_node_twice() {
     assert_eq!(layout.count, 4);
     let d = honest(1).verify_at(NOW).unwrap();
     let pool = vec![d; 4];
-    match placement::choose(&pool, &layout, &opts, &mut rng()) {
+    match placement::choose(
+        &pool,
+        &layout,
+        &opts,
+        &placement::JobSecret::new(None).unwrap(),
+        &mut rng(),
+    ) {
         Err(PoolError::TooFewNodes {
             listed: 1,
             needed: 4,
@@ -134,7 +140,14 @@ fn choose_never_places_one_node_twice() {
         Ok(hops) => panic!("one node placed on {} hops", hops.len()),
     }
     let pool: Vec<NodeDescriptor> = (1..=4).map(|s| honest(s).verify_at(NOW).unwrap()).collect();
-    let hops = placement::choose(&pool, &layout, &opts, &mut rng()).unwrap();
+    let hops = placement::choose(
+        &pool,
+        &layout,
+        &opts,
+        &placement::JobSecret::new(None).unwrap(),
+        &mut rng(),
+    )
+    .unwrap();
     let ids: BTreeSet<[u8; 32]> = hops.iter().map(|h| h.node.0).collect();
     assert_eq!(ids.len(), 4);
 }

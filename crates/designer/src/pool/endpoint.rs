@@ -205,36 +205,124 @@ impl Endpoint {
 
     /// The next packet whose header carries `alpha` (the exit id of the
     /// message sent); anything else arriving meanwhile is stale and dropped.
+    /// Waits at most `bound`; fails at once (after [`LINK_GRACE`]) when the
+    /// link to one of `ends` (hop index, peer: the cascade's ends, the only
+    /// nodes the designer is linked to) closes and stays closed.
     pub fn receive(
         &mut self,
         alpha: &[u8; 32],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, DesignerError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        bound: Duration,
+        ends: &[(usize, PeerId)],
+    ) -> Result<Vec<u8>, Received> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut links: Vec<EndLink> = ends
+            .iter()
+            .map(|&(hop, peer)| (hop, self.sender.link_up(peer), None))
+            .collect();
         let inbox = &mut self.inbox;
         self.rt.block_on(async {
             loop {
-                let p = tokio::time::timeout_at(deadline, inbox.recv())
-                    .await
-                    .map_err(|_| {
-                        err(format!(
-                            "no answer from the cascade within {} s (a hop may have crashed or \
-                             dropped the packet; see the nodes' logs and metrics)",
-                            timeout.as_secs()
-                        ))
-                    })?
-                    .ok_or_else(|| err("the designer's peer stopped"))?;
-                if p.data.get(1..33) == Some(&alpha[..]) {
-                    return Ok(p.data);
+                tokio::select! {
+                    p = tokio::time::timeout_at(deadline, inbox.recv()) => {
+                        let p = p.map_err(|_| Received::TimedOut)?.ok_or(Received::Stopped)?;
+                        if p.data.get(1..33) == Some(&alpha[..]) {
+                            return Ok(p.data);
+                        }
+                        tracing::debug!(from = %p.from, "stray packet ignored");
+                    }
+                    _ = tokio::time::sleep(LINK_POLL) => {
+                        if let Some(hop) = closed_link(&mut links) {
+                            return Err(Received::LinkClosed { hop });
+                        }
+                    }
                 }
-                tracing::debug!(from = %p.from, "stray packet ignored");
             }
         })
     }
 }
 
+/// How long a link to a cascade end may be down before the pending answer
+/// is given up: a stream that merely reset reopens well within it (the link
+/// task retries after 200 ms); a peer that stopped or died refuses the
+/// reopen, so the link stays down.
+pub const LINK_GRACE: Duration = Duration::from_millis(1000);
+/// How often a pending answer looks at the links to the cascade's ends.
+const LINK_POLL: Duration = Duration::from_millis(50);
+
+/// A link to a cascade end as a pending answer watches it: the hop's
+/// index, the link's up/down watch (`None`: no link), and since when it
+/// is down.
+type EndLink = (usize, Option<watch::Receiver<bool>>, Option<Instant>);
+
+/// Why [`Endpoint::receive`] returned no answer.
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing came within the bound.
+    TimedOut,
+    /// The link to this end hop (index) closed and stayed closed.
+    LinkClosed {
+        /// Index of the hop in the cascade.
+        hop: usize,
+    },
+    /// The designer's own peer stopped.
+    Stopped,
+}
+
+/// The first of `links` down for at longer than [`LINK_GRACE`] (or whose
+/// link task ended, or that has no link at all); remembers since when each
+/// one is down.
+fn closed_link(links: &mut [EndLink]) -> Option<usize> {
+    for (hop, up, since) in links.iter_mut() {
+        let down = match up {
+            Some(rx) => rx.has_changed().is_err() || !*rx.borrow(),
+            None => true,
+        };
+        if !down {
+            *since = None;
+            continue;
+        }
+        let t = *since.get_or_insert_with(Instant::now);
+        let ended = up.as_ref().is_none_or(|rx| rx.has_changed().is_err());
+        if ended || t.elapsed() >= LINK_GRACE {
+            return Some(*hop);
+        }
+    }
+    None
+}
+
 impl Drop for Endpoint {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link that is up is no failure; one that just went down gets its
+    /// grace (it may reopen); one whose task ended, or that is missing,
+    /// fails the pending answer at once.
+    #[test]
+    fn a_closed_end_link_fails_the_answer() {
+        let (tx0, rx0) = watch::channel(true);
+        let (tx1, rx1) = watch::channel(true);
+        let mut links = vec![(0, Some(rx0), None), (4, Some(rx1), None)];
+        assert_eq!(closed_link(&mut links), None);
+        tx1.send_replace(false);
+        assert_eq!(closed_link(&mut links), None, "down, within its grace");
+        assert!(links[1].2.is_some(), "down since now");
+        tx1.send_replace(true);
+        assert_eq!(closed_link(&mut links), None);
+        assert!(links[1].2.is_none(), "up again: the grace starts over");
+        drop(tx1);
+        assert_eq!(closed_link(&mut links), Some(4), "its task ended");
+        drop(tx0);
+        assert_eq!(closed_link(&mut links[..1]), Some(0));
+        assert_eq!(
+            closed_link(&mut [(2, None, None)]),
+            Some(2),
+            "no link at all"
+        );
     }
 }

@@ -157,6 +157,19 @@ pub enum PoolError {
     /// The export got no parameters for a shard; holds its index.
     #[error("no parameters for shard {0}")]
     NoParams(usize),
+    /// Saving the state got none for a shard; holds its index.
+    #[error("no state for shard {0}")]
+    NoState(usize),
+    /// A hop's state would take more parts than any state may (a
+    /// [`mixnn_protocol::job::MAX_STATE_BYTES`] bound), or its parts
+    /// disagree on their count.
+    #[error("hop {hop}: a state of {parts} parts is refused")]
+    StateParts {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// The part count it announced.
+        parts: u32,
+    },
     /// A dummy placed before shard `shard` cannot hand its sign mask to it.
     #[error("a dummy cannot mask the input of shard {shard}: {why}")]
     CannotMask {
@@ -174,5 +187,73 @@ pub enum PoolError {
     NoDummySlot {
         /// Dummy hops asked for.
         dummies: usize,
+    },
+    /// No answer within the detection bound T (PROTOCOL.md §12.8): a hop
+    /// on the way may have died. Repairable.
+    #[error(
+        "no answer to the {exchange} within {waited_ms} ms ({rule}){}",
+        if *keys_refreshed > 0 {
+            format!(
+                "; {keys_refreshed} hop(s) had rotated their mix key since the message was \
+                 built: keys refreshed"
+            )
+        } else {
+            String::new()
+        }
+    )]
+    Lost {
+        /// Which exchange (e.g. `training step (batch 64, 9 hop crossings)`).
+        exchange: String,
+        /// From the send to giving up, ms.
+        waited_ms: u64,
+        /// How the bound was set.
+        rule: String,
+        /// Hops whose mix key was found rotated after the loss.
+        keys_refreshed: usize,
+    },
+    /// The link to one end of the cascade closed while an answer was
+    /// pending: that node stopped or died. Repairable.
+    #[error("the link to hop {hop} ({role}, node {peer}) closed {after_ms} ms into the {exchange}")]
+    LinkClosed {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// What it holds (`layer K` or `dummy`).
+        role: String,
+        /// Its node's peer id.
+        peer: String,
+        /// Which exchange was pending.
+        exchange: String,
+        /// From the send to the close being noticed, ms.
+        after_ms: u64,
+    },
+    /// A hop failed and no node may replace it.
+    #[error(
+        "hop {hop} ({role}) failed and the directory lists no node outside the cascade and the \
+         {failed} failed node(s) ({listed} listed by the quorum{note}): start another node, then \
+         `mixnn train --resume JOB_DIR`"
+    )]
+    NoSpareNode {
+        /// The failed hop, counting from 1.
+        hop: usize,
+        /// What it held (`layer K` or `dummy`).
+        role: String,
+        /// Nodes that failed in this job (never used again).
+        failed: usize,
+        /// Nodes the quorum of bootstraps lists now.
+        listed: usize,
+        /// Why listed nodes were not usable, if some were (shared address).
+        note: String,
+    },
+    /// The hop to repair lies beyond what a probe route can reach.
+    #[error(
+        "hop {hop} cannot be probed: a probe to it needs {route_len} hops, packets carry {max}"
+    )]
+    ProbeTooLong {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// Hops of the probe's route.
+        route_len: usize,
+        /// Most hops a packet carries.
+        max: usize,
     },
 }

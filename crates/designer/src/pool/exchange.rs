@@ -1,25 +1,31 @@
 //! One message of the job: its slots, the packet out, the answer back, and
 //! the figures of the network report.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mixnn_protocol::job::{E2E_OVERHEAD, FromHop, LayerSpec, ToHop, WireTensor};
 use mixnn_sphinx::Op;
 
+use super::detect::Kind;
+use super::endpoint::Received;
 use super::onion::{self, Sent, Slot};
-use super::{Phase, PoolCascade, PoolError, describe_slot};
+use super::{Phase, PoolCascade, PoolError, describe_role, describe_slot};
 use crate::DesignerError;
 
 impl PoolCascade {
-    /// Sends every hop its spec and shard in chunks that fill the job's
-    /// control sections, all hops in one [`control_batch`](Self::control_batch).
+    /// Sends every hop its spec and shard (a hop given `None`: nothing) in
+    /// chunks that fill the job's control sections, all hops in one
+    /// [`control_batch`](Self::control_batch).
     pub(super) fn init_hops(
         &mut self,
-        inits: Vec<(LayerSpec, Vec<u8>)>,
+        inits: Vec<Option<(LayerSpec, Vec<u8>)>>,
     ) -> Result<(), DesignerError> {
         let mut msgs = Vec::with_capacity(inits.len());
-        for (spec, shard) in inits {
-            msgs.push(self.init_chunks(spec, &shard)?);
+        for init in inits {
+            msgs.push(match init {
+                Some((spec, shard)) => self.init_chunks(spec, &shard)?,
+                None => Vec::new(),
+            });
         }
         let answers = self.control_batch(msgs, Phase::Init)?;
         for (t, list) in answers.into_iter().enumerate() {
@@ -127,7 +133,9 @@ impl PoolCascade {
         reply.ok_or_else(|| PoolError::NoAnswer { hop: t + 1 }.into())
     }
 
-    /// Sends one message and waits for its answer.
+    /// Sends one message and waits for its answer, at most the detection
+    /// bound of its kind ([`super::detect`]); a closed link to an end of the
+    /// cascade fails it at once.
     pub(super) fn exchange(
         &mut self,
         slots: Vec<Slot>,
@@ -138,12 +146,18 @@ impl PoolCascade {
         let start = Instant::now();
         self.refresh_keys(false);
         let target = e2e.as_ref().map(|(t, _)| *t);
+        let batch = tensor
+            .as_ref()
+            .and_then(|t| t.shape.first())
+            .map(|&b| b as usize);
+        let kind = Kind::of(phase, batch);
         let first = self.hops[slots[0].hop].peer;
         let section = if tensor.is_some() {
             self.compute_section
         } else {
             self.control_section
         };
+        let what = describe_exchange(phase, batch, slots.len(), target);
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -156,16 +170,68 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
-        let answer = match self.ep.receive(&sent.exit_id, self.timeout) {
-            Ok(a) => a,
-            Err(e) => return Err(self.after_loss(e)),
-        };
+        let (bound, rule) = self.detect.bound(kind);
+        let answer = self.await_answer(&sent, bound, start, &what, &rule.to_string())?;
         let payload = onion::open(&self.g, &sent, answer)?;
         let hops = &self.hops;
         let describe = |s: &Slot| describe_slot(hops, s);
         let reply = onion::reply(&sent, &payload.e2e, target, describe)?;
+        if let Some(k) = kind {
+            self.detect.record(k, start.elapsed());
+        }
         self.account(&sent, phase, start);
         Ok((payload.tensor, reply))
+    }
+
+    /// The answer to `sent` within `bound`, or the typed failure: lost
+    /// (no answer in time) or a closed link to an end of the cascade.
+    pub(super) fn await_answer(
+        &mut self,
+        sent: &Sent,
+        bound: Duration,
+        start: Instant,
+        what: &str,
+        rule: &str,
+    ) -> Result<Vec<u8>, DesignerError> {
+        let ends = self.end_links();
+        match self.ep.receive(&sent.exit_id, bound, &ends) {
+            Ok(a) => Ok(a),
+            Err(Received::TimedOut) => {
+                let keys_refreshed = self.refresh_keys(true);
+                Err(PoolError::Lost {
+                    exchange: what.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                    rule: rule.to_string(),
+                    keys_refreshed,
+                }
+                .into())
+            }
+            Err(Received::LinkClosed { hop }) => {
+                let h = &self.hops[hop];
+                Err(PoolError::LinkClosed {
+                    hop: hop + 1,
+                    role: describe_role(h.role),
+                    peer: h.peer.to_base58(),
+                    exchange: what.to_string(),
+                    after_ms: start.elapsed().as_millis() as u64,
+                }
+                .into())
+            }
+            Err(Received::Stopped) => {
+                Err(DesignerError::Pool("the designer's peer stopped".into()))
+            }
+        }
+    }
+
+    /// The cascade's ends (hop index, peer): the only nodes the designer
+    /// holds links to.
+    pub(super) fn end_links(&self) -> Vec<(usize, libp2p::PeerId)> {
+        let n = self.hops.len();
+        let mut ends = vec![(0, self.hops[0].peer)];
+        if n > 1 {
+            ends.push((n - 1, self.hops[n - 1].peer));
+        }
+        ends
     }
 
     fn account(&mut self, sent: &Sent, phase: Phase, start: Instant) {
@@ -205,6 +271,26 @@ impl PoolCascade {
             tracing::warn!(error = %e, "closing the job");
         }
     }
+}
+
+/// Names an exchange for the errors: its phase, batch and route length.
+fn describe_exchange(
+    phase: Phase,
+    batch: Option<usize>,
+    crossings: usize,
+    target: Option<usize>,
+) -> String {
+    let name = match phase {
+        Phase::Init => "init message",
+        Phase::Train => "training message",
+        Phase::Test => "test message",
+        Phase::Export => "control message",
+    };
+    let batch = batch.map(|b| format!("batch {b}, ")).unwrap_or_default();
+    let to = target
+        .map(|t| format!(" to hop {}", t + 1))
+        .unwrap_or_default();
+    format!("{name}{to} ({batch}{crossings} hop crossings)")
 }
 
 /// An answer hop `t` should not have given.

@@ -16,9 +16,13 @@
 //! sends one message and accounts for it, `phases` runs training, test and
 //! export over messages, `class` sizes the packets, and `onion` and
 //! `endpoint` are the packet format and the designer's libp2p peer.
+//! Faults (PROTOCOL.md §12.8): `detect` sets the bound T after which an
+//! answer counts as lost, and `repair` locates the failed hop with probes
+//! and puts a fresh node in its place.
 
 mod class;
 mod deploy;
+mod detect;
 mod directory;
 mod endpoint;
 mod error;
@@ -28,6 +32,8 @@ mod onion;
 mod phases;
 mod placement;
 mod rekey;
+mod repair;
+mod state;
 
 use std::time::Duration;
 
@@ -63,7 +69,10 @@ pub struct PoolOptions {
     /// Payload class of the job's packets; `None` picks the smallest that
     /// fits the largest tensor.
     pub class: Option<usize>,
-    /// How long to wait for an answer before calling a hop failed.
+    /// The longest wait for an answer: the detection bound's ceiling. Once
+    /// a kind of message was measured, the bound is derived from its
+    /// answer times instead (PROTOCOL.md §12.8); deployment and control
+    /// messages always wait this long.
     pub timeout: Duration,
     /// How long to wait for enough nodes to be listed.
     pub wait_for_nodes: Duration,
@@ -115,6 +124,9 @@ pub struct NetworkReport {
     /// Hop mix keys replaced during the job (nodes rotate them per epoch).
     #[serde(default)]
     pub key_refreshes: u64,
+    /// Probe messages sent to locate failed hops.
+    #[serde(default)]
+    pub probes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -135,7 +147,6 @@ pub struct PoolCascade {
     first: Option<Box<dyn LayerBackend>>,
     last: Option<Box<dyn LayerBackend>>,
     shards: usize,
-    timeout: Duration,
     rng: ChaCha20Rng,
     net: NetworkReport,
     /// End-to-end section length of packets without a tensor (control).
@@ -147,9 +158,23 @@ pub struct PoolCascade {
     /// Shards whose first linear op carries the dummies' masks (index,
     /// fold, combined mask), un-folded at export.
     folds: Vec<(usize, mask::Fold, Vec<bool>)>,
+    /// The job's secret: the dummies' positions and masks derive from it.
+    secret: placement::JobSecret,
+    /// The detection bound's measurements.
+    detect: detect::Detect,
+    /// What a repair needs: each hop's init, the directory rule, the nodes
+    /// that failed in this job.
+    spares: repair::Spares,
 }
 
 impl PoolCascade {
+    /// The job's secret seed (the given [`PoolOptions::job_secret`], or the
+    /// fresh one drawn at deployment): the caller stores it (0600) so a
+    /// resumed job rebuilds the same dummy positions and masked shards.
+    pub fn job_secret(&self) -> [u8; 32] {
+        self.secret.bytes()
+    }
+
     /// Network figures so far.
     pub fn network(&self) -> NetworkReport {
         let mut r = self.net.clone();

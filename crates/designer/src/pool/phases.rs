@@ -13,6 +13,7 @@ use super::{Phase, PoolCascade, PoolError};
 use crate::DesignerError;
 use crate::backend::LayerBackend;
 use crate::cascade::Model;
+use crate::report::Repair;
 
 /// A tensor for the wire (compact: image input stays in bytes).
 fn to_wire(t: Tensor, what: &'static str) -> Result<WireTensor, DesignerError> {
@@ -191,6 +192,11 @@ impl Model for PoolCascade {
         Ok(y)
     }
 
+    /// Replaces a hop that stopped answering (`pool/repair.rs`).
+    fn repair(&mut self, failure: &DesignerError) -> Result<Option<Repair>, DesignerError> {
+        self.repair_failure(failure)
+    }
+
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError> {
         let mut out: Vec<Option<Vec<NamedTensor>>> = vec![None; self.shards];
         if let Some(l) = self.first.as_mut() {
@@ -215,5 +221,15 @@ impl Model for PoolCascade {
             .enumerate()
             .map(|(i, p)| p.ok_or_else(|| PoolError::NoParams(i).into()))
             .collect()
+    }
+
+    /// One state per shard (the kept ones here, the others from their
+    /// hops), of the masked cascade: see `pool/state.rs`.
+    fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
+        self.save_states()
+    }
+
+    fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
+        self.load_states(states)
     }
 }

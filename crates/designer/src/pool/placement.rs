@@ -1,12 +1,17 @@
 //! Node choice and dummy placement: which pool node serves which hop.
 //!
 //! Both are secrets of the designer (who serves the job, and where the
-//! dummies are), so they draw on OS randomness, never the training seed.
+//! dummies are), so they never draw on the training seed. The nodes are
+//! chosen with fresh OS randomness every time (a resumed or repaired job
+//! must not return to nodes an observer saw it use); where the dummies sit
+//! and their sign masks derive from the job's secret ([`JobSecret`]), so a
+//! resumed job rebuilds the same masked shards its checkpoints hold.
 
 use mixnn_protocol::NodeDescriptor;
 use mixnn_sphinx::{Geometry, JobHandle, MixPublicKey, NodeId};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
 
 use super::onion::{Hop, Role};
 use super::{PoolError, PoolOptions};
@@ -74,13 +79,58 @@ pub(super) fn os_rng() -> Result<ChaCha20Rng, PoolError> {
     Ok(ChaCha20Rng::from_seed(seed))
 }
 
-/// Picks `count` nodes at random, no two with the same identity or a
-/// shared address (see [`super::directory::pick`]), places the dummies
-/// among the layers and gives each node its role and a fresh job handle.
+/// The job's secret seed (PoolOptions::job_secret): the designer keeps it
+/// (0600, in the job directory) and never sends it. Each use draws from
+/// its own generator, seeded by SHA-256 over a label naming the use and
+/// the secret, so no use's output says anything about another's, and a
+/// new use can be added without changing the old ones.
+#[derive(Clone)]
+pub(super) struct JobSecret([u8; 32]);
+
+impl JobSecret {
+    /// `given`, or a fresh secret from the OS.
+    pub fn new(given: Option<[u8; 32]>) -> Result<JobSecret, PoolError> {
+        match given {
+            Some(s) => Ok(JobSecret(s)),
+            None => {
+                let mut s = [0u8; 32];
+                getrandom::fill(&mut s).map_err(PoolError::Randomness)?;
+                Ok(JobSecret(s))
+            }
+        }
+    }
+
+    /// The secret's bytes, for the caller to store.
+    pub fn bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    /// The generator of one use of the secret (`label`, e.g.
+    /// `"dummy positions"`).
+    pub fn rng(&self, label: &str) -> ChaCha20Rng {
+        let mut h = Sha256::new();
+        h.update(b"mixnn job secret v1\0");
+        h.update(label.as_bytes());
+        h.update([0u8]);
+        h.update(self.0);
+        ChaCha20Rng::from_seed(h.finalize().into())
+    }
+}
+
+/// Label of the generator that places the dummies.
+pub(super) const DUMMY_POSITIONS: &str = "dummy positions";
+/// Label of the generator that draws the dummies' sign masks.
+pub(super) const DUMMY_MASKS: &str = "dummy sign masks";
+
+/// Picks `count` nodes at random (`rng`: OS randomness), no two with the
+/// same identity or a shared address (see [`super::directory::pick`]),
+/// places the dummies among the layers (from the job's secret) and gives
+/// each node its role and a fresh job handle.
 pub(super) fn choose(
     pool: &[NodeDescriptor],
     layout: &Layout,
     opts: &PoolOptions,
+    secret: &JobSecret,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<Hop>, PoolError> {
     let picked =
@@ -92,7 +142,7 @@ pub(super) fn choose(
                 dummies: opts.dummies,
             }
         })?;
-    let roles = place_dummies(layout, opts, rng);
+    let roles = place_dummies(layout, opts, &mut secret.rng(DUMMY_POSITIONS));
     picked
         .into_iter()
         .zip(&roles)
@@ -118,8 +168,8 @@ fn place_dummies(layout: &Layout, opts: &PoolOptions, rng: &mut ChaCha20Rng) -> 
     roles
 }
 
-/// The hop a directory entry serves as `role`.
-fn hop(d: &NodeDescriptor, role: Role, rng: &mut ChaCha20Rng) -> Result<Hop, PoolError> {
+/// The hop a directory entry serves as `role`, with a fresh job handle.
+pub(super) fn hop(d: &NodeDescriptor, role: Role, rng: &mut ChaCha20Rng) -> Result<Hop, PoolError> {
     let peer_name = || d.peer_id.to_string();
     let mix_key =
         MixPublicKey::from_bytes(d.mix_key.public).map_err(|source| PoolError::MixKey {
@@ -193,5 +243,43 @@ mod tests {
             Layout::new(1, &opts(1, false), &g),
             Err(PoolError::NoDummySlot { dummies: 1 })
         ));
+    }
+
+    /// A resumed job rebuilds the same masked shards: the same secret
+    /// places the dummies at the same positions and draws the same sign
+    /// masks, whatever OS randomness chooses the nodes; another secret
+    /// (almost surely) does not.
+    #[test]
+    fn the_same_job_secret_gives_the_same_dummies_and_masks() {
+        let g = Geometry::default();
+        let model = mixnn_shard::mlp(3, 4, mixnn_shard::Form::Gemm);
+        let plan = mixnn_shard::plan(&model, None).expect("plan");
+        let shards = mixnn_shard::split(&model, &plan).expect("split");
+        let o = opts(2, true);
+        let layout = Layout::new(shards.len(), &o, &g).expect("layout");
+        let build = |secret: &JobSecret| {
+            let roles = place_dummies(&layout, &o, &mut secret.rng(DUMMY_POSITIONS));
+            let masks = super::super::mask::plan(&roles, &shards, &mut secret.rng(DUMMY_MASKS))
+                .expect("masks");
+            (roles, masks.ops, masks.shards)
+        };
+        let a = JobSecret::new(Some([7; 32])).expect("secret");
+        let first = build(&a);
+        assert!(first.1.iter().any(Option::is_some), "dummies with masks");
+        for _ in 0..3 {
+            assert_eq!(build(&a), first);
+        }
+        // Fresh secrets differ from it: positions and masks move.
+        let others: Vec<_> = (0..8)
+            .map(|_| build(&JobSecret::new(None).expect("fresh secret")))
+            .collect();
+        assert!(
+            others.iter().any(|o| o.1 != first.1),
+            "masks change with the secret"
+        );
+        // The uses are apart: the two generators of one secret differ.
+        let mut p = a.rng(DUMMY_POSITIONS);
+        let mut m = a.rng(DUMMY_MASKS);
+        assert_ne!(p.next_u64(), m.next_u64());
     }
 }

@@ -16,7 +16,6 @@ use mixnn_sphinx::MixPublicKey;
 
 use super::PoolCascade;
 use super::onion::Hop;
-use crate::DesignerError;
 
 /// Least time between two directory reads for key refresh.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,6 +43,14 @@ impl KeyWatch {
             quorum,
             epoch_secs,
             last_read: None,
+        }
+    }
+
+    /// Hop `t` is now served by a node whose key epochs last `epoch_secs`
+    /// (a repair replaced it).
+    pub fn replace(&mut self, t: usize, epoch_secs: u64) {
+        if let Some(e) = self.epoch_secs.get_mut(t) {
+            *e = epoch_secs;
         }
     }
 
@@ -102,18 +109,5 @@ impl PoolCascade {
         }
         self.net.key_refreshes += updated as u64;
         updated
-    }
-
-    /// The error for a message that got no answer, after a key refresh
-    /// tells whether a rotation explains it.
-    pub(super) fn after_loss(&mut self, e: DesignerError) -> DesignerError {
-        match self.refresh_keys(true) {
-            0 => e,
-            n => DesignerError::Pool(format!(
-                "{e}; {n} hop(s) had rotated their mix key since the message was built: keys \
-                 refreshed, the message was not resent (a resent training step could be applied \
-                 twice)"
-            )),
-        }
     }
 }

@@ -42,7 +42,7 @@ pub(super) fn run(jobs: &Jobs, p: &Processed, payload: &mut JobPayload, seen: &m
     };
     let job = &p.routing.job.0;
     match (p.routing.op, to_hop) {
-        (Op::Init, Some(m)) => match jobs.control(job, m) {
+        (Op::Init, Some(m)) => match jobs.control(job, m, payload.e2e.len()) {
             Ok(answer) => reply(payload, key, &answer),
             Err(error) => fail(payload, key, seen, Stage::Control, error),
         },
@@ -72,6 +72,8 @@ fn kind_of(m: &ToHop) -> &'static str {
         ToHop::Labels(_) => "labels",
         ToHop::Export { .. } => "export",
         ToHop::Close => "close",
+        ToHop::SaveState { .. } => "save-state",
+        ToHop::LoadState { .. } => "load-state",
     }
 }
 

@@ -30,6 +30,9 @@ use crate::mixkeys::{MixKeyError, MixKeyStore, MixKeys};
 use crate::views::JobViews;
 use publish::{Shared, sign_descriptor};
 
+/// How long a stopping node waits for its connections to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// The identity file's name inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.key";
 
@@ -293,10 +296,28 @@ impl Node {
             })
     }
 
-    /// Stops every task and waits for them (up to 5 s). Stored state is
-    /// written as it changes, so nothing is lost here; the mix keys are
-    /// written once more for good measure.
+    /// Closes every connection first, so the jobs crossing this node fail
+    /// fast (its neighbours' links close, and a designer linked to it sees
+    /// its pending answer fail at once: PROTOCOL.md §12.8), then stops
+    /// every task and waits for them (up to 5 s). Stored state is written
+    /// as it changes, so nothing is lost here; the mix keys are written
+    /// once more for good measure.
     pub async fn shutdown(mut self) {
+        let peers = self.shared.swarm.disconnect_all().await;
+        // Let the swarm task carry the closes out before it stops (bounded).
+        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        while self
+            .shared
+            .metrics
+            .link
+            .peers_connected
+            .load(Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(peers, "connections closed");
         let _ = self.stop.send(true);
         if let Err(e) = self.shared.mix_keys.read(|s| s.persist()) {
             warn!(error = %e, "saving mix keys at shutdown");

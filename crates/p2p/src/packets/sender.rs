@@ -169,6 +169,18 @@ impl PacketSender {
         }
     }
 
+    /// Whether the link to `peer` has its stream open now, and a watch of
+    /// it (`None`: no link to `peer` in the table). The watch's sender is
+    /// dropped when the link's task ends (its peer became unreachable), so
+    /// a closed watch means a dead link. Why: the designer holds a kept
+    /// link to each end of its cascade, and a peer that stops or dies
+    /// closes the connection under it; watching the link lets a pending
+    /// answer fail at once instead of after the detection bound.
+    pub fn link_up(&self, peer: PeerId) -> Option<watch::Receiver<bool>> {
+        let links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.get(&peer).map(|l| l.up.clone())
+    }
+
     /// Links to at most `n` neighbours from now on (at least one); links
     /// over the new limit leave as they become evictable.
     pub fn set_max_links(&self, n: usize) {

@@ -5,3 +5,4 @@ mod drops;
 pub(crate) mod kit;
 mod ops;
 mod relay_view;
+mod state;

@@ -1,0 +1,198 @@
+//! `mixnn demo --kill HOP@STEP`: the harness as a chaos tool.
+//!
+//! When the designer reaches global training step STEP, the node process
+//! that holds hop HOP of the cascade (1-based, as the `cascade:` line
+//! prints it; after a repair, whichever node holds the hop then) gets
+//! SIGKILL: no clean shutdown, its links die with it, exactly a pulled
+//! plug. The rest of the pool keeps running, with spare nodes for the
+//! repairs. Each kill fires once, so the steps the job replays after a
+//! repair do not kill again.
+
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::super::harness::Killer;
+
+/// Which hop a kill aims at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Hop N of the cascade, from 1.
+    Hop(usize),
+    /// The first hop that holds a dummy, wherever the job placed it.
+    Dummy,
+    /// The hop that holds layer K (shard K, from 0).
+    Layer(usize),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Hop(n) => write!(f, "{n}"),
+            Target::Dummy => write!(f, "dummy"),
+            Target::Layer(k) => write!(f, "layer{k}"),
+        }
+    }
+}
+
+/// One `--kill HOP@STEP`: HOP is a hop number from 1, `dummy` (the first
+/// dummy hop, wherever it was placed) or `layerK`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillAt {
+    /// The hop to kill.
+    pub target: Target,
+    /// Global training step (from 1, counted over the whole job).
+    pub step: u64,
+}
+
+impl FromStr for KillAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KillAt, String> {
+        let bad = || {
+            format!(
+                "{s:?}: expected HOP@STEP, e.g. 2@300 (hop from 1, or dummy, or layerK; step from 1)"
+            )
+        };
+        let (hop, step) = s.split_once('@').ok_or_else(bad)?;
+        let hop = hop.trim();
+        let target = if hop == "dummy" {
+            Target::Dummy
+        } else if let Some(k) = hop.strip_prefix("layer") {
+            Target::Layer(k.parse().map_err(|_| bad())?)
+        } else {
+            match hop.parse() {
+                Ok(0) | Err(_) => return Err(bad()),
+                Ok(n) => Target::Hop(n),
+            }
+        };
+        let step: u64 = step.trim().parse().map_err(|_| bad())?;
+        if step == 0 {
+            return Err(bad());
+        }
+        Ok(KillAt { target, step })
+    }
+}
+
+impl KillAt {
+    /// The hop (from 0) this kill aims at in `cascade` (role, peer per hop).
+    fn resolve(&self, cascade: &[(String, String)]) -> Option<usize> {
+        match &self.target {
+            Target::Hop(n) => (*n <= cascade.len()).then(|| n - 1),
+            Target::Dummy => cascade.iter().position(|(r, _)| r == "dummy"),
+            Target::Layer(k) => (cascade.iter()).position(|(r, _)| *r == format!("layer {k}")),
+        }
+    }
+}
+
+/// A kill that was carried out, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct KillReport {
+    /// Hop of the cascade, from 1.
+    pub hop: usize,
+    /// The step asked for.
+    pub step: u64,
+    /// The step the designer was at when the node was killed.
+    pub at_step: u64,
+    /// Peer id of the node killed.
+    pub node: String,
+    /// The harness's name of its process (`node-N`).
+    pub process: String,
+}
+
+/// The kills asked for, and those carried out.
+pub struct Chaos {
+    pending: Vec<KillAt>,
+    done: Vec<KillReport>,
+    killer: Killer,
+}
+
+impl Chaos {
+    /// Kills `plan` on the pool behind `killer`.
+    pub fn new(mut plan: Vec<KillAt>, killer: Killer) -> Chaos {
+        plan.sort_by_key(|k| k.step);
+        Chaos {
+            pending: plan,
+            done: Vec::new(),
+            killer,
+        }
+    }
+
+    /// ISSUE 11 WIRING: the training loop's per-step observer calls this
+    /// with the global step about to run and the cascade as it is now
+    /// (`Model::network().cascade`: role and peer id per hop). Kills every
+    /// pending node whose step has come.
+    pub fn step(&mut self, step: u64, cascade: &[(String, String)]) -> Result<()> {
+        while let Some(k) = self.pending.first().cloned() {
+            if k.step > step {
+                break;
+            }
+            self.pending.remove(0);
+            let Some(t) = k.resolve(cascade) else {
+                bail!(
+                    "--kill {}@{}: no such hop in the cascade ({})",
+                    k.target,
+                    k.step,
+                    (cascade.iter().map(|(r, _)| r.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let (role, peer) = &cascade[t];
+            let process = self.killer.kill(peer)?;
+            println!(
+                "  chaos: step {step}: SIGKILL to {process} ({role} on hop {}, node {peer})",
+                t + 1
+            );
+            self.done.push(KillReport {
+                hop: t + 1,
+                step: k.step,
+                at_step: step,
+                node: peer.clone(),
+                process,
+            });
+        }
+        Ok(())
+    }
+
+    /// Kills not carried out (the job ended before their step).
+    pub fn pending(&self) -> &[KillAt] {
+        &self.pending
+    }
+
+    /// Kills carried out, in order.
+    pub fn report(&self) -> Vec<KillReport> {
+        self.done.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_flags_parse_and_resolve() {
+        let k = |s: &str| s.parse::<KillAt>();
+        assert_eq!(
+            k("2@300"),
+            Ok(KillAt {
+                target: Target::Hop(2),
+                step: 300
+            })
+        );
+        for bad in ["2", "0@3", "2@0", "a@3", "2@-1", "layer@3", ""] {
+            assert!(k(bad).is_err(), "{bad}");
+        }
+        let cascade: Vec<(String, String)> = ["layer 0", "dummy", "layer 1", "layer 2"]
+            .iter()
+            .map(|r| (r.to_string(), String::new()))
+            .collect();
+        let at = |s: &str| k(s).expect("parses").resolve(&cascade);
+        assert_eq!(at("2@1"), Some(1));
+        assert_eq!(at("dummy@1"), Some(1));
+        assert_eq!(at("layer2@1"), Some(3));
+        assert_eq!(at("5@1"), None);
+        assert_eq!(at("layer3@1"), None);
+    }
+}
