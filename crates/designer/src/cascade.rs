@@ -111,14 +111,18 @@ pub trait Model {
     /// checkpoint holds; opaque bytes whose format `crates/layer` owns.
     /// (ISSUE 11 INTERFACE: the default is replaced by real implementations.)
     fn save_state(&mut self) -> Result<Vec<Vec<u8>>, DesignerError> {
-        Err(DesignerError::Pool("layer state export not built yet".into()))
+        Err(DesignerError::Pool(
+            "layer state export not built yet".into(),
+        ))
     }
 
     /// Puts every layer back to states [`Model::save_state`] returned, so
     /// training continues bit for bit from there.
     fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
         let _ = states;
-        Err(DesignerError::Pool("layer state import not built yet".into()))
+        Err(DesignerError::Pool(
+            "layer state import not built yet".into(),
+        ))
     }
 
     /// Called by the training loop after a step, test or checkpoint failed:
