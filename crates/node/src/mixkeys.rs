@@ -72,6 +72,10 @@ pub struct MixKeyStore {
     epoch_secs: u64,
     grace_secs: u64,
     keys: BTreeMap<u64, StaticSecret>,
+    /// Bumped whenever a key is added or dropped, so a packet processor
+    /// that caches a key ring sees a new key at once (see
+    /// [`generation`](Self::generation)).
+    generation: u64,
 }
 
 impl MixKeyStore {
@@ -120,6 +124,7 @@ impl MixKeyStore {
             epoch_secs,
             grace_secs,
             keys,
+            generation: 0,
         };
         store.rotate(now)?;
         Ok(store)
@@ -158,6 +163,7 @@ impl MixKeyStore {
         });
         changed |= self.keys.len() != before;
         if changed {
+            self.generation = self.generation.wrapping_add(1);
             self.persist()?;
         }
         Ok(changed)
@@ -184,6 +190,15 @@ impl MixKeyStore {
         } else {
             None
         }
+    }
+
+    /// Changes whenever the set of keys does (a rotation added or dropped
+    /// one). Why: the node publishes a new key as soon as it is stored, and
+    /// a designer or this node's own cover may build packets for it at
+    /// once; a packet processor that rebuilt its key ring only on a timer
+    /// refused them meanwhile as of an unknown epoch.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Epochs with a stored key.

@@ -45,9 +45,12 @@ pub use schedule::Schedule;
 pub use slots::queue as slot_queue;
 pub use track::{LoopTracker, MAX_LOOPS, TooManyLoops};
 
-/// How often the pool view is re-read (new nodes, rotated mix keys).
+/// How often the pool view is re-read (new nodes); sooner when a mix key
+/// in the view reaches the end of its epoch ([`Cover::next_refresh`]).
 const REFRESH: Duration = Duration::from_secs(30);
-/// Re-read sooner while the pool lists no other node (start-up).
+/// Re-read sooner while the pool lists no other node (start-up), after a
+/// failed read, and while a node's key epoch has ended but the directory
+/// still serves its old key.
 const RETRY: Duration = Duration::from_secs(2);
 /// Bound on one directory read, so a silent bootstrap cannot stall cover.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +111,8 @@ struct Cover {
     schedule: Option<Schedule>,
     slots: Option<slots::Slots>,
     pool: Vec<CoverHop>,
+    /// Unix second at which the first key epoch in `pool` ends.
+    keys_end: Option<u64>,
     /// Addresses already given to the swarm, per peer.
     known: HashMap<PeerId, Vec<String>>,
     /// Gaps and route choice; packet keys come from `OsRng` directly.
@@ -159,6 +164,7 @@ pub fn spawn(
         schedule,
         slots,
         pool: Vec::new(),
+        keys_end: None,
         known: HashMap::new(),
         rng,
         seen_returned: 0,
@@ -212,12 +218,11 @@ impl Cover {
             }
             let now = Instant::now();
             if now >= next_refresh {
-                tokio::select! {
+                let read = tokio::select! {
                     _ = stop.changed() => return,
-                    _ = self.refresh() => {}
-                }
-                let pause = if self.pool.is_empty() { RETRY } else { REFRESH };
-                next_refresh = Instant::now() + pause;
+                    read = self.refresh() => read,
+                };
+                next_refresh = Instant::now() + self.next_refresh(read);
             }
             for (next, mean, is_loop) in [
                 (&mut next_loop, loop_mean, true),
@@ -247,17 +252,42 @@ impl Cover {
         }
     }
 
+    /// How long until the pool view is re-read, after a read that
+    /// succeeded or not (`read`). Why follow the keys' epochs: a node's old
+    /// key is refused once its grace is over, and a view re-read on a fixed
+    /// period longer than the grace (or kept after failed reads) built
+    /// cover with expired keys, packets the next hop refused steadily.
+    fn next_refresh(&self, read: bool) -> Duration {
+        if !read || self.pool.is_empty() {
+            return RETRY;
+        }
+        let Some(end) = self.keys_end else {
+            return REFRESH;
+        };
+        // A second past the epoch's end: the node has re-published by then.
+        let secs = end.saturating_sub(unix_now()).saturating_add(1);
+        Duration::from_secs(secs).clamp(RETRY, REFRESH)
+    }
+
     /// Re-reads the pool from the directory and tells the swarm where new
-    /// nodes listen (so the first packet to one finds it).
-    async fn refresh(&mut self) {
+    /// nodes listen (so the first packet to one finds it); whether the
+    /// read succeeded.
+    async fn refresh(&mut self) -> bool {
         let list = self.swarm.list_directory(&self.bootstraps);
         let list = match tokio::time::timeout(DIRECTORY_TIMEOUT, list).await {
             Ok(Ok(list)) => list,
-            Ok(Err(e)) => return debug!(error = %e, "cover: directory read failed"),
-            Err(_) => return debug!("cover: directory read timed out"),
+            Ok(Err(e)) => {
+                debug!(error = %e, "cover: directory read failed");
+                return false;
+            }
+            Err(_) => {
+                debug!("cover: directory read timed out");
+                return false;
+            }
         };
-        let me = self.links.self_id.0;
+        let (me, now) = (self.links.self_id.0, unix_now());
         let mut pool = Vec::new();
+        let mut keys_end: Option<u64> = None;
         let mut known = HashMap::new();
         for d in list.iter().filter(|d| d.identity_key != me).take(MAX_POOL) {
             let Some((p, peer)) = peer_from(d).and_then(|p| Some((peer_of(&p.id)?, p))) else {
@@ -272,8 +302,16 @@ impl Cover {
             }
             known.insert(p, d.addrs.clone());
             pool.push(peer);
+            // A key whose epoch ended long ago (a node that stopped
+            // publishing) would have the view re-read every RETRY until its
+            // descriptor expires: only recent ends count.
+            let end = (d.mix_key.epoch.saturating_add(1)).saturating_mul(d.mix_key.epoch_secs);
+            if end.saturating_add(REFRESH.as_secs()) > now {
+                keys_end = Some(keys_end.map_or(end, |e| e.min(end)));
+            }
         }
-        (self.known, self.pool) = (known, pool);
+        (self.known, self.pool, self.keys_end) = (known, pool, keys_end);
+        true
     }
 
     /// Sends one loop (2–3 other nodes, then this one) or drop packet (1–2

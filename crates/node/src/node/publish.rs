@@ -147,6 +147,19 @@ impl Shared {
     }
 }
 
+/// Time from now until unix second `at` (a millisecond at least). Why not
+/// whole seconds: a wait counted from the truncated current second woke up
+/// to a second after the epoch changed, a second in which the node had no
+/// key for the current epoch (its cover loops failed) and published none.
+fn until(at: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(at)
+        .saturating_sub(now)
+        .max(Duration::from_millis(1))
+}
+
 /// Re-signs and re-publishes every `refresh_secs` and at each epoch change;
 /// after a failed round it retries sooner (every 10 s), logging each failure.
 pub(super) async fn refresh_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -154,16 +167,13 @@ pub(super) async fn refresh_loop(shared: Arc<Shared>, mut stop: watch::Receiver<
     loop {
         let now = unix_now();
         let next_epoch = shared.mix_keys.read(|s| s.next_rotation(now));
-        let mut wait = shared
-            .cfg
-            .refresh_secs
-            .min(next_epoch.saturating_sub(now).max(1));
+        let mut wait = Duration::from_secs(shared.cfg.refresh_secs).min(until(next_epoch));
         if failed {
-            wait = wait.min(10);
+            wait = wait.min(Duration::from_secs(10));
         }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         if let Err(e) = shared.refresh_descriptor() {
             warn!(error = %e, "re-signing the descriptor");

@@ -43,6 +43,8 @@ pub use workers::{GUEST_QUEUE, GUEST_QUEUE_PER_JOB, Pools, spawn};
 struct Ring {
     epochs: Vec<u64>,
     ring: Arc<KeyRing>,
+    /// The key store's generation the ring was built from.
+    generation: u64,
     checked: Instant,
 }
 
@@ -78,11 +80,15 @@ pub struct ReplayStore<'a> {
     pub max_per_epoch: usize,
 }
 
-fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
+/// The usable keys of `keys` as a ring, with their epochs and the store's
+/// generation they were read at (read first: a rotation meanwhile leaves
+/// the ring older than the store, never newer, so it is rebuilt next time).
+fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing, u64) {
     let now = unix_now();
     let mut ring = KeyRing::new();
     let mut epochs = Vec::new();
-    for e in keys.read(|s| s.epochs()) {
+    let (generation, stored) = keys.read(|s| (s.generation(), s.epochs()));
+    for e in stored {
         if let Some(secret) = keys.secret(e, now) {
             let Ok(e32) = u32::try_from(e) else { continue };
             let bytes = zeroize::Zeroizing::new(secret.to_bytes());
@@ -94,7 +100,7 @@ fn build_ring(keys: &MixKeys) -> (Vec<u64>, KeyRing) {
             }
         }
     }
-    (epochs, ring)
+    (epochs, ring, generation)
 }
 
 impl Processor {
@@ -109,7 +115,7 @@ impl Processor {
         metrics: Arc<Metrics>,
         replay: ReplayStore<'_>,
     ) -> Self {
-        let (epochs, ring) = build_ring(&keys);
+        let (epochs, ring, generation) = build_ring(&keys);
         let replay = Replay::open(replay.data_dir, replay.max_per_epoch, &ring.epochs());
         Processor {
             geometry,
@@ -117,6 +123,7 @@ impl Processor {
             ring: RwLock::new(Ring {
                 epochs,
                 ring: Arc::new(ring),
+                generation,
                 checked: Instant::now(),
             }),
             replay,
@@ -145,23 +152,28 @@ impl Processor {
         self.loops.clone()
     }
 
-    /// The key ring, rebuilt when the node's epochs change (checked at most
-    /// once a second); replay sets of epochs that left the ring are dropped.
+    /// The key ring: rebuilt at once when the key store gained or lost a
+    /// key (a new key is published as soon as it is stored, and packets
+    /// for it may follow within milliseconds), and at most once a second
+    /// otherwise, for keys whose grace ran out. Replay sets of epochs that
+    /// left the ring are dropped.
     fn ring(&self) -> Arc<KeyRing> {
+        let generation = self.keys.read(|s| s.generation());
         {
             let r = self.ring.read().unwrap_or_else(|p| p.into_inner());
-            if r.checked.elapsed() < Duration::from_secs(1) {
+            if r.generation == generation && r.checked.elapsed() < Duration::from_secs(1) {
                 return r.ring.clone();
             }
         }
         let mut r = self.ring.write().unwrap_or_else(|p| p.into_inner());
-        let (epochs, ring) = build_ring(&self.keys);
+        let (epochs, ring, generation) = build_ring(&self.keys);
         if epochs != r.epochs {
             let keep: BTreeSet<u32> = ring.epochs().into_iter().collect();
             self.replay.retain_epochs(|e| keep.contains(&e));
             r.epochs = epochs;
             r.ring = Arc::new(ring);
         }
+        r.generation = generation;
         r.checked = Instant::now();
         r.ring.clone()
     }

@@ -21,6 +21,7 @@ use crate::mixkeys::{MixKeyStore, MixKeys};
 /// packets for its current key.
 struct Harness {
     processor: Arc<Processor>,
+    keys: MixKeys,
     jobs: Arc<Jobs>,
     metrics: Arc<Metrics>,
     world: World,
@@ -28,12 +29,24 @@ struct Harness {
 }
 
 fn harness(rt: &Runtime, dir: &Path, max_tags: usize) -> Harness {
-    let now = unix_now();
-    let store = MixKeyStore::open(dir, 3600, 600, now).unwrap();
-    let keys = MixKeys(Arc::new(std::sync::RwLock::new(store)));
-    let (epoch, _) = keys.current(now).unwrap();
-    let secret = keys.secret(epoch, now).unwrap();
-    let key = MixKeyPair::from_secret_bytes(u32::try_from(epoch).unwrap(), secret.to_bytes());
+    let store = MixKeyStore::open(dir, 3600, 600, unix_now()).unwrap();
+    harness_on(
+        rt,
+        dir,
+        max_tags,
+        MixKeys(Arc::new(std::sync::RwLock::new(store))),
+    )
+}
+
+/// The key pair of `keys`' newest epoch, as a designer builds for it.
+fn newest_key(keys: &MixKeys) -> MixKeyPair {
+    let epoch = *keys.read(|s| s.epochs()).last().unwrap();
+    let secret = keys.secret(epoch, unix_now()).unwrap();
+    MixKeyPair::from_secret_bytes(u32::try_from(epoch).unwrap(), secret.to_bytes())
+}
+
+fn harness_on(rt: &Runtime, dir: &Path, max_tags: usize, keys: MixKeys) -> Harness {
+    let key = newest_key(&keys);
     let geometry = Geometry::default();
     let sizes: Vec<u32> = geometry
         .size_classes()
@@ -70,7 +83,7 @@ fn harness(rt: &Runtime, dir: &Path, max_tags: usize) -> Harness {
     let jobs = Arc::new(Jobs::new(kit::sandbox(), limits, metrics.clone()));
     let processor = Arc::new(Processor::new(
         geometry,
-        keys,
+        keys.clone(),
         jobs.clone(),
         peer.sender,
         metrics.clone(),
@@ -81,6 +94,7 @@ fn harness(rt: &Runtime, dir: &Path, max_tags: usize) -> Harness {
     ));
     Harness {
         processor,
+        keys,
         jobs,
         metrics,
         world: World::with_key(key),
@@ -157,4 +171,34 @@ fn relays_flow_while_a_guest_call_runs() {
         );
         assert_eq!(h.metrics.ops("forward"), 0, "the job's packets still wait");
     });
+}
+
+/// The node rotates its mix key and publishes the new one; a packet built
+/// for it arrives a moment later and is relayed. On main the processor
+/// rebuilt its key ring at most once a second, so for up to a second after
+/// each rotation it refused packets for the key it had just published as of
+/// an unknown epoch: the node's own cover loops at once, and a designer's
+/// message whenever it refreshed the key right away, which lost the
+/// message (deployment failed with "no answer from the cascade").
+#[test]
+fn a_packet_for_a_key_just_rotated_in_is_relayed() {
+    let rt = Runtime::new().unwrap();
+    let _rt = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    // The store as it was an epoch ago: the previous epoch's key only
+    // (still in its grace), which the processor's ring is built from.
+    let store = MixKeyStore::open(dir.path(), 3600, 7200, unix_now() - 3600).unwrap();
+    let keys = MixKeys(Arc::new(std::sync::RwLock::new(store)));
+    let mut h = harness_on(&rt, dir.path(), 1 << 10, keys);
+    let from = PeerId::random();
+    let old = relay_packet(&mut h.world);
+    h.processor.handle(from, old);
+    assert_eq!(h.metrics.ops("relay"), 1, "the previous epoch's key works");
+    // The rotation (as the node's refresh does it), then a packet for the
+    // new key at once.
+    assert!(h.keys.write(|s| s.rotate(unix_now())).unwrap());
+    h.world = World::with_key(newest_key(&h.keys));
+    h.processor.handle(from, relay_packet(&mut h.world));
+    assert_eq!(h.metrics.processing_dropped("unknown_epoch"), 0);
+    assert_eq!(h.metrics.ops("relay"), 2, "the new key's packet is relayed");
 }
