@@ -55,7 +55,7 @@ pub struct TrainReport {
     /// Network figures of a pool run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::pool::NetworkReport>,
-    /// Repairs of a pool job, in order (ISSUE 11 INTERFACE).
+    /// Repairs of a pool job, in order.
     #[serde(default)]
     pub repairs: Vec<Repair>,
     /// What checkpointing cost, when the job checkpointed.
@@ -99,7 +99,7 @@ pub fn params_sha256(params: &[Vec<NamedTensor>]) -> String {
 }
 
 /// One repair of a pool job: a hop that failed and the node that took its
-/// place (ISSUE 11 INTERFACE).
+/// place.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Repair {
     /// Position of the failed hop in the cascade (0-based).

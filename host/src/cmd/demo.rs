@@ -21,10 +21,6 @@
 //! cascade from its latest checkpoint, and `matches_undisturbed` says
 //! whether the job still ended on the single-process run's parameters.
 
-// ISSUE 11 WIRING: `Chaos::step` (and the harness's `Killer::kill` it
-// calls) runs once the training loop's step observer exists; until then
-// they have no caller.
-#[allow(dead_code)]
 mod chaos;
 
 use std::collections::BTreeMap;
@@ -61,7 +57,7 @@ pub struct DemoArgs {
     pub keep_last: bool,
     /// Chaos: SIGKILL the node process holding hop HOP (from 1, as the
     /// `cascade:` line prints it; or `dummy`, the first dummy hop; or
-    /// `layerK`) when the designer reaches global training step STEP;
+    /// `layerK`) once the designer has done global training step STEP;
     /// repeatable. The designer detects the loss, replaces the
     /// node with a spare and replays from its latest checkpoint; one spare
     /// node per kill is started.
@@ -209,9 +205,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         watch.join(", ")
     );
     let node_peers: Vec<String> = pool.nodes().iter().map(|n| n.peer_id.clone()).collect();
-    // ISSUE 11 WIRING: `chaos` becomes the training loop's step observer
-    // (`Chaos::step(step, &model.network().cascade)` before each step).
-    let chaos = Chaos::new(a.kills.clone(), pool.killer());
+    // Kills fire from the training loop's step observer; a job with kills
+    // keeps checkpoints in memory so the designer can repair and replay.
+    let mut chaos = Chaos::new(a.kills.clone(), pool.killer());
     let pool_args = PoolArgs {
         pool: vec![pool.bootstrap_addr().to_string()],
         quorum: None,
@@ -225,8 +221,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
         timeout_s: 60,
         wait_for_nodes_s: 30,
     };
-    let (distributed, _) =
-        super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?;
+    let (distributed, _) = if a.kills.is_empty() {
+        super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?
+    } else {
+        let popts = super::pool::pool_options(&pool_args, &opts);
+        let mut observer = chaos::ChaosObserver::new(&mut chaos);
+        let run = super::pool::JobRun {
+            ck: Some(mixnn_designer::Checkpointing::in_memory()),
+            observer: &mut observer,
+        };
+        let out =
+            super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?;
+        observer.finish()?;
+        out
+    };
     if let Some(k) = chaos.pending().first() {
         bail!(
             "--kill {}@{} was not carried out: the job ended before step {}",

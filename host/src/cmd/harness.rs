@@ -298,7 +298,6 @@ pub struct Killer {
 impl Killer {
     /// SIGKILLs the node process that holds `peer_id` and reaps it; returns
     /// its name (`node-N`). Fails if no running node of the pool has it.
-    #[allow(dead_code)] // ISSUE 11 WIRING: called by `demo::chaos` once wired.
     pub fn kill(&self, peer_id: &str) -> Result<String> {
         let i = self
             .peers

@@ -82,7 +82,6 @@ pub struct PoolOptions {
     /// derive from it, so a resumed or repaired job rebuilds the same
     /// masked shards (its checkpoints hold masked parameters). `None`: a
     /// fresh random seed. Kept 0600 in the job directory, never sent.
-    /// (ISSUE 11 INTERFACE.)
     pub job_secret: Option<[u8; 32]>,
 }
 

@@ -1,6 +1,6 @@
 //! `mixnn demo --kill HOP@STEP`: the harness as a chaos tool.
 //!
-//! When the designer reaches global training step STEP, the node process
+//! Once the designer has done global training step STEP, the node process
 //! that holds hop HOP of the cascade (1-based, as the `cascade:` line
 //! prints it; after a repair, whichever node holds the hop then) gets
 //! SIGKILL: no clean shutdown, its links die with it, exactly a pulled
@@ -11,6 +11,7 @@
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
+use mixnn_designer::TrainObserver;
 use serde::Serialize;
 
 use super::super::harness::Killer;
@@ -119,8 +120,8 @@ impl Chaos {
         }
     }
 
-    /// ISSUE 11 WIRING: the training loop's per-step observer calls this
-    /// with the global step about to run and the cascade as it is now
+    /// [`ChaosObserver`] calls this after each training step with the
+    /// global step just done and the cascade as it is now
     /// (`Model::network().cascade`: role and peer id per hop). Kills every
     /// pending node whose step has come.
     pub fn step(&mut self, step: u64, cascade: &[(String, String)]) -> Result<()> {
@@ -194,5 +195,50 @@ mod tests {
         assert_eq!(at("layer2@1"), Some(3));
         assert_eq!(at("5@1"), None);
         assert_eq!(at("layer3@1"), None);
+    }
+}
+
+/// The training loop's observer during a chaos run: prints as `train`
+/// does and carries out the kills after the step they name. A kill that
+/// fails (no such hop, the process gone) is kept and returned by
+/// [`ChaosObserver::finish`], since an observer cannot stop the loop.
+pub struct ChaosObserver<'a> {
+    /// The kills to carry out.
+    pub chaos: &'a mut Chaos,
+    error: Option<anyhow::Error>,
+}
+
+impl<'a> ChaosObserver<'a> {
+    /// Watches the training loop for `chaos`.
+    pub fn new(chaos: &'a mut Chaos) -> Self {
+        ChaosObserver { chaos, error: None }
+    }
+
+    /// The first kill that failed, if any.
+    pub fn finish(self) -> Result<()> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TrainObserver for ChaosObserver<'_> {
+    fn epoch(&mut self, report: &mixnn_designer::EpochReport) {
+        super::super::train::Printer.epoch(report);
+    }
+
+    fn step(&mut self, step: u64, model: &mut dyn mixnn_designer::Model) {
+        if self.error.is_some() {
+            return;
+        }
+        let cascade = model.network().map(|n| n.cascade).unwrap_or_default();
+        if let Err(e) = self.chaos.step(step, &cascade) {
+            self.error = Some(e);
+        }
+    }
+
+    fn event(&mut self, event: &mixnn_designer::TrainEvent) {
+        super::super::train::Printer.event(event);
     }
 }
