@@ -83,7 +83,8 @@ fn fail_a_hop(
         let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
         let mut popts = support::pool_options(bootstrap, false);
         popts.dummies = dummies;
-        popts.timeout = Duration::from_secs(120);
+        // The ceiling: a node may compile its guest cold on a loaded machine.
+        popts.timeout = Duration::from_secs(300);
         let config = TrainConfig {
             seed: 11,
             ..TrainConfig::default()

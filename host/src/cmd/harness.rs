@@ -261,7 +261,11 @@ impl LocalPool {
             .build()
             .context("starting the async runtime")?;
         let mut sum = BTreeMap::new();
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
+            // A node the chaos tool killed has no metrics left to read.
+            if self.exited(i + 1) {
+                continue;
+            }
             let text = rt
                 .block_on(mixnn_node::metrics::scrape(n.metrics))
                 .with_context(|| format!("reading the metrics of node {}", n.peer_id))?;
@@ -274,6 +278,15 @@ impl LocalPool {
 
     /// Stops every process now (the same as dropping the pool).
     pub fn stop(self) {}
+
+    /// Whether process `i` (0 is the bootstrap, node `k` is `k + 1`) has
+    /// exited, e.g. killed by `--kill`.
+    fn exited(&self, i: usize) -> bool {
+        lock(&self.inner)
+            .procs
+            .get_mut(i)
+            .is_some_and(|p| p.child.try_wait().ok().flatten().is_some())
+    }
 
     /// A handle that can SIGKILL this pool's nodes while it runs (the
     /// demo's `--kill`); it does not keep the pool alive.
