@@ -168,36 +168,6 @@ impl Chaos {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kill_flags_parse_and_resolve() {
-        let k = |s: &str| s.parse::<KillAt>();
-        assert_eq!(
-            k("2@300"),
-            Ok(KillAt {
-                target: Target::Hop(2),
-                step: 300
-            })
-        );
-        for bad in ["2", "0@3", "2@0", "a@3", "2@-1", "layer@3", ""] {
-            assert!(k(bad).is_err(), "{bad}");
-        }
-        let cascade: Vec<(String, String)> = ["layer 0", "dummy", "layer 1", "layer 2"]
-            .iter()
-            .map(|r| (r.to_string(), String::new()))
-            .collect();
-        let at = |s: &str| k(s).expect("parses").resolve(&cascade);
-        assert_eq!(at("2@1"), Some(1));
-        assert_eq!(at("dummy@1"), Some(1));
-        assert_eq!(at("layer2@1"), Some(3));
-        assert_eq!(at("5@1"), None);
-        assert_eq!(at("layer3@1"), None);
-    }
-}
-
 /// The training loop's observer during a chaos run: prints as `train`
 /// does and carries out the kills after the step they name. A kill that
 /// fails (no such hop, the process gone) is kept and returned by
@@ -240,5 +210,35 @@ impl TrainObserver for ChaosObserver<'_> {
 
     fn event(&mut self, event: &mixnn_designer::TrainEvent) {
         super::super::train::Printer.event(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_flags_parse_and_resolve() {
+        let k = |s: &str| s.parse::<KillAt>();
+        assert_eq!(
+            k("2@300"),
+            Ok(KillAt {
+                target: Target::Hop(2),
+                step: 300
+            })
+        );
+        for bad in ["2", "0@3", "2@0", "a@3", "2@-1", "layer@3", ""] {
+            assert!(k(bad).is_err(), "{bad}");
+        }
+        let cascade: Vec<(String, String)> = ["layer 0", "dummy", "layer 1", "layer 2"]
+            .iter()
+            .map(|r| (r.to_string(), String::new()))
+            .collect();
+        let at = |s: &str| k(s).expect("parses").resolve(&cascade);
+        assert_eq!(at("2@1"), Some(1));
+        assert_eq!(at("dummy@1"), Some(1));
+        assert_eq!(at("layer2@1"), Some(3));
+        assert_eq!(at("5@1"), None);
+        assert_eq!(at("layer3@1"), None);
     }
 }
