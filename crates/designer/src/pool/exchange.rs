@@ -50,18 +50,7 @@ impl PoolCascade {
             spec: Some(spec.clone()),
             bytes: Vec::new(),
         };
-        let fields = mixnn_protocol::cbor::encode("init", &probe, usize::MAX)
-            .map_err(PoolError::from)?
-            .len();
-        let chunk = self
-            .control_section
-            .saturating_sub(E2E_OVERHEAD + fields + 16)
-            .max(1);
-        let parts: Vec<&[u8]> = if shard.is_empty() {
-            vec![&[]]
-        } else {
-            shard.chunks(chunk).collect()
-        };
+        let parts = self.chunked("init", &probe, shard)?;
         let total = parts.len() as u32;
         let mut spec = Some(spec);
         Ok(parts
@@ -74,6 +63,30 @@ impl PoolCascade {
                 bytes: part.to_vec(),
             })
             .collect())
+    }
+
+    /// `data` cut into the chunks one control message carries: each fills
+    /// what the control section leaves after the fields of `probe` (the
+    /// message with its largest counters and no bytes). Empty data is one
+    /// empty chunk, so the hop still hears of it.
+    pub(super) fn chunked<'d>(
+        &self,
+        what: &'static str,
+        probe: &ToHop,
+        data: &'d [u8],
+    ) -> Result<Vec<&'d [u8]>, DesignerError> {
+        let fields = mixnn_protocol::cbor::encode(what, probe, usize::MAX)
+            .map_err(PoolError::from)?
+            .len();
+        let chunk = self
+            .control_section
+            .saturating_sub(E2E_OVERHEAD + fields + 16)
+            .max(1);
+        Ok(if data.is_empty() {
+            vec![&[]]
+        } else {
+            data.chunks(chunk).collect()
+        })
     }
 
     /// Sends `msgs[t]` to hop `t` (in order, per hop) among blank messages

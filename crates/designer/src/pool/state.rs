@@ -8,7 +8,7 @@
 //! (PROTOCOL.md §12.5). States are of the masked cascade and go back into
 //! the same masked cascade, so nothing is un-folded here.
 
-use mixnn_protocol::job::{E2E_OVERHEAD, FromHop, MAX_STATE_BYTES, ToHop, state_part_len};
+use mixnn_protocol::job::{FromHop, MAX_STATE_BYTES, ToHop, state_part_len};
 
 use super::exchange::unexpected;
 use super::onion::Role;
@@ -146,18 +146,7 @@ impl PoolCascade {
             total: u32::MAX,
             bytes: Vec::new(),
         };
-        let fields = mixnn_protocol::cbor::encode("load-state", &probe, usize::MAX)
-            .map_err(PoolError::from)?
-            .len();
-        let chunk = self
-            .control_section
-            .saturating_sub(E2E_OVERHEAD + fields + 16)
-            .max(1);
-        let parts: Vec<&[u8]> = if state.is_empty() {
-            vec![&[]]
-        } else {
-            state.chunks(chunk).collect()
-        };
+        let parts = self.chunked("load-state", &probe, state)?;
         let total = u32::try_from(parts.len()).map_err(|_| PoolError::StateParts {
             hop: 0,
             parts: u32::MAX,
