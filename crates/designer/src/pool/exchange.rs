@@ -89,6 +89,64 @@ impl PoolCascade {
         })
     }
 
+    /// Every layer hop's parts of one export (parameters or state), by hop
+    /// (`None` for dummies): part 0 of all of them in one control batch,
+    /// which tells each hop's part count, then the other parts in a second
+    /// (PROTOCOL.md §12.5). `request(part)` is the message asking for a
+    /// part; `take(hop, part, answer, bytes)` checks an answer, appends its
+    /// bytes and returns the count it claims. With `max_parts`, a count
+    /// past it, or one that changes between parts, is refused.
+    pub(super) fn collect_parts(
+        &mut self,
+        request: impl Fn(u32) -> ToHop,
+        take: impl Fn(usize, u32, FromHop, &mut Vec<u8>) -> Result<u32, DesignerError>,
+        max_parts: Option<u64>,
+    ) -> Result<Vec<Option<Vec<u8>>>, DesignerError> {
+        let is_layer: Vec<bool> = (self.hops.iter())
+            .map(|h| matches!(h.role, onion::Role::Layer(_)))
+            .collect();
+        let first = (is_layer.iter())
+            .map(|&l| if l { vec![request(0)] } else { Vec::new() })
+            .collect();
+        let refused = |t: usize, parts: u32| -> DesignerError {
+            PoolError::StateParts { hop: t + 1, parts }.into()
+        };
+        let mut bytes: Vec<Vec<u8>> = vec![Vec::new(); self.hops.len()];
+        let mut totals = vec![0u32; self.hops.len()];
+        for (t, answers) in self
+            .control_batch(first, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
+            for a in answers {
+                totals[t] = take(t, 0, a, &mut bytes[t])?;
+                if max_parts.is_some_and(|m| u64::from(totals[t]) > m) {
+                    return Err(refused(t, totals[t]));
+                }
+            }
+        }
+        let rest = (totals.iter())
+            .map(|&n| (1..n).map(&request).collect())
+            .collect();
+        for (t, answers) in self
+            .control_batch(rest, Phase::Export)?
+            .into_iter()
+            .enumerate()
+        {
+            for (i, a) in answers.into_iter().enumerate() {
+                let total = take(t, i as u32 + 1, a, &mut bytes[t])?;
+                if max_parts.is_some() && total != totals[t] {
+                    return Err(refused(t, total));
+                }
+            }
+        }
+        Ok(is_layer
+            .into_iter()
+            .zip(bytes)
+            .map(|(l, b)| l.then_some(b))
+            .collect())
+    }
+
     /// Sends `msgs[t]` to hop `t` (in order, per hop) among blank messages
     /// that no hop is the target of, `pad_hops` packets per round for as
     /// many rounds as the longest list has messages, in a random order.

@@ -72,46 +72,9 @@ impl PoolCascade {
     /// in one control batch, which tells each hop's part count, then the
     /// other parts in a second (PROTOCOL.md §12.5). Dummies export nothing.
     fn export_hops(&mut self) -> Result<Vec<Option<Vec<NamedTensor>>>, DesignerError> {
-        let is_layer = |h: &super::onion::Hop| matches!(h.role, Role::Layer(_));
-        let first = self
-            .hops
-            .iter()
-            .map(|h| {
-                if is_layer(h) {
-                    vec![ToHop::Export { part: 0 }]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let mut bytes: Vec<Vec<u8>> = vec![Vec::new(); self.hops.len()];
-        let mut totals = vec![0u32; self.hops.len()];
-        for (t, answers) in self
-            .control_batch(first, Phase::Export)?
+        self.collect_parts(|part| ToHop::Export { part }, take_part, None)?
             .into_iter()
-            .enumerate()
-        {
-            for a in answers {
-                totals[t] = take_part(t, 0, a, &mut bytes[t])?;
-            }
-        }
-        let rest = totals
-            .iter()
-            .map(|&n| (1..n).map(|part| ToHop::Export { part }).collect())
-            .collect();
-        for (t, answers) in self
-            .control_batch(rest, Phase::Export)?
-            .into_iter()
-            .enumerate()
-        {
-            for (i, a) in answers.into_iter().enumerate() {
-                take_part(t, i as u32 + 1, a, &mut bytes[t])?;
-            }
-        }
-        self.hops
-            .iter()
-            .zip(bytes)
-            .map(|(h, b)| is_layer(h).then(|| decode_params(&b)).transpose())
+            .map(|b| b.map(|b| decode_params(&b)).transpose())
             .collect()
     }
 }

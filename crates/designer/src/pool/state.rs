@@ -76,66 +76,13 @@ impl PoolCascade {
     /// Each layer hop's state (`None` for dummies): part 0 of all in one
     /// control batch, which tells each part count, then the other parts.
     fn save_hop_states(&mut self) -> Result<Vec<Option<Vec<u8>>>, DesignerError> {
-        let is_layer: Vec<bool> = self
-            .hops
-            .iter()
-            .map(|h| matches!(h.role, Role::Layer(_)))
-            .collect();
-        let first = is_layer
-            .iter()
-            .map(|&l| {
-                if l {
-                    vec![ToHop::SaveState { part: 0 }]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
         let part_len = state_part_len(self.control_section);
         let max_parts = MAX_STATE_BYTES.div_ceil(part_len as u64).max(1);
-        let mut bytes: Vec<Vec<u8>> = vec![Vec::new(); self.hops.len()];
-        let mut totals = vec![0u32; self.hops.len()];
-        for (t, answers) in self
-            .control_batch(first, Phase::Export)?
-            .into_iter()
-            .enumerate()
-        {
-            for a in answers {
-                totals[t] = take_part(t, 0, a, part_len, &mut bytes[t])?;
-                if u64::from(totals[t]) > max_parts {
-                    return Err(PoolError::StateParts {
-                        hop: t + 1,
-                        parts: totals[t],
-                    }
-                    .into());
-                }
-            }
-        }
-        let rest = totals
-            .iter()
-            .map(|&n| (1..n).map(|part| ToHop::SaveState { part }).collect())
-            .collect();
-        for (t, answers) in self
-            .control_batch(rest, Phase::Export)?
-            .into_iter()
-            .enumerate()
-        {
-            for (i, a) in answers.into_iter().enumerate() {
-                let total = take_part(t, i as u32 + 1, a, part_len, &mut bytes[t])?;
-                if total != totals[t] {
-                    return Err(PoolError::StateParts {
-                        hop: t + 1,
-                        parts: total,
-                    }
-                    .into());
-                }
-            }
-        }
-        Ok(is_layer
-            .into_iter()
-            .zip(bytes)
-            .map(|(l, b)| l.then_some(b))
-            .collect())
+        self.collect_parts(
+            |part| ToHop::SaveState { part },
+            |t, part, answer, bytes| take_part(t, part, answer, part_len, bytes),
+            Some(max_parts),
+        )
     }
 
     /// A layer hop's `LoadState` chunks, each filling what the control
