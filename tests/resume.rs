@@ -61,9 +61,23 @@ fn checkpoints(job: &Path) -> Vec<u64> {
 /// Starts `mixnn args` and SIGKILLs it once its job directory holds a
 /// checkpoint past step 0; fails if it finished on its own first.
 fn kill_after_first_checkpoint(args: &[&str], cache: &Path, job: &Path) {
+    let mut child = start_until_first_checkpoint(args, cache, job, Stdio::null);
+    // Child::kill is SIGKILL on Unix: no chance to clean up.
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Starts `mixnn args` (output to `out()`) and returns it, still running,
+/// once its job directory holds a checkpoint past step 0.
+fn start_until_first_checkpoint(
+    args: &[&str],
+    cache: &Path,
+    job: &Path,
+    out: impl Fn() -> Stdio,
+) -> Child {
     let mut child: Child = command(args, cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out())
+        .stderr(out())
         .spawn()
         .expect("mixnn starts");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -77,11 +91,9 @@ fn kill_after_first_checkpoint(args: &[&str], cache: &Path, job: &Path) {
     }
     assert!(
         child.try_wait().unwrap().is_none(),
-        "mixnn ended before it could be killed mid-run"
+        "mixnn ended before it could be stopped mid-run"
     );
-    // Child::kill is SIGKILL on Unix: no chance to clean up.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child
 }
 
 fn path(p: &Path) -> String {
@@ -239,6 +251,52 @@ fn a_killed_pool_designer_resumes_on_the_pool_to_the_same_parameters() {
     );
     assert!(out.contains("resumed at step"), "{out}");
     assert!(out.contains("deploying"), "a fresh deploy: {out}");
+    assert_eq!(digest(&resumed), digest(&reference), "{out}");
+    pool.shutdown();
+}
+
+/// A pool of exactly the cascade's nodes loses one mid-job: the designer
+/// says there is no spare node and what to do, its checkpoints stay, and
+/// once a node joins `--resume` finishes the job with the parameters of
+/// the uninterrupted run.
+#[test]
+fn no_spare_node_is_a_clear_error_and_resume_works_once_a_node_joins() {
+    let mut pool = support::start_pool(3, |_, c| c);
+    let addr = pool.bootstrap_addrs()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let model = path(&mlp(dir.path(), &cache));
+    let job = dir.path().join("job");
+    let job_s = path(&job);
+    let (reference, resumed) = (dir.path().join("ref.json"), dir.path().join("r.json"));
+    let base = recipe(&model, "1280");
+    let mut args = vec!["train", "--local", "--eval-batch", "64"];
+    args.extend(&base);
+    let reference_s = path(&reference);
+    args.extend(["--report", &reference_s]);
+    mixnn(&args, &cache);
+
+    let mut args = vec!["train", "--pool", &addr, "--local-pool", "--dummies", "0"];
+    args.extend(&base);
+    args.extend(["--job-dir", &job_s, "--checkpoint-every", "5"]);
+    let child = start_until_first_checkpoint(&args, &cache, &job, Stdio::piped);
+    // Every node holds a hop: stop one (its links close at once).
+    let node = pool.nodes.remove(0);
+    pool.rt.block_on(node.shutdown());
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "the job cannot go on:\n{said}");
+    assert!(said.contains("lists no node outside the cascade"), "{said}");
+    assert!(said.contains("mixnn train --resume JOB_DIR"), "{said}");
+    let kept = checkpoints(&job);
+    assert!(kept.iter().any(|&s| s > 0), "checkpoints intact: {kept:?}");
+
+    pool.add_node();
+    let out = mixnn(
+        &["train", "--resume", &job_s, "--report", &path(&resumed)],
+        &cache,
+    );
+    assert!(out.contains("resumed at step"), "{out}");
     assert_eq!(digest(&resumed), digest(&reference), "{out}");
     pool.shutdown();
 }

@@ -51,21 +51,7 @@ pub fn start_pool(n: usize, tune: impl Fn(usize, NodeConfig) -> NodeConfig) -> P
         .expect("bootstrap starts");
         let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
         for i in 0..n {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let cfg = tune(
-                i,
-                NodeConfig {
-                    data_dir: dir.path().to_path_buf(),
-                    listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-                    bootstrap: (bootstrap.listen_addrs().iter())
-                        .map(ToString::to_string)
-                        .collect(),
-                    bootstrap_timeout_secs: 10,
-                    ..NodeConfig::default()
-                },
-            );
-            let mut node = Node::start(cfg).await.expect("node starts");
-            node.serve_jobs(sb.clone()).expect("serve jobs");
+            let (node, dir) = start_node(&sb, tune(i, base_config(&bootstrap))).await;
             nodes.push(node);
             dirs.push(dir);
         }
@@ -79,7 +65,42 @@ pub fn start_pool(n: usize, tune: impl Fn(usize, NodeConfig) -> NodeConfig) -> P
     }
 }
 
+/// The base configuration of a test node on `bootstrap` (its data dir
+/// is set by [`start_node`]).
+fn base_config(bootstrap: &Bootstrap) -> NodeConfig {
+    NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap: (bootstrap.listen_addrs().iter())
+            .map(ToString::to_string)
+            .collect(),
+        bootstrap_timeout_secs: 10,
+        ..NodeConfig::default()
+    }
+}
+
+/// Starts a node serving jobs with `cfg` in a fresh data dir.
+async fn start_node(sb: &Arc<Sandbox>, cfg: NodeConfig) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..cfg
+    };
+    let mut node = Node::start(cfg).await.expect("node starts");
+    node.serve_jobs(sb.clone()).expect("serve jobs");
+    (node, dir)
+}
+
 impl Pool {
+    /// Starts one more node (listed once it has published).
+    #[allow(dead_code)]
+    pub fn add_node(&mut self) {
+        let sb = sandbox();
+        let cfg = base_config(&self.bootstrap);
+        let (node, dir) = self.rt.block_on(start_node(&sb, cfg));
+        self.nodes.push(node);
+        self._dirs.push(dir);
+    }
+
     /// The bootstrap's addresses, as a designer is given them.
     pub fn bootstrap_addrs(&self) -> Vec<String> {
         (self.bootstrap.listen_addrs().iter())
@@ -124,6 +145,8 @@ pub fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> mixnn_designer:
         wait_for_nodes: std::time::Duration::from_secs(20),
         batches: vec![64],
         job_secret: None,
+        witness: false,
+        exclude: Vec::new(),
     }
 }
 

@@ -150,6 +150,19 @@ pub trait Model {
         Ok(None)
     }
 
+    /// Lies the model found since last asked (a verified pool job's
+    /// replicas); the training loop reports them.
+    fn take_detections(&mut self) -> Vec<crate::report::Detection> {
+        Vec::new()
+    }
+
+    /// Tells the model the loop went back to the checkpoint of `step`
+    /// (after a repair, or at a resume), so it counts steps as the loop
+    /// does.
+    fn rolled_back(&mut self, step: u64) {
+        let _ = step;
+    }
+
     /// Which node holds which hop, and the network figures so far, when
     /// the layers run on the pool (`None` in one process): an observer of
     /// the training loop sees the cascade through it (the demo's `--kill`).

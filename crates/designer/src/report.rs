@@ -61,6 +61,9 @@ pub struct TrainReport {
     /// What checkpointing cost, when the job checkpointed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<CheckpointReport>,
+    /// Lies found: replicas that disagreed, held-out alarms.
+    #[serde(default)]
+    pub detections: Vec<Detection>,
 }
 
 /// The cost of a job's checkpoints and where it resumed from: checkpoints
@@ -118,4 +121,18 @@ pub struct Repair {
     pub repaired_after_ms: u64,
     /// Steps replayed from the checkpoint (filled by the training loop).
     pub steps_replayed: u64,
+}
+
+/// A lie found in a pool job (issue 11's Byzantine layers): where, when,
+/// and how it was decided.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Training step (1-based over the job) at which it showed.
+    pub step: u64,
+    /// Position of the hop (0-based), when one was named.
+    pub hop: Option<usize>,
+    /// Peer id of the node found lying (or the two of a disputed link).
+    pub node: Option<String>,
+    /// How it was decided: the check and what it saw.
+    pub how: String,
 }

@@ -14,11 +14,13 @@ use crate::DesignerError;
 use crate::backend::EngineKind;
 use crate::cascade::{Cascade, Model};
 use crate::checkpoint::{Checkpoint, DEFAULT_CHECKPOINT_EVERY, JobDir};
-use crate::report::{EpochReport, Repair, TrainReport};
+use crate::report::{Detection, EpochReport, Repair, TrainReport};
 
+mod alarm;
 mod run;
 #[cfg(test)]
 mod tests;
+pub use alarm::HeldOut;
 /// Settings of a training run.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -58,6 +60,8 @@ pub struct Checkpointing {
     /// Start from this checkpoint instead of the beginning (`--resume`),
     /// with the warnings [`JobDir::latest_valid`] gave about newer ones.
     pub resume: Option<(Checkpoint, Vec<String>)>,
+    /// The held-out check at every checkpoint (`None`: off).
+    pub held_out: Option<HeldOut>,
 }
 
 impl Checkpointing {
@@ -68,6 +72,7 @@ impl Checkpointing {
             every: DEFAULT_CHECKPOINT_EVERY,
             max_repairs: DEFAULT_MAX_REPAIRS,
             resume: None,
+            held_out: None,
         }
     }
 
@@ -112,6 +117,8 @@ pub enum TrainEvent {
     /// A failure was repaired and the job rolled back to its latest
     /// checkpoint.
     Repaired(Repair),
+    /// A lie was found (replicas, held-out alarm).
+    Detected(Detection),
 }
 
 /// Watches a training run: the CLI prints, the demo acts at a step (kills

@@ -8,12 +8,13 @@
 //! period, so a designer that vanishes does not pin memory forever.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mixnn_protocol::job::{
-    FailureKind, FromHop, HopFailure, LayerKind, LayerSpec, ParamTensor, ToHop, WireTensor,
+    FailureKind, FromHop, HopFailure, LayerKind, LayerSpec, ParamTensor, TensorData, ToHop,
+    WireTensor, Witness,
 };
 use mixnn_sandbox::{GuestKind, GuestLayer, Sandbox, SandboxError, Tensor};
 
@@ -61,6 +62,10 @@ pub enum JobError {
     /// Init chunk 0 carries no layer spec.
     #[error("the first init chunk carries no layer spec")]
     NoSpec,
+    /// The spec's witness has a key of the wrong length or a slot past
+    /// the witness area.
+    #[error("the layer spec's witness is malformed")]
+    BadWitness,
     /// The init chunks add up to more than `max_shard_bytes` (the number
     /// given).
     #[error("shard larger than this node's limit of {0} bytes")]
@@ -134,6 +139,7 @@ impl JobError {
             JobError::BadChunk { .. }
             | JobError::ChunkCountChanged
             | JobError::NoSpec
+            | JobError::BadWitness
             | JobError::ShardLength { .. } => FailureKind::BadInit,
             JobError::TooManyJobs(_) | JobError::ShardTooLarge(_) | JobError::StateTooLarge(_) => {
                 FailureKind::Capacity
@@ -181,6 +187,8 @@ enum State {
         params: u64,
         /// A state snapshot being sent, or a state being received.
         transfer: state::Transfer,
+        /// The witness it writes of what it computes (§12.9), if verified.
+        witness: Option<Witness>,
     },
 }
 
@@ -195,6 +203,9 @@ pub struct Jobs {
     sandbox: Arc<Sandbox>,
     limits: JobLimits,
     metrics: Arc<Metrics>,
+    /// Chaos testing only (`mixnn demo --lie`): once set, every tensor a
+    /// layer computes is corrupted. `None` in an operator's node.
+    lie: Option<Arc<AtomicBool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -209,6 +220,41 @@ impl Jobs {
             sandbox,
             limits,
             metrics,
+            lie: None,
+        }
+    }
+
+    /// Chaos testing only: a node that corrupts its layers' outputs once
+    /// `switch` is set (the demo's `--lie`, through a hidden node flag).
+    /// The witness it writes is of what it sends, so only a replica shows
+    /// the lie (PROTOCOL.md §12.9).
+    #[doc(hidden)]
+    pub fn with_lie_switch(mut self, switch: Arc<AtomicBool>) -> Self {
+        self.lie = Some(switch);
+        self
+    }
+
+    /// Corrupts `t` when the lie switch is set: halves every value and adds
+    /// 0.01, a change small enough to keep training going.
+    pub(crate) fn lie_if_switched(&self, t: &mut WireTensor) {
+        if !self.lie.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return;
+        }
+        let data = std::mem::replace(&mut t.data, TensorData::F32(Vec::new()));
+        let values = match data {
+            TensorData::F32(v) => v,
+            TensorData::Unit8(b) => b.into_iter().map(|p| f32::from(p) / 255.0).collect(),
+        };
+        t.data = TensorData::F32(values.into_iter().map(|v| v * 0.5 + 0.01).collect());
+    }
+
+    /// The witness job `handle` writes, if it is a verified job.
+    pub fn witness(&self, handle: &[u8; 32]) -> Option<Witness> {
+        let job = self.get(handle).ok()?;
+        let job = lock(&job);
+        match &job.state {
+            State::Ready { witness, .. } => witness.clone(),
+            State::Receiving { .. } => None,
         }
     }
 
@@ -356,12 +402,16 @@ impl Jobs {
                 want: spec.shard_len,
             });
         }
+        if spec.witness.as_ref().is_some_and(|w| !w.is_valid()) {
+            return Err(JobError::BadWitness);
+        }
         let (guest, params) = self.build(&spec, &shard)?;
         job.state = State::Ready {
             guest: Box::new(guest),
             export: None,
             params,
             transfer: state::Transfer::default(),
+            witness: spec.witness.clone(),
         };
         Ok(FromHop::Ready { params })
     }

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::cbor::{self, CborError};
 
 mod e2e;
+pub mod witness;
 pub use e2e::{E2eDirection, e2e_layer, open_e2e, seal_e2e, seal_e2e_padded};
+pub use witness::Witness;
 
 /// Bits of the application byte of a hop's routing flags.
 pub mod app_flags {
@@ -283,6 +285,11 @@ pub struct LayerSpec {
     pub train: TrainConfig,
     /// Total bytes of the shard that the init chunks carry.
     pub shard_len: u64,
+    /// With `--verify-replicas`: the hop writes a witness of every tensor
+    /// it takes and sends (PROTOCOL.md §12.9); its packets' sections carry
+    /// a witness area.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Witness>,
 }
 
 /// End-to-end messages from the designer to one hop.

@@ -20,6 +20,7 @@ fn a_spec_round_trips_with_its_names_as_strings() {
             ..TrainConfig::default()
         },
         shard_len: 1234,
+        witness: None,
     };
     let msg = ToHop::Init {
         index: 0,

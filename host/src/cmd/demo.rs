@@ -34,7 +34,7 @@ use serde::Serialize;
 use super::SandboxArgs;
 use super::harness::{LocalPool, LocalPoolOptions};
 use super::train::{PoolArgs, RecipeArgs};
-use chaos::{Chaos, KillAt, KillReport};
+use chaos::{Chaos, DemoDetection, DemoRepair, KillAt, KillReport};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -63,6 +63,15 @@ pub struct DemoArgs {
     /// node per kill is started.
     #[arg(long = "kill", value_name = "HOP@STEP")]
     pub kills: Vec<KillAt>,
+    /// Chaos: the node holding hop HOP (of replica A) starts corrupting
+    /// its layer's outputs after step STEP; repeatable. Implies
+    /// `--verify-replicas`, which finds, replaces and excludes it.
+    #[arg(long = "lie", value_name = "HOP@STEP")]
+    pub lies: Vec<KillAt>,
+    /// Run every layer on two nodes in pure-wasm mode and compare them hop
+    /// by hop (`train --verify-replicas`); twice the nodes.
+    #[arg(long)]
+    pub verify_replicas: bool,
     /// Mean interval between loop cover packets of each node, ms (0 = off).
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub cover_loop_ms: u64,
@@ -139,25 +148,10 @@ pub struct DemoReport {
     pub matches_undisturbed: bool,
     /// Repairs of the distributed job, in order.
     pub repairs: Vec<DemoRepair>,
-    /// Lying hops detected (none yet: the Byzantine checks come later).
-    pub detections: Vec<serde_json::Value>,
-    /// Nodes killed by `--kill`, in order.
+    /// Lies found by the designer: step, hop, node, how it was decided.
+    pub detections: Vec<DemoDetection>,
+    /// Nodes killed by `--kill` or made to lie by `--lie`, in order.
     pub kills: Vec<KillReport>,
-}
-
-/// One repair, as the demo reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct DemoRepair {
-    /// The failed hop, from 1 (as `--kill` names hops).
-    pub hop: usize,
-    /// The training step whose exchange failed.
-    pub step: u64,
-    /// From the send of the failed exchange to the failure being noticed.
-    pub detected_after_ms: u64,
-    /// From the failure being noticed to the cascade being whole again.
-    pub repaired_after_ms: u64,
-    /// Steps replayed from the checkpoint.
-    pub steps_replayed: u64,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -168,7 +162,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let shards = mixnn_shard::split(&model, &plan)?;
     let nodes = pool_nodes(&a, shards.len())?;
     let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
-    opts.config.host_kernels = a.sandbox.host_kernels();
+    let verify = a.verify_replicas || !a.lies.is_empty();
+    // Replicas compare bytes, which only pure wasm makes alike everywhere.
+    opts.config.host_kernels = a.sandbox.host_kernels() && !verify;
     opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
     let (class, packet_len) = job_class(&shards, &[opts.batch, opts.eval_batch])?;
     println!(
@@ -195,6 +191,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 .then(|| Ok::<_, anyhow::Error>((a.slot_ms, u32::try_from(class)?)))
                 .transpose()?,
             cache_dir: a.sandbox.cache_dir.clone(),
+            chaos_lie: !a.lies.is_empty(),
             ..LocalPoolOptions::default()
         },
         &mut |m| println!("  {m}"),
@@ -205,9 +202,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         watch.join(", ")
     );
     let node_peers: Vec<String> = pool.nodes().iter().map(|n| n.peer_id.clone()).collect();
-    // Kills fire from the training loop's step observer; a job with kills
-    // keeps checkpoints in memory so the designer can repair and replay.
-    let mut chaos = Chaos::new(a.kills.clone(), pool.killer());
+    // Kills and lies fire from the training loop's step observer; a job
+    // with either (or replicas) keeps checkpoints in memory to repair.
+    let mut chaos = Chaos::new(a.kills.clone(), a.lies.clone(), pool.killer());
     let pool_args = PoolArgs {
         pool: vec![pool.bootstrap_addr().to_string()],
         quorum: None,
@@ -220,14 +217,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
         class: Some(class),
         timeout_s: 60,
         wait_for_nodes_s: 30,
+        verify_replicas: verify,
+        held_out: 256,
     };
-    let (distributed, _) = if a.kills.is_empty() {
+    let (distributed, _) = if a.kills.is_empty() && !verify {
         super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?
     } else {
         let popts = super::pool::pool_options(&pool_args, &opts);
         let mut observer = chaos::ChaosObserver::new(&mut chaos);
         let run = super::pool::JobRun {
-            ck: Some(mixnn_designer::Checkpointing::in_memory()),
+            ck: Some(mixnn_designer::Checkpointing {
+                held_out: pool_args.held_out_check(),
+                ..mixnn_designer::Checkpointing::in_memory()
+            }),
             observer: &mut observer,
         };
         let out =
@@ -236,6 +238,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         out
     };
     if let Some(k) = chaos.pending().first() {
+        // (a lie as much as a kill)
         bail!(
             "--kill {}@{} was not carried out: the job ended before step {}",
             k.target,
@@ -288,15 +291,20 @@ fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
     let kept = usize::from(a.keep_first) + usize::from(a.keep_last);
     let remote = shards.saturating_sub(kept);
     let hops = remote + a.dummies;
-    let nodes = a.nodes.unwrap_or(hops + a.kills.len().max(1));
-    if nodes < hops {
+    // Replicas double the cascade; a lie takes up to two spares (the third
+    // replica, then the liar's replacement if it was replica B's).
+    let verify = a.verify_replicas || !a.lies.is_empty();
+    let all = hops * (1 + usize::from(verify));
+    let nodes = (a.nodes).unwrap_or(all + (a.kills.len() + 2 * a.lies.len()).max(1));
+    if nodes < all {
         bail!(
-            "--nodes {nodes}: the cascade needs {hops} distinct nodes ({remote} layers + {} dummies)",
-            a.dummies
+            "--nodes {nodes}: the job needs {all} distinct nodes ({remote} layers + {} dummies{})",
+            a.dummies,
+            if verify { ", twice for replicas" } else { "" }
         );
     }
     let beyond = |k: &&KillAt| matches!(k.target, chaos::Target::Hop(n) if n > hops);
-    if let Some(k) = a.kills.iter().find(beyond) {
+    if let Some(k) = a.kills.iter().chain(&a.lies).find(beyond) {
         bail!(
             "--kill {}@{}: the cascade has {hops} hops",
             k.target,
@@ -378,19 +386,12 @@ fn compare(
     cover.loops_returned = count("mixnn_cover_packets_total{kind=\"loop_returned\"}");
     cover.drops_sent = count("mixnn_cover_packets_total{kind=\"drop_sent\"}");
 
-    let repairs = (distributed.repairs.iter())
-        .map(|r| DemoRepair {
-            hop: r.hop + 1,
-            step: r.step,
-            detected_after_ms: r.detected_after_ms,
-            repaired_after_ms: r.repaired_after_ms,
-            steps_replayed: r.steps_replayed,
-        })
-        .collect();
     Ok(DemoReport {
         matches_undisturbed: distributed.params_sha256 == wasm.params_sha256,
-        repairs,
-        detections: Vec::new(),
+        repairs: distributed.repairs.iter().map(DemoRepair::from).collect(),
+        detections: (distributed.detections.iter())
+            .map(DemoDetection::from)
+            .collect(),
         kills: Vec::new(),
         time_ratio_wasm: distributed.train_seconds / wasm.train_seconds,
         time_ratio_native: distributed.train_seconds / native.train_seconds,
@@ -494,6 +495,10 @@ fn print_comparison(r: &DemoReport) {
             "matches the undisturbed run",
             yes(r.matches_undisturbed).to_string(),
         );
+        for d in &r.detections {
+            let hop = d.hop.map(|h| format!(" hop {h}")).unwrap_or_default();
+            row(&format!("lie at step {}{hop}", d.step), d.how.clone());
+        }
     }
     row(
         "packet lengths on the wire (all nodes)",

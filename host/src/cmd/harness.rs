@@ -55,6 +55,9 @@ pub struct LocalPoolOptions {
     pub cache_dir: Option<PathBuf>,
     /// How long the bootstrap and all nodes together may take to come up.
     pub start_timeout: Duration,
+    /// Chaos testing (`demo --lie`): nodes start with the hidden flag that
+    /// makes them corrupt their layers' outputs on SIGUSR1.
+    pub chaos_lie: bool,
 }
 
 impl Default for LocalPoolOptions {
@@ -67,6 +70,7 @@ impl Default for LocalPoolOptions {
             slots: None,
             cache_dir: None,
             start_timeout: Duration::from_secs(90),
+            chaos_lie: false,
         }
     }
 }
@@ -211,7 +215,10 @@ impl LocalPool {
             if let Some(d) = &opts.cache_dir {
                 pairs.push(("--cache-dir", d.into()));
             }
-            let args = flags("node", pairs);
+            let mut args = flags("node", pairs);
+            if opts.chaos_lie {
+                args.push("--chaos-lie-on-signal".into());
+            }
             progress(&format!("starting {name} (metrics on {metrics})"));
             pool.spawn(&exe, &name, &args, &root)?;
             pool.nodes.push(NodeProcess {
@@ -312,6 +319,40 @@ impl Killer {
     /// SIGKILLs the node process that holds `peer_id` and reaps it; returns
     /// its name (`node-N`). Fails if no running node of the pool has it.
     pub fn kill(&self, peer_id: &str) -> Result<String> {
+        self.with_running(peer_id, |p| {
+            // std's kill is SIGKILL on Unix.
+            p.child
+                .kill()
+                .with_context(|| format!("killing {} ({peer_id})", p.name))?;
+            let _ = p.child.wait();
+            Ok(())
+        })
+    }
+
+    /// Sends SIGUSR1 to the node process that holds `peer_id`: started
+    /// with `chaos_lie`, it corrupts its layers' outputs from then on.
+    /// Returns its name.
+    #[cfg(unix)]
+    pub fn make_lie(&self, peer_id: &str) -> Result<String> {
+        self.with_running(peer_id, |p| {
+            let pid = libc::pid_t::try_from(p.child.id()).context("a pid beyond pid_t")?;
+            // SAFETY: kill(2) has no memory effects; the child is running
+            // and unreaped (checked under the pool's lock), so the pid is
+            // still our child's.
+            if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+                bail!("signalling {} ({peer_id})", p.name);
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` on the running node process that holds `peer_id`; returns
+    /// its name.
+    fn with_running(
+        &self,
+        peer_id: &str,
+        f: impl FnOnce(&mut Proc) -> Result<()>,
+    ) -> Result<String> {
         let i = self
             .peers
             .iter()
@@ -326,11 +367,7 @@ impl Killer {
         if p.child.try_wait().ok().flatten().is_some() {
             bail!("{} ({peer_id}) is not running", p.name);
         }
-        // std's kill is SIGKILL on Unix.
-        p.child
-            .kill()
-            .with_context(|| format!("killing {} ({peer_id})", p.name))?;
-        let _ = p.child.wait();
+        f(p)?;
         Ok(p.name.clone())
     }
 }

@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// config's `host_kernels` (true: `host`).
     #[arg(long, value_enum)]
     pub guest_kernels: Option<super::KernelsArg>,
+    /// Chaos testing only (`mixnn demo --lie`): on SIGUSR1 this node starts
+    /// corrupting every output of its layers. Hidden: no operator wants it.
+    #[arg(long, hide = true)]
+    pub chaos_lie_on_signal: bool,
 }
 
 impl NodeArgs {
@@ -163,7 +167,8 @@ pub fn run(a: NodeArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let mut node = Node::start(cfg).await.context("starting the node")?;
-        node.serve_jobs(std::sync::Arc::new(sandbox))
+        let lie = a.chaos_lie_on_signal.then(lie_on_signal).transpose()?;
+        node.serve_jobs_with(std::sync::Arc::new(sandbox), lie)
             .context("starting the packet processor")?;
         println!("node {} listening on:", node.peer_id());
         for addr in node.listen_addrs() {
@@ -178,6 +183,28 @@ pub fn run(a: NodeArgs) -> Result<()> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// A switch that SIGUSR1 turns on (chaos testing: the demo's `--lie`).
+#[cfg(unix)]
+fn lie_on_signal() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let switch = std::sync::Arc::new(AtomicBool::new(false));
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("installing the SIGUSR1 handler")?;
+    let on = switch.clone();
+    tokio::spawn(async move {
+        if usr1.recv().await.is_some() {
+            eprintln!("chaos: this node now corrupts its layers' outputs");
+            on.store(true, Ordering::Relaxed);
+        }
+    });
+    Ok(switch)
+}
+
+#[cfg(not(unix))]
+fn lie_on_signal() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    anyhow::bail!("--chaos-lie-on-signal needs a Unix signal")
 }
 
 /// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM, which is how a process

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mixnn_designer::pool::{Distinct, PoolCascade, PoolOptions};
+use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions, Replicated};
 use mixnn_designer::{Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport};
 
 use super::SandboxArgs;
@@ -29,6 +29,63 @@ pub fn pool_options(pool: &PoolArgs, opts: &TrainOptions) -> PoolOptions {
         wait_for_nodes: Duration::from_secs(pool.wait_for_nodes_s),
         batches: vec![opts.batch, opts.eval_batch],
         job_secret: None,
+        witness: pool.verify_replicas,
+        exclude: Vec::new(),
+    }
+}
+
+/// A deployed job: one cascade, or two replicas (`--verify-replicas`).
+enum Deployed {
+    One(PoolCascade),
+    Two(Box<Replicated>),
+}
+
+impl Deployed {
+    fn deploy(
+        shards: &[mixnn_shard::pb::ModelProto],
+        opts: &TrainOptions,
+        sb: Option<&mixnn_sandbox::Sandbox>,
+        popts: &PoolOptions,
+    ) -> Result<Deployed> {
+        let mut say = |m: &str| println!("  {m}");
+        Ok(if popts.witness {
+            Deployed::Two(Box::new(Replicated::deploy(
+                shards,
+                &opts.config,
+                sb,
+                popts,
+                &mut say,
+            )?))
+        } else {
+            Deployed::One(PoolCascade::deploy(
+                shards,
+                &opts.config,
+                sb,
+                popts,
+                &mut say,
+            )?)
+        })
+    }
+
+    fn model(&mut self) -> &mut dyn Model {
+        match self {
+            Deployed::One(c) => c,
+            Deployed::Two(r) => r.as_mut(),
+        }
+    }
+
+    fn network(&self) -> NetworkReport {
+        match self {
+            Deployed::One(c) => c.network(),
+            Deployed::Two(r) => r.network().unwrap_or_default(),
+        }
+    }
+
+    fn close(&mut self) {
+        match self {
+            Deployed::One(c) => c.close(),
+            Deployed::Two(r) => r.close(),
+        }
     }
 }
 
@@ -97,26 +154,33 @@ pub fn train_on_pool_job(
         opts.batch,
         opts.config.seed
     );
-    let mut cascade = PoolCascade::deploy(&shards, &opts.config, sb.as_ref(), popts, &mut |m| {
-        println!("  {m}")
-    })
-    .context("deploying the job")?;
-    let net = cascade.network();
-    println!(
-        "cascade: {} (packets of {} bytes)",
-        net.cascade
-            .iter()
-            .map(|(role, peer)| format!("{role} @ {}", short(peer)))
-            .collect::<Vec<_>>()
-            .join(" -> "),
-        net.packet_len
-    );
+    let mut deployed =
+        Deployed::deploy(&shards, opts, sb.as_ref(), popts).context("deploying the job")?;
+    let show = |net: &NetworkReport, what: &str| {
+        println!(
+            "{what}: {} (packets of {} bytes)",
+            net.cascade
+                .iter()
+                .map(|(role, peer)| format!("{role} @ {}", short(peer)))
+                .collect::<Vec<_>>()
+                .join(" -> "),
+            net.packet_len
+        )
+    };
+    match &deployed {
+        Deployed::One(c) => show(&c.network(), "cascade"),
+        Deployed::Two(r) => {
+            show(&deployed.network(), "replica A");
+            show(&r.network_b(), "replica B");
+        }
+    }
     let JobRun { ck, observer } = run;
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();
+        let cascade = deployed.model();
         let mut report = match ck {
             Some(ck) => mixnn_designer::train_checkpointed(
-                &mut cascade,
+                cascade,
                 n,
                 &sample,
                 data,
@@ -124,7 +188,7 @@ pub fn train_on_pool_job(
                 ck,
                 observer,
             )?,
-            None => mixnn_designer::train_model(&mut cascade, n, &sample, data, opts, observer)?,
+            None => mixnn_designer::train_model(cascade, n, &sample, data, opts, observer)?,
         };
         if let Some(path) = export {
             let merged = cascade.export_model(&shards)?;
@@ -133,10 +197,10 @@ pub fn train_on_pool_job(
             println!("trained model exported to {}", path.display());
         }
         report.engine = "pool".into();
-        report.network = Some(cascade.network());
+        report.network = Some(deployed.network());
         Ok((report, shards.len()))
     })();
-    cascade.close();
+    deployed.close();
     result
 }
 

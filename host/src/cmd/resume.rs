@@ -152,6 +152,7 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
     };
     let ck = Checkpointing {
         resume: Some((cp, warnings)),
+        held_out: recipe.pool.as_ref().and(a.pool.held_out_check()),
         ..Checkpointing::on_disk(job.clone(), recipe.checkpoint_every)
     };
     let export = a.export.as_deref();

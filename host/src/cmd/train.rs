@@ -124,6 +124,28 @@ pub struct PoolArgs {
     /// Seconds to wait for enough nodes in the directory.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub wait_for_nodes_s: u64,
+    /// Run every layer on two nodes in pure-wasm mode and compare, hop by
+    /// hop, digests of what they compute (sealed to the designer): a lying
+    /// node is found, replaced and excluded, and the job replays exactly.
+    /// Needs twice the nodes; implies `--guest-kernels wasm`.
+    #[arg(long)]
+    pub verify_replicas: bool,
+    /// The MixNN paper's check for lying layers: at every checkpoint this
+    /// many test samples go through the test phase, and an accuracy drop
+    /// of over 10 points or a loss over 2x the last check's is reported as
+    /// an alarm (0: off).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub held_out: usize,
+}
+
+impl PoolArgs {
+    /// The held-out check `--held-out` asks for.
+    pub fn held_out_check(&self) -> Option<mixnn_designer::HeldOut> {
+        (self.held_out > 0).then(|| mixnn_designer::HeldOut {
+            samples: self.held_out,
+            ..mixnn_designer::HeldOut::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -186,8 +208,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
         train_local_job(&model, &data, &opts, &a.sandbox, a.export.as_deref(), ck)?
     } else {
         opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
+        if a.pool.verify_replicas {
+            // Replicas compare bytes: only pure wasm gives the same ones
+            // on every machine.
+            opts.config.host_kernels = false;
+        }
         let mut popts = super::pool::pool_options(&a.pool, &opts);
-        let ck = new_job.create(&opts, Some(&mut popts))?;
+        let ck = new_job.create(&opts, Some(&mut popts))?.map(|mut ck| {
+            ck.held_out = a.pool.held_out_check();
+            ck
+        });
         let run = super::pool::JobRun {
             ck,
             observer: &mut Printer,
@@ -320,6 +350,16 @@ impl TrainObserver for Printer {
             TrainEvent::Resumed { step, epoch, batch } => {
                 println!("resumed at step {step}: epoch {epoch}, batch {batch}")
             }
+            TrainEvent::Detected(d) => println!(
+                "LIE DETECTED at step {}{}{}: {}",
+                d.step,
+                d.hop.map(|h| format!(", hop {}", h + 1)).unwrap_or_default(),
+                d.node
+                    .as_ref()
+                    .map(|n| format!(", node {n}"))
+                    .unwrap_or_default(),
+                d.how
+            ),
             TrainEvent::Repaired(r) => println!(
                 "repaired hop {} ({}) failed at step {}: node {} replaced by {}; detected after {} ms, \
                  repaired after {} ms, {} steps replayed",

@@ -111,6 +111,9 @@ pub struct PoolRecipe {
     pub wait_for_nodes_ms: u64,
     /// Batch sizes the job sends.
     pub batches: Vec<usize>,
+    /// Two replicas compared by witnesses (`--verify-replicas`).
+    #[serde(default)]
+    pub verify_replicas: bool,
 }
 
 impl PoolRecipe {
@@ -128,6 +131,7 @@ impl PoolRecipe {
             timeout_ms: u64::try_from(p.timeout.as_millis()).unwrap_or(u64::MAX),
             wait_for_nodes_ms: u64::try_from(p.wait_for_nodes.as_millis()).unwrap_or(u64::MAX),
             batches: p.batches.clone(),
+            verify_replicas: p.witness,
         }
     }
 
@@ -150,6 +154,8 @@ impl PoolRecipe {
             wait_for_nodes: Duration::from_millis(self.wait_for_nodes_ms),
             batches: self.batches.clone(),
             job_secret: Some(job_secret),
+            witness: self.verify_replicas,
+            exclude: Vec::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ use super::onion::{self, Hop, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
 use super::repair::Spares;
+use super::witness::WitnessPlan;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
@@ -44,7 +45,9 @@ impl PoolCascade {
             quorum,
             ep.bootstraps(),
         ));
-        let pool = ep.directory(layout.count, quorum, opts.distinct, opts.wait_for_nodes)?;
+        let wanted = layout.count + opts.exclude.len();
+        let mut pool = ep.directory(wanted, quorum, opts.distinct, opts.wait_for_nodes)?;
+        pool.retain(|d| !opts.exclude.contains(&d.identity_key));
         let mut rng = placement::os_rng()?;
         let secret = placement::JobSecret::new(opts.job_secret)?;
         let hops = placement::choose(&pool, &layout, opts, &secret, &mut rng)?;
@@ -89,12 +92,22 @@ impl PoolCascade {
             shards: layout.shards,
             rng,
             control_section,
-            compute_section: onion::compute_section_len(&opts.batches),
+            compute_section: onion::compute_section_len(&opts.batches)
+                + if opts.witness {
+                    mixnn_protocol::job::witness::WITNESS_AREA
+                } else {
+                    0
+                },
             pad_hops: layout.pad_hops,
             folds: masks.folds,
             secret,
             detect: Detect::new(opts.timeout),
+            witness: None,
+            readings: Vec::new(),
         };
+        if opts.witness {
+            me.witness = Some(WitnessPlan::new(&me.secret, me.hops.len()));
+        }
         me.init_all(shards, &masks.ops, base, loss, progress)?;
         Ok(me)
     }
@@ -133,6 +146,7 @@ impl PoolCascade {
                 kind,
                 train,
                 shard_len: shard.len() as u64,
+                witness: self.witness.as_ref().and_then(|w| w.for_hop(t)),
             };
             inits.push((spec, shard));
         }

@@ -95,6 +95,8 @@ fn options(distinct: Distinct) -> PoolOptions {
         wait_for_nodes: Duration::from_secs(1),
         batches: vec![1],
         job_secret: None,
+        witness: false,
+        exclude: Vec::new(),
     }
 }
 

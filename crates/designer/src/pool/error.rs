@@ -256,4 +256,19 @@ pub enum PoolError {
         /// Most hops a packet carries.
         max: usize,
     },
+    /// A verified job's answer has no witness area, or a hop's slot in it
+    /// is missing.
+    #[error("a verified job's answer carries no witnesses")]
+    NoWitness,
+    /// The witnesses show a hop that lied (PROTOCOL.md §12.9), found at
+    /// training step `step` (0: outside a step, e.g. a test or checkpoint).
+    #[error("step {step}: {finding} ({side})")]
+    Lie {
+        /// The step the lie showed at.
+        step: u64,
+        /// What the witnesses showed.
+        finding: super::Finding,
+        /// Which replica, or both, the finding is about.
+        side: super::replica::Side,
+    },
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use mixnn_protocol::job::witness::WITNESS_AREA;
 use mixnn_protocol::job::{E2E_OVERHEAD, FromHop, LayerSpec, ToHop, WireTensor};
 use mixnn_sphinx::Op;
 
@@ -229,6 +230,8 @@ impl PoolCascade {
             self.control_section
         };
         let what = describe_exchange(phase, batch, slots.len(), target);
+        let witnessed = tensor.is_some() && self.witness.is_some();
+        let sent_tag = (self.witness.as_ref()).map(|w| w.tag(tensor.as_ref()));
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -238,6 +241,7 @@ impl PoolCascade {
             tensor,
             e2e,
             section,
+            witnessed,
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
@@ -246,7 +250,17 @@ impl PoolCascade {
         let payload = onion::open(&self.g, &sent, answer)?;
         let hops = &self.hops;
         let describe = |s: &Slot| describe_slot(hops, s);
-        let reply = onion::reply(&sent, &payload.e2e, target, describe)?;
+        let sealed = match witnessed {
+            true => payload.e2e.len().saturating_sub(WITNESS_AREA),
+            false => payload.e2e.len(),
+        };
+        let reply = onion::reply(&sent, &payload.e2e[..sealed], target, describe)?;
+        if let (true, Some(w), Some(sent_tag)) = (witnessed, &self.witness, sent_tag) {
+            let received = w.tag(payload.tensor.as_ref());
+            let reading = (w.read(&sent, &payload.e2e, sent_tag, received))
+                .ok_or(PoolError::NoWitness)?;
+            self.readings.push(reading);
+        }
         if let Some(k) = kind {
             self.detect.record(k, start.elapsed());
         }

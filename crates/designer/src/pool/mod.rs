@@ -33,7 +33,9 @@ mod phases;
 mod placement;
 mod rekey;
 mod repair;
+mod replica;
 mod state;
+mod witness;
 
 use std::time::Duration;
 
@@ -47,6 +49,8 @@ pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
 use onion::{Hop, Role, Slot};
+pub use replica::{Replicated, Side};
+pub use witness::Finding;
 
 /// How to run on the pool.
 #[derive(Clone, Debug)]
@@ -83,6 +87,12 @@ pub struct PoolOptions {
     /// masked shards (its checkpoints hold masked parameters). `None`: a
     /// fresh random seed. Kept 0600 in the job directory, never sent.
     pub job_secret: Option<[u8; 32]>,
+    /// Every hop writes witnesses of what it computes (PROTOCOL.md §12.9):
+    /// set for the cascades of `--verify-replicas`.
+    pub witness: bool,
+    /// Identities (ed25519 keys) no hop of this cascade may be: the other
+    /// replica's nodes.
+    pub exclude: Vec<[u8; 32]>,
 }
 
 /// Network figures of a job, for the report.
@@ -164,6 +174,11 @@ pub struct PoolCascade {
     /// What a repair needs: each hop's init, the directory rule, the nodes
     /// that failed in this job.
     spares: repair::Spares,
+    /// Where the hops write their witnesses, in a verified job.
+    witness: Option<witness::WitnessPlan>,
+    /// The witnesses read since [`PoolCascade::take_readings`] last took
+    /// them.
+    readings: Vec<witness::Reading>,
 }
 
 impl PoolCascade {
@@ -172,6 +187,43 @@ impl PoolCascade {
     /// resumed job rebuilds the same dummy positions and masked shards.
     pub fn job_secret(&self) -> [u8; 32] {
         self.secret.bytes()
+    }
+
+    /// The identities of the cascade's nodes, in order.
+    pub fn node_ids(&self) -> Vec<[u8; 32]> {
+        self.hops.iter().map(|h| h.node.0).collect()
+    }
+
+    /// Which role hop `t` has and its node's peer id.
+    pub fn describe_hop(&self, t: usize) -> (String, String) {
+        self.hops
+            .get(t)
+            .map(|h| (describe_role(h.role), h.peer.to_base58()))
+            .unwrap_or_default()
+    }
+
+    /// Nodes a repair must not take (the other replica's, the liars).
+    pub fn avoid(&mut self, ids: Vec<[u8; 32]>) {
+        self.spares.avoid = ids;
+    }
+
+    /// The hop that serves shard `i`, if the pool serves it.
+    fn hop_of_layer(&self, i: usize) -> Option<usize> {
+        self.hops.iter().position(|h| h.role == Role::Layer(i))
+    }
+
+    /// The hop that answers the loss (the last one).
+    fn turn_hop(&self) -> usize {
+        self.hops.len().saturating_sub(1)
+    }
+
+    /// The last hop of a forward pass.
+    fn last_hop(&self) -> usize {
+        self.turn_hop()
+    }
+
+    fn take_readings(&mut self) -> Vec<witness::Reading> {
+        std::mem::take(&mut self.readings)
     }
 
     /// Network figures so far.

@@ -9,7 +9,9 @@
 //! the one that wrote it.
 
 use libp2p::PeerId;
-use mixnn_protocol::job::{self, E2eDirection, FromHop, JobPayload, ToHop, WireTensor, app_flags};
+use mixnn_protocol::job::{
+    self, E2eDirection, FromHop, JobPayload, ToHop, WireTensor, app_flags, witness,
+};
 use mixnn_sphinx::{
     DesignerState, Exit, Geometry, HeaderBinding, JobHandle, LinkKey, MixPublicKey, NodeId, Op,
     PayloadMode, RouteHop,
@@ -70,12 +72,18 @@ pub struct Sent {
     last_link: LinkKey,
     pub slots: Vec<Slot>,
     pub exit_id: [u8; 32],
+    /// The random mask over the witness area, when the packet has one
+    /// (PROTOCOL.md §12.9).
+    pub witness_mask: Option<Vec<u8>>,
 }
 
 /// Builds the packet for `slots` carrying `tensor` and, for the slot at
 /// `e2e.0`, the end-to-end message `e2e.1`, sealed into a section of
 /// `section_len` bytes (random bytes of that length when the packet has no
-/// message: every hop sees a section of the same length either way).
+/// message: every hop sees a section of the same length either way). With
+/// `witness` the last [`witness::WITNESS_AREA`] bytes of the section are a
+/// witness area (§12.9): a random mask under the layer of every slot that
+/// will layer it, so what comes back is the mask over the hops' tags.
 #[allow(clippy::too_many_arguments)]
 pub fn build<R: RngCore + CryptoRng>(
     g: &Geometry,
@@ -86,6 +94,7 @@ pub fn build<R: RngCore + CryptoRng>(
     tensor: Option<WireTensor>,
     e2e: Option<(usize, ToHop)>,
     section_len: usize,
+    witness: bool,
     rng: &mut R,
 ) -> Result<(Vec<u8>, Sent), DesignerError> {
     let links: Vec<LinkKey> = (0..=slots.len()).map(|_| LinkKey::random(rng)).collect();
@@ -116,17 +125,32 @@ pub fn build<R: RngCore + CryptoRng>(
         rng,
     )
     .map_err(|e| err(format!("building a packet: {e}")))?;
-    let mut section = vec![0u8; section_len];
+    let area = if witness { witness::WITNESS_AREA } else { 0 };
+    let sealed_len = section_len.saturating_sub(area);
+    let target = e2e.as_ref().map(|(t, _)| *t);
+    let mut section = vec![0u8; sealed_len];
     rng.fill_bytes(&mut section);
     if let Some((t, msg)) = e2e {
         let key = e2e_key(&state, t)?;
         let body = job::encode_msg("end-to-end message", &msg).map_err(err)?;
-        section = job::seal_e2e_padded(key.as_bytes(), E2eDirection::ToHop, &body, section_len)
+        section = job::seal_e2e_padded(key.as_bytes(), E2eDirection::ToHop, &body, sealed_len)
             .map_err(err)?;
         for j in 0..t {
             job::e2e_layer(e2e_key(&state, j)?.as_bytes(), &mut section);
         }
     }
+    let witness_mask = if witness {
+        let mut mask = vec![0u8; area];
+        rng.fill_bytes(&mut mask);
+        let mut layers = vec![0u8; section_len];
+        for j in (0..slots.len()).filter(|&j| Some(j) != target) {
+            job::e2e_layer(e2e_key(&state, j)?.as_bytes(), &mut layers);
+        }
+        section.extend(layers[sealed_len..].iter().zip(&mask).map(|(l, m)| l ^ m));
+        Some(mask)
+    } else {
+        None
+    };
     let message = JobPayload {
         tensor,
         e2e: section,
@@ -156,8 +180,29 @@ pub fn build<R: RngCore + CryptoRng>(
             last_link,
             slots,
             exit_id,
+            witness_mask,
         },
     ))
+}
+
+/// The witness slots of an answer to `sent` (its area with the mask
+/// removed): slot `i` holds the XOR of the tags written there, zero where
+/// nobody wrote. `None` when the packet had no area or the section is too
+/// short for one.
+pub fn witness_slots(sent: &Sent, section: &[u8]) -> Option<Vec<[u8; witness::WITNESS_SLOT_LEN]>> {
+    let mask = sent.witness_mask.as_ref()?;
+    let area = section.get(section.len().checked_sub(witness::WITNESS_AREA)?..)?;
+    let plain: Vec<u8> = area.iter().zip(mask).map(|(a, m)| a ^ m).collect();
+    Some(
+        plain
+            .chunks_exact(witness::WITNESS_SLOT_LEN)
+            .map(|c| {
+                let mut s = [0u8; witness::WITNESS_SLOT_LEN];
+                s.copy_from_slice(c);
+                s
+            })
+            .collect(),
+    )
 }
 
 /// The handle a slot names the job by: a hop that only relays (not the

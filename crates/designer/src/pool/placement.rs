@@ -212,6 +212,8 @@ mod tests {
             wait_for_nodes: std::time::Duration::from_secs(1),
             batches: vec![1],
             job_secret: None,
+            witness: false,
+            exclude: Vec::new(),
         }
     }
 

@@ -50,6 +50,9 @@ pub(super) struct Spares {
     /// Identities of the nodes that failed in this job: never used again.
     /// One entry per repair, so it stays as small as the job's repairs.
     failed: Vec<[u8; 32]>,
+    /// Identities a repair must not take besides: the other replica's
+    /// nodes and the liars found ([`PoolCascade::avoid`]).
+    pub avoid: Vec<[u8; 32]>,
 }
 
 impl Spares {
@@ -70,6 +73,7 @@ impl Spares {
             inits: Vec::new(),
             addrs,
             failed: Vec::new(),
+            avoid: Vec::new(),
         }
     }
 
@@ -86,7 +90,10 @@ impl Spares {
         let mut out = Vec::new();
         for d in listed {
             let id = d.identity_key;
-            if self.failed.contains(&id) || hops.iter().any(|h| h.node.0 == id) {
+            if self.failed.contains(&id)
+                || self.avoid.contains(&id)
+                || hops.iter().any(|h| h.node.0 == id)
+            {
                 continue;
             }
             let keys = directory::address_keys(d, self.distinct);
@@ -149,21 +156,38 @@ impl PoolCascade {
                 }
             },
         };
+        tracing::warn!(hop = t + 1, peer = %self.hops[t].peer, "hop failed; replacing its node");
+        let repair = self.replace_failed(t)?;
+        Ok(Some(Repair {
+            detected_after_ms,
+            repaired_after_ms: noticed.elapsed().as_millis() as u64,
+            ..repair
+        }))
+    }
+
+    /// Hop `t`'s node never serves this job again; a fresh node takes its
+    /// place. The repair record has no times and no step yet.
+    fn replace_failed(&mut self, t: usize) -> Result<Repair, DesignerError> {
         let old = self.hops[t].clone();
-        tracing::warn!(hop = t + 1, peer = %old.peer, "hop failed; replacing its node");
         self.spares.failed.push(old.node.0);
         let new_node = self.replace_hop(t)?;
         self.detect.reset();
-        Ok(Some(Repair {
+        Ok(Repair {
             hop: t,
             role: describe_role(old.role),
-            step: 0,
             failed_node: old.peer.to_base58(),
             new_node,
-            detected_after_ms,
-            repaired_after_ms: noticed.elapsed().as_millis() as u64,
-            steps_replayed: 0,
-        }))
+            ..Repair::default()
+        })
+    }
+
+    /// Replaces hop `t` after a lie (or a suspicion of one: a replica
+    /// check, `pool/replica.rs`); its node is never used again.
+    pub(super) fn replace_liar(&mut self, t: usize) -> Result<Repair, DesignerError> {
+        if t >= self.hops.len() {
+            return Err(PoolError::NoWitness.into());
+        }
+        self.replace_failed(t)
     }
 
     /// The first hop, probing outward from hop 0, that does not answer;
@@ -208,6 +232,7 @@ impl PoolCascade {
             None,
             None,
             self.control_section,
+            false,
             &mut self.rng,
         )?;
         self.ep.send(self.hops[0].peer, bytes)?;
@@ -234,7 +259,7 @@ impl PoolCascade {
 
     /// Puts a fresh node in hop `t`'s place and sends it hop `t`'s init;
     /// returns its peer id.
-    fn replace_hop(&mut self, t: usize) -> Result<String, DesignerError> {
+    pub(super) fn replace_hop(&mut self, t: usize) -> Result<String, DesignerError> {
         let role = self.hops[t].role;
         let read = self.ep.read_directory(self.spares.quorum);
         if read.answered < read.quorum {

@@ -13,7 +13,7 @@ use super::{
 use crate::DesignerError;
 use crate::cascade::Model;
 use crate::checkpoint::{Checkpoint, Position};
-use crate::report::{CheckpointReport, EpochReport, TrainReport, params_sha256};
+use crate::report::{CheckpointReport, Detection, EpochReport, TrainReport, params_sha256};
 
 /// What was running when a failure came: it decides the step a repair
 /// names.
@@ -39,6 +39,9 @@ pub(super) struct Run<'a> {
     latest: Option<Checkpoint>,
     cost: CheckpointReport,
     repairs: Vec<crate::report::Repair>,
+    detections: Vec<Detection>,
+    /// The held-out check's last measure.
+    held: Option<super::alarm::Measure>,
 }
 
 impl<'a> Run<'a> {
@@ -77,6 +80,8 @@ impl<'a> Run<'a> {
             latest: None,
             cost,
             repairs: Vec::new(),
+            detections: Vec::new(),
+            held: None,
         })
     }
 
@@ -141,6 +146,7 @@ impl<'a> Run<'a> {
             self.doing = Doing::Step;
             let loss = model.train_batch(x, &labels)?;
             self.doing = Doing::Other;
+            self.take_detections(model, obs);
             self.pos.loss_sum += f64::from(loss);
             self.pos.batch += 1;
             self.pos.step += 1;
@@ -186,6 +192,7 @@ impl<'a> Run<'a> {
         model: &mut dyn Model,
         obs: &mut dyn TrainObserver,
     ) -> Result<(), DesignerError> {
+        self.held_out(model, obs)?;
         let start = Instant::now();
         let states = model.save_state()?;
         if states.len() != self.shard_count {
@@ -247,6 +254,7 @@ impl<'a> Run<'a> {
             )));
         }
         model.load_state(&cp.states)?;
+        model.rolled_back(p.step);
         self.pos = p.clone();
         self.epochs = cp.epochs.clone();
         self.cost.resumed_from = Some(p.step);
@@ -281,6 +289,7 @@ impl<'a> Run<'a> {
             return Err(failure);
         };
         model.load_state(&cp.states)?;
+        model.rolled_back(cp.position.step);
         repair.step = match self.doing {
             Doing::Step => self.pos.step + 1,
             Doing::Other => self.pos.step,
@@ -291,6 +300,41 @@ impl<'a> Run<'a> {
         self.doing = Doing::Other;
         obs.event(&TrainEvent::Repaired(repair.clone()));
         self.repairs.push(repair);
+        self.take_detections(model, obs);
+        self.held = None;
+        Ok(())
+    }
+
+    /// Reports the lies the model found.
+    fn take_detections(&mut self, model: &mut dyn Model, obs: &mut dyn TrainObserver) {
+        for d in model.take_detections() {
+            self.detect(d, obs);
+        }
+    }
+
+    fn detect(&mut self, d: Detection, obs: &mut dyn TrainObserver) {
+        tracing::warn!(step = d.step, hop = ?d.hop.map(|h| h + 1), how = %d.how, "lie detected");
+        obs.event(&TrainEvent::Detected(d.clone()));
+        self.detections.push(d);
+    }
+
+    /// The held-out check (see `alarm.rs`), when configured.
+    fn held_out(
+        &mut self,
+        model: &mut dyn Model,
+        obs: &mut dyn TrainObserver,
+    ) -> Result<(), DesignerError> {
+        let Some(h) = self.ck.as_ref().and_then(|c| c.held_out.clone()) else {
+            return Ok(());
+        };
+        if self.test.count == 0 || h.samples == 0 {
+            return Ok(());
+        }
+        let now = h.measure(model, &self.test, self.sample)?;
+        if let Some(d) = self.held.and_then(|before| h.judge(self.pos.step, before, now)) {
+            self.detect(d, obs);
+        }
+        self.held = Some(now);
         Ok(())
     }
 
@@ -314,6 +358,7 @@ impl<'a> Run<'a> {
             network: None,
             repairs: self.repairs,
             checkpoints: self.ck.is_some().then_some(self.cost),
+            detections: self.detections,
         }
     }
 }

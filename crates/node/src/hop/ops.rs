@@ -1,8 +1,10 @@
 //! The ops of a job packet on its opened payload (PROTOCOL.md §12.4): the
-//! end-to-end section, the control messages and the layer's calls.
+//! end-to-end section, the control messages and the layer's calls, and the
+//! witness a verified job's hop writes of what it computed (§12.9).
 
 use mixnn_protocol::job::{
     self, E2eDirection, FailureKind, FromHop, HopFailure, JobPayload, ToHop, WireTensor, app_flags,
+    witness,
 };
 use mixnn_sphinx::{Op, Processed};
 use tracing::debug;
@@ -17,6 +19,7 @@ use crate::jobs::{JobError, Jobs};
 pub(super) fn run(jobs: &Jobs, p: &Processed, payload: &mut JobPayload, seen: &mut Seen) {
     let app = (p.routing.flags >> 8) as u8;
     let key = p.e2e_key.as_bytes();
+    let job = &p.routing.job.0;
     let computes = matches!(p.routing.op, Op::Forward | Op::Test | Op::Backward);
     if computes && payload.tensor.is_none() {
         // An earlier hop failed: its error travels on under one more
@@ -24,15 +27,24 @@ pub(super) fn run(jobs: &Jobs, p: &Processed, payload: &mut JobPayload, seen: &m
         job::e2e_layer(key, &mut payload.e2e);
         return;
     }
+    // A verified job's compute sections end in a witness area the
+    // end-to-end message does not cover (§12.9).
+    let witness = computes.then(|| jobs.witness(job)).flatten();
+    let tail = if witness.is_some() {
+        witness::WITNESS_AREA
+    } else {
+        0
+    };
     let to_hop = if app & app_flags::E2E_TARGET != 0 {
-        match open_section(key, &payload.e2e) {
+        let sealed = &payload.e2e[..payload.e2e.len().saturating_sub(tail)];
+        match open_section(key, sealed) {
             Ok(m) => {
                 seen.e2e_read = Some(kind_of(&m));
                 Some(m)
             }
             Err(error) => {
                 payload.tensor = None;
-                fail(payload, key, seen, Stage::EndToEnd, error);
+                fail(payload, key, seen, Stage::EndToEnd, error, tail);
                 return;
             }
         }
@@ -40,20 +52,32 @@ pub(super) fn run(jobs: &Jobs, p: &Processed, payload: &mut JobPayload, seen: &m
         job::e2e_layer(key, &mut payload.e2e);
         None
     };
-    let job = &p.routing.job.0;
     match (p.routing.op, to_hop) {
         (Op::Init, Some(m)) => match jobs.control(job, m, payload.e2e.len()) {
-            Ok(answer) => reply(payload, key, &answer),
-            Err(error) => fail(payload, key, seen, Stage::Control, error),
+            Ok(answer) => reply(payload, key, &answer, 0),
+            Err(error) => fail(payload, key, seen, Stage::Control, error, 0),
         },
         (Op::Forward | Op::Test | Op::Backward, to_hop) => {
             let Some(x) = payload.tensor.take() else {
                 return;
             };
-            if let Err(error) = compute(jobs, p, x, to_hop, payload) {
-                debug!(%error, "job op failed");
-                payload.tensor = None;
-                fail(payload, key, seen, Stage::Compute, error);
+            let input = witness.as_ref().map(|w| w.tag(Some(&x)));
+            match compute(jobs, p, x, to_hop, payload, tail) {
+                Ok(()) => {
+                    if let (Some(w), Some(input)) = (&witness, input) {
+                        let slot = match p.routing.op {
+                            Op::Backward => w.backward,
+                            _ => w.forward,
+                        };
+                        let output = w.tag(payload.tensor.as_ref());
+                        witness::mark(&mut payload.e2e, slot, &input, &output);
+                    }
+                }
+                Err(error) => {
+                    debug!(%error, "job op failed");
+                    payload.tensor = None;
+                    fail(payload, key, seen, Stage::Compute, error, tail);
+                }
             }
         }
         _ => {}
@@ -84,6 +108,7 @@ fn compute(
     x: WireTensor,
     to_hop: Option<ToHop>,
     payload: &mut JobPayload,
+    tail: usize,
 ) -> Result<(), JobError> {
     let app = (p.routing.flags >> 8) as u8;
     let job = &p.routing.job.0;
@@ -99,17 +124,27 @@ fn compute(
             let answer = FromHop::Loss {
                 bits: loss.to_bits(),
             };
-            reply(payload, p.e2e_key.as_bytes(), &answer);
+            reply(payload, p.e2e_key.as_bytes(), &answer, tail);
         }
         Op::Backward => payload.tensor = jobs.backward(job, x)?,
         _ => {}
+    }
+    if let Some(t) = payload.tensor.as_mut() {
+        jobs.lie_if_switched(t);
     }
     Ok(())
 }
 
 /// Replaces the end-to-end section with `error`, sealed from this hop.
-fn fail(payload: &mut JobPayload, key: &[u8; 32], seen: &mut Seen, stage: Stage, error: JobError) {
-    reply(payload, key, &FromHop::Error(error.to_failure()));
+fn fail(
+    payload: &mut JobPayload,
+    key: &[u8; 32],
+    seen: &mut Seen,
+    stage: Stage,
+    error: JobError,
+    tail: usize,
+) {
+    reply(payload, key, &FromHop::Error(error.to_failure()), tail);
     seen.failure = Some(Failure { stage, error });
 }
 
@@ -117,8 +152,12 @@ fn fail(payload: &mut JobPayload, key: &[u8; 32], seen: &mut Seen, stage: Stage,
 /// length of the section that came in (PROTOCOL.md §12.3), so the hops
 /// after this one cannot tell a reply from a request by its size. A reply
 /// that does not fit becomes a short error; a section too short even for
-/// that (or none) gets the reply at its natural length.
-fn reply(payload: &mut JobPayload, key: &[u8; 32], msg: &FromHop) {
+/// that (or none) gets the reply at its natural length. The last `tail`
+/// bytes (a witness area) stay as they are after the reply.
+fn reply(payload: &mut JobPayload, key: &[u8; 32], msg: &FromHop, tail: usize) {
+    let kept = payload
+        .e2e
+        .split_off(payload.e2e.len().saturating_sub(tail));
     let len = payload.e2e.len();
     let too_large = || FromHop::Error(HopFailure::new(FailureKind::Encoding, "reply too large"));
     let fits = |m: &FromHop| {
@@ -132,4 +171,5 @@ fn reply(payload: &mut JobPayload, key: &[u8; 32], msg: &FromHop) {
             .unwrap_or_default();
         job::seal_e2e(key, E2eDirection::FromHop, &body)
     });
+    payload.e2e.extend_from_slice(&kept);
 }

@@ -16,6 +16,17 @@ impl Node {
     /// processor to layers in `sandbox`, and the node sends cover traffic.
     /// Without this call the inbox is left to the caller (tests, tools).
     pub fn serve_jobs(&mut self, sandbox: Arc<mixnn_sandbox::Sandbox>) -> Result<(), NodeError> {
+        self.serve_jobs_with(sandbox, None)
+    }
+
+    /// [`Node::serve_jobs`] for chaos tests: the node's layers corrupt
+    /// their outputs once `lie` is set (see `Jobs::with_lie_switch`).
+    #[doc(hidden)]
+    pub fn serve_jobs_with(
+        &mut self,
+        sandbox: Arc<mixnn_sandbox::Sandbox>,
+        lie: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<(), NodeError> {
         let inbox = self
             .inbox
             .take()
@@ -24,7 +35,7 @@ impl Node {
         if cfg.jobs > 0 {
             warm_up(sandbox.clone());
         }
-        let jobs = Arc::new(Jobs::new(
+        let jobs = Jobs::new(
             sandbox,
             JobLimits {
                 max_jobs: cfg.jobs as usize,
@@ -32,7 +43,11 @@ impl Node {
                 idle: Duration::from_secs(cfg.job_idle_secs),
             },
             self.shared.metrics.clone(),
-        ));
+        );
+        let jobs = Arc::new(match lie {
+            Some(switch) => jobs.with_lie_switch(switch),
+            None => jobs,
+        });
         let geometry = mixnn_sphinx::Geometry::default();
         let slots = crate::cover::slot_queue(&geometry, cfg);
         let mut processor = Processor::new(

@@ -1,4 +1,9 @@
-//! `mixnn demo --kill HOP@STEP`: the harness as a chaos tool.
+//! `mixnn demo --kill HOP@STEP` and `--lie HOP@STEP`: the harness as a
+//! chaos tool.
+//!
+//! `--lie` sends SIGUSR1 instead: the node (started with the hidden
+//! `--chaos-lie-on-signal`) corrupts every output of its layers from then
+//! on, and the designer's replicas must find it (`--verify-replicas`).
 //!
 //! Once the designer has done global training step STEP, the node process
 //! that holds hop HOP of the cascade (1-based, as the `cascade:` line
@@ -87,9 +92,21 @@ impl KillAt {
     }
 }
 
-/// A kill that was carried out, for the report.
+/// What a chaos event does to its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Act {
+    /// SIGKILL.
+    Kill,
+    /// SIGUSR1: the node starts lying.
+    Lie,
+}
+
+/// A kill (or lie) that was carried out, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct KillReport {
+    /// What was done.
+    pub act: Act,
     /// Hop of the cascade, from 1.
     pub hop: usize,
     /// The step asked for.
@@ -104,15 +121,18 @@ pub struct KillReport {
 
 /// The kills asked for, and those carried out.
 pub struct Chaos {
-    pending: Vec<KillAt>,
+    pending: Vec<(Act, KillAt)>,
     done: Vec<KillReport>,
     killer: Killer,
 }
 
 impl Chaos {
-    /// Kills `plan` on the pool behind `killer`.
-    pub fn new(mut plan: Vec<KillAt>, killer: Killer) -> Chaos {
-        plan.sort_by_key(|k| k.step);
+    /// Kills `kills` and makes `lies` lie on the pool behind `killer`.
+    pub fn new(kills: Vec<KillAt>, lies: Vec<KillAt>, killer: Killer) -> Chaos {
+        let mut plan: Vec<(Act, KillAt)> = (kills.into_iter().map(|k| (Act::Kill, k)))
+            .chain(lies.into_iter().map(|k| (Act::Lie, k)))
+            .collect();
+        plan.sort_by_key(|(_, k)| k.step);
         Chaos {
             pending: plan,
             done: Vec::new(),
@@ -125,7 +145,7 @@ impl Chaos {
     /// (`Model::network().cascade`: role and peer id per hop). Kills every
     /// pending node whose step has come.
     pub fn step(&mut self, step: u64, cascade: &[(String, String)]) -> Result<()> {
-        while let Some(k) = self.pending.first().cloned() {
+        while let Some((act, k)) = self.pending.first().cloned() {
             if k.step > step {
                 break;
             }
@@ -141,12 +161,16 @@ impl Chaos {
                 );
             };
             let (role, peer) = &cascade[t];
-            let process = self.killer.kill(peer)?;
+            let (process, signal) = match act {
+                Act::Kill => (self.killer.kill(peer)?, "SIGKILL"),
+                Act::Lie => (self.killer.make_lie(peer)?, "SIGUSR1 (lie from now on)"),
+            };
             println!(
-                "  chaos: step {step}: SIGKILL to {process} ({role} on hop {}, node {peer})",
+                "  chaos: step {step}: {signal} to {process} ({role} on hop {}, node {peer})",
                 t + 1
             );
             self.done.push(KillReport {
+                act,
                 hop: t + 1,
                 step: k.step,
                 at_step: step,
@@ -157,9 +181,9 @@ impl Chaos {
         Ok(())
     }
 
-    /// Kills not carried out (the job ended before their step).
-    pub fn pending(&self) -> &[KillAt] {
-        &self.pending
+    /// Kills and lies not carried out (the job ended before their step).
+    pub fn pending(&self) -> Vec<KillAt> {
+        self.pending.iter().map(|(_, k)| k.clone()).collect()
     }
 
     /// Kills carried out, in order.
@@ -210,6 +234,57 @@ impl TrainObserver for ChaosObserver<'_> {
 
     fn event(&mut self, event: &mixnn_designer::TrainEvent) {
         super::super::train::Printer.event(event);
+    }
+}
+
+/// One repair, as the demo reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoRepair {
+    /// The failed hop, from 1 (as `--kill` names hops).
+    pub hop: usize,
+    /// The training step whose exchange failed.
+    pub step: u64,
+    /// From the send of the failed exchange to the failure being noticed.
+    pub detected_after_ms: u64,
+    /// From the failure being noticed to the cascade being whole again.
+    pub repaired_after_ms: u64,
+    /// Steps replayed from the checkpoint.
+    pub steps_replayed: u64,
+}
+
+impl From<&mixnn_designer::Repair> for DemoRepair {
+    fn from(r: &mixnn_designer::Repair) -> Self {
+        DemoRepair {
+            hop: r.hop + 1,
+            step: r.step,
+            detected_after_ms: r.detected_after_ms,
+            repaired_after_ms: r.repaired_after_ms,
+            steps_replayed: r.steps_replayed,
+        }
+    }
+}
+
+/// One lie found, as the demo reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoDetection {
+    /// The training step at which it showed.
+    pub step: u64,
+    /// The hop, from 1 (as `--lie` names hops), when one was named.
+    pub hop: Option<usize>,
+    /// Peer id of the node found lying.
+    pub node: Option<String>,
+    /// How it was decided.
+    pub how: String,
+}
+
+impl From<&mixnn_designer::Detection> for DemoDetection {
+    fn from(d: &mixnn_designer::Detection) -> Self {
+        DemoDetection {
+            step: d.step,
+            hop: d.hop.map(|h| h + 1),
+            node: d.node.clone(),
+            how: d.how.clone(),
+        }
     }
 }
 

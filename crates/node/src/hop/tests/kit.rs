@@ -60,6 +60,7 @@ pub fn spec(kind: LayerKind, loss: LossKind, shard_len: usize) -> LayerSpec {
             ..TrainConfig::default()
         },
         shard_len: shard_len as u64,
+        witness: None,
     }
 }
 

@@ -6,3 +6,4 @@ pub(crate) mod kit;
 mod ops;
 mod relay_view;
 mod state;
+mod witness;
