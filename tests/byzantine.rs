@@ -70,7 +70,10 @@ fn a_lying_hop_is_found_replaced_and_the_job_ends_exactly() {
         (lied_at + 1..=lied_at + 2).contains(&step),
         "detected at step {step}, the lie began after step {lied_at}"
     );
-    println!("lie began after step {lied_at}, detected at step {step}: {}", d["how"]);
+    println!(
+        "lie began after step {lied_at}, detected at step {step}: {}",
+        d["how"]
+    );
     assert!(!r["repairs"].as_array().unwrap().is_empty());
     let cascade = r["distributed"]["network"]["cascade"].as_array().unwrap();
     assert!(
@@ -79,7 +82,9 @@ fn a_lying_hop_is_found_replaced_and_the_job_ends_exactly() {
     );
     assert_eq!(r["matches_undisturbed"], Value::Bool(true), "{text}");
     let dist = r["distributed"]["final_test_accuracy"].as_f64().unwrap();
-    let wasm = r["single_process_wasm"]["final_test_accuracy"].as_f64().unwrap();
+    let wasm = r["single_process_wasm"]["final_test_accuracy"]
+        .as_f64()
+        .unwrap();
     assert!((dist - wasm).abs() <= 0.005, "{dist} vs {wasm}");
 }
 

@@ -19,13 +19,10 @@ pub use bench::{
     render_bench,
 };
 pub use cascade::{Cascade, Model};
-pub use report::{
-    CheckpointReport, Detection, EpochReport, Repair, TrainReport, params_sha256,
-};
+pub use report::{CheckpointReport, Detection, EpochReport, Repair, TrainReport, params_sha256};
 pub use train::{
     Checkpointing, DEFAULT_MAX_REPAIRS, HeldOut, Quiet, TrainEvent, TrainObserver, TrainOptions,
-    evaluate,
-    sample_shape, train_checkpointed, train_local, train_model,
+    evaluate, sample_shape, train_checkpointed, train_local, train_model,
 };
 
 /// Everything the designer's library can fail with.

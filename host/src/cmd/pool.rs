@@ -179,15 +179,9 @@ pub fn train_on_pool_job(
         let n = shards.len();
         let cascade = deployed.model();
         let mut report = match ck {
-            Some(ck) => mixnn_designer::train_checkpointed(
-                cascade,
-                n,
-                &sample,
-                data,
-                opts,
-                ck,
-                observer,
-            )?,
+            Some(ck) => {
+                mixnn_designer::train_checkpointed(cascade, n, &sample, data, opts, ck, observer)?
+            }
             None => mixnn_designer::train_model(cascade, n, &sample, data, opts, observer)?,
         };
         if let Some(path) = export {

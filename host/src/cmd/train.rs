@@ -353,7 +353,9 @@ impl TrainObserver for Printer {
             TrainEvent::Detected(d) => println!(
                 "LIE DETECTED at step {}{}{}: {}",
                 d.step,
-                d.hop.map(|h| format!(", hop {}", h + 1)).unwrap_or_default(),
+                d.hop
+                    .map(|h| format!(", hop {}", h + 1))
+                    .unwrap_or_default(),
                 d.node
                     .as_ref()
                     .map(|n| format!(", node {n}"))

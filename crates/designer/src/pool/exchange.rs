@@ -257,8 +257,8 @@ impl PoolCascade {
         let reply = onion::reply(&sent, &payload.e2e[..sealed], target, describe)?;
         if let (true, Some(w), Some(sent_tag)) = (witnessed, &self.witness, sent_tag) {
             let received = w.tag(payload.tensor.as_ref());
-            let reading = (w.read(&sent, &payload.e2e, sent_tag, received))
-                .ok_or(PoolError::NoWitness)?;
+            let reading =
+                (w.read(&sent, &payload.e2e, sent_tag, received)).ok_or(PoolError::NoWitness)?;
             self.readings.push(reading);
         }
         if let Some(k) = kind {

@@ -95,7 +95,9 @@ fn plans_use_distinct_slots_and_follow_the_secret() {
     assert_eq!(again.for_hop(2), WitnessPlan::new(&secret, 4).for_hop(2));
     let other = JobSecret::new(Some([4u8; 32])).expect("given secret");
     assert_ne!(
-        WitnessPlan::new(&other, 4).for_hop(0).map(|w| w.key.clone()),
+        WitnessPlan::new(&other, 4)
+            .for_hop(0)
+            .map(|w| w.key.clone()),
         again.for_hop(0).map(|w| w.key.clone())
     );
 }

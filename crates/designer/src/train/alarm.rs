@@ -51,9 +51,31 @@ impl HeldOut {
         model: &mut dyn Model,
         test: &Dataset,
         sample: &[usize],
+        eval_batch: usize,
     ) -> Result<Measure, DesignerError> {
-        let idx: Vec<usize> = (0..self.samples.min(test.count)).collect();
-        let (x, labels) = batch_tensor(test, &idx, sample)?;
+        let all: Vec<usize> = (0..self.samples.min(test.count)).collect();
+        let (mut correct, mut loss) = (0usize, 0f64);
+        // In test batches: the job's packets are sized for them.
+        for idx in all.chunks(eval_batch.max(1)) {
+            let (c, l) = Self::score(model, test, idx, sample)?;
+            correct += c;
+            loss += l;
+        }
+        let n = all.len().max(1) as f64;
+        Ok(Measure {
+            accuracy: 100.0 * correct as f64 / n,
+            loss: loss / n,
+        })
+    }
+
+    /// Correct answers and summed loss of one test batch.
+    fn score(
+        model: &mut dyn Model,
+        test: &Dataset,
+        idx: &[usize],
+        sample: &[usize],
+    ) -> Result<(usize, f64), DesignerError> {
+        let (x, labels) = batch_tensor(test, idx, sample)?;
         let out = model.infer(x)?;
         let classes = out.shape.get(1).copied().unwrap_or(0);
         if classes == 0 || out.data.len() != idx.len() * classes {
@@ -74,11 +96,7 @@ impl HeldOut {
                 correct += 1;
             }
         }
-        let n = idx.len().max(1) as f64;
-        Ok(Measure {
-            accuracy: 100.0 * correct as f64 / n,
-            loss: loss / n,
-        })
+        Ok((correct, loss))
     }
 
     /// The alarm, if `now` jumped from `before` beyond the bounds.
@@ -115,7 +133,9 @@ mod tests {
         let m = |accuracy, loss| Measure { accuracy, loss };
         assert!(h.judge(5, m(90.0, 0.3), m(88.0, 0.35)).is_none());
         assert!(h.judge(5, m(90.0, 0.3), m(95.0, 0.1)).is_none());
-        let d = h.judge(7, m(90.0, 0.3), m(60.0, 0.4)).expect("accuracy drop");
+        let d = h
+            .judge(7, m(90.0, 0.3), m(60.0, 0.4))
+            .expect("accuracy drop");
         assert_eq!((d.step, d.hop), (7, None));
         assert!(d.how.contains("90.0% -> 60.0%"), "{}", d.how);
         assert!(h.judge(7, m(90.0, 0.3), m(89.0, 1.2)).is_some());

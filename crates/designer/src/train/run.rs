@@ -330,8 +330,11 @@ impl<'a> Run<'a> {
         if self.test.count == 0 || h.samples == 0 {
             return Ok(());
         }
-        let now = h.measure(model, &self.test, self.sample)?;
-        if let Some(d) = self.held.and_then(|before| h.judge(self.pos.step, before, now)) {
+        let now = h.measure(model, &self.test, self.sample, self.opts.eval_batch)?;
+        if let Some(d) = self
+            .held
+            .and_then(|before| h.judge(self.pos.step, before, now))
+        {
             self.detect(d, obs);
         }
         self.held = Some(now);

@@ -34,13 +34,21 @@ fn forward(w: &mut World, x: WireTensor) -> (Vec<u8>, WireTensor) {
         tensor: Some(x),
         e2e: section,
     };
-    let (packet, sent) =
-        w.packet_with_section(Slot::new(Op::Forward, JOB), None, None, Some(payload.encode()));
+    let (packet, sent) = w.packet_with_section(
+        Slot::new(Op::Forward, JOB),
+        None,
+        None,
+        Some(payload.encode()),
+    );
     let out = w.open(&sent, w.forwarded(w.handle(packet)));
     let mut area = out.e2e.clone();
     let key = sent.state.e2e_key(0).expect("e2e key");
     job::e2e_layer(key.as_bytes(), &mut area);
-    assert_eq!(area[..SEALED], before[..SEALED], "the sealed part only got a layer");
+    assert_eq!(
+        area[..SEALED],
+        before[..SEALED],
+        "the sealed part only got a layer"
+    );
     let slots: Vec<u8> = area[SEALED..]
         .iter()
         .zip(&before[SEALED..])
@@ -50,7 +58,11 @@ fn forward(w: &mut World, x: WireTensor) -> (Vec<u8>, WireTensor) {
 }
 
 fn dummy(w: &mut World) {
-    let mut s = spec(LayerKind::Relay("relu".into()), mixnn_types::LossKind::None, 0);
+    let mut s = spec(
+        LayerKind::Relay("relu".into()),
+        mixnn_types::LossKind::None,
+        0,
+    );
     s.witness = Some(witness());
     assert_eq!(w.init(JOB, s, Vec::new()), FromHop::Ready { params: 0 });
 }
@@ -65,9 +77,18 @@ fn a_verified_hop_witnesses_its_input_and_output_in_its_slot_only() {
     let wit = witness();
     let at = 3 * WITNESS_SLOT_LEN;
     assert_eq!(slots[at..at + TAG_LEN], wit.tag(Some(&x)));
-    assert_eq!(slots[at + TAG_LEN..at + WITNESS_SLOT_LEN], wit.tag(Some(&y)));
-    let elsewhere = slots.iter().enumerate().filter(|(i, _)| !(at..at + 32).contains(i));
-    assert!(elsewhere.into_iter().all(|(_, &b)| b == 0), "only its slot changed");
+    assert_eq!(
+        slots[at + TAG_LEN..at + WITNESS_SLOT_LEN],
+        wit.tag(Some(&y))
+    );
+    let elsewhere = slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(at..at + 32).contains(i));
+    assert!(
+        elsewhere.into_iter().all(|(_, &b)| b == 0),
+        "only its slot changed"
+    );
     assert_eq!(witness::WITNESS_SLOTS * WITNESS_SLOT_LEN, slots.len());
 }
 
@@ -93,9 +114,17 @@ fn a_lying_hop_witnesses_the_lie_it_sends() {
     let (honest, y) = forward(&mut w, x.clone());
     switch.store(true, Ordering::Relaxed);
     let (lying, z) = forward(&mut w, x.clone());
-    assert_ne!(y.clone().into_f32(), z.clone().into_f32(), "the output is corrupted");
+    assert_ne!(
+        y.clone().into_f32(),
+        z.clone().into_f32(),
+        "the output is corrupted"
+    );
     let at = 3 * WITNESS_SLOT_LEN;
-    assert_eq!(honest[at..at + TAG_LEN], lying[at..at + TAG_LEN], "same input");
+    assert_eq!(
+        honest[at..at + TAG_LEN],
+        lying[at..at + TAG_LEN],
+        "same input"
+    );
     assert_eq!(lying[at + TAG_LEN..at + 32], witness().tag(Some(&z)));
     assert_ne!(honest[at + TAG_LEN..at + 32], lying[at + TAG_LEN..at + 32]);
 }
@@ -103,7 +132,11 @@ fn a_lying_hop_witnesses_the_lie_it_sends() {
 #[test]
 fn a_malformed_witness_is_refused_at_init() {
     let mut w = World::new();
-    let mut s = spec(LayerKind::Relay("relu".into()), mixnn_types::LossKind::None, 0);
+    let mut s = spec(
+        LayerKind::Relay("relu".into()),
+        mixnn_types::LossKind::None,
+        0,
+    );
     s.witness = Some(Witness {
         key: vec![1; 31],
         forward: 0,
