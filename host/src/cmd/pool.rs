@@ -36,7 +36,7 @@ pub fn pool_options(pool: &PoolArgs, opts: &TrainOptions) -> PoolOptions {
 
 /// A deployed job: one cascade, or two replicas (`--verify-replicas`).
 enum Deployed {
-    One(PoolCascade),
+    One(Box<PoolCascade>),
     Two(Box<Replicated>),
 }
 
@@ -57,19 +57,19 @@ impl Deployed {
                 &mut say,
             )?))
         } else {
-            Deployed::One(PoolCascade::deploy(
+            Deployed::One(Box::new(PoolCascade::deploy(
                 shards,
                 &opts.config,
                 sb,
                 popts,
                 &mut say,
-            )?)
+            )?))
         })
     }
 
     fn model(&mut self) -> &mut dyn Model {
         match self {
-            Deployed::One(c) => c,
+            Deployed::One(c) => c.as_mut(),
             Deployed::Two(r) => r.as_mut(),
         }
     }
