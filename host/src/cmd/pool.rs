@@ -48,21 +48,14 @@ impl Deployed {
         popts: &PoolOptions,
     ) -> Result<Deployed> {
         let mut say = |m: &str| println!("  {m}");
+        let (config, say) = (&opts.config, &mut say as &mut dyn FnMut(&str));
         Ok(if popts.witness {
             Deployed::Two(Box::new(Replicated::deploy(
-                shards,
-                &opts.config,
-                sb,
-                popts,
-                &mut say,
+                shards, config, sb, popts, say,
             )?))
         } else {
             Deployed::One(Box::new(PoolCascade::deploy(
-                shards,
-                &opts.config,
-                sb,
-                popts,
-                &mut say,
+                shards, config, sb, popts, say,
             )?))
         })
     }
