@@ -1,25 +1,33 @@
-//! Figures for mixnn reports, drawn without a plotting stack.
+//! Figures for mixnn reports, drawn with `plotters` on its bitmap backend.
 //!
-//! The one figure is the counterpart of the MixNN paper's Figure 3: test
+//! Three figures: the counterpart of the MixNN paper's Figure 3 (test
 //! accuracy and training time per epoch, one line per way of training, side
-//! by side. It is rasterised here with an embedded bitmap font and encoded
-//! with `png`, because a plotting crate (and the system fonts it would look
-//! for) is a heavy dependency for two line charts, and the same input should
-//! give the same bytes on every machine.
+//! by side), the leakage audit's trade-off (test accuracy against the
+//! attacker's SSIM, one point per defence level) and image grids (originals
+//! beside reconstructions).
+//!
+//! Text is drawn with a font compiled into this crate (DejaVu Sans, through
+//! plotters' `ab_glyph` feature) rather than one looked up on the machine:
+//! the same input gives the same bytes on every machine, and a machine
+//! without fonts still gets labelled figures.
 //!
 //! Figures are built from measurements, so nothing about the numbers is
 //! trusted: NaN and infinite values are left out, ranges of any size are
 //! scaled into view, and no input makes the drawing panic.
 
-mod axis;
-mod canvas;
+mod chart;
 mod figure;
 mod font;
+mod grid;
+mod tradeoff;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+pub use grid::{image_grid, image_grid_png};
+pub use tradeoff::{TradeoffPoint, tradeoff, tradeoff_png};
 
 /// One way of training, measured epoch by epoch.
 ///
@@ -52,6 +60,40 @@ pub enum PlotError {
         series: usize,
     },
 
+    /// A trade-off figure without a single point whose SSIM and accuracy
+    /// are both finite.
+    #[error(
+        "nothing to plot: none of the {points} trade-off points has a finite SSIM and accuracy"
+    )]
+    NoPoints {
+        /// How many points were given.
+        points: usize,
+    },
+
+    /// A parameter that must be a finite number was not (e.g. the accuracy
+    /// line of the trade-off figure).
+    #[error("{what} must be a finite number, got {value}")]
+    NotFinite {
+        /// Which parameter.
+        what: &'static str,
+        /// The value given.
+        value: f64,
+    },
+
+    /// An image grid that cannot be laid out: no rows, a zero image size,
+    /// an image whose length is not width x height, or a figure too large.
+    #[error("image grid: {0}")]
+    Grid(String),
+
+    /// The font compiled into this crate could not be registered with
+    /// plotters (a corrupt build, not bad input).
+    #[error("the embedded font could not be loaded")]
+    Font,
+
+    /// plotters failed to draw.
+    #[error("drawing the figure: {0}")]
+    Draw(String),
+
     /// The PNG encoder failed.
     #[error("encoding the figure as PNG: {0}")]
     Encode(#[from] png::EncodingError),
@@ -79,11 +121,7 @@ pub fn colour(index: usize) -> [u8; 3] {
 /// The image is 1200 x 500 pixels for up to six series; each further row of
 /// three legend entries adds 26 pixels of height.
 pub fn figure3(title: &str, series: &[Series], path: &Path) -> Result<(), PlotError> {
-    let png = figure3_png(title, series)?;
-    std::fs::write(path, png).map_err(|source| PlotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    write(path, &figure3_png(title, series)?)
 }
 
 /// Same, into memory (for tests).
@@ -101,20 +139,35 @@ pub fn figure3_png(title: &str, series: &[Series]) -> Result<Vec<u8>, PlotError>
             series: series.len(),
         });
     }
-    let canvas = figure::render(title, series, epochs);
-    encode(canvas)
+    let (width, height) = figure::size(series.len());
+    let mut rgb = chart::blank(width, height);
+    figure::render(&mut rgb, (width, height), title, series, epochs)?;
+    encode(&rgb, width, height, png::ColorType::Rgb)
 }
 
-fn encode(canvas: canvas::Canvas) -> Result<Vec<u8>, PlotError> {
-    // Both dimensions are small constants plus a capped legend, far below
-    // u32::MAX.
-    let (w, h) = (canvas.width() as u32, canvas.height() as u32);
+/// Writes encoded PNG bytes to `path`, naming the file in the error.
+fn write(path: &Path, png: &[u8]) -> Result<(), PlotError> {
+    std::fs::write(path, png).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Encodes 8-bit pixels (`Rgb` or `Grayscale`) as PNG. The `png` crate
+/// writes no timestamp or other varying chunk, so equal pixels give equal
+/// bytes.
+fn encode(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    colour: png::ColorType,
+) -> Result<Vec<u8>, PlotError> {
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Rgb);
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(colour);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
-    writer.write_image_data(&canvas.into_raw())?;
+    writer.write_image_data(pixels)?;
     writer.finish()?;
     Ok(out)
 }
