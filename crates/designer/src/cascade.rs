@@ -7,11 +7,14 @@ use mixnn_sandbox::Sandbox;
 
 use crate::DesignerError;
 use crate::backend::{EngineKind, LayerBackend, layer_config, load_layer};
+use crate::defence::{CutNoise, NoiseSpec};
 use crate::report::Repair;
 
 /// The layers of a split model in shard order, all on one engine in this process.
 pub struct Cascade {
     layers: Vec<Box<dyn LayerBackend>>,
+    /// A defence applied to the output of one layer (see [`crate::defence`]).
+    noise: Option<CutNoise>,
 }
 
 /// The loss that fits a model's last op: NLL after LogSoftmax (the paper's
@@ -45,7 +48,26 @@ impl Cascade {
             let cfg = layer_config(base, i, shards.len(), loss);
             layers.push(load_layer(engine, i, &bytes, cfg, sandbox)?);
         }
-        Ok(Cascade { layers })
+        Ok(Cascade {
+            layers,
+            noise: None,
+        })
+    }
+
+    /// Trains and tests with `spec`'s noise on the output of its first
+    /// `after` layers, its draws seeded by `seed` (the job's). A spec that
+    /// changes nothing (level 0) is not installed, so the run is bit for
+    /// bit the one without it. Errors: a cut that is not between two
+    /// layers.
+    pub fn set_cut_noise(&mut self, spec: NoiseSpec, seed: u64) -> Result<(), DesignerError> {
+        if spec.after == 0 || spec.after >= self.layers.len() {
+            return Err(DesignerError::NoiseCut {
+                after: spec.after,
+                shards: self.layers.len(),
+            });
+        }
+        self.noise = (!spec.is_identity()).then(|| CutNoise::new(spec, seed));
+        Ok(())
     }
 
     /// Number of layers (one per shard).
@@ -64,8 +86,11 @@ impl Model for Cascade {
     /// last, backward and update from the last to the first. Returns the loss.
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
         let mut z = x;
-        for l in self.layers.iter_mut() {
+        for (i, l) in self.layers.iter_mut().enumerate() {
             z = l.forward(z)?;
+            if let Some(n) = self.noise.as_mut().filter(|n| n.spec().after == i + 1) {
+                n.train(&mut z);
+            }
         }
         let last = self.layers.len() - 1;
         let (loss, mut grad) = self.layers[last].loss(&z, labels)?;
@@ -77,6 +102,10 @@ impl Model for Cascade {
                 None if i == 0 => break,
                 None => return Err(DesignerError::NoInputGradient(i)),
             }
+            // Layer i took Z_i: back through the noise applied to it.
+            if let Some(n) = self.noise.as_ref().filter(|n| n.spec().after == i) {
+                n.backward(&mut grad)?;
+            }
         }
         Ok(loss)
     }
@@ -84,8 +113,11 @@ impl Model for Cascade {
     /// Test-phase forward through every layer.
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
         let mut z = x;
-        for l in self.layers.iter_mut() {
+        for (i, l) in self.layers.iter_mut().enumerate() {
             z = l.infer(&z)?;
+            if let Some(n) = self.noise.as_mut().filter(|n| n.spec().after == i + 1) {
+                n.infer(&mut z);
+            }
         }
         Ok(z)
     }

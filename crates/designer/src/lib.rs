@@ -9,6 +9,7 @@ mod backend;
 mod bench;
 mod cascade;
 pub mod checkpoint;
+pub mod defence;
 pub mod pool;
 mod report;
 mod train;
@@ -68,6 +69,26 @@ pub enum DesignerError {
         shards: usize,
         /// Layers that returned parameters.
         layers: usize,
+    },
+    /// A cut-noise defence placed where there is no cut: it must come after
+    /// 1..shards-1 layers.
+    #[error(
+        "cut noise after {after} shards: the model has {shards} shards, so the cut must be in 1..{shards}"
+    )]
+    NoiseCut {
+        /// The shard count before the cut that was asked for.
+        after: usize,
+        /// Shards of the model.
+        shards: usize,
+    },
+    /// The gradient reaching a dropout defence has another size than the
+    /// Z_K it masked.
+    #[error("cut noise: a gradient of {grad} elements for a Z_K of {z}")]
+    NoiseGradient {
+        /// Elements of the gradient.
+        grad: usize,
+        /// Elements of the masked Z_K.
+        z: usize,
     },
     /// A layer other than the first returned no input gradient; holds its index.
     #[error("layer {0} returned no input gradient")]

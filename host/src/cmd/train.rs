@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use mixnn_designer::defence::NoiseSpec;
 use mixnn_designer::{
     Checkpointing, EngineKind, EpochReport, Model, TrainEvent, TrainObserver, TrainOptions,
     TrainReport,
@@ -173,11 +174,19 @@ pub struct TrainArgs {
     /// Write the trained model as one ONNX file.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// A defence against model inversion at a cut, in training and testing:
+    /// noise on Z_K, the output of the first K shards (what the node with
+    /// shard K+1 sees). `K:gaussian:σ`, `K:laplace:b`, `K:dropout:p` (also
+    /// at inference) or `K:dropout-train:p` (training only), seeded by
+    /// --seed. With --local only.
+    #[arg(long, value_name = "K:KIND:LEVEL")]
+    pub noise_at: Option<NoiseSpec>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    check_noise(&a)?;
     if let Some(dir) = a.job.resume.clone() {
         return super::resume::resume(&dir, a);
     }
@@ -205,7 +214,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let (report, shards) = if a.local {
         let ck = new_job.create(&opts, None)?;
-        train_local_job(&model, &data, &opts, &a.sandbox, a.export.as_deref(), ck)?
+        let run = LocalRun {
+            export: a.export.as_deref(),
+            ck,
+            noise: a.noise_at,
+        };
+        train_local_run(&model, &data, &opts, &a.sandbox, run)?
     } else {
         opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
         if a.pool.verify_replicas {
@@ -233,6 +247,36 @@ pub fn run(a: TrainArgs) -> Result<()> {
         )?
     };
     finish(&report, shards, a.report.as_deref())
+}
+
+/// Where `--noise-at` is refused: the pool's layers run on nodes, where
+/// the designer cannot add noise between them (not even with --keep-first:
+/// the designer's kept shard is driven by the pool code, which has no
+/// noise hook yet), and a job directory would not restore the noise
+/// streams on resume.
+fn check_noise(a: &TrainArgs) -> Result<()> {
+    let Some(spec) = a.noise_at else {
+        return Ok(());
+    };
+    if a.job.resume.is_some() {
+        bail!(
+            "--noise-at {spec}: a resumed job keeps the recipe it was started with; drop --noise-at"
+        );
+    }
+    if !a.local {
+        bail!(
+            "--noise-at {spec} works with --local training only: on the pool the noise would have to \
+             be added on the node that runs shard {}, which the pool cannot do yet",
+            spec.after
+        );
+    }
+    if a.job.job_dir.is_some() {
+        bail!(
+            "--noise-at {spec}: its noise streams are not kept in checkpoints, so a job directory \
+             could not resume it bit for bit; drop --job-dir"
+        );
+    }
+    Ok(())
 }
 
 /// The summary and the report file.
@@ -266,6 +310,33 @@ pub fn train_local_job(
     export: Option<&std::path::Path>,
     ck: Option<Checkpointing>,
 ) -> Result<(TrainReport, usize)> {
+    let run = LocalRun {
+        export,
+        ck,
+        noise: None,
+    };
+    train_local_run(model, data, opts, sandbox, run)
+}
+
+/// What a local run does beside training: export, checkpoints, a defence.
+pub struct LocalRun<'a> {
+    /// Write the trained model here.
+    pub export: Option<&'a std::path::Path>,
+    /// Checkpoints (a job directory, a resume).
+    pub ck: Option<Checkpointing>,
+    /// Noise at a cut (`--noise-at`).
+    pub noise: Option<NoiseSpec>,
+}
+
+/// [`train_local_job`] with everything a [`LocalRun`] may ask for.
+pub fn train_local_run(
+    model: &mixnn_shard::pb::ModelProto,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    sandbox: &SandboxArgs,
+    run: LocalRun,
+) -> Result<(TrainReport, usize)> {
+    let LocalRun { export, ck, noise } = run;
     let plan = mixnn_shard::plan(model, None)?;
     let shards = mixnn_shard::split(model, &plan)?;
     let sb = match opts.engine {
@@ -286,6 +357,14 @@ pub fn train_local_job(
     let sample = mixnn_designer::sample_shape(&shards, data)?;
     let mut cascade =
         mixnn_designer::Cascade::load(opts.engine, &shards, &opts.config, sb.as_ref())?;
+    if let Some(spec) = noise {
+        cascade.set_cut_noise(spec, opts.config.seed)?;
+        println!(
+            "defence: {spec} (on the output of shard {} of {})",
+            spec.after,
+            shards.len()
+        );
+    }
     let report = match ck {
         Some(ck) => mixnn_designer::train_checkpointed(
             &mut cascade,
