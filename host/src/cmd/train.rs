@@ -266,8 +266,9 @@ fn check_noise(a: &TrainArgs) -> Result<()> {
     if !a.local {
         bail!(
             "--noise-at {spec} works with --local training only: on the pool the noise would have to \
-             be added on the node that runs shard {}, which the pool cannot do yet",
-            spec.after
+             be added by the node that computes Z_{k} (the output of the first {k} shards), which \
+             the pool cannot do yet",
+            k = spec.after
         );
     }
     if a.job.job_dir.is_some() {
