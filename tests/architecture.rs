@@ -25,6 +25,10 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
     ("mixnn-grad", &["mixnn-onnx"]),
     ("mixnn-layer", &["mixnn-grad", "mixnn-types", "mixnn-onnx"]),
     ("mixnn-shard", &["mixnn-onnx"]),
+    (
+        "mixnn-audit",
+        &["mixnn-layer", "mixnn-grad", "mixnn-shard", "mixnn-onnx"],
+    ),
     ("mixnn-data", &[]),
     ("mixnn-plot", &[]),
     ("mixnn-sphinx", &[]),
@@ -75,6 +79,7 @@ const ALLOWED_INTERNAL: &[(&str, &[&str])] = &[
             "mixnn-sphinx",
             "mixnn-types",
             "mixnn-protocol",
+            "mixnn-audit",
         ],
     ),
 ];
@@ -90,8 +95,8 @@ const NEVER: &[(&str, &str)] = &[
 ];
 
 /// External packages that must stay out of crates that run inside the guest
-/// (grad, layer and what they use) or that are pure parsers (sphinx,
-/// protocol): no sandbox, no network stack, no async runtime.
+/// (grad, layer and what they use), that are pure parsers (sphinx,
+/// protocol), or that are pure computation over what the CLI read (audit): no sandbox, no network stack, no async runtime.
 const NO_SYSTEM: &[&str] = &[
     "mixnn-types",
     "mixnn-onnx",
@@ -99,6 +104,7 @@ const NO_SYSTEM: &[&str] = &[
     "mixnn-layer",
     "mixnn-sphinx",
     "mixnn-protocol",
+    "mixnn-audit",
 ];
 const SYSTEM_PACKAGES: &[&str] = &[
     "wasmtime",
