@@ -16,8 +16,9 @@
 //!   backward graph takes them instead of recomputing them (see
 //!   [`SavedSpec`]).
 //!
-//! Losses (NLL, softmax cross-entropy) are not tract ops, so [`loss_graph`]
-//! gives a small decomposed model with an analytic gradient output.
+//! Losses (NLL, softmax cross-entropy; mean squared error for regression
+//! outputs) are not tract ops, so [`loss_graph`] and [`mse_graph`] give
+//! small decomposed models with an analytic gradient output.
 //!
 //! The crate is pure Rust with no threads or filesystem access: it runs
 //! inside the WebAssembly guest.
@@ -37,9 +38,9 @@ pub mod testing;
 // The ONNX helpers, shared with mixnn-shard.
 use mixnn_onnx as proto;
 
+pub use loss::{LossKind, loss_graph, mse_graph};
 #[doc(hidden)]
-pub use loss::loss_graph_typed;
-pub use loss::{LossKind, loss_graph};
+pub use loss::{loss_graph_typed, mse_graph_typed};
 pub use mixnn_onnx::FloatType;
 pub use saved::SavedSpec;
 

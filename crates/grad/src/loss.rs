@@ -1,6 +1,7 @@
-//! Loss graphs. NLL and softmax cross-entropy are not tract ops, so each is
-//! decomposed into standard ONNX ops, with the analytic gradient as a second
-//! output (so the caller needs no backward pass through the loss).
+//! Loss graphs. NLL, softmax cross-entropy and mean squared error are not
+//! tract ops, so each is decomposed into standard ONNX ops, with the
+//! analytic gradient as a second output (so the caller needs no backward
+//! pass through the loss).
 
 use crate::pb;
 use crate::proto::{self, FloatType};
@@ -101,16 +102,7 @@ fn loss_model(nodes: Vec<pb::NodeProto>, f: i32, batch: usize, classes: usize) -
         ],
         ..Default::default()
     };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "mixnn-grad".into(),
-        graph: Some(graph),
-        ..Default::default()
-    }
+    model_of(graph)
 }
 
 /// Appends a node named after its one output.
@@ -134,4 +126,77 @@ fn constant(nodes: &mut Vec<pb::NodeProto>, t: pb::TensorProto) {
         &[],
         vec![proto::attr_tensor("value", t)],
     );
+}
+
+/// The mean-squared-error model in f32, for regression outputs such as the
+/// audit's reconstructed images: inputs `prediction` and `target`, both
+/// float of `shape`; outputs `loss` (shape `[]`) `= mean((prediction −
+/// target)²)` over every element, and `grad_prediction` (of `shape`)
+/// `= 2 (prediction − target) / numel`.
+pub fn mse_graph(shape: &[usize]) -> pb::ModelProto {
+    mse_graph_typed(shape, FloatType::F32)
+}
+
+/// [`mse_graph`] in a chosen float type (f64 for the gradient checks).
+pub fn mse_graph_typed(shape: &[usize], float: FloatType) -> pb::ModelProto {
+    let f = float.onnx();
+    let numel = shape.iter().product::<usize>().max(1) as f64;
+    let mut nodes = Vec::new();
+    let n = &mut nodes;
+    let axes: Vec<i64> = (0..shape.len() as i64).collect();
+    constant(n, proto::i64_tensor("all_axes", &axes, &[axes.len()]));
+    constant(
+        n,
+        proto::float_tensor("inv_numel", float, &[1.0 / numel], &[]),
+    );
+    constant(
+        n,
+        proto::float_tensor("two_inv_numel", float, &[2.0 / numel], &[]),
+    );
+    step(n, "residual", "Sub", &["prediction", "target"], vec![]);
+    step(n, "squared", "Mul", &["residual", "residual"], vec![]);
+    let keepdims_0 = vec![proto::attr_int("keepdims", 0)];
+    step(
+        n,
+        "total",
+        "ReduceSum",
+        &["squared", "all_axes"],
+        keepdims_0,
+    );
+    step(n, "loss", "Mul", &["total", "inv_numel"], vec![]);
+    step(
+        n,
+        "grad_prediction",
+        "Mul",
+        &["residual", "two_inv_numel"],
+        vec![],
+    );
+    let graph = pb::GraphProto {
+        name: "mixnn_mse".into(),
+        node: nodes,
+        input: vec![
+            proto::value_info("prediction", f, shape),
+            proto::value_info("target", f, shape),
+        ],
+        output: vec![
+            proto::value_info("loss", f, &[]),
+            proto::value_info("grad_prediction", f, shape),
+        ],
+        ..Default::default()
+    };
+    model_of(graph)
+}
+
+/// A model around `graph`, ai.onnx opset 13.
+fn model_of(graph: pb::GraphProto) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "mixnn-grad".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
 }

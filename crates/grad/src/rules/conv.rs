@@ -341,7 +341,16 @@ pub(crate) fn conv(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -
         grads[0] = Some(ctx.emit("ConvTranspose", &[&dy, &node.input[1]], attrs));
     }
     if ctx.requires_grad(&node.input[1]) {
-        grads[1] = Some(weight_grad(ctx, node, &geo, &dy, n, c, group, &w_shape)?);
+        let x = node.input[0].clone();
+        grads[1] = Some(weight_grad(
+            ctx,
+            node,
+            &geo,
+            &x,
+            &dy,
+            (n, c, group),
+            &w_shape,
+        )?);
     }
     if n_in == 3 && ctx.requires_grad(&node.input[2]) {
         let axes: Vec<usize> = std::iter::once(0).chain(2..r + 2).collect();
@@ -352,23 +361,22 @@ pub(crate) fn conv(ctx: &mut Ctx, node: &pb::NodeProto, gy: &[Option<String>]) -
 
 /// dW as a Conv of X (batch and channels swapped) by dY (batch and channels
 /// swapped), dilated by the forward stride, then brought back to W's layout
-/// and cropped to W's spatial dims.
-#[allow(clippy::too_many_arguments)]
-fn weight_grad(
+/// and cropped to W's spatial dims. `x` is the Conv's input (N, C, sp...)
+/// and `(n, c, group)` its batch, channels and group; ConvTranspose's rule
+/// calls it with the roles of its input and output gradient exchanged.
+pub(super) fn weight_grad(
     ctx: &mut Ctx,
     node: &pb::NodeProto,
     geo: &Geometry,
+    x: &str,
     dy: &str,
-    n: usize,
-    c: usize,
-    group: usize,
+    (n, c, group): (usize, usize, usize),
     w_shape: &[usize],
 ) -> Result<String, GradError> {
     let r = geo.rank();
     let cg = c / group;
     // (N, C, sp...) -> (C/g, g*N, sp...): batch = channel within the group,
     // channels = (group, sample), group-major as Conv's `group` expects.
-    let x = &node.input[0];
     let xt = if group == 1 {
         let perm: Vec<usize> = [1, 0].into_iter().chain(2..r + 2).collect();
         ctx.transpose(x, &perm)

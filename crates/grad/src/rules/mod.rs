@@ -59,6 +59,7 @@ use crate::proto::{self, FloatType};
 
 pub(crate) mod activation;
 pub(crate) mod conv;
+pub(crate) mod deconv;
 pub(crate) mod dense;
 pub(crate) mod elementwise;
 pub(crate) mod pool;
@@ -77,6 +78,7 @@ pub(crate) type RuleFn = fn(&mut Ctx, &pb::NodeProto, &[Option<String>]) -> Grad
 pub(crate) fn rule_for(op_type: &str) -> Option<RuleFn> {
     Some(match op_type {
         "Conv" => conv::conv,
+        "ConvTranspose" => deconv::conv_transpose,
         "MaxPool" => pool::max_pool,
         "AveragePool" => pool::average_pool,
         "Gemm" => dense::gemm,
