@@ -39,6 +39,8 @@ enum Command {
     Node(cmd::node::NodeArgs),
     /// Show what a running node reports on its metrics endpoint.
     Status(cmd::status::StatusArgs),
+    /// Leakage audit of a cut: model-inversion attacks on Z_K, PSNR/SSIM.
+    Audit(cmd::audit::AuditArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +59,6 @@ fn main() -> Result<()> {
         Command::Bootstrap(a) => cmd::bootstrap::run(a),
         Command::Node(a) => cmd::node::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
     }
 }

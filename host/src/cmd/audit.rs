@@ -1,0 +1,363 @@
+//! `mixnn audit`: the leakage audit of a cut (SPEC §9, issue 14). Plays the
+//! adversary who holds the shard after the cut and sees Z_K: the black-box
+//! inverse network and the white-box rMLE of He et al. (2019), scored by
+//! mean PSNR and SSIM over test images; writes a PNG grid of originals
+//! beside reconstructions per attack and a JSON report. The attacks live in
+//! `mixnn-audit`; this module reads files, picks the data and writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use mixnn_audit::{InverseNet, InverseNetConfig, RmleConfig, SplitAt, Victim};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The model (ONNX) whose cut is audited.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Trained weights for `--model` (e.g. `train --export`); without it
+    /// the model's own initializers are used.
+    #[arg(long)]
+    pub trained: Option<PathBuf>,
+    /// Where the model is cut: a shard count K of the automatic plan (the
+    /// adversary holds shard K+1) or a node name (`conv1`, `relu2`, or the
+    /// full `/conv1/Conv`).
+    #[arg(long)]
+    pub split: SplitAt,
+    /// MNIST-format data directory (train and t10k IDX files).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Attacks to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Attack::InverseNet, Attack::Rmle])]
+    pub attack: Vec<Attack>,
+    /// The inverse network's auxiliary data: the training set (`same-set`),
+    /// the second half of the test set, disjoint from the attacked images
+    /// (`same-dist`), or uniform noise images (`random`).
+    #[arg(long, value_enum, default_value_t = Aux::SameSet)]
+    pub aux: Aux,
+    /// Auxiliary images the attacker queries (at most what the set holds).
+    #[arg(long, default_value_t = 10_000)]
+    pub aux_count: usize,
+    /// Test images attacked (the first N of the test set; at most 5000).
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// Inverse network: passes over the auxiliary data.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Inverse network: mini-batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Inverse network: Adam step size.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// rMLE: descent steps.
+    #[arg(long, default_value_t = RmleConfig::default().steps)]
+    pub rmle_steps: usize,
+    /// rMLE: weight λ of the total-variation prior.
+    #[arg(long, default_value_t = RmleConfig::default().lambda)]
+    pub rmle_lambda: f32,
+    /// rMLE: Adam step size on the pixels.
+    #[arg(long, default_value_t = RmleConfig::default().learning_rate)]
+    pub rmle_lr: f32,
+    /// Seeds the decoder, the epoch order and the random auxiliary images.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write one PNG grid per attack here (`<attack>.png`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    InverseNet,
+    Rmle,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aux {
+    SameSet,
+    SameDist,
+    Random,
+}
+
+/// Figures of one attack.
+#[derive(Serialize, Debug)]
+struct AttackReport {
+    attack: Attack,
+    mean_psnr_db: f64,
+    mean_ssim: f64,
+    /// Attacked images with SSIM < 0.3 (unrecognisable, He et al.).
+    unrecognisable: usize,
+    seconds: f64,
+    /// Inverse network only: mean training MSE per epoch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    epoch_loss: Vec<f64>,
+    /// The attack's parameters, as run.
+    settings: serde_json::Value,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    model: String,
+    trained: Option<String>,
+    cut_node: String,
+    z_shape: Vec<usize>,
+    attacked_images: usize,
+    attacks: Vec<AttackReport>,
+}
+
+/// Test images per set half: the attacked images come from the first half,
+/// `same-dist` auxiliary data from the second.
+const HALF_TEST: usize = 5000;
+
+pub fn run(a: AuditArgs) -> Result<()> {
+    if a.count == 0 || a.count > HALF_TEST {
+        bail!("--count must be in 1..={HALF_TEST} (the first half of the test set)");
+    }
+    let model = load_model(&a.model, a.trained.as_deref())?;
+    let cut = mixnn_audit::cut(&model, &a.split).context("choosing the cut")?;
+    eprintln!(
+        "cut after `{}`: Z_K of shape {:?} (input {:?})",
+        cut.node, cut.z_shape, cut.input_shape
+    );
+    let mnist = mixnn_data::load_mnist(&a.data)
+        .with_context(|| format!("loading MNIST from {}", a.data.display()))?;
+    let (rows, cols) = (mnist.test.rows, mnist.test.cols);
+    let mut victim = Victim::new(&cut).context("loading the part before the cut")?;
+    let per = victim.input_len();
+    if rows * cols != per {
+        bail!(
+            "the data's {rows}x{cols} images do not fit the model input {:?}",
+            cut.input_shape
+        );
+    }
+    if mnist.test.count < 2 * HALF_TEST {
+        bail!(
+            "the test set has {} images; the audit needs {}",
+            mnist.test.count,
+            2 * HALF_TEST
+        );
+    }
+    let originals = &mnist.test.images[..a.count * per];
+    let z = victim
+        .query(originals)
+        .context("querying the part before the cut")?;
+    let mut reports = Vec::new();
+    for attack in &a.attack {
+        let start = Instant::now();
+        let (recon, epoch_loss, settings) = match attack {
+            Attack::InverseNet => {
+                let aux = aux_images(&a, &mnist, per)?;
+                let cfg = InverseNetConfig {
+                    epochs: a.epochs,
+                    batch: a.batch,
+                    learning_rate: a.lr,
+                    seed: a.seed,
+                };
+                eprintln!(
+                    "inverse network: {} {:?} auxiliary images, {} epochs",
+                    aux.len() / per,
+                    a.aux,
+                    a.epochs
+                );
+                let mut net = InverseNet::train(&cut, &mut victim, &aux, &cfg)
+                    .context("training the inverse network")?;
+                let recon = net.invert(&z)?;
+                let settings = serde_json::json!({
+                    "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
+                    "batch": a.batch, "lr": a.lr, "seed": a.seed,
+                });
+                (recon, net.epoch_loss.clone(), settings)
+            }
+            Attack::Rmle => {
+                let cfg = RmleConfig {
+                    steps: a.rmle_steps,
+                    lambda: a.rmle_lambda,
+                    learning_rate: a.rmle_lr,
+                    ..RmleConfig::default()
+                };
+                let recon = mixnn_audit::rmle(&mut victim, &z, &cfg).context("rMLE")?;
+                let settings = serde_json::json!({
+                    "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
+                    "start": cfg.start,
+                });
+                (recon, Vec::new(), settings)
+            }
+        };
+        let report = score(
+            *attack,
+            originals,
+            &recon,
+            (rows, cols),
+            start,
+            epoch_loss,
+            settings,
+        )?;
+        eprintln!(
+            "{:?}: mean PSNR {:.2} dB, mean SSIM {:.4} ({} of {} images below SSIM 0.3)",
+            attack, report.mean_psnr_db, report.mean_ssim, report.unrecognisable, a.count
+        );
+        if let Some(dir) = &a.out {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let name = match attack {
+                Attack::InverseNet => "inverse-net.png",
+                Attack::Rmle => "rmle.png",
+            };
+            let path = dir.join(name);
+            write_grid(&path, originals, &recon, rows, cols)?;
+            eprintln!("wrote {}", path.display());
+        }
+        reports.push(report);
+    }
+    let report = Report {
+        model: a.model.display().to_string(),
+        trained: a.trained.as_ref().map(|p| p.display().to_string()),
+        cut_node: cut.node.clone(),
+        z_shape: cut.z_shape.clone(),
+        attacked_images: a.count,
+        attacks: reports,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    match &a.report {
+        Some(p) => {
+            std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?
+        }
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+/// The model, with the trained weights set into it when given.
+fn load_model(model: &Path, trained: Option<&Path>) -> Result<mixnn_shard::pb::ModelProto> {
+    let read = |p: &Path| -> Result<mixnn_shard::pb::ModelProto> {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        mixnn_shard::decode(&bytes).with_context(|| format!("decoding {}", p.display()))
+    };
+    let m = read(model)?;
+    match trained {
+        None => Ok(m),
+        Some(t) => {
+            let params = mixnn_shard::get_params(&read(t)?)
+                .with_context(|| format!("reading the weights of {}", t.display()))?;
+            mixnn_shard::set_params(&m, &params).with_context(|| {
+                format!(
+                    "{} does not hold weights for {}",
+                    t.display(),
+                    model.display()
+                )
+            })
+        }
+    }
+}
+
+/// The auxiliary images the inverse-network attacker queries.
+fn aux_images(a: &AuditArgs, mnist: &mixnn_data::Mnist, per: usize) -> Result<Vec<f32>> {
+    if a.aux_count == 0 {
+        bail!("--aux-count must be positive");
+    }
+    Ok(match a.aux {
+        Aux::SameSet => {
+            let n = a.aux_count.min(mnist.train.count);
+            mnist.train.images[..n * per].to_vec()
+        }
+        Aux::SameDist => {
+            let n = a.aux_count.min(mnist.test.count - HALF_TEST);
+            mnist.test.images[HALF_TEST * per..(HALF_TEST + n) * per].to_vec()
+        }
+        Aux::Random => {
+            let mut r = ChaCha8Rng::seed_from_u64(a.seed ^ 0x5EED);
+            (0..a.aux_count * per)
+                .map(|_| r.gen_range(0.0..1.0))
+                .collect()
+        }
+    })
+}
+
+fn score(
+    attack: Attack,
+    originals: &[f32],
+    recon: &[f32],
+    (rows, cols): (usize, usize),
+    start: Instant,
+    epoch_loss: Vec<f64>,
+    settings: serde_json::Value,
+) -> Result<AttackReport> {
+    let per = rows * cols;
+    if recon.len() != originals.len() {
+        bail!(
+            "{} reconstructed values for {} pixels",
+            recon.len(),
+            originals.len()
+        );
+    }
+    let (mut psnr, mut ssim, mut bad) = (0.0, 0.0, 0);
+    let n = originals.len() / per;
+    for (o, r) in originals.chunks_exact(per).zip(recon.chunks_exact(per)) {
+        let s = mixnn_audit::ssim(o, r, rows, cols)?;
+        // An exact reconstruction has infinite PSNR: cap it at 100 dB so the
+        // mean stays a number.
+        psnr += mixnn_audit::psnr(o, r, rows, cols)?.min(100.0);
+        ssim += s;
+        if s < 0.3 {
+            bad += 1;
+        }
+    }
+    Ok(AttackReport {
+        attack,
+        mean_psnr_db: psnr / n as f64,
+        mean_ssim: ssim / n as f64,
+        unrecognisable: bad,
+        seconds: start.elapsed().as_secs_f64(),
+        epoch_loss,
+        settings,
+    })
+}
+
+/// A PNG of up to 10 columns of pairs: originals on the upper row of each
+/// band, their reconstructions below, 2× scaled, on a mid-grey ground.
+fn write_grid(
+    path: &Path,
+    originals: &[f32],
+    recon: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const PER_ROW: usize = 10;
+    const SCALE: usize = 2;
+    const GAP: usize = 2;
+    let per = rows * cols;
+    let n = (originals.len() / per).min(20);
+    let bands = n.div_ceil(PER_ROW);
+    let cell_w = cols * SCALE + GAP;
+    let cell_h = rows * SCALE + GAP;
+    let width = (PER_ROW.min(n) * cell_w + GAP) as u32;
+    let height = (bands * 2 * cell_h + GAP) as u32;
+    let mut img = image::GrayImage::from_pixel(width, height, image::Luma([128]));
+    for i in 0..n {
+        let (band, col) = (i / PER_ROW, i % PER_ROW);
+        for (k, src) in [originals, recon].iter().enumerate() {
+            let x0 = GAP + col * cell_w;
+            let y0 = GAP + (band * 2 + k) * cell_h;
+            let pic = &src[i * per..(i + 1) * per];
+            for y in 0..rows * SCALE {
+                for x in 0..cols * SCALE {
+                    let v = pic[(y / SCALE) * cols + x / SCALE].clamp(0.0, 1.0);
+                    let px = image::Luma([(v * 255.0).round() as u8]);
+                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, px);
+                }
+            }
+        }
+    }
+    img.save(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
