@@ -210,6 +210,6 @@ impl InverseNet {
             x.data.len(),
             z.len() / per * self.input_shape.iter().product::<usize>()
         );
-        Ok(x.data)
+        Ok(x.data.into_iter().map(|v| v.clamp(0.0, 1.0)).collect())
     }
 }

@@ -41,19 +41,19 @@ pub struct AuditArgs {
     #[arg(long, value_enum, default_value_t = Aux::SameSet)]
     pub aux: Aux,
     /// Auxiliary images the attacker queries (at most what the set holds).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 60_000)]
     pub aux_count: usize,
     /// Test images attacked (the first N of the test set; at most 5000).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
     /// Inverse network: passes over the auxiliary data.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 20)]
     pub epochs: usize,
     /// Inverse network: mini-batch size.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Inverse network: Adam step size.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f32,
     /// rMLE: descent steps.
     #[arg(long, default_value_t = RmleConfig::default().steps)]
@@ -324,7 +324,7 @@ fn score(
 }
 
 /// A PNG of up to 10 columns of pairs: originals on the upper row of each
-/// band, their reconstructions below, 2× scaled, on a mid-grey ground.
+/// band, their reconstructions below (`mixnn_plot::image_grid`).
 fn write_grid(
     path: &Path,
     originals: &[f32],
@@ -333,31 +333,15 @@ fn write_grid(
     cols: usize,
 ) -> Result<()> {
     const PER_ROW: usize = 10;
-    const SCALE: usize = 2;
-    const GAP: usize = 2;
     let per = rows * cols;
     let n = (originals.len() / per).min(20);
-    let bands = n.div_ceil(PER_ROW);
-    let cell_w = cols * SCALE + GAP;
-    let cell_h = rows * SCALE + GAP;
-    let width = (PER_ROW.min(n) * cell_w + GAP) as u32;
-    let height = (bands * 2 * cell_h + GAP) as u32;
-    let mut img = image::GrayImage::from_pixel(width, height, image::Luma([128]));
-    for i in 0..n {
-        let (band, col) = (i / PER_ROW, i % PER_ROW);
-        for (k, src) in [originals, recon].iter().enumerate() {
-            let x0 = GAP + col * cell_w;
-            let y0 = GAP + (band * 2 + k) * cell_h;
-            let pic = &src[i * per..(i + 1) * per];
-            for y in 0..rows * SCALE {
-                for x in 0..cols * SCALE {
-                    let v = pic[(y / SCALE) * cols + x / SCALE].clamp(0.0, 1.0);
-                    let px = image::Luma([(v * 255.0).round() as u8]);
-                    img.put_pixel((x0 + x) as u32, (y0 + y) as u32, px);
-                }
-            }
+    let mut grid = Vec::new();
+    for start in (0..n).step_by(PER_ROW) {
+        let end = (start + PER_ROW).min(n);
+        for src in [originals, recon] {
+            grid.push((start..end).map(|i| src[i * per..(i + 1) * per].to_vec()).collect());
         }
     }
-    img.save(path)
+    mixnn_plot::image_grid(path, &grid, cols, rows)
         .with_context(|| format!("writing {}", path.display()))
 }
