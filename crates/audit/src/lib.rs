@@ -37,7 +37,7 @@ pub use decoder::decoder;
 pub use inverse::{InverseNet, InverseNetConfig};
 pub use metrics::{MetricsError, psnr, ssim};
 pub use rmle::{RmleConfig, rmle};
-pub use victim::Victim;
+pub use victim::{Observed, Victim};
 
 /// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]

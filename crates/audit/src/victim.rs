@@ -12,7 +12,14 @@ pub struct Victim {
     layer: Layer,
     input_shape: Vec<usize>,
     z_shape: Vec<usize>,
+    observed: Option<Observed>,
 }
+
+/// What a defence does to Z_K on its way to the node after the cut (noise,
+/// dropout): applied to every answer of [`Victim::query`], since that is
+/// what the adversary receives; the white-box gradient stays the clean
+/// function, which is what the adversary knows.
+pub type Observed = Box<dyn FnMut(&mut Tensor) + Send>;
 
 impl Victim {
     /// Loads the first part of `cut` with its weights.
@@ -30,7 +37,13 @@ impl Victim {
             layer,
             input_shape: cut.input_shape.clone(),
             z_shape: cut.z_shape.clone(),
+            observed: None,
         })
+    }
+
+    /// Passes every queried Z_K through `defence` (see [`Observed`]).
+    pub fn observe_through(&mut self, defence: Observed) {
+        self.observed = Some(defence);
     }
 
     /// Values in one input.
@@ -67,10 +80,15 @@ impl Victim {
         Ok(Tensor::new(full, data.to_vec()).map_err(mixnn_layer::LayerError::from)?)
     }
 
-    /// Z_K for a batch of inputs (flattened, `n × input_len` values).
+    /// Z_K for a batch of inputs (flattened, `n × input_len` values), as
+    /// the node after the cut receives it.
     pub fn query(&mut self, x: &[f32]) -> Result<Vec<f32>, AuditError> {
         let t = self.batch_tensor(&self.input_shape.clone(), x)?;
-        Ok(self.layer.infer(&t)?.data)
+        let mut z = self.layer.infer(&t)?;
+        if let Some(defence) = self.observed.as_mut() {
+            defence(&mut z);
+        }
+        Ok(z.data)
     }
 
     /// Z_K for a batch of inputs and the gradient of

@@ -5,12 +5,16 @@
 //! beside reconstructions per attack and a JSON report. The attacks live in
 //! `mixnn-audit`; this module reads files, picks the data and writes.
 
+mod defence;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use defence::Defence;
 use mixnn_audit::{InverseNet, InverseNetConfig, RmleConfig, SplitAt, Victim};
+use mixnn_shard::pb::ModelProto;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -27,8 +31,9 @@ pub struct AuditArgs {
     /// Where the model is cut: a shard count K of the automatic plan (the
     /// adversary holds shard K+1) or a node name (`conv1`, `relu2`, or the
     /// full `/conv1/Conv`).
+    /// Required unless `--defence keep-first:N` places the cut.
     #[arg(long)]
-    pub split: SplitAt,
+    pub split: Option<SplitAt>,
     /// MNIST-format data directory (train and t10k IDX files).
     #[arg(long)]
     pub data: PathBuf,
@@ -64,6 +69,28 @@ pub struct AuditArgs {
     /// rMLE: Adam step size on the pixels.
     #[arg(long, default_value_t = RmleConfig::default().learning_rate)]
     pub rmle_lr: f32,
+    /// The defence in place: `none`, `keep-first:N` (the designer keeps
+    /// the first N shards, so the cut moves after them), or noise on Z_K in
+    /// training and inference: `gaussian:σ`, `laplace:b`, `dropout:p`
+    /// (also at inference) or `dropout-train:p` (training only). Without
+    /// `--trained` the audit first trains `--model` with the defence in
+    /// place (`--train-epochs`).
+    #[arg(long, default_value = "none")]
+    pub defence: defence::Defence,
+    /// Audit each of these defence levels (comma-separated, e.g.
+    /// `none,gaussian:0.5,gaussian:1`) and draw the trade-off figure
+    /// (`tradeoff.png` in `--out`): test accuracy against SSIM, one point
+    /// per level and attack. Replaces `--defence`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "defence")]
+    pub sweep: Vec<defence::Defence>,
+    /// Training epochs when the audit trains the model (no `--trained`;
+    /// Adam 1e-3, batch 64, the seed below); 0 audits `--model`'s initial
+    /// weights as they are.
+    #[arg(long, default_value_t = 2)]
+    pub train_epochs: usize,
+    /// The accuracy line of the trade-off figure, in percent.
+    #[arg(long, default_value_t = 95.0)]
+    pub accuracy_target: f64,
     /// Seeds the decoder, the epoch order and the random auxiliary images.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -110,10 +137,21 @@ struct AttackReport {
 struct Report {
     model: String,
     trained: Option<String>,
+    defence: Defence,
+    /// Test accuracy (fraction, whole test set) with the defence in place.
+    test_accuracy: f64,
+    /// Whether the audit trained the defended model itself.
+    trained_by_audit: bool,
     cut_node: String,
     z_shape: Vec<usize>,
     attacked_images: usize,
     attacks: Vec<AttackReport>,
+}
+
+/// The JSON of `--sweep`: one audit per level.
+#[derive(Serialize, Debug)]
+struct SweepReport {
+    levels: Vec<Report>,
 }
 
 /// Test images per set half: the attacked images come from the first half,
@@ -124,28 +162,105 @@ pub fn run(a: AuditArgs) -> Result<()> {
     if a.count == 0 || a.count > HALF_TEST {
         bail!("--count must be in 1..={HALF_TEST} (the first half of the test set)");
     }
-    let model = load_model(&a.model, a.trained.as_deref())?;
-    let cut = mixnn_audit::cut(&model, &a.split).context("choosing the cut")?;
-    eprintln!(
-        "cut after `{}`: Z_K of shape {:?} (input {:?})",
-        cut.node, cut.z_shape, cut.input_shape
-    );
     let mnist = mixnn_data::load_mnist(&a.data)
         .with_context(|| format!("loading MNIST from {}", a.data.display()))?;
-    let (rows, cols) = (mnist.test.rows, mnist.test.cols);
-    let mut victim = Victim::new(&cut).context("loading the part before the cut")?;
-    let per = victim.input_len();
-    if rows * cols != per {
-        bail!(
-            "the data's {rows}x{cols} images do not fit the model input {:?}",
-            cut.input_shape
-        );
-    }
     if mnist.test.count < 2 * HALF_TEST {
         bail!(
             "the test set has {} images; the audit needs {}",
             mnist.test.count,
             2 * HALF_TEST
+        );
+    }
+    let model = load_model(&a.model, a.trained.as_deref())?;
+    if a.sweep.is_empty() {
+        let report = audit_one(&a, a.defence, &model, &mnist, None)?;
+        return write_report(&a, &report);
+    }
+    let mut levels = Vec::new();
+    for (i, level) in a.sweep.iter().enumerate() {
+        eprintln!("== level {}/{}: {level}", i + 1, a.sweep.len());
+        let sub = a.out.as_ref().map(|d| d.join(level.to_string().replace(':', "-")));
+        levels.push(audit_one(&a, *level, &model, &mnist, sub.as_deref())?);
+    }
+    if let Some(dir) = &a.out {
+        let path = dir.join("tradeoff.png");
+        tradeoff_figure(&path, &levels, a.accuracy_target / 100.0)?;
+        eprintln!("wrote {}", path.display());
+    }
+    write_report(&a, &SweepReport { levels })
+}
+
+/// The JSON to `--report`, or stdout.
+fn write_report(a: &AuditArgs, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    match &a.report {
+        Some(p) => {
+            std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?
+        }
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+/// Accuracy against SSIM, one series point per level and attack.
+fn tradeoff_figure(path: &Path, levels: &[Report], target: f64) -> Result<()> {
+    let mut points = Vec::new();
+    for level in levels {
+        for attack in &level.attacks {
+            let name = match attack.attack {
+                Attack::InverseNet => "inv",
+                Attack::Rmle => "rMLE",
+            };
+            points.push(mixnn_plot::TradeoffPoint {
+                label: format!("{} {name}", level.defence),
+                ssim: attack.mean_ssim,
+                accuracy: level.test_accuracy,
+            });
+        }
+    }
+    let cut = levels.first().map_or("", |l| l.cut_node.as_str());
+    mixnn_plot::tradeoff(path, &format!("Defences at `{cut}`: accuracy vs attacker SSIM"), &points, target)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The audit of one defence level: defend, then attack.
+fn audit_one(
+    a: &AuditArgs,
+    level: Defence,
+    model: &ModelProto,
+    mnist: &mixnn_data::Mnist,
+    out: Option<&Path>,
+) -> Result<Report> {
+    let split = level.split(a.split.as_ref())?;
+    let cut = mixnn_audit::cut(model, &split).context("choosing the cut")?;
+    eprintln!(
+        "cut after `{}`: Z_K of shape {:?} (input {:?}); defence {level}",
+        cut.node, cut.z_shape, cut.input_shape
+    );
+    let training = defence::Training {
+        model,
+        trained: a.trained.is_some(),
+        cut_node: &cut.node,
+        epochs: a.train_epochs,
+        seed: a.seed,
+    };
+    let defended = defence::defend(level, &training, mnist)?;
+    eprintln!("test accuracy with {level}: {:.2}%", defended.accuracy * 100.0);
+    let cut = if defended.trained_here {
+        mixnn_audit::cut(&defended.model, &split).context("cutting the defended model")?
+    } else {
+        cut
+    };
+    let (rows, cols) = (mnist.test.rows, mnist.test.cols);
+    let mut victim = Victim::new(&cut).context("loading the part before the cut")?;
+    if let Some(observed) = level.observed(a.seed) {
+        victim.observe_through(observed);
+    }
+    let per = victim.input_len();
+    if rows * cols != per {
+        bail!(
+            "the data's {rows}x{cols} images do not fit the model input {:?}",
+            cut.input_shape
         );
     }
     let originals = &mnist.test.images[..a.count * per];
@@ -155,45 +270,7 @@ pub fn run(a: AuditArgs) -> Result<()> {
     let mut reports = Vec::new();
     for attack in &a.attack {
         let start = Instant::now();
-        let (recon, epoch_loss, settings) = match attack {
-            Attack::InverseNet => {
-                let aux = aux_images(&a, &mnist, per)?;
-                let cfg = InverseNetConfig {
-                    epochs: a.epochs,
-                    batch: a.batch,
-                    learning_rate: a.lr,
-                    seed: a.seed,
-                };
-                eprintln!(
-                    "inverse network: {} {:?} auxiliary images, {} epochs",
-                    aux.len() / per,
-                    a.aux,
-                    a.epochs
-                );
-                let mut net = InverseNet::train(&cut, &mut victim, &aux, &cfg)
-                    .context("training the inverse network")?;
-                let recon = net.invert(&z)?;
-                let settings = serde_json::json!({
-                    "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
-                    "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                });
-                (recon, net.epoch_loss.clone(), settings)
-            }
-            Attack::Rmle => {
-                let cfg = RmleConfig {
-                    steps: a.rmle_steps,
-                    lambda: a.rmle_lambda,
-                    learning_rate: a.rmle_lr,
-                    ..RmleConfig::default()
-                };
-                let recon = mixnn_audit::rmle(&mut victim, &z, &cfg).context("rMLE")?;
-                let settings = serde_json::json!({
-                    "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
-                    "start": cfg.start,
-                });
-                (recon, Vec::new(), settings)
-            }
-        };
+        let (recon, epoch_loss, settings) = attack_one(a, *attack, &cut, &mut victim, mnist, &z)?;
         let report = score(
             *attack,
             originals,
@@ -207,7 +284,7 @@ pub fn run(a: AuditArgs) -> Result<()> {
             "{:?}: mean PSNR {:.2} dB, mean SSIM {:.4} ({} of {} images below SSIM 0.3)",
             attack, report.mean_psnr_db, report.mean_ssim, report.unrecognisable, a.count
         );
-        if let Some(dir) = &a.out {
+        if let Some(dir) = out.or(a.out.as_deref()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let name = match attack {
                 Attack::InverseNet => "inverse-net.png",
@@ -219,22 +296,69 @@ pub fn run(a: AuditArgs) -> Result<()> {
         }
         reports.push(report);
     }
-    let report = Report {
+    Ok(Report {
         model: a.model.display().to_string(),
         trained: a.trained.as_ref().map(|p| p.display().to_string()),
+        defence: level,
+        test_accuracy: defended.accuracy,
+        trained_by_audit: defended.trained_here,
         cut_node: cut.node.clone(),
         z_shape: cut.z_shape.clone(),
         attacked_images: a.count,
         attacks: reports,
-    };
-    let json = serde_json::to_string_pretty(&report)?;
-    match &a.report {
-        Some(p) => {
-            std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?
+    })
+}
+
+/// One attack: the reconstructions, the inverse network's loss per epoch,
+/// and the settings as run.
+fn attack_one(
+    a: &AuditArgs,
+    attack: Attack,
+    cut: &mixnn_audit::Cut,
+    victim: &mut Victim,
+    mnist: &mixnn_data::Mnist,
+    z: &[f32],
+) -> Result<(Vec<f32>, Vec<f64>, serde_json::Value)> {
+    let per = victim.input_len();
+    Ok(match attack {
+        Attack::InverseNet => {
+            let aux = aux_images(a, mnist, per)?;
+            let cfg = InverseNetConfig {
+                epochs: a.epochs,
+                batch: a.batch,
+                learning_rate: a.lr,
+                seed: a.seed,
+            };
+            eprintln!(
+                "inverse network: {} {:?} auxiliary images, {} epochs",
+                aux.len() / per,
+                a.aux,
+                a.epochs
+            );
+            let mut net = InverseNet::train(cut, victim, &aux, &cfg)
+                .context("training the inverse network")?;
+            let recon = net.invert(z)?;
+            let settings = serde_json::json!({
+                "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
+                "batch": a.batch, "lr": a.lr, "seed": a.seed,
+            });
+            (recon, net.epoch_loss.clone(), settings)
         }
-        None => println!("{json}"),
-    }
-    Ok(())
+        Attack::Rmle => {
+            let cfg = RmleConfig {
+                steps: a.rmle_steps,
+                lambda: a.rmle_lambda,
+                learning_rate: a.rmle_lr,
+                ..RmleConfig::default()
+            };
+            let recon = mixnn_audit::rmle(victim, z, &cfg).context("rMLE")?;
+            let settings = serde_json::json!({
+                "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
+                "start": cfg.start,
+            });
+            (recon, Vec::new(), settings)
+        }
+    })
 }
 
 /// The model, with the trained weights set into it when given.
