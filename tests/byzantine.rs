@@ -7,37 +7,10 @@
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use serde_json::Value;
 
-/// `mixnn demo` with `args`; its JSON report and its console output.
-fn demo(args: &[&str]) -> (Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("demo.json");
-    let plot = dir.path().join("demo.png");
-    let (r, p) = (
-        report.to_string_lossy().into_owned(),
-        plot.to_string_lossy().into_owned(),
-    );
-    let mut all = vec!["demo", "--cover-loop-ms", "0", "--cover-drop-ms", "0"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--report", r.as_str(), "--plot", p.as_str()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(&all)
-        .env("MIXNN_LOG", "info")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("mixnn runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "mixnn {all:?} failed:\n{text}");
-    let json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    (json, text)
-}
+mod support;
+use support::demo;
 
 /// The liar on hop 2 is found at the step it starts lying (the signal
 /// goes out after step 8: the lie shows at step 9, or 10 if the signal is

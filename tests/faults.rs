@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -252,39 +251,9 @@ fn a_stopped_node_fails_fast_and_no_spare_is_a_clear_error() {
 
 /// `mixnn demo` with `args` on the small subset; its JSON report.
 fn demo(args: &[&str]) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("demo.json");
-    let plot = dir.path().join("demo.png");
-    let mut all = vec![
-        "demo",
-        "--train-limit",
-        "1280",
-        "--test-limit",
-        "320",
-        "--cover-loop-ms",
-        "0",
-        "--cover-drop-ms",
-        "0",
-    ];
+    let mut all = vec!["--train-limit", "1280", "--test-limit", "320"];
     all.extend_from_slice(args);
-    let (r, p) = (
-        report.to_string_lossy().into_owned(),
-        plot.to_string_lossy().into_owned(),
-    );
-    all.extend_from_slice(&["--report", r.as_str(), "--plot", p.as_str()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(&all)
-        .env("MIXNN_LOG", "info")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("mixnn runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "mixnn {all:?} failed:\n{text}");
-    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+    support::demo(&all).0
 }
 
 /// The job finished on the undisturbed run's parameters with one repair

@@ -1,6 +1,7 @@
 //! A real pool for the end-to-end tests: a bootstrap and nodes on
 //! 127.0.0.1 (real tasks, real sockets, Noise and yamux), on a runtime of
 //! their own, sharing one sandbox with the designer of the test binary.
+//! Also the `mixnn demo` run the chaos tests (faults, lying layers) read.
 
 #![allow(dead_code)]
 
@@ -181,4 +182,35 @@ pub fn deploy_and_train(
     )
     .expect("trains on the pool");
     (cascade, report)
+}
+
+/// `mixnn demo` with `args`, cover traffic off, its report and plot in a
+/// temporary directory: the JSON report and the console output. A failed
+/// demo fails the test with that output.
+pub fn demo(args: &[&str]) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("demo.json");
+    let plot = dir.path().join("demo.png");
+    let (r, p) = (
+        report.to_string_lossy().into_owned(),
+        plot.to_string_lossy().into_owned(),
+    );
+    let mut all = vec!["demo", "--cover-loop-ms", "0", "--cover-drop-ms", "0"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--report", r.as_str(), "--plot", p.as_str()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
+        .args(&all)
+        .env("MIXNN_LOG", "info")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("mixnn runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "mixnn {all:?} failed:\n{text}");
+    let written = std::fs::read_to_string(&report).expect("the demo's report");
+    let json = serde_json::from_str(&written).expect("the report is JSON");
+    (json, text)
 }

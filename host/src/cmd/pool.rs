@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use mixnn_designer::checkpoint::JobDir;
 use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions, Replicated};
 use mixnn_designer::{Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport};
 
@@ -71,6 +72,33 @@ impl Deployed {
         match self {
             Deployed::One(c) => c.network(),
             Deployed::Two(r) => r.network().unwrap_or_default(),
+        }
+    }
+
+    /// The nodes that failed in this job (either replica's).
+    fn failed_nodes(&self) -> Vec<[u8; 32]> {
+        match self {
+            Deployed::One(c) => c.failed_nodes(),
+            Deployed::Two(r) => r.failed_nodes(),
+        }
+    }
+
+    /// Records the nodes that failed in the job directory, so that
+    /// `--resume` avoids them up front (the bootstraps list a stopped node
+    /// until its descriptor expires). Not writing them only costs a resume
+    /// the time to find them again, so it is a warning, not the job's end.
+    fn remember_failed(&self, job: &JobDir) {
+        let ids = self.failed_nodes();
+        if ids.is_empty() {
+            return;
+        }
+        match job.record_failed(&ids) {
+            Ok(()) => println!(
+                "{} failed node(s) recorded in {}: a resume avoids them",
+                ids.len(),
+                job.path().display()
+            ),
+            Err(e) => eprintln!("warning: could not record the failed nodes: {e}"),
         }
     }
 
@@ -168,6 +196,7 @@ pub fn train_on_pool_job(
         }
     }
     let JobRun { ck, observer } = run;
+    let job_dir = ck.as_ref().and_then(|c| c.dir.clone());
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();
         let cascade = deployed.model();
@@ -187,6 +216,9 @@ pub fn train_on_pool_job(
         report.network = Some(deployed.network());
         Ok((report, shards.len()))
     })();
+    if let Some(job) = &job_dir {
+        deployed.remember_failed(job);
+    }
     deployed.close();
     result
 }

@@ -163,6 +163,13 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
             if !a.pool.pool.is_empty() {
                 popts.bootstrap = a.pool.pool.clone();
             }
+            popts.exclude = job.failed_nodes()?;
+            if !popts.exclude.is_empty() {
+                println!(
+                    "avoiding {} node(s) that failed in this job",
+                    popts.exclude.len()
+                );
+            }
             let run = super::pool::JobRun {
                 ck: Some(ck),
                 observer: &mut Printer,

@@ -17,6 +17,7 @@ pub const KEEP_CHECKPOINTS: usize = 3;
 const JOB_FILE: &str = "job.json";
 const MODEL_FILE: &str = "model.onnx";
 const SECRET_FILE: &str = "secret";
+const FAILED_FILE: &str = "failed_nodes.json";
 const CHECKPOINTS: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
 /// Prefix of a checkpoint being written (or left by a crash).
@@ -30,6 +31,8 @@ const MAX_MODEL_BYTES: u64 = 1 << 30;
 const MAX_STATE_BYTES: u64 = 4 << 30;
 /// More states than any cascade has shards.
 const MAX_STATES: usize = 4096;
+/// Failed nodes a job directory remembers (far more than a job repairs).
+const MAX_FAILED: usize = 4096;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
@@ -144,6 +147,48 @@ impl JobDir {
             .as_slice()
             .try_into()
             .map_err(|_| invalid(&path, format!("{} bytes, not 32", bytes.len())))
+    }
+
+    /// Identities (ed25519 keys) of the pool nodes that failed in this job,
+    /// from `failed_nodes.json` (none if the file is absent): a resumed job
+    /// avoids them up front, as the bootstraps may still list them.
+    pub fn failed_nodes(&self) -> Result<Vec<[u8; 32]>, CheckpointError> {
+        let path = self.root.join(FAILED_FILE);
+        let max = MAX_FAILED * 70 + 64;
+        let Some(bytes) = read_secret(&path, max)? else {
+            return Ok(Vec::new());
+        };
+        let hexes: Vec<String> =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
+        hexes
+            .iter()
+            .map(|h| {
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(h, &mut id)
+                    .map_err(|e| invalid(&path, format!("{h:?}: {e}")))?;
+                Ok(id)
+            })
+            .collect()
+    }
+
+    /// Adds `ids` to the failed nodes (atomically; each kept once, at most
+    /// [`MAX_FAILED`], the newest kept).
+    pub fn record_failed(&self, ids: &[[u8; 32]]) -> Result<(), CheckpointError> {
+        let mut all = self.failed_nodes()?;
+        let before = all.len();
+        for id in ids {
+            if !all.contains(id) {
+                all.push(*id);
+            }
+        }
+        if all.len() == before {
+            return Ok(());
+        }
+        let drop = all.len().saturating_sub(MAX_FAILED);
+        let hexes: Vec<String> = all[drop..].iter().map(hex::encode).collect();
+        let path = self.root.join(FAILED_FILE);
+        let json = serde_json::to_vec_pretty(&hexes).map_err(|e| invalid(&path, e.to_string()))?;
+        Ok(write_secret(&path, &json)?)
     }
 
     /// Writes `cp` as checkpoint `checkpoints/<step>/` atomically (temporary

@@ -179,3 +179,28 @@ fn a_model_file_that_changed_is_refused() {
     let e = job.model(&r).unwrap_err().to_string();
     assert!(e.contains("does not match the digest"), "{e}");
 }
+
+/// The failed nodes a job directory records survive the process, each
+/// once, in the order they failed; a tampered file is refused by name.
+#[test]
+fn failed_nodes_are_recorded_once_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    assert!(job.failed_nodes().unwrap().is_empty());
+    job.record_failed(&[[1; 32], [2; 32]]).unwrap();
+    job.record_failed(&[[2; 32], [3; 32]]).unwrap();
+    let again = JobDir::open(job.path()).unwrap();
+    assert_eq!(
+        again.failed_nodes().unwrap(),
+        vec![[1; 32], [2; 32], [3; 32]]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(job.path().join("failed_nodes.json")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    std::fs::write(job.path().join("failed_nodes.json"), b"[\"zz\"]").unwrap();
+    let e = again.failed_nodes().unwrap_err().to_string();
+    assert!(e.contains("failed_nodes.json") && e.contains("zz"), "{e}");
+}

@@ -5,21 +5,20 @@ use std::time::Duration;
 
 use mixnn_grad::pb;
 use mixnn_layer::{LossKind, TrainConfig};
-use mixnn_protocol::NodeDescriptor;
 use mixnn_protocol::job::{LayerKind, LayerSpec};
 use mixnn_sandbox::Sandbox;
 use mixnn_sphinx::Geometry;
 
 use super::detect::Detect;
-use super::directory;
 use super::endpoint::Endpoint;
 use super::mask;
-use super::onion::{self, Hop, Role};
+use super::onion::{self, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
 use super::repair::Spares;
 use super::witness::WitnessPlan;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
+use super::{bringup, directory};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
 use crate::cascade::loss_for;
@@ -45,16 +44,19 @@ impl PoolCascade {
             quorum,
             ep.bootstraps(),
         ));
-        let wanted = layout.count + opts.exclude.len();
-        let mut pool = ep.directory(wanted, quorum, opts.distinct, opts.wait_for_nodes)?;
-        pool.retain(|d| !opts.exclude.contains(&d.identity_key));
+        let pool = ep.directory(
+            layout.count,
+            quorum,
+            opts.distinct,
+            opts.wait_for_nodes,
+            &opts.exclude,
+        )?;
         let mut rng = placement::os_rng()?;
         let secret = placement::JobSecret::new(opts.job_secret)?;
         let hops = placement::choose(&pool, &layout, opts, &secret, &mut rng)?;
         let roles: Vec<Role> = hops.iter().map(|h| h.role).collect();
         let masks = mask::plan(&roles, shards, &mut secret.rng(placement::DUMMY_MASKS))?;
         let shards = &masks.shards[..];
-        connect_ends(&ep, &hops, &pool)?;
         let class = match opts.class {
             Some(c) => c,
             None => payload_class(&g, shards, layout.lo, layout.hi, &opts.batches)?,
@@ -71,6 +73,8 @@ impl PoolCascade {
             .then(|| local(layout.shards - 1))
             .transpose()?;
         let control_section = onion::control_section_len(&g, class)?;
+        let mut spares = Spares::new(&hops, &pool, quorum, opts.distinct);
+        spares.avoid = opts.exclude.clone();
         let mut me = PoolCascade {
             net: NetworkReport {
                 cascade: hops
@@ -85,7 +89,7 @@ impl PoolCascade {
             g,
             class,
             keys: KeyWatch::new(&hops, &pool, quorum),
-            spares: Spares::new(&hops, &pool, quorum, opts.distinct),
+            spares,
             hops,
             first,
             last,
@@ -150,22 +154,17 @@ impl PoolCascade {
             };
             inits.push((spec, shard));
         }
-        self.spares.inits = inits.clone();
-        self.init_hops(inits.into_iter().map(Some).collect())
-    }
-}
-
-/// Opens the packet links to the cascade's first and last hop: the only
-/// nodes the designer talks to.
-pub(super) fn connect_ends(
-    ep: &Endpoint,
-    hops: &[Hop],
-    pool: &[NodeDescriptor],
-) -> Result<(), DesignerError> {
-    for h in [hops.first(), hops.last()].into_iter().flatten() {
-        if let Some(d) = pool.iter().find(|d| d.identity_key == h.node.0) {
-            ep.connect(h.peer, &d.addrs, CONNECT_WAIT)?;
+        self.spares.inits = inits;
+        let all = (0..self.hops.len()).collect();
+        let replaced = bringup::bring_up(self, all, bringup::MAX_REPLACEMENTS)?;
+        if replaced > 0 {
+            progress(&format!(
+                "{replaced} node(s) could not be reached and were replaced"
+            ));
+            self.net.cascade = (self.hops.iter())
+                .map(|h| (describe_role(h.role), h.peer.to_base58()))
+                .collect();
         }
+        Ok(())
     }
-    Ok(())
 }

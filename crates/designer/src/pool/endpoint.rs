@@ -106,18 +106,21 @@ impl Endpoint {
     /// The directory a quorum of the bootstraps agree on (every bootstrap
     /// asked at once), retried for up to `wait` until it holds `want` nodes
     /// with distinct identities and addresses (nodes of a freshly started
-    /// pool are still joining).
+    /// pool are still joining), none of them one of `exclude` (a stopped
+    /// node stays listed for a while: it must not count).
     pub fn directory(
         &self,
         want: usize,
         quorum: usize,
         rule: Distinct,
         wait: Duration,
+        exclude: &[[u8; 32]],
     ) -> Result<Vec<NodeDescriptor>, DesignerError> {
         let deadline = Instant::now() + wait;
         let mut rng = super::placement::os_rng()?;
         loop {
-            let r = self.read_directory(quorum);
+            let mut r = self.read_directory(quorum);
+            r.nodes.retain(|d| !exclude.contains(&d.identity_key));
             let late = Instant::now() >= deadline;
             if r.answered < r.quorum {
                 if late {

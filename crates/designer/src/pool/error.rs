@@ -244,6 +244,33 @@ pub enum PoolError {
         /// Why listed nodes were not usable, if some were (shared address).
         note: String,
     },
+    /// A node chosen for a hop cannot be reached (dialing it or opening
+    /// the packet link failed): the directory still lists it, but it is
+    /// gone. Bringing the hop up takes another node instead.
+    #[error("hop {hop} ({role}): node {peer} cannot be reached: {reason}")]
+    Unreachable {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// What it holds (`layer K` or `dummy`).
+        role: String,
+        /// Its node's peer id.
+        peer: String,
+        /// Why (the dial's or the link's error).
+        reason: String,
+    },
+    /// Bringing hops up replaced as many unreachable nodes as it may and
+    /// the last one chosen failed too.
+    #[error(
+        "{tried} nodes the directory lists could not be reached, one after the other ({nodes}); \
+         stopped nodes stay listed until their descriptors expire: wait, or start other nodes, \
+         then try again (`mixnn train --resume JOB_DIR` for a job with a job directory)"
+    )]
+    TooManyUnreachable {
+        /// Nodes that proved unreachable, the last one included.
+        tried: usize,
+        /// Each one: its hop, node and why.
+        nodes: String,
+    },
     /// The hop to repair lies beyond what a probe route can reach.
     #[error(
         "hop {hop} cannot be probed: a probe to it needs {route_len} hops, packets carry {max}"

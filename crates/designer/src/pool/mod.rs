@@ -20,6 +20,7 @@
 //! answer counts as lost, and `repair` locates the failed hop with probes
 //! and puts a fresh node in its place.
 
+mod bringup;
 mod class;
 mod deploy;
 mod detect;
@@ -200,6 +201,13 @@ impl PoolCascade {
             .get(t)
             .map(|h| (describe_role(h.role), h.peer.to_base58()))
             .unwrap_or_default()
+    }
+
+    /// The identities of the nodes that failed in this job (replaced after
+    /// a failure or a lie, or found unreachable at deployment): the job
+    /// directory records them so a resumed job avoids them up front.
+    pub fn failed_nodes(&self) -> Vec<[u8; 32]> {
+        self.spares.failed().to_vec()
     }
 
     /// Nodes a repair must not take (the other replica's, the liars).

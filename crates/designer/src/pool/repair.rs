@@ -35,7 +35,7 @@ use rand::seq::SliceRandom;
 
 use super::directory::{self, Distinct};
 use super::onion::{self, Hop, Slot};
-use super::{PoolCascade, PoolError, describe_role, placement};
+use super::{PoolCascade, PoolError, bringup, describe_role, placement};
 use crate::DesignerError;
 use crate::report::Repair;
 
@@ -47,6 +47,8 @@ pub(super) struct Spares {
     pub inits: Vec<(LayerSpec, Vec<u8>)>,
     /// Each hop's addresses as `distinct` compares them, by position.
     addrs: Vec<BTreeSet<String>>,
+    /// Each hop's listed multiaddrs, by position: where an end is dialed.
+    pub dial: Vec<Vec<String>>,
     /// Identities of the nodes that failed in this job: never used again.
     /// One entry per repair, so it stays as small as the job's repairs.
     failed: Vec<[u8; 32]>,
@@ -58,23 +60,72 @@ pub(super) struct Spares {
 impl Spares {
     /// The spares of a cascade deployed on `hops` from `pool`.
     pub fn new(hops: &[Hop], pool: &[NodeDescriptor], quorum: usize, distinct: Distinct) -> Spares {
-        let addrs = hops
-            .iter()
-            .map(|h| {
-                pool.iter()
-                    .find(|d| d.identity_key == h.node.0)
-                    .map(|d| directory::address_keys(d, distinct))
-                    .unwrap_or_default()
-            })
-            .collect();
+        let listed = |h: &Hop| pool.iter().find(|d| d.identity_key == h.node.0);
         Spares {
             quorum,
             distinct,
             inits: Vec::new(),
-            addrs,
+            addrs: (hops.iter())
+                .map(|h| listed(h).map(|d| directory::address_keys(d, distinct)))
+                .map(Option::unwrap_or_default)
+                .collect(),
+            dial: (hops.iter())
+                .map(|h| listed(h).map(|d| d.addrs.clone()))
+                .map(Option::unwrap_or_default)
+                .collect(),
             failed: Vec::new(),
             avoid: Vec::new(),
         }
+    }
+
+    /// A node failed: it is never chosen again in this job.
+    pub fn mark_failed(&mut self, id: [u8; 32]) {
+        if !self.failed.contains(&id) {
+            self.failed.push(id);
+        }
+    }
+
+    /// The nodes that failed in this job, in the order they failed.
+    pub fn failed(&self) -> &[[u8; 32]] {
+        &self.failed
+    }
+
+    /// Hop `t` is now served by `d`.
+    pub fn set(&mut self, t: usize, d: &NodeDescriptor) {
+        if let (Some(a), Some(dial)) = (self.addrs.get_mut(t), self.dial.get_mut(t)) {
+            *a = directory::address_keys(d, self.distinct);
+            *dial = d.addrs.clone();
+        }
+    }
+
+    /// A node for hop `t` (which holds `role`), at random among the
+    /// [`Spares::candidates`] of `listed`; the error says what is missing
+    /// when there is none.
+    pub fn choose(
+        &self,
+        hops: &[Hop],
+        listed: &[NodeDescriptor],
+        t: usize,
+        rng: &mut rand_chacha::ChaCha20Rng,
+    ) -> Result<NodeDescriptor, PoolError> {
+        let (cands, shared) = self.candidates(hops, listed, t);
+        cands
+            .choose(rng)
+            .map(|d| (*d).clone())
+            .ok_or_else(|| PoolError::NoSpareNode {
+                hop: t + 1,
+                role: hops
+                    .get(t)
+                    .map(|h| describe_role(h.role))
+                    .unwrap_or_default(),
+                failed: self.failed.len(),
+                listed: listed.len(),
+                note: if shared > 0 {
+                    format!(", {shared} outside it share an address with a hop")
+                } else {
+                    String::new()
+                },
+            })
     }
 
     /// The nodes of `listed` that may take hop `t`: listed with an address,
@@ -109,13 +160,16 @@ impl Spares {
     }
 }
 
-/// A failure a repair can fix: the hop it names (a closed link), and how
-/// long after the send it was noticed.
-fn repairable(e: &DesignerError) -> Option<(Option<usize>, u64)> {
+/// A failure a repair can fix: the hop it names (a closed link, a node
+/// that cannot be dialed), and how long after the send it was noticed.
+pub(super) fn repairable(e: &DesignerError) -> Option<(Option<usize>, u64)> {
     match e {
         DesignerError::Job(PoolError::Lost { waited_ms, .. }) => Some((None, *waited_ms)),
         DesignerError::Job(PoolError::LinkClosed { hop, after_ms, .. }) => {
             Some((Some(hop.saturating_sub(1)), *after_ms))
+        }
+        DesignerError::Job(PoolError::Unreachable { hop, .. }) => {
+            Some((Some(hop.saturating_sub(1)), 0))
         }
         _ => None,
     }
@@ -169,7 +223,7 @@ impl PoolCascade {
     /// place. The repair record has no times and no step yet.
     fn replace_failed(&mut self, t: usize) -> Result<Repair, DesignerError> {
         let old = self.hops[t].clone();
-        self.spares.failed.push(old.node.0);
+        self.spares.mark_failed(old.node.0);
         let new_node = self.replace_hop(t)?;
         self.detect.reset();
         Ok(Repair {
@@ -257,9 +311,22 @@ impl PoolCascade {
         }
     }
 
-    /// Puts a fresh node in hop `t`'s place and sends it hop `t`'s init;
+    /// Puts a fresh node in hop `t`'s place and sends it hop `t`'s init
+    /// (another node if that one cannot be reached: `pool/bringup.rs`);
     /// returns its peer id.
     pub(super) fn replace_hop(&mut self, t: usize) -> Result<String, DesignerError> {
+        self.take_spare(t)?;
+        bringup::bring_up(self, BTreeSet::from([t]), bringup::MAX_REPLACEMENTS)?;
+        self.refresh_keys(true);
+        let peer = self.hops[t].peer;
+        tracing::info!(hop = t + 1, %peer, "hop replaced");
+        Ok(peer.to_base58())
+    }
+
+    /// Gives hop `t` a node from the directory a quorum serves now (see
+    /// [`Spares::candidates`]) under a fresh job handle; it is not linked
+    /// nor sent its init yet.
+    pub(super) fn take_spare(&mut self, t: usize) -> Result<(), DesignerError> {
         let role = self.hops[t].role;
         let read = self.ep.read_directory(self.spares.quorum);
         if read.answered < read.quorum {
@@ -271,37 +338,15 @@ impl PoolCascade {
             }
             .into());
         }
-        let (cands, shared) = self.spares.candidates(&self.hops, &read.nodes, t);
-        let Some(d) = cands.choose(&mut self.rng).copied().cloned() else {
-            return Err(PoolError::NoSpareNode {
-                hop: t + 1,
-                role: describe_role(role),
-                failed: self.spares.failed.len(),
-                listed: read.nodes.len(),
-                note: if shared > 0 {
-                    format!(", {shared} outside it share an address with a hop")
-                } else {
-                    String::new()
-                },
-            }
-            .into());
-        };
+        let d = self
+            .spares
+            .choose(&self.hops, &read.nodes, t, &mut self.rng)?;
         let hop = placement::hop(&d, role, &mut self.rng)?;
-        let peer = hop.peer;
-        if t == 0 || t + 1 == self.hops.len() {
-            self.ep
-                .connect(peer, &d.addrs, super::deploy::CONNECT_WAIT)?;
-        }
+        self.net.cascade[t] = (describe_role(role), hop.peer.to_base58());
         self.hops[t] = hop;
         self.keys.replace(t, d.mix_key.epoch_secs);
-        self.spares.addrs[t] = directory::address_keys(&d, self.spares.distinct);
-        self.net.cascade[t] = (describe_role(role), peer.to_base58());
-        let mut inits = vec![None; self.hops.len()];
-        inits[t] = self.spares.inits.get(t).cloned();
-        self.init_hops(inits)?;
-        self.refresh_keys(true);
-        tracing::info!(hop = t + 1, %peer, "hop replaced");
-        Ok(peer.to_base58())
+        self.spares.set(t, &d);
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use mixnn_protocol::{Capacity, MixKeyInfo};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+use super::super::bringup;
 use super::super::onion::Role;
 use super::*;
 
@@ -107,6 +108,13 @@ fn only_silence_and_closed_links_are_repairable() {
         after_ms: 12,
     });
     assert_eq!(repairable(&closed), Some((Some(2), 12)));
+    let undialable = DesignerError::Job(PoolError::Unreachable {
+        hop: 1,
+        role: "layer 0".into(),
+        peer: "p".into(),
+        reason: "connection refused".into(),
+    });
+    assert_eq!(repairable(&undialable), Some((Some(0), 0)));
     let typed = DesignerError::Pool("hop 2 (layer 1, node p): bad input: wrong shape".into());
     assert_eq!(repairable(&typed), None);
     let unexpected = DesignerError::Job(PoolError::NoAnswer { hop: 2 });
@@ -131,4 +139,157 @@ fn no_spare_node_says_what_is_missing() {
             && e.contains("--resume"),
         "{e}"
     );
+}
+
+/// A cascade over a directory with stopped nodes still listed, as
+/// [`bringup::bring_up`] sees it: an attempt fails on the first pending
+/// hop whose node is down, as dialing a stopped node does, and a
+/// replacement takes a node the way a real one does ([`Spares::choose`]).
+struct Fake {
+    hops: Vec<Hop>,
+    spares: Spares,
+    listed: Vec<NodeDescriptor>,
+    down: Vec<[u8; 32]>,
+    rng: ChaCha20Rng,
+    /// A failure the next attempt gives instead (a hop that answers).
+    typed: Option<DesignerError>,
+}
+
+impl bringup::Hops for Fake {
+    fn attempt(&mut self, pending: &BTreeSet<usize>) -> Result<(), DesignerError> {
+        if let Some(e) = self.typed.take() {
+            return Err(e);
+        }
+        for &t in pending {
+            let h = &self.hops[t];
+            if self.down.contains(&h.node.0) {
+                return Err(PoolError::Unreachable {
+                    hop: t + 1,
+                    role: describe_role(h.role),
+                    peer: h.peer.to_base58(),
+                    reason: "connection refused".into(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    fn unreachable(&mut self, failure: &DesignerError) -> Result<Option<usize>, DesignerError> {
+        Ok(repairable(failure).and_then(|(t, _)| t))
+    }
+
+    fn describe(&self, t: usize) -> String {
+        format!("hop {} (node {})", t + 1, self.hops[t].peer)
+    }
+
+    fn replace(&mut self, t: usize) -> Result<(), DesignerError> {
+        self.spares.mark_failed(self.hops[t].node.0);
+        let d = self
+            .spares
+            .choose(&self.hops, &self.listed, t, &mut self.rng)?;
+        self.hops[t] = placement::hop(&d, self.hops[t].role, &mut self.rng)?;
+        self.spares.set(t, &d);
+        Ok(())
+    }
+}
+
+/// Eight listed nodes on their own ports, one more on node 0's port; the
+/// cascade starts on nodes 0, 1, 2. `down` are stopped but still listed.
+fn fake(down: &[usize], seed: u64) -> Fake {
+    let mut listed: Vec<NodeDescriptor> = (0..8)
+        .map(|i| node(i, &format!("/ip4/127.0.0.1/tcp/{}", 5000 + i)))
+        .collect();
+    listed.push(node(20, "/ip4/127.0.0.1/tcp/5000"));
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let roles = [Role::Layer(0), Role::Dummy, Role::Layer(1)];
+    let hops: Vec<Hop> = listed[..3]
+        .iter()
+        .zip(roles)
+        .map(|(d, r)| placement::hop(d, r, &mut rng).unwrap())
+        .collect();
+    Fake {
+        spares: Spares::new(&hops, &listed, 1, Distinct::HostPort),
+        hops,
+        down: down.iter().map(|&i| listed[i].identity_key).collect(),
+        listed,
+        rng,
+        typed: None,
+    }
+}
+
+/// Stopped nodes still listed (hop 2's, and spares) are replaced until
+/// every hop is up: never by a node of the cascade, a failed one or one on
+/// a hop's address; every node dropped is remembered as failed.
+#[test]
+fn unreachable_nodes_are_replaced_by_listed_spares_until_every_hop_is_up() {
+    for seed in 0..64 {
+        let mut f = fake(&[1, 4, 5], seed);
+        let all: BTreeSet<usize> = (0..3).collect();
+        let replaced = bringup::bring_up(&mut f, all, bringup::MAX_REPLACEMENTS).unwrap();
+        assert!((1..=3).contains(&replaced), "seed {seed}: {replaced}");
+        assert_eq!(f.spares.failed().len(), replaced);
+        assert_eq!(f.spares.failed()[0], f.listed[1].identity_key);
+        let ids: Vec<[u8; 32]> = f.hops.iter().map(|h| h.node.0).collect();
+        assert_eq!(ids[0], f.listed[0].identity_key, "hop 1 was up: kept");
+        assert_eq!(ids[2], f.listed[2].identity_key, "hop 3 was up: kept");
+        assert!(
+            !f.down.contains(&ids[1]),
+            "seed {seed}: a stopped node took hop 2"
+        );
+        // Node 8 shares hop 1's address: never chosen.
+        assert_ne!(ids[1], f.listed[8].identity_key);
+        assert!(
+            [3, 6, 7]
+                .map(|i| f.listed[i].identity_key)
+                .contains(&ids[1])
+        );
+    }
+}
+
+/// A hop that answers with an error is alive: no node is replaced. With
+/// every spare stopped, the error names what is missing; past the bound,
+/// the error lists every node that could not be reached.
+#[test]
+fn bring_up_gives_up_clearly_and_only_on_unreachable_nodes() {
+    let mut f = fake(&[], 1);
+    f.typed = Some(DesignerError::Job(PoolError::NoAnswer { hop: 2 }));
+    let e = bringup::bring_up(&mut f, BTreeSet::from([1]), 4).unwrap_err();
+    assert!(matches!(
+        e,
+        DesignerError::Job(PoolError::NoAnswer { hop: 2 })
+    ));
+    assert!(f.spares.failed().is_empty());
+
+    // Every node outside the cascade is stopped (node 8 shares an address).
+    let mut f = fake(&[1, 3, 4, 5, 6, 7], 2);
+    let e = bringup::bring_up(&mut f, BTreeSet::from([1]), 16).unwrap_err();
+    let said = e.to_string();
+    assert!(
+        matches!(
+            e,
+            DesignerError::Job(PoolError::NoSpareNode {
+                hop: 2,
+                failed: 6,
+                ..
+            })
+        ),
+        "{said}"
+    );
+    assert!(said.contains("1 outside it share an address"), "{said}");
+    assert!(said.contains("start another node"), "{said}");
+
+    // The same pool with a bound of 2: the third unreachable node ends it.
+    let mut f = fake(&[1, 3, 4, 5, 6, 7], 3);
+    let e = bringup::bring_up(&mut f, BTreeSet::from([1]), 2).unwrap_err();
+    let said = e.to_string();
+    assert!(
+        matches!(
+            e,
+            DesignerError::Job(PoolError::TooManyUnreachable { tried: 3, .. })
+        ),
+        "{said}"
+    );
+    assert_eq!(said.matches("connection refused").count(), 3, "{said}");
+    assert_eq!(f.spares.failed().len(), 2);
 }

@@ -94,19 +94,33 @@ impl Replicated {
         let mut ob = oa;
         ob.job_secret = Some(a.job_secret());
         ob.exclude.extend(a.node_ids());
+        ob.exclude.extend(a.failed_nodes());
         progress("replica B");
         let b = PoolCascade::deploy(shards, base, sandbox, &ob, progress)?;
+        // Nodes that failed before (the job directory's) or at either
+        // deployment stay out of both replicas' repairs.
+        let mut excluded = opts.exclude.clone();
+        excluded.extend(a.failed_nodes());
+        excluded.extend(b.failed_nodes());
         let mut me = Replicated {
             a,
             b,
             step: 0,
             failed: None,
             pending: None,
-            excluded: Vec::new(),
+            excluded,
             detections: Vec::new(),
         };
         me.share_avoid();
         Ok(me)
+    }
+
+    /// The nodes that failed in this job on either replica (see
+    /// [`PoolCascade::failed_nodes`]).
+    pub fn failed_nodes(&self) -> Vec<[u8; 32]> {
+        let mut ids = self.a.failed_nodes();
+        ids.extend(self.b.failed_nodes());
+        ids
     }
 
     /// The job's secret (both replicas share it).

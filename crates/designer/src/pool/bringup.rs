@@ -1,0 +1,133 @@
+//! Bringing hops up: linking the cascade's ends and sending hops their
+//! init, with any node that proves unreachable replaced by another.
+//!
+//! Why: a bootstrap lists a node until its descriptor expires, so a node
+//! that stopped a minute ago is still in the directory. A deployment (a new
+//! job, or a resumed one whose designer died) or a repair that chose such a
+//! node would fail on it, and a resumed job would fail on it every time
+//! until the descriptor expires. Instead, when dialing a hop fails, its
+//! link closes, or a message is lost and the probes of `pool/repair.rs`
+//! name the silent hop, that hop's node is marked failed (never chosen
+//! again in this job, as a repair's failed node) and the hop gets another
+//! node from the directory under the same rules as a repair: never a node
+//! already in the cascade, never a failed one, never one sharing an
+//! address with a hop. Then the hops still waiting for their init (which
+//! ones finished is not known after a failure, and a repeated init simply
+//! starts the hop's job afresh) are sent it again. At most
+//! [`MAX_REPLACEMENTS`] nodes are replaced per bring-up, so a directory
+//! full of dead entries ends in a clear error rather than a long hunt.
+
+use std::collections::BTreeSet;
+
+use super::deploy::CONNECT_WAIT;
+use super::repair::repairable;
+use super::{PoolCascade, PoolError, describe_role};
+use crate::DesignerError;
+
+/// Unreachable nodes one bring-up replaces before it gives up.
+pub(super) const MAX_REPLACEMENTS: usize = 4;
+
+/// What bringing hops up does with a cascade, apart from the rule that
+/// decides when to replace a node and when to give up ([`bring_up`]).
+pub(super) trait Hops {
+    /// Links the ends among `pending` (hop indexes) and sends each pending
+    /// hop its init.
+    fn attempt(&mut self, pending: &BTreeSet<usize>) -> Result<(), DesignerError>;
+    /// The hop whose node `failure` shows unreachable; `None` for a failure
+    /// another node would not fix (a hop that answered with an error).
+    fn unreachable(&mut self, failure: &DesignerError) -> Result<Option<usize>, DesignerError>;
+    /// Hop `t` and its node, for the log and the error.
+    fn describe(&self, t: usize) -> String;
+    /// Marks hop `t`'s node failed and gives the hop another node.
+    fn replace(&mut self, t: usize) -> Result<(), DesignerError>;
+}
+
+/// Brings the `pending` hops up, replacing the node of any hop that proves
+/// unreachable (at most `max` of them); returns how many were replaced.
+pub(super) fn bring_up(
+    h: &mut dyn Hops,
+    mut pending: BTreeSet<usize>,
+    max: usize,
+) -> Result<usize, DesignerError> {
+    let mut dropped: Vec<String> = Vec::new();
+    loop {
+        let failure = match h.attempt(&pending) {
+            Ok(()) => return Ok(dropped.len()),
+            Err(e) => e,
+        };
+        let Some(t) = h.unreachable(&failure)? else {
+            return Err(failure);
+        };
+        dropped.push(format!("{}: {failure}", h.describe(t)));
+        if dropped.len() > max {
+            return Err(PoolError::TooManyUnreachable {
+                tried: dropped.len(),
+                nodes: dropped.join("; "),
+            }
+            .into());
+        }
+        tracing::warn!(
+            hop = t + 1,
+            error = %failure,
+            "the node chosen for this hop cannot be reached; choosing another"
+        );
+        h.replace(t)?;
+        pending.insert(t);
+    }
+}
+
+impl Hops for PoolCascade {
+    fn attempt(&mut self, pending: &BTreeSet<usize>) -> Result<(), DesignerError> {
+        let n = self.hops.len();
+        for &t in pending {
+            if t == 0 || t + 1 == n {
+                self.connect_hop(t)?;
+            }
+        }
+        let inits = (0..n)
+            .map(|t| {
+                pending
+                    .contains(&t)
+                    .then(|| self.spares.inits.get(t).cloned())
+                    .flatten()
+            })
+            .collect();
+        self.init_hops(inits)
+    }
+
+    fn unreachable(&mut self, failure: &DesignerError) -> Result<Option<usize>, DesignerError> {
+        match repairable(failure) {
+            Some((Some(t), _)) if t < self.hops.len() => Ok(Some(t)),
+            Some(_) => self.locate(),
+            None => Ok(None),
+        }
+    }
+
+    fn describe(&self, t: usize) -> String {
+        let h = &self.hops[t];
+        format!("hop {} ({}, node {})", t + 1, describe_role(h.role), h.peer)
+    }
+
+    fn replace(&mut self, t: usize) -> Result<(), DesignerError> {
+        self.spares.mark_failed(self.hops[t].node.0);
+        self.take_spare(t)
+    }
+}
+
+impl PoolCascade {
+    /// Opens the packet link to hop `t`, an end of the cascade (the
+    /// designer talks to the ends alone).
+    fn connect_hop(&self, t: usize) -> Result<(), DesignerError> {
+        let h = &self.hops[t];
+        let addrs = self.spares.dial.get(t).map_or(&[][..], Vec::as_slice);
+        self.ep.connect(h.peer, addrs, CONNECT_WAIT).map_err(|e| {
+            PoolError::Unreachable {
+                hop: t + 1,
+                role: describe_role(h.role),
+                peer: h.peer.to_base58(),
+                reason: e.to_string(),
+            }
+            .into()
+        })
+    }
+}
