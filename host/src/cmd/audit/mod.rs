@@ -179,7 +179,10 @@ pub fn run(a: AuditArgs) -> Result<()> {
     let mut levels = Vec::new();
     for (i, level) in a.sweep.iter().enumerate() {
         eprintln!("== level {}/{}: {level}", i + 1, a.sweep.len());
-        let sub = a.out.as_ref().map(|d| d.join(level.to_string().replace(':', "-")));
+        let sub = a
+            .out
+            .as_ref()
+            .map(|d| d.join(level.to_string().replace(':', "-")));
         levels.push(audit_one(&a, *level, &model, &mnist, sub.as_deref())?);
     }
     if let Some(dir) = &a.out {
@@ -219,8 +222,13 @@ fn tradeoff_figure(path: &Path, levels: &[Report], target: f64) -> Result<()> {
         }
     }
     let cut = levels.first().map_or("", |l| l.cut_node.as_str());
-    mixnn_plot::tradeoff(path, &format!("Defences at `{cut}`: accuracy vs attacker SSIM"), &points, target)
-        .with_context(|| format!("writing {}", path.display()))
+    mixnn_plot::tradeoff(
+        path,
+        &format!("Defences at `{cut}`: accuracy vs attacker SSIM"),
+        &points,
+        target,
+    )
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The audit of one defence level: defend, then attack.
@@ -245,7 +253,10 @@ fn audit_one(
         seed: a.seed,
     };
     let defended = defence::defend(level, &training, mnist)?;
-    eprintln!("test accuracy with {level}: {:.2}%", defended.accuracy * 100.0);
+    eprintln!(
+        "test accuracy with {level}: {:.2}%",
+        defended.accuracy * 100.0
+    );
     let cut = if defended.trained_here {
         mixnn_audit::cut(&defended.model, &split).context("cutting the defended model")?
     } else {
@@ -463,7 +474,11 @@ fn write_grid(
     for start in (0..n).step_by(PER_ROW) {
         let end = (start + PER_ROW).min(n);
         for src in [originals, recon] {
-            grid.push((start..end).map(|i| src[i * per..(i + 1) * per].to_vec()).collect());
+            grid.push(
+                (start..end)
+                    .map(|i| src[i * per..(i + 1) * per].to_vec())
+                    .collect(),
+            );
         }
     }
     mixnn_plot::image_grid(path, &grid, cols, rows)
