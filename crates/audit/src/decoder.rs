@@ -311,7 +311,7 @@ impl Builder {
         for a in 0..2 {
             let z = self.shape.get(1 + a).copied().unwrap_or(0);
             let reach = (z.max(1) - 1) * strides[a] + kernel[a];
-            let grown = reach.checked_sub(pads[a] + pads[a + 2]).unwrap_or(0);
+            let grown = reach.saturating_sub(pads[a] + pads[a + 2]);
             match input[a].checked_sub(grown) {
                 Some(extra) if extra < strides[a] => out_pad.push(extra as i64),
                 _ => {

@@ -128,7 +128,11 @@ impl InverseNet {
     ) -> Result<InverseNet, AuditError> {
         let per = victim.input_len();
         let n = aux.len() / per.max(1);
-        if cfg.batch == 0 || cfg.epochs == 0 || !(cfg.learning_rate > 0.0) {
+        if cfg.batch == 0
+            || cfg.epochs == 0
+            || cfg.learning_rate.is_nan()
+            || cfg.learning_rate <= 0.0
+        {
             return Err(AuditError::Config(
                 "inverse network: epochs, batch and learning rate must be positive".into(),
             ));

@@ -76,7 +76,12 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
             z.len()
         )));
     }
-    if cfg.steps == 0 || !(cfg.learning_rate > 0.0) || !(cfg.lambda >= 0.0) {
+    if cfg.steps == 0
+        || cfg.learning_rate.is_nan()
+        || cfg.learning_rate <= 0.0
+        || cfg.lambda.is_nan()
+        || cfg.lambda < 0.0
+    {
         return Err(AuditError::Config(
             "rMLE: steps and learning rate must be positive, λ ≥ 0".into(),
         ));
