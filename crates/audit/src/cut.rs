@@ -97,16 +97,11 @@ fn resolve_node(model: &pb::ModelProto, name: &str) -> Result<String, AuditError
         .as_ref()
         .map(|g| g.node.as_slice())
         .unwrap_or(&[]);
-    let label = |ix: usize, n: &pb::NodeProto| {
-        if !n.name.is_empty() {
-            n.name.clone()
-        } else if let Some(o) = n.output.first().filter(|o| !o.is_empty()) {
-            o.clone()
-        } else {
-            format!("#{ix}")
-        }
-    };
-    let labels: Vec<String> = nodes.iter().enumerate().map(|(i, n)| label(i, n)).collect();
+    let labels: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| mixnn_shard::node_label(n, i))
+        .collect();
     if labels.iter().any(|l| l == name) {
         return Ok(name.to_string());
     }

@@ -25,6 +25,7 @@ mod split;
 pub use tract_onnx::pb;
 
 pub use error::ShardError;
+pub use graph::node_label;
 pub use guard::validate;
 pub use merge::{Param, get_params, merge, set_params};
 pub use models::{Form, lenet5, mlp};
