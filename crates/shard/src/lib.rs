@@ -13,6 +13,7 @@
 //! [`MAX_TENSOR_ELEMENTS`] with a [`ShardError`], never a panic.
 
 mod error;
+pub mod fork;
 mod graph;
 mod guard;
 mod merge;
