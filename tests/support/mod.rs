@@ -137,6 +137,7 @@ pub fn pool_options(bootstrap: Vec<String>, keep_first: bool) -> mixnn_designer:
         dummies: 1,
         keep_first,
         keep_last: false,
+        branch: false,
         local_engine: mixnn_designer::EngineKind::Wasm,
         class: None,
         // A bound for failure, not a speed check: on a cold guest cache

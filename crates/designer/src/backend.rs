@@ -25,7 +25,7 @@ impl std::fmt::Display for EngineKind {
 }
 
 /// One layer of a cascade, wherever it runs. Errors carry the layer index.
-pub trait LayerBackend {
+pub trait LayerBackend: Send {
     /// Training forward pass (state for `backward` is kept); returns the activations.
     fn forward(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
     /// Loss of the output `z` against `labels` (last layer only); returns the

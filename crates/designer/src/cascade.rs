@@ -42,11 +42,27 @@ impl Cascade {
     ) -> Result<Self, DesignerError> {
         let last = shards.last().ok_or(DesignerError::NoShards)?;
         let loss = loss_for(last);
+        Self::load_with(engine, shards, sandbox, |i| {
+            layer_config(base, i, shards.len(), loss)
+        })
+    }
+
+    /// Loads every shard on `engine` with the config `config(i)` gives
+    /// shard `i` (the parts of a fork-join differ from a chain in which
+    /// layer computes the loss and which needs an input gradient).
+    pub fn load_with(
+        engine: EngineKind,
+        shards: &[pb::ModelProto],
+        sandbox: Option<&Sandbox>,
+        config: impl Fn(usize) -> TrainConfig,
+    ) -> Result<Self, DesignerError> {
+        if shards.is_empty() {
+            return Err(DesignerError::NoShards);
+        }
         let mut layers: Vec<Box<dyn LayerBackend>> = Vec::with_capacity(shards.len());
         for (i, shard) in shards.iter().enumerate() {
             let bytes = mixnn_shard::encode(shard);
-            let cfg = layer_config(base, i, shards.len(), loss);
-            layers.push(load_layer(engine, i, &bytes, cfg, sandbox)?);
+            layers.push(load_layer(engine, i, &bytes, config(i), sandbox)?);
         }
         Ok(Cascade {
             layers,
@@ -81,10 +97,10 @@ impl Cascade {
     }
 }
 
-impl Model for Cascade {
-    /// One SGD step on a batch: forward through every layer, loss at the
-    /// last, backward and update from the last to the first. Returns the loss.
-    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+impl Cascade {
+    /// Training forward through every layer (with the cut noise, if any);
+    /// each layer keeps what its backward needs.
+    pub fn forward_train(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
         let mut z = x;
         for (i, l) in self.layers.iter_mut().enumerate() {
             z = l.forward(z)?;
@@ -92,14 +108,20 @@ impl Model for Cascade {
                 n.train(&mut z);
             }
         }
-        let last = self.layers.len() - 1;
-        let (loss, mut grad) = self.layers[last].loss(&z, labels)?;
+        Ok(z)
+    }
+
+    /// Backward from the gradient of the last forward's output, each
+    /// layer stepping its optimizer right after its backward. Returns the
+    /// input gradient when the first layer computes one.
+    pub fn backward_train(&mut self, dz: Tensor) -> Result<Option<Tensor>, DesignerError> {
+        let mut grad = dz;
         for (i, l) in self.layers.iter_mut().enumerate().rev() {
             let dx = l.backward(grad)?;
             l.step()?;
             match dx {
                 Some(dx) => grad = dx,
-                None if i == 0 => break,
+                None if i == 0 => return Ok(None),
                 None => return Err(DesignerError::NoInputGradient(i)),
             }
             // Layer i took Z_i: back through the noise applied to it.
@@ -107,6 +129,25 @@ impl Model for Cascade {
                 n.backward(&mut grad)?;
             }
         }
+        Ok(Some(grad))
+    }
+
+    /// The loss of the last layer on `z` (the output of the last
+    /// [`Cascade::forward_train`]) and its gradient.
+    pub fn loss(&mut self, z: &Tensor, labels: &[i64]) -> Result<(f32, Tensor), DesignerError> {
+        let last = self.layers.last_mut().ok_or(DesignerError::NoShards)?;
+        last.loss(z, labels)
+    }
+}
+
+impl Model for Cascade {
+    /// One SGD step on a batch: forward through every layer, loss at the
+    /// last, backward and update from the last to the first. Returns the loss.
+    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+        let z = self.forward_train(x)?;
+        let last = self.layers.len() - 1;
+        let (loss, grad) = self.layers[last].loss(&z, labels)?;
+        self.backward_train(grad)?;
         Ok(loss)
     }
 

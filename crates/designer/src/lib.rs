@@ -10,6 +10,7 @@ mod bench;
 mod cascade;
 pub mod checkpoint;
 pub mod defence;
+pub mod fork;
 pub mod pool;
 mod report;
 mod train;
@@ -125,6 +126,12 @@ pub enum DesignerError {
     /// A checkpoint that does not fit the job (its position or settings).
     #[error("checkpoint: {0}")]
     BadCheckpoint(String),
+    /// The merge of a fork-join job got tensors it cannot join.
+    #[error("merge: {0}")]
+    Merge(String),
+    /// A fork-join job asked for something it cannot do (yet).
+    #[error("fork-join: {0}")]
+    Fork(String),
     /// The job failed more often than it may be repaired.
     #[error("giving up after {limit} repairs; the last failure: {last}")]
     TooManyRepairs {

@@ -64,6 +64,10 @@ pub struct TrainReport {
     /// Lies found: replicas that disagreed, held-out alarms.
     #[serde(default)]
     pub detections: Vec<Detection>,
+    /// Where a fork-join's steps spent their time (each branch, the merge
+    /// and head, whole steps): shows the trusted branch overlapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<crate::fork::ForkTiming>,
 }
 
 /// The cost of a job's checkpoints and where it resumed from: checkpoints

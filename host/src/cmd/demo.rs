@@ -213,6 +213,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         dummies: a.dummies,
         keep_first: a.keep_first,
         keep_last: a.keep_last,
+        branch: false,
         // The class printed above (cover uses every public class).
         class: Some(class),
         timeout_s: 60,
@@ -231,6 +232,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 ..mixnn_designer::Checkpointing::in_memory()
             }),
             observer: &mut observer,
+            trusted_branch: None,
         };
         let out =
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?;

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 pub mod bootstrap;
 pub mod demo;
+pub mod fork;
 pub mod harness;
 pub mod model;
 pub mod node;

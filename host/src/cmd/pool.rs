@@ -24,6 +24,7 @@ pub fn pool_options(pool: &PoolArgs, opts: &TrainOptions) -> PoolOptions {
         dummies: pool.dummies,
         keep_first: pool.keep_first,
         keep_last: pool.keep_last,
+        branch: false,
         local_engine: opts.engine,
         class: pool.class,
         timeout: Duration::from_secs(pool.timeout_s),
@@ -83,23 +84,9 @@ impl Deployed {
         }
     }
 
-    /// Records the nodes that failed in the job directory, so that
-    /// `--resume` avoids them up front (the bootstraps list a stopped node
-    /// until its descriptor expires). Not writing them only costs a resume
-    /// the time to find them again, so it is a warning, not the job's end.
+    /// See [`remember_failed`].
     fn remember_failed(&self, job: &JobDir) {
-        let ids = self.failed_nodes();
-        if ids.is_empty() {
-            return;
-        }
-        match job.record_failed(&ids) {
-            Ok(()) => println!(
-                "{} failed node(s) recorded in {}: a resume avoids them",
-                ids.len(),
-                job.path().display()
-            ),
-            Err(e) => eprintln!("warning: could not record the failed nodes: {e}"),
-        }
+        remember_failed(job, &self.failed_nodes());
     }
 
     fn close(&mut self) {
@@ -110,12 +97,32 @@ impl Deployed {
     }
 }
 
+/// Records the nodes that failed in the job directory, so that `--resume`
+/// avoids them up front (the bootstraps list a stopped node until its
+/// descriptor expires). Not writing them only costs a resume the time to
+/// find them again, so it is a warning, not the job's end.
+pub fn remember_failed(job: &JobDir, ids: &[[u8; 32]]) {
+    if ids.is_empty() {
+        return;
+    }
+    match job.record_failed(ids) {
+        Ok(()) => println!(
+            "{} failed node(s) recorded in {}: a resume avoids them",
+            ids.len(),
+            job.path().display()
+        ),
+        Err(e) => eprintln!("warning: could not record the failed nodes: {e}"),
+    }
+}
+
 /// How a pool job checkpoints and who watches it.
 pub struct JobRun<'a> {
     /// Checkpoints (and a resume); `None`: none, a failure ends the job.
     pub ck: Option<Checkpointing>,
     /// Told of epochs, steps and events.
     pub observer: &'a mut dyn TrainObserver,
+    /// A fork-join's `--trusted-branch`.
+    pub trusted_branch: Option<String>,
 }
 
 /// Splits the model, deploys it on the pool, trains with a test pass per
@@ -133,6 +140,7 @@ pub fn train_on_pool(
     let run = JobRun {
         ck: None,
         observer: &mut Printer,
+        trusted_branch: None,
     };
     train_on_pool_job(model, data, opts, &popts, sandbox, export, run)
 }
@@ -149,6 +157,9 @@ pub fn train_on_pool_job(
     export: Option<&Path>,
     run: JobRun<'_>,
 ) -> Result<(TrainReport, usize)> {
+    if let Some(fj) = super::fork::detect(model, run.trusted_branch.as_deref())? {
+        return super::fork::train_pool(model, &fj, data, opts, popts, sandbox, export, run);
+    }
     let plan = mixnn_shard::plan(model, None)?;
     let shards = mixnn_shard::split(model, &plan)?;
     let sample = mixnn_designer::sample_shape(&shards, data)?;
@@ -195,7 +206,7 @@ pub fn train_on_pool_job(
             show(&r.network_b(), "replica B");
         }
     }
-    let JobRun { ck, observer } = run;
+    let JobRun { ck, observer, .. } = run;
     let job_dir = ck.as_ref().and_then(|c| c.dir.clone());
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();

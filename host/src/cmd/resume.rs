@@ -11,7 +11,7 @@ use mixnn_designer::pool::PoolOptions;
 use mixnn_designer::{Checkpointing, TrainOptions};
 
 use super::KernelsArg;
-use super::train::{Printer, TrainArgs, finish, train_local_job};
+use super::train::{Printer, TrainArgs, finish};
 
 /// Checkpoints and resume.
 #[derive(Args, Clone, Debug)]
@@ -51,6 +51,8 @@ pub struct NewJob<'a> {
     pub model: &'a [u8],
     /// The data directory given, if any.
     pub data: Option<&'a Path>,
+    /// A fork-join's `--trusted-branch`, kept in the recipe.
+    pub trusted_branch: Option<&'a str>,
 }
 
 impl NewJob<'_> {
@@ -86,7 +88,10 @@ impl NewJob<'_> {
             None => None,
         };
         let pool = popts.as_deref().map(PoolRecipe::new);
-        let recipe = JobRecipe::new(opts, String::new(), data, every, pool);
+        let recipe = JobRecipe {
+            trusted_branch: self.trusted_branch.map(str::to_owned),
+            ..JobRecipe::new(opts, String::new(), data, every, pool)
+        };
         let job = JobDir::create(&dir, &recipe, self.model)
             .with_context(|| format!("making the job directory {}", dir.display()))?;
         if let Some(p) = popts {
@@ -157,7 +162,15 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
     };
     let export = a.export.as_deref();
     let (report, shards) = match &recipe.pool {
-        None => train_local_job(&model, &data, &opts, &sandbox, export, Some(ck))?,
+        None => {
+            let run = super::train::LocalRun {
+                export,
+                ck: Some(ck),
+                noise: None,
+                trusted_branch: recipe.trusted_branch.clone(),
+            };
+            super::train::train_local_run(&model, &data, &opts, &sandbox, run)?
+        }
         Some(pool) => {
             let mut popts = pool.options(job.secret()?);
             if !a.pool.pool.is_empty() {
@@ -173,6 +186,7 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
             let run = super::pool::JobRun {
                 ck: Some(ck),
                 observer: &mut Printer,
+                trusted_branch: recipe.trusted_branch.clone(),
             };
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &sandbox, export, run)?
         }

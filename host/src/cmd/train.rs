@@ -181,6 +181,12 @@ pub struct TrainArgs {
     /// --seed. With --local only.
     #[arg(long, value_name = "K:KIND:LEVEL")]
     pub noise_at: Option<NoiseSpec>,
+    /// For a fork-join (Bident) model: a node inside the branch that must
+    /// stay here, with the merge and the head (the other branch goes to
+    /// the pool). Default: the branch with fewer parameters. `mixnn split`
+    /// shows the plan.
+    #[arg(long, value_name = "NODE")]
+    pub trusted_branch: Option<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -211,6 +217,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         args: &a.job,
         model: &model_bytes,
         data: a.data.as_deref(),
+        trusted_branch: a.trusted_branch.as_deref(),
     };
     let (report, shards) = if a.local {
         let ck = new_job.create(&opts, None)?;
@@ -218,6 +225,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             export: a.export.as_deref(),
             ck,
             noise: a.noise_at,
+            trusted_branch: a.trusted_branch.clone(),
         };
         train_local_run(&model, &data, &opts, &a.sandbox, run)?
     } else {
@@ -235,6 +243,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let run = super::pool::JobRun {
             ck,
             observer: &mut Printer,
+            trusted_branch: a.trusted_branch.clone(),
         };
         super::pool::train_on_pool_job(
             &model,
@@ -315,6 +324,7 @@ pub fn train_local_job(
         export,
         ck,
         noise: None,
+        trusted_branch: None,
     };
     train_local_run(model, data, opts, sandbox, run)
 }
@@ -327,6 +337,8 @@ pub struct LocalRun<'a> {
     pub ck: Option<Checkpointing>,
     /// Noise at a cut (`--noise-at`).
     pub noise: Option<NoiseSpec>,
+    /// A fork-join's `--trusted-branch`.
+    pub trusted_branch: Option<String>,
 }
 
 /// [`train_local_job`] with everything a [`LocalRun`] may ask for.
@@ -337,7 +349,12 @@ pub fn train_local_run(
     sandbox: &SandboxArgs,
     run: LocalRun,
 ) -> Result<(TrainReport, usize)> {
-    let LocalRun { export, ck, noise } = run;
+    if let Some(fj) = super::fork::detect(model, run.trusted_branch.as_deref())? {
+        return super::fork::train_local(model, &fj, data, opts, sandbox, run);
+    }
+    let LocalRun {
+        export, ck, noise, ..
+    } = run;
     let plan = mixnn_shard::plan(model, None)?;
     let shards = mixnn_shard::split(model, &plan)?;
     let sb = match opts.engine {

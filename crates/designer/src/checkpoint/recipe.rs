@@ -42,6 +42,10 @@ pub struct JobRecipe {
     pub checkpoint_every: u64,
     /// The pool settings of a pool job; `None` for a job in one process.
     pub pool: Option<PoolRecipe>,
+    /// A fork-join job's `--trusted-branch` (a node inside the trusted
+    /// branch); `None`: the automatic choice, or a chain.
+    #[serde(default)]
+    pub trusted_branch: Option<String>,
 }
 
 impl JobRecipe {
@@ -67,6 +71,7 @@ impl JobRecipe {
             eval_batch: opts.eval_batch,
             checkpoint_every,
             pool,
+            trusted_branch: None,
         }
     }
 
@@ -114,6 +119,9 @@ pub struct PoolRecipe {
     /// Two replicas compared by witnesses (`--verify-replicas`).
     #[serde(default)]
     pub verify_replicas: bool,
+    /// The pool runs a fork-join's untrusted branch.
+    #[serde(default)]
+    pub branch: bool,
 }
 
 impl PoolRecipe {
@@ -132,6 +140,7 @@ impl PoolRecipe {
             wait_for_nodes_ms: u64::try_from(p.wait_for_nodes.as_millis()).unwrap_or(u64::MAX),
             batches: p.batches.clone(),
             verify_replicas: p.witness,
+            branch: p.branch,
         }
     }
 
@@ -148,6 +157,7 @@ impl PoolRecipe {
             dummies: self.dummies,
             keep_first: self.keep_first,
             keep_last: self.keep_last,
+            branch: self.branch,
             local_engine: self.local_engine,
             class: self.class,
             timeout: Duration::from_millis(self.timeout_ms),

@@ -29,8 +29,38 @@ pub fn payload_class(
             largest = largest.max(per_sample.saturating_mul(b).saturating_mul(width));
         }
     }
-    // Output of the last shard on the test path (classes per sample), the
-    // tensor framing and the fixed-length end-to-end section.
+    // The pool's last shard's output comes back to the designer: with the
+    // last shard remote that is classes per sample (inside the margin),
+    // but a fork-join's untrusted branch returns its features.
+    if let Some(per_sample) = shards
+        .last()
+        .filter(|_| hi >= shards.len())
+        .and_then(declared_output_per_sample)
+    {
+        for &b in batches {
+            largest = largest.max(per_sample.saturating_mul(b).saturating_mul(4));
+        }
+    }
+    // The tensor framing and the fixed-length end-to-end section.
     g.class_for(largest + 1024 + super::onion::compute_section_len(batches))
         .map_err(|source| PoolError::NoClass { largest, source }.into())
+}
+
+/// Elements per sample of a shard's declared output, when every dimension
+/// but the batch is a positive constant.
+fn declared_output_per_sample(shard: &pb::ModelProto) -> Option<usize> {
+    let out = shard.graph.as_ref()?.output.first()?;
+    let Some(pb::type_proto::Value::TensorType(t)) = out.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let mut n = 1usize;
+    for d in t.shape.as_ref()?.dim.iter().skip(1) {
+        match d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
+                n = n.checked_mul(usize::try_from(v).ok()?)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(n)
 }

@@ -61,7 +61,12 @@ impl PoolCascade {
             Some(c) => c,
             None => payload_class(&g, shards, layout.lo, layout.hi, &opts.batches)?,
         };
-        let loss = loss_for(&shards[layout.shards - 1]);
+        // A branch computes no loss: it ends in the designer's merge.
+        let loss = if opts.branch {
+            LossKind::None
+        } else {
+            loss_for(&shards[layout.shards - 1])
+        };
         let local = |i: usize| -> Result<Box<dyn LayerBackend>, DesignerError> {
             let bytes = mixnn_shard::encode(&shards[i]);
             let cfg = layer_config(base, i, layout.shards, loss);
@@ -94,6 +99,7 @@ impl PoolCascade {
             first,
             last,
             shards: layout.shards,
+            branch: opts.branch,
             rng,
             control_section,
             compute_section: onion::compute_section_len(&opts.batches)

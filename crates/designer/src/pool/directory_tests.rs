@@ -89,6 +89,7 @@ fn options(distinct: Distinct) -> PoolOptions {
         dummies: 1,
         keep_first: false,
         keep_last: false,
+        branch: false,
         local_engine: EngineKind::Native,
         class: None,
         timeout: Duration::from_secs(1),

@@ -11,6 +11,12 @@ pub enum PoolError {
     /// The shards the designer keeps (first and/or last) leave none for the pool.
     #[error("no shard left for the pool (keeping both ends of a 1- or 2-shard model?)")]
     NoRemoteShard,
+    /// A fork-join branch deployed with a kept end: the branch's ends are
+    /// the designer's fork and merge already.
+    #[error(
+        "a fork-join's untrusted branch runs whole on the pool: --keep-first/--keep-last do not apply"
+    )]
+    BranchKeeps,
     /// A step's route would have more hops than a packet header can carry.
     #[error(
         "{remote} layers and {dummies} dummies make routes of {route_len} hops; \

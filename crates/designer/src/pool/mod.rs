@@ -69,6 +69,12 @@ pub struct PoolOptions {
     pub keep_first: bool,
     /// The designer runs the last shard (and the loss) itself.
     pub keep_last: bool,
+    /// The cascade is a fork-join's untrusted branch
+    /// ([`crate::fork::Branch`]): the output of its last layer comes back
+    /// to the designer (no turn, no labels, no loss on the pool), and its
+    /// backward starts from the gradient the designer sends. Excludes
+    /// `keep_first` and `keep_last`.
+    pub branch: bool,
     /// Engine of the shards the designer keeps.
     pub local_engine: EngineKind,
     /// Payload class of the job's packets; `None` picks the smallest that
@@ -157,6 +163,8 @@ pub struct PoolCascade {
     first: Option<Box<dyn LayerBackend>>,
     last: Option<Box<dyn LayerBackend>>,
     shards: usize,
+    /// Deployed as a fork-join branch ([`PoolOptions::branch`]).
+    branch: bool,
     rng: ChaCha20Rng,
     net: NetworkReport,
     /// End-to-end section length of packets without a tensor (control).

@@ -36,15 +36,29 @@ impl PoolCascade {
         z: Tensor,
         labels: &[i64],
     ) -> Result<(f32, Option<WireTensor>), DesignerError> {
-        let slots = self.forward_slots(Op::Forward);
-        let (out, _) = self.exchange(slots, Some(to_wire(z, "input")?), None, Phase::Train)?;
-        let y = last.forward(from_wire(out, "activations")?)?;
+        let y = last.forward(self.pool_forward(z)?)?;
         let (loss, dy) = last.loss(&y, labels)?;
         let dx = last.backward(dy)?.ok_or(PoolError::NoInputGradient)?;
         last.step()?;
-        let slots = self.backward_slots();
-        let (grad, _) = self.exchange(slots, Some(to_wire(dx, "gradient")?), None, Phase::Train)?;
+        let grad = self.pool_backward(dx)?;
         Ok((loss, grad))
+    }
+
+    /// The training forward through every hop, its output back here (a
+    /// packet of its own).
+    fn pool_forward(&mut self, z: Tensor) -> Result<Tensor, DesignerError> {
+        let slots = self.forward_slots(Op::Forward);
+        let (out, _) = self.exchange(slots, Some(to_wire(z, "input")?), None, Phase::Train)?;
+        from_wire(out, "activations")
+    }
+
+    /// The backward through every hop from the gradient of the pool's
+    /// output; returns the pool's input gradient when its first hop
+    /// computes one.
+    fn pool_backward(&mut self, dz: Tensor) -> Result<Option<WireTensor>, DesignerError> {
+        let slots = self.backward_slots();
+        let (grad, _) = self.exchange(slots, Some(to_wire(dz, "gradient")?), None, Phase::Train)?;
+        Ok(grad)
     }
 
     /// A step in one packet: forward to the last hop, which gets the labels
@@ -122,6 +136,11 @@ impl Model for PoolCascade {
     }
 
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+        if self.branch {
+            return Err(DesignerError::Fork(
+                "a branch cascade has no loss: it trains inside its fork-join".into(),
+            ));
+        }
         let mut z = x;
         if let Some(l) = self.first.as_mut() {
             z = l.forward(z)?;
@@ -194,5 +213,18 @@ impl Model for PoolCascade {
 
     fn load_state(&mut self, states: &[Vec<u8>]) -> Result<(), DesignerError> {
         self.load_states(states)
+    }
+}
+
+/// A cascade deployed with [`super::PoolOptions::branch`] is a fork-join's
+/// untrusted branch: two packets per step, the forward whose output comes
+/// back and the backward from the gradient the designer's merge sends.
+impl crate::fork::Branch for PoolCascade {
+    fn forward_train(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
+        self.pool_forward(x)
+    }
+
+    fn backward_train(&mut self, dz: Tensor) -> Result<(), DesignerError> {
+        self.pool_backward(dz).map(|_| ())
     }
 }

@@ -36,6 +36,12 @@ impl Layout {
     /// Checks that a shard is left for the pool and that the routes fit
     /// the packet geometry.
     pub fn new(shards: usize, opts: &PoolOptions, g: &Geometry) -> Result<Layout, PoolError> {
+        if opts.branch && (opts.keep_first || opts.keep_last) {
+            return Err(PoolError::BranchKeeps);
+        }
+        // The pool's output comes back to the designer, whose last shard
+        // (or, for a branch, the merge) takes it: routes go one way.
+        let one_way = opts.keep_last || opts.branch;
         let lo = usize::from(opts.keep_first);
         let hi = shards - usize::from(opts.keep_last).min(shards);
         if shards == 0 || lo >= hi {
@@ -48,7 +54,7 @@ impl Layout {
             });
         }
         let count = remote + opts.dummies;
-        let route_len = if opts.keep_last { count } else { 2 * count - 1 };
+        let route_len = if one_way { count } else { 2 * count - 1 };
         if route_len > g.max_hops() {
             return Err(PoolError::RouteTooLong {
                 remote,
@@ -57,7 +63,7 @@ impl Layout {
                 max: g.max_hops(),
             });
         }
-        let pad_hops = if opts.keep_last {
+        let pad_hops = if one_way {
             g.max_hops()
         } else {
             g.max_hops().div_ceil(2)
@@ -206,6 +212,7 @@ mod tests {
             dummies,
             keep_first: false,
             keep_last,
+            branch: false,
             local_engine: crate::EngineKind::Native,
             class: None,
             timeout: std::time::Duration::from_secs(1),

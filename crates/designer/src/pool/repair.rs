@@ -258,13 +258,13 @@ impl PoolCascade {
     }
 
     /// One probe to hop `k`: a blank control packet relayed by hops
-    /// `0..=k` and back by `k-1..=0` (with the last layer kept here, the
-    /// probe of the last hop goes on to the designer, as a forward pass
-    /// does).
+    /// `0..=k` and back by `k-1..=0` (with the last layer kept here, or in
+    /// a branch, the probe of the last hop goes on to the designer, as a
+    /// forward pass does).
     pub(super) fn probe(&mut self, k: usize) -> Result<Probe, DesignerError> {
         let n = self.hops.len();
         let mut slots: Vec<Slot> = (0..=k).map(|j| Slot::new(j, Op::Relay)).collect();
-        let one_way = self.last.is_some() && k + 1 == n;
+        let one_way = (self.last.is_some() || self.branch) && k + 1 == n;
         if !one_way {
             slots.extend((0..k).rev().map(|j| Slot::new(j, Op::Relay)));
         }

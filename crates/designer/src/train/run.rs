@@ -362,6 +362,7 @@ impl<'a> Run<'a> {
             repairs: self.repairs,
             checkpoints: self.ck.is_some().then_some(self.cost),
             detections: self.detections,
+            fork: None,
         }
     }
 }
