@@ -24,7 +24,7 @@ pub fn detect(model: &pb::ModelProto, trusted_branch: Option<&str>) -> Result<Op
         (None, Some(node)) => anyhow::bail!(
             "--trusted-branch {node}: the model is a chain, not a fork-join (no input feeds two branches that meet at a merge)"
         ),
-        (Some(fj), _) => println!("{}", mixnn_shard::fork::render_fork_plan(fj)?),
+        (Some(fj), _) => println!("{}", mixnn_shard::render_fork_plan(fj)),
         (None, None) => {}
     }
     Ok(fj)

@@ -254,6 +254,38 @@ mod tests {
         ));
     }
 
+    /// A fork-join branch: routes one way (its output comes back), whole
+    /// on the pool, and a dummy is never last (no designer layer after it
+    /// could take its mask: the merge has no weights), nor first.
+    #[test]
+    fn a_branch_goes_one_way_and_ends_in_a_layer() {
+        let g = Geometry::default();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let o = PoolOptions {
+            branch: true,
+            ..opts(2, false)
+        };
+        let layout = Layout::new(3, &o, &g).expect("layout");
+        assert_eq!((layout.lo, layout.hi, layout.count), (0, 3, 5));
+        assert_eq!(layout.pad_hops, g.max_hops());
+        for _ in 0..200 {
+            let roles = place_dummies(&layout, &o, &mut rng);
+            assert_eq!(roles[0], Role::Layer(0), "{roles:?}");
+            assert_eq!(roles.last(), Some(&Role::Layer(2)), "{roles:?}");
+        }
+        for (keep_first, keep_last) in [(true, false), (false, true)] {
+            let o = PoolOptions {
+                keep_first,
+                keep_last,
+                ..o.clone()
+            };
+            assert!(matches!(
+                Layout::new(3, &o, &g),
+                Err(PoolError::BranchKeeps)
+            ));
+        }
+    }
+
     /// A resumed job rebuilds the same masked shards: the same secret
     /// places the dummies at the same positions and draws the same sign
     /// masks, whatever OS randomness chooses the nodes; another secret
