@@ -83,4 +83,26 @@ pub enum ShardError {
         /// Why.
         reason: String,
     },
+
+    /// A graph with a fork that is not one two-branch fork-join (a third
+    /// branch, branches that read each other, a head that forks again, a
+    /// merge op the designer cannot run...).
+    #[error("fork-join: node '{node}' ({op}): {reason}")]
+    Fork {
+        /// Node name (or its first output when unnamed), or an initializer.
+        node: String,
+        /// ONNX op type (`initializer` for a shared parameter).
+        op: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The `--trusted-branch` choice does not name a node of either branch.
+    #[error("trusted branch '{name}': {reason}")]
+    TrustedBranch {
+        /// The node name given.
+        name: String,
+        /// Why it cannot pick a branch.
+        reason: String,
+    },
 }

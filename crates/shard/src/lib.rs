@@ -14,6 +14,9 @@
 
 mod error;
 pub mod fork;
+mod fork_graph;
+mod fork_parts;
+mod fork_plan;
 mod graph;
 mod guard;
 mod merge;
@@ -26,6 +29,8 @@ mod split;
 pub use tract_onnx::pb;
 
 pub use error::ShardError;
+pub use fork::{ForkJoin, MergeOp, fork_join};
+pub use fork_plan::render_fork_plan;
 pub use graph::node_label;
 pub use guard::validate;
 pub use merge::{Param, get_params, merge, set_params};
