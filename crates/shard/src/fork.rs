@@ -131,7 +131,8 @@ pub fn fork_join(
         ("trusted branch", &trusted),
         ("head", &head),
     ])?;
-    let restore = |parts: Vec<pb::ModelProto>| parts.into_iter().map(|m| batch.restore(m)).collect();
+    let restore =
+        |parts: Vec<pb::ModelProto>| parts.into_iter().map(|m| batch.restore(m)).collect();
     Ok(Some(ForkJoin {
         untrusted: restore(untrusted),
         trusted: restore(trusted),
@@ -173,7 +174,10 @@ fn merge_op(graph: &pb::GraphProto, ix: usize, rank: usize) -> Result<MergeOp, S
             return Err(fork_error(
                 graph,
                 ix,
-                format!("a merge must be one of {}", fork_graph::MERGE_OPS.join(", ")),
+                format!(
+                    "a merge must be one of {}",
+                    fork_graph::MERGE_OPS.join(", ")
+                ),
             ));
         }
     })
@@ -187,7 +191,10 @@ fn trusted_slot(
 ) -> Result<usize, ShardError> {
     let graph = topo.graph;
     let Some(name) = trusted_branch else {
-        let [p0, p1] = [branch_params(topo, &s.branches[0])?, branch_params(topo, &s.branches[1])?];
+        let [p0, p1] = [
+            branch_params(topo, &s.branches[0])?,
+            branch_params(topo, &s.branches[1])?,
+        ];
         // Fewer parameters stay trusted; a tie keeps the second input trusted.
         return Ok(if p0 < p1 { 0 } else { 1 });
     };
@@ -232,7 +239,11 @@ fn branch_params(topo: &Topo<'_>, nodes: &[usize]) -> Result<usize, ShardError> 
     let mut names: Vec<&str> = nodes
         .iter()
         .flat_map(|&ix| topo.graph.node[ix].input.iter().map(String::as_str))
-        .filter(|i| topo.inits.get(i).is_some_and(|t| is_float_type(t.data_type)))
+        .filter(|i| {
+            topo.inits
+                .get(i)
+                .is_some_and(|t| is_float_type(t.data_type))
+        })
         .collect();
     names.sort_unstable();
     names.dedup();

@@ -234,7 +234,10 @@ fn check_branches(
         let mut only: Vec<usize> = sets[0].union(&sets[1]).copied().filter(in_one).collect();
         only.sort_unstable();
         for ix in only {
-            if let Some(&p) = vals.preds[ix + 1].iter().find(|&&p| p > 0 && shared.contains(&(p - 1))) {
+            if let Some(&p) = vals.preds[ix + 1]
+                .iter()
+                .find(|&&p| p > 0 && shared.contains(&(p - 1)))
+            {
                 return Err(vals.error(
                     ix,
                     format!(

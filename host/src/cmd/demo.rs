@@ -40,6 +40,16 @@ use chaos::{Chaos, DemoDetection, DemoRepair, KillAt, KillReport};
 pub struct DemoArgs {
     #[command(flatten)]
     pub recipe: RecipeArgs,
+    /// Run this ONNX model instead of the paper's MLP: a chain, or a
+    /// fork-join (Bident) model whose untrusted branch goes to the pool
+    /// while its trusted branch, merge and head stay here (e.g. from
+    /// `mixnn model bident`).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// For a fork-join `--model`: a node inside the branch that stays here
+    /// (default: the branch with fewer parameters).
+    #[arg(long, value_name = "NODE", requires = "model")]
+    pub trusted_branch: Option<String>,
     /// Pool nodes to start. Default: one per pool layer and per dummy,
     /// plus one spare per `--kill` (at least one): 6 for the paper's MLP
     /// with 2 dummies.
@@ -157,19 +167,31 @@ pub struct DemoReport {
 pub fn run(a: DemoArgs) -> Result<()> {
     super::harness::exit_on_interrupt()?;
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
-    let model = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
-    let plan = mixnn_shard::plan(&model, None)?;
-    let shards = mixnn_shard::split(&model, &plan)?;
+    let (model, name) = demo_model(&a)?;
+    // The shards that go to the pool: a fork-join's untrusted branch.
+    let fork = mixnn_shard::fork::fork_join(&model, a.trusted_branch.as_deref())?;
+    let shards = match &fork {
+        Some(fj) => fj.untrusted.clone(),
+        None => mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?,
+    };
+    anyhow::ensure!(
+        fork.is_none() || !(a.keep_first || a.keep_last),
+        "--keep-first/--keep-last: a fork-join keeps its trusted branch, merge and head here already"
+    );
+    anyhow::ensure!(
+        fork.is_none() || (a.lies.is_empty() && !a.verify_replicas),
+        "--lie/--verify-replicas do not run fork-join jobs yet"
+    );
     let nodes = pool_nodes(&a, shards.len())?;
-    let mut opts = a.recipe.options(EngineKind::Wasm, "paper-mlp".into());
+    let mut opts = a.recipe.options(EngineKind::Wasm, name.clone());
     let verify = a.verify_replicas || !a.lies.is_empty();
     // Replicas compare bytes, which only pure wasm makes alike everywhere.
     opts.config.host_kernels = a.sandbox.host_kernels() && !verify;
     opts.eval_batch = a.recipe.eval_batch.unwrap_or(opts.batch);
     let (class, packet_len) = job_class(&shards, &[opts.batch, opts.eval_batch])?;
     println!(
-        "mixnn demo: the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL) on MNIST, \
-         distributed over {nodes} local node processes, then in one process (wasm, native)"
+        "mixnn demo: {name} on MNIST, distributed over {nodes} local node processes, then in \
+         one process (wasm, native)"
     );
 
     println!(
@@ -213,7 +235,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
         dummies: a.dummies,
         keep_first: a.keep_first,
         keep_last: a.keep_last,
-        branch: false,
         // The class printed above (cover uses every public class).
         class: Some(class),
         timeout_s: 60,
@@ -222,7 +243,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
         held_out: 256,
     };
     let (distributed, _) = if a.kills.is_empty() && !verify {
-        super::pool::train_on_pool(&model, &data, &opts, &pool_args, &a.sandbox, None)?
+        let popts = super::pool::pool_options(&pool_args, &opts);
+        let run = super::pool::JobRun {
+            ck: None,
+            observer: &mut super::train::Printer,
+            trusted_branch: a.trusted_branch.clone(),
+        };
+        super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?
     } else {
         let popts = super::pool::pool_options(&pool_args, &opts);
         let mut observer = chaos::ChaosObserver::new(&mut chaos);
@@ -232,7 +259,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 ..mixnn_designer::Checkpointing::in_memory()
             }),
             observer: &mut observer,
-            trusted_branch: None,
+            trusted_branch: a.trusted_branch.clone(),
         };
         let out =
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?;
@@ -254,10 +281,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
     pool.stop();
 
     println!("\n[2/3] single process, every shard in a wasm guest");
-    let (wasm, _) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
+    let local = |opts: &mixnn_designer::TrainOptions| {
+        let run = super::train::LocalRun {
+            export: None,
+            ck: None,
+            noise: None,
+            trusted_branch: a.trusted_branch.clone(),
+        };
+        super::train::train_local_run(&model, &data, opts, &a.sandbox, run)
+    };
+    let (wasm, _) = local(&opts)?;
     println!("\n[3/3] single process, native engine");
     opts.engine = EngineKind::Native;
-    let (native, _) = super::train::train_model(&model, &data, &opts, &a.sandbox, None)?;
+    let (native, _) = local(&opts)?;
 
     let mut report = compare(
         distributed,
@@ -289,6 +325,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
 /// How many nodes to start: `--nodes`, or one per hop plus a spare per
 /// kill (at least one); checks that the cascade fits and every numbered
 /// kill names one of its hops.
+/// The demo's model: `--model`, or the MixNN paper's MLP; and its name.
+fn demo_model(a: &DemoArgs) -> Result<(mixnn_shard::pb::ModelProto, String)> {
+    let Some(path) = &a.model else {
+        let mlp = mixnn_shard::mlp(a.recipe.seed, a.recipe.batch, mixnn_shard::Form::Gemm);
+        return Ok((
+            mlp,
+            "the MixNN paper's MLP (784-128-64-10, LogSoftmax, NLL)".into(),
+        ));
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let model =
+        mixnn_shard::decode(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    Ok((model, path.display().to_string()))
+}
+
 fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
     let kept = usize::from(a.keep_first) + usize::from(a.keep_last);
     let remote = shards.saturating_sub(kept);

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use mixnn_designer::fork::{ForkJoinModel, Part, fork_loss, load_part};
 use mixnn_designer::pool::{PoolCascade, PoolOptions};
-use mixnn_designer::{Cascade, EngineKind, Model, TrainOptions, TrainReport};
+use mixnn_designer::{Cascade, EngineKind, TrainOptions, TrainReport};
 use mixnn_shard::fork::ForkJoin;
 use mixnn_shard::pb;
 

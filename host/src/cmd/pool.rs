@@ -9,7 +9,7 @@ use mixnn_designer::pool::{Distinct, NetworkReport, PoolCascade, PoolOptions, Re
 use mixnn_designer::{Checkpointing, EngineKind, Model, TrainObserver, TrainOptions, TrainReport};
 
 use super::SandboxArgs;
-use super::train::{PoolArgs, Printer};
+use super::train::PoolArgs;
 
 /// The pool options the flags ask for (a fresh job secret).
 pub fn pool_options(pool: &PoolArgs, opts: &TrainOptions) -> PoolOptions {
@@ -126,26 +126,7 @@ pub struct JobRun<'a> {
 }
 
 /// Splits the model, deploys it on the pool, trains with a test pass per
-/// epoch, optionally exports the trained model, then closes the job. No
-/// checkpoints (the demo's pool run).
-pub fn train_on_pool(
-    model: &mixnn_shard::pb::ModelProto,
-    data: &mixnn_data::Mnist,
-    opts: &TrainOptions,
-    pool: &PoolArgs,
-    sandbox: &SandboxArgs,
-    export: Option<&Path>,
-) -> Result<(TrainReport, usize)> {
-    let popts = pool_options(pool, opts);
-    let run = JobRun {
-        ck: None,
-        observer: &mut Printer,
-        trusted_branch: None,
-    };
-    train_on_pool_job(model, data, opts, &popts, sandbox, export, run)
-}
-
-/// [`train_on_pool`] with the pool options given and checkpoints: a new
+/// epoch, optionally exports, then closes the job; checkpoints: a new
 /// job, or one resumed (its `job_secret` rebuilds the same layout, then
 /// every layer gets the checkpoint's state).
 pub fn train_on_pool_job(

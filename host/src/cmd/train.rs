@@ -299,36 +299,6 @@ pub fn finish(report: &TrainReport, shards: usize, path: Option<&std::path::Path
     Ok(())
 }
 
-/// Splits, trains with progress on stdout, optionally exports. Shared with `demo`.
-pub fn train_model(
-    model: &mixnn_shard::pb::ModelProto,
-    data: &mixnn_data::Mnist,
-    opts: &TrainOptions,
-    sandbox: &SandboxArgs,
-    export: Option<&std::path::Path>,
-) -> Result<(TrainReport, usize)> {
-    train_local_job(model, data, opts, sandbox, export, None)
-}
-
-/// [`train_model`] with checkpoints (a job directory, a resume) when `ck`
-/// is given.
-pub fn train_local_job(
-    model: &mixnn_shard::pb::ModelProto,
-    data: &mixnn_data::Mnist,
-    opts: &TrainOptions,
-    sandbox: &SandboxArgs,
-    export: Option<&std::path::Path>,
-    ck: Option<Checkpointing>,
-) -> Result<(TrainReport, usize)> {
-    let run = LocalRun {
-        export,
-        ck,
-        noise: None,
-        trusted_branch: None,
-    };
-    train_local_run(model, data, opts, sandbox, run)
-}
-
 /// What a local run does beside training: export, checkpoints, a defence.
 pub struct LocalRun<'a> {
     /// Write the trained model here.
@@ -341,7 +311,8 @@ pub struct LocalRun<'a> {
     pub trusted_branch: Option<String>,
 }
 
-/// [`train_local_job`] with everything a [`LocalRun`] may ask for.
+/// Splits (a chain, or a fork-join's parts), trains with progress on
+/// stdout, optionally exports: everything a [`LocalRun`] asks for.
 pub fn train_local_run(
     model: &mixnn_shard::pb::ModelProto,
     data: &mixnn_data::Mnist,
