@@ -96,16 +96,13 @@ pub fn fork_join(
         .filter(|o| !o.is_empty())
         .ok_or_else(|| fork_error(graph, s.merge, "the merge node has no output".into()))?;
     let [a, b] = &s.merge_inputs;
-    let names = [
-        topo.input.as_str(),
-        a.as_str(),
-        b.as_str(),
-        merge_out.as_str(),
-        topo.output.as_str(),
-    ];
-    let types = shapes::infer(probe, &names)?;
-    let rank = types.get(a.as_str()).map_or(0, |t| t.shape.len());
-    let merge = merge_op(graph, s.merge, rank)?;
+    // The merge inputs first: mismatched shapes are the merge's fault, and
+    // tract would only call the merge output "not concrete".
+    let inputs = shapes::infer(probe, &[topo.input.as_str(), a.as_str(), b.as_str()])?;
+    let shape_of = |t: &str| inputs.get(t).map(|t| t.shape.clone()).unwrap_or_default();
+    let merge = merge_op(graph, s.merge, &shape_of(a), &shape_of(b))?;
+    let mut types = shapes::infer(probe, &[merge_out.as_str(), topo.output.as_str()])?;
+    types.extend(inputs);
     let cut = |nodes: &[usize], input: &str, output: &str, part: &str| {
         fork_parts::cut(probe, nodes, &s.is_value, (input, output), &types, part)
     };
@@ -142,10 +139,18 @@ pub fn fork_join(
     }))
 }
 
-/// The merge node's op, with a Concat axis normalised to `0..rank`.
-fn merge_op(graph: &pb::GraphProto, ix: usize, rank: usize) -> Result<MergeOp, ShardError> {
+/// The merge node's op, with a Concat axis normalised to `0..rank`, after
+/// checking that its input shapes fit it: equal but for the axis
+/// (Concat), or broadcastable (the element-wise ops).
+fn merge_op(
+    graph: &pb::GraphProto,
+    ix: usize,
+    a: &[usize],
+    b: &[usize],
+) -> Result<MergeOp, ShardError> {
     let n = &graph.node[ix];
-    Ok(match n.op_type.as_str() {
+    let shapes = format!("its inputs have shapes {a:?} and {b:?}");
+    let op = match n.op_type.as_str() {
         "Concat" => {
             let axis = n
                 .attribute
@@ -153,13 +158,22 @@ fn merge_op(graph: &pb::GraphProto, ix: usize, rank: usize) -> Result<MergeOp, S
                 .find(|a| a.name == "axis")
                 .map(|a| a.i)
                 .ok_or_else(|| fork_error(graph, ix, "Concat without an axis attribute".into()))?;
-            let r = rank as i64;
+            let r = a.len() as i64;
             let norm = if axis < 0 { axis + r } else { axis };
             if !(0..r).contains(&norm) {
                 return Err(fork_error(
                     graph,
                     ix,
-                    format!("Concat axis {axis} is outside the rank {rank} of its inputs"),
+                    format!("Concat axis {axis} is outside the rank {r} of its inputs"),
+                ));
+            }
+            let fits = a.len() == b.len()
+                && a.iter().zip(b).enumerate().all(|(d, (x, y))| d as i64 == norm || x == y);
+            if !fits {
+                return Err(fork_error(
+                    graph,
+                    ix,
+                    format!("{shapes}, which differ outside the Concat axis {axis}"),
                 ));
             }
             MergeOp::Concat {
@@ -180,7 +194,20 @@ fn merge_op(graph: &pb::GraphProto, ix: usize, rank: usize) -> Result<MergeOp, S
                 ),
             ));
         }
-    })
+    };
+    let broadcast = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .all(|(&x, &y)| x == y || x == 1 || y == 1);
+    if !matches!(op, MergeOp::Concat { .. }) && !broadcast {
+        return Err(fork_error(
+            graph,
+            ix,
+            format!("{shapes}, which do not broadcast for {}", n.op_type),
+        ));
+    }
+    Ok(op)
 }
 
 /// Which merge input (0 or 1) the trusted branch feeds.

@@ -229,30 +229,40 @@ fn check_branches(
     sets: &[HashSet<usize>; 2],
 ) -> Result<(), ShardError> {
     let shared: HashSet<usize> = sets[0].intersection(&sets[1]).copied().collect();
-    if let Some(&first) = shared.iter().min() {
-        let in_one = |ix: &usize| sets[0].contains(ix) != sets[1].contains(ix);
-        let mut only: Vec<usize> = sets[0].union(&sets[1]).copied().filter(in_one).collect();
-        only.sort_unstable();
-        for ix in only {
-            if let Some(&p) = vals.preds[ix + 1]
+    let mut shared_sorted: Vec<usize> = shared.iter().copied().collect();
+    shared_sorted.sort_unstable();
+    for &p in &shared_sorted {
+        // Who reads node p's output on each side, outside the shared nodes.
+        let readers = |k: usize| {
+            let mut r: Vec<String> = sets[k]
                 .iter()
-                .find(|&&p| p > 0 && shared.contains(&(p - 1)))
-            {
-                return Err(vals.error(
-                    ix,
-                    format!(
-                        "reads the output of node '{}', which also feeds the other branch: the two branches of a fork-join may share only the data input",
-                        vals.label(p - 1)
-                    ),
-                ));
+                .filter(|ix| !shared.contains(ix) && vals.preds[**ix + 1].contains(&(p + 1)))
+                .map(|&ix| format!("'{}'", vals.label(ix)))
+                .collect();
+            r.sort_unstable();
+            if vals.preds[merge + 1].contains(&(p + 1)) && r.is_empty() {
+                r.push("the merge itself".into());
             }
+            r.join(", ")
+        };
+        let (r0, r1) = (readers(0), readers(1));
+        if r0.is_empty() && r1.is_empty() {
+            continue;
         }
         return Err(vals.error(
-            first,
+            p,
             format!(
-                "feeds both inputs of the merge '{}': the two branches of a fork-join may share only the data input",
-                vals.label(merge)
+                "is used by both branches of the merge '{}' (towards input 0 by {}; towards input 1 by {}): a branch may not read from the other, they share only the data input",
+                vals.label(merge),
+                if r0.is_empty() { "-".into() } else { r0 },
+                if r1.is_empty() { "-".into() } else { r1 },
             ),
+        ));
+    }
+    if let Some(&p) = shared_sorted.first() {
+        return Err(vals.error(
+            p,
+            "is used by both branches: a branch may not read from the other".into(),
         ));
     }
     let mut all: Vec<usize> = sets[0].union(&sets[1]).copied().collect();

@@ -26,17 +26,17 @@ pub enum Form {
 }
 
 /// Accumulates nodes and initializers while a model is being built.
-struct Builder {
+pub(crate) struct Builder {
     rng: ChaCha8Rng,
-    nodes: Vec<pb::NodeProto>,
+    pub(crate) nodes: Vec<pb::NodeProto>,
     inits: Vec<pb::TensorProto>,
     form: Form,
     /// Name of the tensor the next layer reads.
-    cur: String,
+    pub(crate) cur: String,
 }
 
 impl Builder {
-    fn new(seed: u64, form: Form) -> Self {
+    pub(crate) fn new(seed: u64, form: Form) -> Self {
         Builder {
             rng: ChaCha8Rng::seed_from_u64(seed),
             nodes: Vec::new(),
@@ -54,7 +54,7 @@ impl Builder {
     }
 
     /// Appends a node that reads the current tensor and makes it current.
-    fn push(
+    pub(crate) fn push(
         &mut self,
         module: &str,
         op: &str,
@@ -69,11 +69,17 @@ impl Builder {
         self.cur = out;
     }
 
-    fn linear(&mut self, module: &str, fan_in: usize, fan_out: usize) {
+    /// Initializer names of a module: PyTorch joins nested modules with
+    /// dots where node names use slashes (`/a/fc/Gemm`, `a.fc.weight`).
+    fn param_names(module: &str) -> (String, String) {
+        let dotted = module.replace('/', ".");
+        (format!("{dotted}.weight"), format!("{dotted}.bias"))
+    }
+
+    pub(crate) fn linear(&mut self, module: &str, fan_in: usize, fan_out: usize) {
         let w = self.uniform(fan_in * fan_out, fan_in);
         let b = self.uniform(fan_out, fan_in);
-        let wname = format!("{module}.weight");
-        let bname = format!("{module}.bias");
+        let (wname, bname) = Self::param_names(module);
         match self.form {
             Form::Gemm => {
                 // PyTorch stores Linear weights as [out, in] and exports transB=1.
@@ -103,12 +109,11 @@ impl Builder {
         }
     }
 
-    fn conv(&mut self, module: &str, cin: usize, cout: usize, k: usize, pad: usize) {
+    pub(crate) fn conv(&mut self, module: &str, cin: usize, cout: usize, k: usize, pad: usize) {
         let fan_in = cin * k * k;
         let w = self.uniform(cout * fan_in, fan_in);
         let b = self.uniform(cout, fan_in);
-        let wname = format!("{module}.weight");
-        let bname = format!("{module}.bias");
+        let (wname, bname) = Self::param_names(module);
         self.inits.push(f32_tensor(&wname, &[cout, cin, k, k], &w));
         self.inits.push(f32_tensor(&bname, &[cout], &b));
         let p = pad as i64;
@@ -123,11 +128,11 @@ impl Builder {
         self.push(module, "Conv", &[&wname, &bname], attrs);
     }
 
-    fn relu(&mut self, module: &str) {
+    pub(crate) fn relu(&mut self, module: &str) {
         self.push(module, "Relu", &[], vec![]);
     }
 
-    fn maxpool(&mut self, module: &str) {
+    pub(crate) fn maxpool(&mut self, module: &str) {
         let attrs = vec![
             attr_int("ceil_mode", 0),
             attr_ints("kernel_shape", &[2, 2]),
@@ -138,7 +143,11 @@ impl Builder {
     }
 
     fn flatten(&mut self) {
-        self.push("flatten", "Flatten", &[], vec![attr_int("axis", 1)]);
+        self.flatten_as("flatten");
+    }
+
+    pub(crate) fn flatten_as(&mut self, module: &str) {
+        self.push(module, "Flatten", &[], vec![attr_int("axis", 1)]);
     }
 
     /// The fully-connected layers `fc1, fc2, ...` through `widths` (input
@@ -164,6 +173,12 @@ impl Builder {
             &["output"],
             vec![attr_int("axis", 1)],
         ));
+        self.into_model(graph_name, batch)
+    }
+
+    /// The model around the nodes so far, whose last node must write the
+    /// `output` tensor of [batch, 10].
+    pub(crate) fn into_model(self, graph_name: &str, batch: usize) -> pb::ModelProto {
         let f32t = DataType::Float as i32;
         let graph = pb::GraphProto {
             name: graph_name.to_string(),

@@ -120,3 +120,53 @@ pub fn model(
         ..Default::default()
     }
 }
+
+/// The merge of a fork-join computed by hand on the two branch outputs
+/// (untrusted first), independent of the splitter and of tract's ops.
+pub fn merge_by_hand(fj: &mixnn_shard::ForkJoin, untrusted: &Tensor, trusted: &Tensor) -> Tensor {
+    use mixnn_shard::MergeOp;
+    use tract_onnx::prelude::tract_ndarray::{Axis, concatenate};
+    let (a, b) = if fj.untrusted_slot == 0 {
+        (untrusted, trusted)
+    } else {
+        (trusted, untrusted)
+    };
+    let a = a.to_plain_array_view::<f32>().expect("f32 tensor");
+    let b = b.to_plain_array_view::<f32>().expect("f32 tensor");
+    let out = match fj.merge {
+        MergeOp::Concat { axis } => concatenate(Axis(axis), &[a, b]).expect("concat"),
+        MergeOp::Mul => &a * &b,
+        MergeOp::Max => {
+            let mut m = a.to_owned();
+            m.zip_mut_with(&b, |x, &y| *x = x.max(y));
+            m
+        }
+        MergeOp::Mean => (&a + &b).mapv(|v| v / 2.0),
+        MergeOp::Add => &a + &b,
+    };
+    out.into_tensor()
+}
+
+/// Runs a fork-join's parts on `x`: both branches, the merge by hand, the
+/// head; the result must equal the whole model's output.
+pub fn run_fork(fj: &mixnn_shard::ForkJoin, x: &Tensor) -> Tensor {
+    let u = run_chain(&fj.untrusted, x);
+    let t = run_chain(&fj.trusted, x);
+    run_chain(&fj.head, &merge_by_hand(fj, &u, &t))
+}
+
+/// The op types of each shard, for comparing splits.
+pub fn op_kinds(shards: &[pb::ModelProto]) -> Vec<Vec<String>> {
+    shards
+        .iter()
+        .map(|s| {
+            s.graph
+                .as_ref()
+                .expect("graph")
+                .node
+                .iter()
+                .map(|n| n.op_type.clone())
+                .collect()
+        })
+        .collect()
+}
