@@ -96,7 +96,7 @@ fn a_bident_job_on_the_pool_is_bit_identical_to_local_wasm_and_hides_the_join() 
         cover_loop_ms: 100,
         cover_drop_ms: 100,
         cover_bytes_per_sec: 16 << 20,
-        packet_sizes: vec![packet_len],
+        packet_sizes: vec![u32::try_from(packet_len).unwrap()],
         ..cfg
     });
     let popts = PoolOptions {
