@@ -79,9 +79,8 @@ fn train<U: mixnn_designer::fork::Branch>(
     let data = data();
     let sample = mixnn_designer::sample_shape(&fj.untrusted, &data).unwrap();
     let n = fj.untrusted.len() + fj.trusted.len() + fj.head.len();
-    let mut r =
-        mixnn_designer::train_model(m, n, &sample, &data, opts, &mut mixnn_designer::Quiet)
-            .expect("trains");
+    let mut r = mixnn_designer::train_model(m, n, &sample, &data, opts, &mut mixnn_designer::Quiet)
+        .expect("trains");
     r.fork = Some(m.timing().clone());
     r
 }
@@ -145,7 +144,11 @@ fn a_bident_job_on_the_pool_is_bit_identical_to_local_wasm_and_hides_the_join() 
         .collect();
     assert_eq!(order.len(), fj.untrusted.len() + 1, "{order:?}");
     assert_eq!(order[0].0, "layer 0");
-    assert_ne!(order.last().unwrap().0, "dummy", "a dummy never ends a branch");
+    assert_ne!(
+        order.last().unwrap().0,
+        "dummy",
+        "a dummy never ends a branch"
+    );
 
     // What the pool saw: shapes of the untrusted branch only (the image,
     // its activations and the gradients of them), never the merge's

@@ -41,6 +41,9 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Leakage audit of a cut: model-inversion attacks on Z_K, PSNR/SSIM.
     Audit(cmd::audit::AuditArgs),
+    /// The Bident paper's table: its 8 fork-join networks trained to a
+    /// target accuracy (epochs needed, parameters per side, time).
+    BidentTable(cmd::bident_table::BidentTableArgs),
 }
 
 fn main() -> Result<()> {
@@ -60,5 +63,6 @@ fn main() -> Result<()> {
         Command::Node(a) => cmd::node::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Audit(a) => cmd::audit::run(a),
+        Command::BidentTable(a) => cmd::bident_table::run(a),
     }
 }

@@ -139,6 +139,11 @@ pub trait TrainObserver {
     fn event(&mut self, event: &TrainEvent) {
         let _ = event;
     }
+    /// Asked before each epoch: `false` ends training there (e.g. once a
+    /// target accuracy is reached); the report then has the epochs run.
+    fn keep_going(&self) -> bool {
+        true
+    }
 }
 
 /// An observer that watches nothing.

@@ -168,7 +168,10 @@ fn merge_op(
                 ));
             }
             let fits = a.len() == b.len()
-                && a.iter().zip(b).enumerate().all(|(d, (x, y))| d as i64 == norm || x == y);
+                && a.iter()
+                    .zip(b)
+                    .enumerate()
+                    .all(|(d, (x, y))| d as i64 == norm || x == y);
             if !fits {
                 return Err(fork_error(
                     graph,

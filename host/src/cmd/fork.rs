@@ -92,6 +92,21 @@ pub fn train_local(
     sandbox: &SandboxArgs,
     run: LocalRun,
 ) -> Result<(TrainReport, usize)> {
+    let observer = &mut super::train::Printer;
+    train_local_with(original, fj, data, opts, sandbox, run, observer)
+}
+
+/// [`train_local`] with `observer` told of epochs (and asked whether to
+/// go on).
+pub fn train_local_with(
+    original: &pb::ModelProto,
+    fj: &ForkJoin,
+    data: &mixnn_data::Mnist,
+    opts: &TrainOptions,
+    sandbox: &SandboxArgs,
+    run: LocalRun,
+    observer: &mut dyn mixnn_designer::TrainObserver,
+) -> Result<(TrainReport, usize)> {
     anyhow::ensure!(
         run.noise.is_none(),
         "--noise-at works on chains only; a fork-join's cut is its untrusted branch"
@@ -120,7 +135,7 @@ pub fn train_local(
     let around = Around {
         ck: run.ck,
         export: run.export,
-        observer: &mut super::train::Printer,
+        observer,
     };
     let report = train_and_export(&mut m, (fj, original), data, opts, around)?;
     Ok((report, shard_count(fj)))

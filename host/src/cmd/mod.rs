@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bident_table;
 pub mod bootstrap;
 pub mod demo;
 pub mod fork;

@@ -112,7 +112,7 @@ impl<'a> Run<'a> {
         model: &mut dyn Model,
         obs: &mut dyn TrainObserver,
     ) -> Result<(f64, Vec<Vec<NamedTensor>>), DesignerError> {
-        while self.pos.epoch <= self.opts.epochs {
+        while self.pos.epoch <= self.opts.epochs && obs.keep_going() {
             self.epoch(model, obs)?;
         }
         self.doing = Doing::Other;
