@@ -177,3 +177,123 @@ fn a_bident_job_on_the_pool_is_bit_identical_to_local_wasm_and_hides_the_join() 
     }
     pool.shutdown();
 }
+
+fn mixnn(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
+        .args(args)
+        .env("MIXNN_LOG", "warn")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("mixnn runs")
+}
+
+/// A fork-join as PyTorch exports it (two branches, `torch.cat`, dynamic
+/// batch) trains as it is, exports with its own graph and names, and the
+/// flags that cannot apply to a fork-join are clear errors.
+#[test]
+fn a_pytorch_fork_join_trains_unedited_and_bad_flags_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trained.onnx");
+    let report = dir.path().join("report.json");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/shard/tests/fixtures/torch_fork_concat.onnx"
+    );
+    let (o, r) = (out.to_str().unwrap(), report.to_str().unwrap());
+    let run = mixnn(&[
+        "train",
+        "--local",
+        "--engine",
+        "native",
+        "--model",
+        fixture,
+        "--train-limit",
+        "640",
+        "--test-limit",
+        "200",
+        "--batch",
+        "32",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--export",
+        o,
+        "--report",
+        r,
+    ]);
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("merge") && text.contains("Concat"),
+        "no plan:\n{text}"
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(rep["final_test_accuracy"].as_f64().unwrap() > 0.3, "{rep}");
+    assert_eq!(rep["fork"]["steps"].as_u64(), Some(20));
+    // The export is the PyTorch graph itself with trained weights.
+    let original = mixnn_shard::decode(&std::fs::read(fixture).unwrap()).unwrap();
+    let trained = mixnn_shard::decode(&std::fs::read(&out).unwrap()).unwrap();
+    let (g0, g1) = (original.graph.unwrap(), trained.graph.unwrap());
+    assert_eq!(g0.node.len(), g1.node.len());
+    let changed = g0
+        .initializer
+        .iter()
+        .zip(&g1.initializer)
+        .filter(|(a, b)| a.name == b.name && a != b)
+        .count();
+    assert!(changed >= 6, "only {changed} initializers trained");
+    // The exported model is a fork-join again and trains on.
+    let again = mixnn(&[
+        "train",
+        "--local",
+        "--engine",
+        "native",
+        "--model",
+        o,
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "64",
+        "--batch",
+        "32",
+    ]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    for (args, want) in [
+        (vec!["--trusted-branch", "nope"], "nope"),
+        (vec!["--noise-at", "1:gaussian:0.5"], "fork-join"),
+    ] {
+        let mut all = vec![
+            "train",
+            "--local",
+            "--engine",
+            "native",
+            "--model",
+            fixture,
+            "--train-limit",
+            "64",
+        ];
+        all.extend(args);
+        let bad = mixnn(&all);
+        let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+        assert!(
+            !bad.status.success() && err.contains(want),
+            "{all:?}: {err}"
+        );
+    }
+    let chain = dir.path().join("mlp.onnx");
+    let c = chain.to_str().unwrap();
+    assert!(mixnn(&["model", "mlp", "--out", c]).status.success());
+    let bad = mixnn(&["train", "--local", "--model", c, "--trusted-branch", "x"]);
+    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+    assert!(err.contains("chain, not a fork-join"), "{err}");
+}
