@@ -288,5 +288,9 @@ fn bident_model_splits_into_parts() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(text(&bad).contains("'/head/fc/Gemm': is after the merge"), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("'/head/fc/Gemm': is after the merge"),
+        "{}",
+        text(&bad)
+    );
 }

@@ -128,7 +128,8 @@ pub fn fork_join(
         ("trusted branch", &trusted),
         ("head", &head),
     ])?;
-    let restore = |parts: Vec<pb::ModelProto>| parts.into_iter().map(|m| batch.restore(m)).collect();
+    let restore =
+        |parts: Vec<pb::ModelProto>| parts.into_iter().map(|m| batch.restore(m)).collect();
     Ok(Some(ForkJoin {
         untrusted: restore(untrusted),
         trusted: restore(trusted),
@@ -167,7 +168,10 @@ fn merge_op(
                 ));
             }
             let fits = a.len() == b.len()
-                && a.iter().zip(b).enumerate().all(|(d, (x, y))| d as i64 == norm || x == y);
+                && a.iter()
+                    .zip(b)
+                    .enumerate()
+                    .all(|(d, (x, y))| d as i64 == norm || x == y);
             if !fits {
                 return Err(fork_error(
                     graph,
@@ -187,7 +191,10 @@ fn merge_op(
             return Err(fork_error(
                 graph,
                 ix,
-                format!("a merge must be one of {}", fork_graph::MERGE_OPS.join(", ")),
+                format!(
+                    "a merge must be one of {}",
+                    fork_graph::MERGE_OPS.join(", ")
+                ),
             ));
         }
     };
@@ -214,7 +221,10 @@ fn trusted_slot(
 ) -> Result<usize, ShardError> {
     let graph = topo.graph;
     let Some(name) = trusted_branch else {
-        let [p0, p1] = [branch_params(topo, &s.branches[0])?, branch_params(topo, &s.branches[1])?];
+        let [p0, p1] = [
+            branch_params(topo, &s.branches[0])?,
+            branch_params(topo, &s.branches[1])?,
+        ];
         // Fewer parameters stay trusted; a tie keeps the second input trusted.
         return Ok(if p0 < p1 { 0 } else { 1 });
     };
@@ -259,7 +269,11 @@ fn branch_params(topo: &Topo<'_>, nodes: &[usize]) -> Result<usize, ShardError> 
     let mut names: Vec<&str> = nodes
         .iter()
         .flat_map(|&ix| topo.graph.node[ix].input.iter().map(String::as_str))
-        .filter(|i| topo.inits.get(i).is_some_and(|t| is_float_type(t.data_type)))
+        .filter(|i| {
+            topo.inits
+                .get(i)
+                .is_some_and(|t| is_float_type(t.data_type))
+        })
         .collect();
     names.sort_unstable();
     names.dedup();

@@ -58,7 +58,12 @@ impl Batch {
             return Ok(Batch { probe: None });
         };
         g.value_info.clear();
-        for v in g.input.iter_mut().filter(|i| i.name == name).chain(g.output.iter_mut()) {
+        for v in g
+            .input
+            .iter_mut()
+            .filter(|i| i.name == name)
+            .chain(g.output.iter_mut())
+        {
             if let Some(d) = leading_dim(v).filter(|d| !is_concrete(d)) {
                 d.value = Some(Value::DimValue(1));
             }
@@ -149,7 +154,9 @@ fn sub_model(
                     return Err(fork_error(
                         graph,
                         ix,
-                        format!("reads '{i}', which is computed outside the {part} part (whose input is '{input}')"),
+                        format!(
+                            "reads '{i}', which is computed outside the {part} part (whose input is '{input}')"
+                        ),
                     ));
                 }
             }

@@ -9,7 +9,7 @@ mod common;
 
 use common::{max_rel_diff, op_kinds, random_input, run, run_fork};
 use mixnn_shard::{
-    BidentMerge, BidentShape, Form, ForkJoin, MergeOp, bident, decode, encode, fork_join,
+    BidentMerge, BidentShape, ForkJoin, Form, MergeOp, bident, decode, encode, fork_join,
     get_params, lenet5, mlp, pb, render_fork_plan, set_params,
 };
 
@@ -52,8 +52,13 @@ fn bident_networks_split_into_their_parts() {
         for shape in SHAPES {
             let what = format!("{merge:?} {shape:?}");
             let model = decode(&encode(&bident(merge, shape, 3, 4))).expect("decode");
-            let fj = fork_join(&model, None).expect("fork_join").expect("a fork-join");
-            assert_eq!(fj.untrusted_slot, 0, "{what}: the untrusted branch is input 0");
+            let fj = fork_join(&model, None)
+                .expect("fork_join")
+                .expect("a fork-join");
+            assert_eq!(
+                fj.untrusted_slot, 0,
+                "{what}: the untrusted branch is input 0"
+            );
             let expected_merge = match merge {
                 BidentMerge::Concat => MergeOp::Concat { axis: 1 },
                 BidentMerge::Mul => MergeOp::Mul,
@@ -84,11 +89,22 @@ fn bident_networks_split_into_their_parts() {
                 BidentShape::Asymmetric => 4_776,
             };
             assert_eq!(trusted_params, expected_trusted, "{what}");
-            let head_in = if merge == BidentMerge::Concat { 168 } else { 84 };
+            let head_in = if merge == BidentMerge::Concat {
+                168
+            } else {
+                84
+            };
             assert_eq!(param_count(&fj.head), head_in * 10 + 10, "{what}");
             // Nothing lost, nothing duplicated.
-            let whole: usize = get_params(&model).expect("params").iter().map(|p| p.2.len()).sum();
-            assert_eq!(whole, untrusted_params + trusted_params + param_count(&fj.head));
+            let whole: usize = get_params(&model)
+                .expect("params")
+                .iter()
+                .map(|p| p.2.len())
+                .sum();
+            assert_eq!(
+                whole,
+                untrusted_params + trusted_params + param_count(&fj.head)
+            );
         }
     }
 }
@@ -98,7 +114,9 @@ fn bident_parts_compute_the_whole_model() {
     for merge in MERGES {
         for shape in SHAPES {
             let model = bident(merge, shape, 11, 3);
-            let fj = fork_join(&model, None).expect("fork_join").expect("a fork-join");
+            let fj = fork_join(&model, None)
+                .expect("fork_join")
+                .expect("a fork-join");
             let x = random_input(3, 5);
             let whole = run(&model, &x);
             assert_eq!(whole.shape(), &[3, 10]);
@@ -114,7 +132,9 @@ fn bident_parts_compute_the_whole_model() {
 #[test]
 fn set_params_writes_part_weights_back_into_the_fork_join_model() {
     let model = bident(BidentMerge::Max, BidentShape::Asymmetric, 2, 2);
-    let fj = fork_join(&model, None).expect("fork_join").expect("a fork-join");
+    let fj = fork_join(&model, None)
+        .expect("fork_join")
+        .expect("a fork-join");
     let scale = |shards: &[pb::ModelProto]| -> Vec<pb::ModelProto> {
         shards
             .iter()
@@ -145,7 +165,10 @@ fn set_params_writes_part_weights_back_into_the_fork_join_model() {
     assert_eq!(get_params(&updated).expect("params").len(), all.len());
     let x = random_input(2, 8);
     let d = max_rel_diff(&run(&updated, &x), &run_fork(&trained, &x));
-    assert!(d <= 1e-5, "written-back model differs from the parts by {d}");
+    assert!(
+        d <= 1e-5,
+        "written-back model differs from the parts by {d}"
+    );
     assert!(max_rel_diff(&run(&model, &x), &run(&updated, &x)) > 1e-3);
 }
 
@@ -153,14 +176,20 @@ fn set_params_writes_part_weights_back_into_the_fork_join_model() {
 fn chain_models_are_not_fork_joins() {
     for form in [Form::Gemm, Form::MatMulAdd] {
         assert!(fork_join(&mlp(1, 2, form), None).expect("mlp").is_none());
-        assert!(fork_join(&lenet5(1, 2, form), None).expect("lenet5").is_none());
+        assert!(
+            fork_join(&lenet5(1, 2, form), None)
+                .expect("lenet5")
+                .is_none()
+        );
     }
 }
 
 #[test]
 fn trusted_branch_can_be_chosen_by_node_name() {
     let model = bident(BidentMerge::Concat, BidentShape::Asymmetric, 1, 2);
-    let fj = fork_join(&model, Some("/untrusted/fc2/Gemm")).expect("ok").expect("fj");
+    let fj = fork_join(&model, Some("/untrusted/fc2/Gemm"))
+        .expect("ok")
+        .expect("fj");
     assert_eq!(fj.untrusted_slot, 1);
     assert_eq!(op_kinds(&fj.untrusted), kinds(SMALL));
     assert_eq!(op_kinds(&fj.trusted), kinds(FULL));
@@ -200,7 +229,9 @@ fn torch_fixture() -> pb::ModelProto {
 #[test]
 fn pytorch_export_splits_without_editing() {
     let model = torch_fixture();
-    let fj = fork_join(&model, None).expect("fork_join").expect("a fork-join");
+    let fj = fork_join(&model, None)
+        .expect("fork_join")
+        .expect("a fork-join");
     // branch_b (one convolution, then 784 -> 8) has more parameters than
     // branch_a (6384 against 4128): it goes to the pool, so the untrusted
     // branch feeds the second input of the Concat.
@@ -218,8 +249,17 @@ fn pytorch_export_splits_without_editing() {
         op_kinds(&fj.untrusted),
         kinds(&[
             &[
-                "Conv", "Relu", "MaxPool", "Shape", "Constant", "Gather", "Constant", "Unsqueeze",
-                "Constant", "Concat", "Reshape",
+                "Conv",
+                "Relu",
+                "MaxPool",
+                "Shape",
+                "Constant",
+                "Gather",
+                "Constant",
+                "Unsqueeze",
+                "Constant",
+                "Concat",
+                "Reshape",
             ],
             &["Gemm", "Relu"],
         ])
@@ -244,7 +284,9 @@ fn pytorch_export_splits_without_editing() {
         assert!(analysed, "a shard fails tract's analysis");
     }
     // The other branch can be kept trusted instead.
-    let swapped = fork_join(&model, Some("/branch_b/fc/Gemm")).expect("ok").expect("fj");
+    let swapped = fork_join(&model, Some("/branch_b/fc/Gemm"))
+        .expect("ok")
+        .expect("fj");
     assert_eq!(swapped.untrusted_slot, 0);
     let x = random_input(2, 4);
     assert!(max_rel_diff(&run(&model, &x), &run_fork(&swapped, &x)) <= 1e-5);

@@ -79,7 +79,12 @@ fn x() -> Tensor {
 #[test]
 fn three_branches_into_one_merge() {
     let m = graph(
-        &[("a", "x", 4, 4), ("b", "x", 4, 4), ("c", "x", 4, 4), ("h", "m", 12, 3)],
+        &[
+            ("a", "x", 4, 4),
+            ("b", "x", 4, 4),
+            ("c", "x", 4, 4),
+            ("h", "m", 12, 3),
+        ],
         vec![{
             let mut n = op("m", "Concat", &["a", "b", "c"]);
             n.attribute.push(mixnn_onnx::attr_int("axis", 1));
@@ -95,8 +100,16 @@ fn three_branches_into_one_merge() {
 #[test]
 fn a_second_merge_is_refused() {
     let m = graph(
-        &[("a", "x", 4, 4), ("b", "x", 4, 4), ("c", "x", 4, 4), ("h", "m", 4, 3)],
-        vec![op("inner", "Add", &["a", "b"]), op("m", "Add", &["inner", "c"])],
+        &[
+            ("a", "x", 4, 4),
+            ("b", "x", 4, 4),
+            ("c", "x", 4, 4),
+            ("h", "m", 4, 3),
+        ],
+        vec![
+            op("inner", "Add", &["a", "b"]),
+            op("m", "Add", &["inner", "c"]),
+        ],
         "h",
         &[2, 3],
     );
@@ -123,11 +136,18 @@ fn a_branch_reading_the_other_is_refused() {
             ("b1", "x", 4, 4),
             ("h", "m", 4, 3),
         ],
-        vec![op("b2", "Mul", &["b1", "a1"]), op("m", "Add", &["a2", "b2"])],
+        vec![
+            op("b2", "Mul", &["b1", "a1"]),
+            op("m", "Add", &["a2", "b2"]),
+        ],
         "h",
         &[2, 3],
     );
-    fork_err(&m, None, &["'a1' (MatMul)", "both branches", "'a2'", "'b2'"]);
+    fork_err(
+        &m,
+        None,
+        &["'a1' (MatMul)", "both branches", "'a2'", "'b2'"],
+    );
 }
 
 #[test]
@@ -154,7 +174,11 @@ fn a_merge_without_a_head_is_refused() {
         "m",
         &[2, 4],
     );
-    fork_err(&m, None, &["'m' (Mul)", "at least one layer after the merge"]);
+    fork_err(
+        &m,
+        None,
+        &["'m' (Mul)", "at least one layer after the merge"],
+    );
 }
 
 #[test]
@@ -168,18 +192,34 @@ fn a_parameter_shared_by_both_branches_is_refused() {
     let g = m.graph.as_mut().expect("graph");
     g.node[1].input[1] = "a.weight".into();
     g.initializer.retain(|t| t.name != "b.weight");
-    fork_err(&m, None, &["'a.weight'", "both the untrusted branch and the trusted branch"]);
+    fork_err(
+        &m,
+        None,
+        &[
+            "'a.weight'",
+            "both the untrusted branch and the trusted branch",
+        ],
+    );
 }
 
 #[test]
 fn a_dead_node_in_a_branch_is_refused() {
     let m = graph(
-        &[("a", "x", 4, 4), ("b", "x", 4, 4), ("h", "m", 4, 3), ("dead", "a", 4, 2)],
+        &[
+            ("a", "x", 4, 4),
+            ("b", "x", 4, 4),
+            ("h", "m", 4, 3),
+            ("dead", "a", 4, 2),
+        ],
         vec![op("m", "Mean", &["a", "b"])],
         "h",
         &[2, 3],
     );
-    fork_err(&m, None, &["'dead' (MatMul)", "never reaches the model output"]);
+    fork_err(
+        &m,
+        None,
+        &["'dead' (MatMul)", "never reaches the model output"],
+    );
 }
 
 #[test]
@@ -190,7 +230,11 @@ fn merge_inputs_of_different_shapes_are_refused() {
         "h",
         &[2, 3],
     );
-    let e = fork_err(&m, None, &["'m' (Mul)", "[2, 4]", "[2, 3]", "do not broadcast"]);
+    let e = fork_err(
+        &m,
+        None,
+        &["'m' (Mul)", "[2, 4]", "[2, 3]", "do not broadcast"],
+    );
     assert!(e.starts_with("fork-join"), "{e}");
     let mut c = op("m", "Concat", &["a", "b"]);
     c.attribute.push(mixnn_onnx::attr_int("axis", 0));
@@ -201,7 +245,11 @@ fn merge_inputs_of_different_shapes_are_refused() {
         &[4, 3],
     );
     // tract's analysis already refuses this Concat, naming it.
-    fork_err(&m, None, &["\"m\"", "Concat", "Impossible to unify Val(4) with Val(3)"]);
+    fork_err(
+        &m,
+        None,
+        &["\"m\"", "Concat", "Impossible to unify Val(4) with Val(3)"],
+    );
 }
 
 #[test]
@@ -222,7 +270,12 @@ fn negative_concat_axis_is_normalised() {
     let mut c = op("m", "Concat", &["a", "b"]);
     c.attribute.push(mixnn_onnx::attr_int("axis", -1));
     let m = graph(
-        &[("a", "x", 4, 4), ("bb", "x", 4, 2), ("b", "bb", 2, 3), ("h", "m", 7, 3)],
+        &[
+            ("a", "x", 4, 4),
+            ("bb", "x", 4, 2),
+            ("b", "bb", 2, 3),
+            ("h", "m", 7, 3),
+        ],
         vec![c],
         "h",
         &[2, 3],
@@ -232,7 +285,10 @@ fn negative_concat_axis_is_normalised() {
     // 'a' has 16 parameters, 'bb' + 'b' 8 + 6 = 14: the branch into the
     // second input has fewer and stays trusted.
     assert_eq!(fj.untrusted_slot, 0);
-    assert_eq!((fj.untrusted.len(), fj.trusted.len(), fj.head.len()), (1, 2, 1));
+    assert_eq!(
+        (fj.untrusted.len(), fj.trusted.len(), fj.head.len()),
+        (1, 2, 1)
+    );
     assert!(max_rel_diff(&run(&m, &x()), &run_fork(&fj, &x())) <= 1e-6);
 }
 
@@ -245,7 +301,10 @@ fn the_merge_may_take_the_raw_input() {
         &[2, 3],
     );
     let fj = fork_join(&m, None).expect("ok").expect("a fork-join");
-    assert!(fj.trusted.is_empty(), "the input itself is the trusted branch");
+    assert!(
+        fj.trusted.is_empty(),
+        "the input itself is the trusted branch"
+    );
     assert_eq!(fj.untrusted_slot, 1);
     assert_eq!(fj.merge, MergeOp::Add);
     assert!(max_rel_diff(&run(&m, &x()), &run_fork(&fj, &x())) <= 1e-6);

@@ -73,7 +73,10 @@ pub fn run(a: ModelArgs) -> Result<()> {
         FormArg::Matmul => Form::MatMulAdd,
     };
     if !matches!(a.arch, Arch::Bident) && (a.merge.is_some() || a.shape.is_some()) {
-        bail!("--merge and --shape describe a bident model, not {:?}", a.arch);
+        bail!(
+            "--merge and --shape describe a bident model, not {:?}",
+            a.arch
+        );
     }
     let m = match a.arch {
         Arch::Mlp => mixnn_shard::mlp(a.seed, a.batch, form),

@@ -43,7 +43,9 @@ pub fn run(a: SplitArgs) -> Result<()> {
         return write_fork(&a, &fj);
     }
     if let Some(node) = &a.trusted_branch {
-        bail!("--trusted-branch {node}: the model is a chain, not a fork-join (no two branches from its input meet at a merge)");
+        bail!(
+            "--trusted-branch {node}: the model is a chain, not a fork-join (no two branches from its input meet at a merge)"
+        );
     }
     let cuts = (!a.cut.is_empty()).then_some(a.cut.as_slice());
     let plan = mixnn_shard::plan(&model, cuts)?;
