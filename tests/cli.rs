@@ -254,3 +254,43 @@ fn demo_runs_the_job_on_a_local_pool_of_processes() {
     }
     assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
 }
+
+/// `model bident` writes a fork-join that `split` cuts into its parts,
+/// printing the graph plan; `--trusted-branch` swaps the sides and a node
+/// outside both branches is refused by name.
+#[test]
+fn bident_model_splits_into_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let cache = dir.path().join("cache");
+    let args = ["--merge", "max", "--shape", "asymmetric", "--seed", "2"];
+    let out = d("b.onnx");
+    let model = [&["model", "bident", "--out", out.as_str()][..], &args[..]].concat();
+    mixnn(&model, &cache);
+    let t = text(&mixnn(&["split", &d("b.onnx"), "--out", &d("p")], &cache));
+    assert!(t.contains("Max, untrusted branch = input 0"), "{t}");
+    assert!(t.contains("pool: 30136 parameters in 4 shard(s)"), "{t}");
+    for f in ["untrusted-3", "trusted-1", "head-0"] {
+        assert!(dir.path().join(format!("p/{f}.onnx")).exists(), "{f}");
+    }
+    let fork: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("p/fork.json")).unwrap()).unwrap();
+    assert_eq!(fork["untrusted_slot"], 0);
+    assert_eq!(fork["trusted"].as_array().unwrap().len(), 2);
+    let swap = ["split", &d("b.onnx"), "--out", &d("q")];
+    let t = text(&mixnn(
+        &[&swap[..], &["--trusted-branch", "/untrusted/conv2/Conv"]].concat(),
+        &cache,
+    ));
+    assert!(t.contains("untrusted branch = input 1"), "{t}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_mixnn"))
+        .args([&swap[..], &["--trusted-branch", "/head/fc/Gemm"]].concat())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("'/head/fc/Gemm': is after the merge"),
+        "{}",
+        text(&bad)
+    );
+}

@@ -78,7 +78,9 @@ impl Batch {
         self.probe.as_ref().map_or(original, |(m, _)| m)
     }
 
-    /// Puts the batch symbol back on a shard's declared input and output.
+    /// Puts the batch symbol back on a shard's declared input and output
+    /// (their leading dim, 1 in the probe; every tensor between the parts of
+    /// a batched network leads with the batch).
     pub fn restore(&self, mut shard: pb::ModelProto) -> pb::ModelProto {
         if let (Some((_, symbol)), Some(g)) = (&self.probe, shard.graph.as_mut()) {
             let inits: BTreeSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();

@@ -3,11 +3,12 @@
 //! mixnn runs each layer of a network on a different server, so a model has
 //! to be cut into per-layer ONNX *shards* that each load and run alone and
 //! that, run one after another, compute exactly the whole model. This crate
-//! builds the reference models ([`mlp`], [`lenet5`], the Bident
-//! fork-joins [`bident`]), plans a split
-//! ([`plan`], automatic in the MixNN paper's Table 1 shape or at explicit cut
-//! points), cuts ([`split`]; a fork-join model with [`fork_join`]), and goes back: trained weights into a shard
-//! ([`set_params`]) and the shards into one model ([`merge`]).
+//! builds the reference models ([`mlp`], [`lenet5`], the Bident fork-joins
+//! [`bident`]), plans a split ([`plan`], automatic in the MixNN paper's
+//! Table 1 shape or at explicit cut points), cuts ([`split`]), cuts a
+//! fork-join into its two branches and head ([`fork_join`]), and goes
+//! back: trained weights into a shard ([`set_params`]) and the shards into
+//! one model ([`merge`]).
 //!
 //! Every model from outside is untrusted: [`decode`] and every entry point
 //! refuse malformed graphs, external data and declared tensors over

@@ -333,3 +333,24 @@ fn unnamed_nodes_are_named_by_their_output() {
     assert_eq!(chosen.untrusted_slot, 1);
     assert!(max_rel_diff(&run(&m, &x()), &run_fork(&chosen, &x())) <= 1e-6);
 }
+
+/// A fork after a shared first layer is not a Bident fork-join (the
+/// branches would not both read the data input): `fork_join` leaves it to
+/// the chain splitter, which names the node where it is not a chain.
+#[test]
+fn a_fork_after_a_shared_stem_is_not_a_fork_join() {
+    let m = graph(
+        &[
+            ("stem", "x", 4, 4),
+            ("a", "stem", 4, 4),
+            ("b", "stem", 4, 4),
+            ("h", "m", 4, 3),
+        ],
+        vec![op("m", "Add", &["a", "b"])],
+        "h",
+        &[2, 3],
+    );
+    assert!(fork_join(&m, None).expect("no fork-join error").is_none());
+    let e = mixnn_shard::plan(&m, None).expect_err("not a chain");
+    assert!(e.to_string().contains("not a chain here"), "{e}");
+}
