@@ -121,6 +121,21 @@ pub enum TrainEvent {
     Detected(Detection),
 }
 
+/// Where a training run stands after a step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepProgress {
+    /// The step, counted from 1 over the whole job.
+    pub step: u64,
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Batches of this epoch done.
+    pub batch: usize,
+    /// Batches in this epoch.
+    pub batches: usize,
+    /// The step's training loss.
+    pub loss: f32,
+}
+
 /// Watches a training run: the CLI prints, the demo acts at a step (kills
 /// the node of a hop). Every method has an empty default.
 pub trait TrainObserver {
@@ -138,6 +153,10 @@ pub trait TrainObserver {
     /// Checkpoints, fallbacks, resumes, repairs.
     fn event(&mut self, event: &TrainEvent) {
         let _ = event;
+    }
+    /// After each training step, where it stands: for progress displays.
+    fn progress(&mut self, p: &StepProgress) {
+        let _ = p;
     }
     /// Asked before each epoch: `false` ends training there (e.g. once a
     /// target accuracy is reached); the report then has the epochs run.

@@ -99,7 +99,7 @@ struct UntilTarget {
 
 impl TrainObserver for UntilTarget {
     fn epoch(&mut self, e: &EpochReport) {
-        super::train::print_epoch(e);
+        super::progress::print_epoch(e);
         if self.reached.is_none() && e.test_accuracy >= self.target {
             self.reached = Some(e.epoch);
         }

@@ -244,9 +244,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     };
     let (distributed, _) = if a.kills.is_empty() && !verify {
         let popts = super::pool::pool_options(&pool_args, &opts);
+        let mut printer = super::progress::Printer::new();
         let run = super::pool::JobRun {
             ck: None,
-            observer: &mut super::train::Printer,
+            observer: &mut printer,
             trusted_branch: a.trusted_branch.clone(),
         };
         super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?

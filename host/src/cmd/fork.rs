@@ -92,7 +92,7 @@ pub fn train_local(
     sandbox: &SandboxArgs,
     run: LocalRun,
 ) -> Result<(TrainReport, usize)> {
-    let observer = &mut super::train::Printer;
+    let observer = &mut super::progress::Printer::new();
     train_local_with(original, fj, data, opts, sandbox, run, observer)
 }
 

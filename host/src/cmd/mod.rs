@@ -10,6 +10,7 @@ pub mod harness;
 pub mod model;
 pub mod node;
 pub mod pool;
+pub mod progress;
 pub mod resume;
 pub mod split;
 pub mod status;

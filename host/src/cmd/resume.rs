@@ -11,7 +11,8 @@ use mixnn_designer::pool::PoolOptions;
 use mixnn_designer::{Checkpointing, TrainOptions};
 
 use super::KernelsArg;
-use super::train::{Printer, TrainArgs, finish};
+use super::progress::Printer;
+use super::train::{TrainArgs, finish};
 
 /// Checkpoints and resume.
 #[derive(Args, Clone, Debug)]
@@ -183,9 +184,10 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
                     popts.exclude.len()
                 );
             }
+            let mut printer = Printer::new();
             let run = super::pool::JobRun {
                 ck: Some(ck),
-                observer: &mut Printer,
+                observer: &mut printer,
                 trusted_branch: recipe.trusted_branch.clone(),
             };
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &sandbox, export, run)?

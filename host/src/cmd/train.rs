@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use mixnn_designer::defence::NoiseSpec;
-use mixnn_designer::{
-    Checkpointing, EngineKind, EpochReport, Model, TrainEvent, TrainObserver, TrainOptions,
-    TrainReport,
-};
+use mixnn_designer::{Checkpointing, EngineKind, Model, TrainOptions, TrainReport};
 use mixnn_layer::{OptimizerKind, TrainConfig};
 
 use super::SandboxArgs;
+use super::progress::Printer;
 use super::resume::JobArgs;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -240,9 +238,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ck.held_out = a.pool.held_out_check();
             ck
         });
+        let mut printer = Printer::new();
         let run = super::pool::JobRun {
             ck,
-            observer: &mut Printer,
+            observer: &mut printer,
             trusted_branch: a.trusted_branch.clone(),
         };
         super::pool::train_on_pool_job(
@@ -362,7 +361,7 @@ pub fn train_local_run(
             data,
             opts,
             ck,
-            &mut Printer,
+            &mut Printer::new(),
         )?,
         None => mixnn_designer::train_model(
             &mut cascade,
@@ -370,7 +369,7 @@ pub fn train_local_run(
             &sample,
             data,
             opts,
-            &mut Printer,
+            &mut Printer::new(),
         )?,
     };
     if let Some(path) = export {
@@ -380,70 +379,6 @@ pub fn train_local_run(
         println!("trained model exported to {}", path.display());
     }
     Ok((report, shards.len()))
-}
-
-/// One line per epoch on stdout.
-pub fn print_epoch(e: &EpochReport) {
-    println!(
-        "epoch {:>3}  loss {:.4}  test accuracy {:.2}%  train {:.1}s  test {:.1}s",
-        e.epoch,
-        e.train_loss,
-        e.test_accuracy * 100.0,
-        e.seconds,
-        e.test_seconds
-    );
-}
-
-/// What the CLI prints as training goes: epochs, checkpoints, fallbacks
-/// to an older checkpoint, resumes and repairs.
-pub struct Printer;
-
-impl TrainObserver for Printer {
-    fn epoch(&mut self, e: &EpochReport) {
-        print_epoch(e);
-    }
-
-    fn event(&mut self, e: &TrainEvent) {
-        match e {
-            TrainEvent::Checkpoint {
-                step,
-                epoch,
-                batch,
-                bytes,
-                seconds,
-            } => println!(
-                "  checkpoint at step {step} (epoch {epoch}, batch {batch}): {bytes} bytes in {seconds:.2}s"
-            ),
-            TrainEvent::Fallback(w) => println!("warning: {w}"),
-            TrainEvent::Resumed { step, epoch, batch } => {
-                println!("resumed at step {step}: epoch {epoch}, batch {batch}")
-            }
-            TrainEvent::Detected(d) => println!(
-                "LIE DETECTED at step {}{}{}: {}",
-                d.step,
-                d.hop
-                    .map(|h| format!(", hop {}", h + 1))
-                    .unwrap_or_default(),
-                d.node
-                    .as_ref()
-                    .map(|n| format!(", node {n}"))
-                    .unwrap_or_default(),
-                d.how
-            ),
-            TrainEvent::Repaired(r) => println!(
-                "repaired hop {} ({}) failed at step {}: node {} replaced by {}; detected after {} ms, \
-                 repaired after {} ms, {} steps replayed",
-                r.hop + 1,
-                r.role,
-                r.step,
-                r.failed_node,
-                r.new_node,
-                r.detected_after_ms,
-                r.repaired_after_ms,
-                r.steps_replayed
-            ),
-        }
-    }
 }
 
 pub fn print_summary(r: &TrainReport, shards: usize) {

@@ -151,6 +151,13 @@ impl<'a> Run<'a> {
             self.pos.batch += 1;
             self.pos.step += 1;
             obs.step(self.pos.step, model);
+            obs.progress(&crate::train::StepProgress {
+                step: self.pos.step,
+                epoch,
+                batch: self.pos.batch,
+                batches: n,
+                loss,
+            });
             let due = self
                 .ck
                 .as_ref()

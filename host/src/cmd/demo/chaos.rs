@@ -200,12 +200,17 @@ pub struct ChaosObserver<'a> {
     /// The kills to carry out.
     pub chaos: &'a mut Chaos,
     error: Option<anyhow::Error>,
+    printer: super::super::progress::Printer,
 }
 
 impl<'a> ChaosObserver<'a> {
     /// Watches the training loop for `chaos`.
     pub fn new(chaos: &'a mut Chaos) -> Self {
-        ChaosObserver { chaos, error: None }
+        ChaosObserver {
+            chaos,
+            error: None,
+            printer: super::super::progress::Printer::new(),
+        }
     }
 
     /// The first kill that failed, if any.
@@ -219,7 +224,7 @@ impl<'a> ChaosObserver<'a> {
 
 impl TrainObserver for ChaosObserver<'_> {
     fn epoch(&mut self, report: &mixnn_designer::EpochReport) {
-        super::super::train::Printer.epoch(report);
+        self.printer.epoch(report);
     }
 
     fn step(&mut self, step: u64, model: &mut dyn mixnn_designer::Model) {
@@ -230,10 +235,15 @@ impl TrainObserver for ChaosObserver<'_> {
         if let Err(e) = self.chaos.step(step, &cascade) {
             self.error = Some(e);
         }
+        self.printer.step(step, model);
+    }
+
+    fn progress(&mut self, p: &mixnn_designer::StepProgress) {
+        self.printer.progress(p);
     }
 
     fn event(&mut self, event: &mixnn_designer::TrainEvent) {
-        super::super::train::Printer.event(event);
+        self.printer.event(event);
     }
 }
 
