@@ -156,13 +156,26 @@ impl Replicated {
         }
     }
 
-    /// `f` on A, then on B; a failure remembers its replica.
-    fn both<R>(
+    /// `f` on A and on B at the same time (B on a second thread: the two
+    /// replicas share no node, so a step costs the slower replica, not
+    /// both); a failure remembers its replica, A's first when both fail.
+    fn both<R: Send>(
         &mut self,
-        mut f: impl FnMut(&mut PoolCascade) -> Result<R, DesignerError>,
+        f: impl Fn(&mut PoolCascade) -> Result<R, DesignerError> + Sync,
     ) -> Result<(R, R), DesignerError> {
-        let ra = f(&mut self.a).inspect_err(|_| self.failed = Some(Side::A))?;
-        let rb = f(&mut self.b).inspect_err(|_| self.failed = Some(Side::B))?;
+        let (a, b) = (&mut self.a, &mut self.b);
+        let (ra, rb) = std::thread::scope(|s| {
+            let hb = s.spawn(|| f(b));
+            let ra = f(a);
+            let rb = match hb.join() {
+                Ok(rb) => rb,
+                // A panic on B's thread is a bug: carry it here.
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            (ra, rb)
+        });
+        let ra = ra.inspect_err(|_| self.failed = Some(Side::A))?;
+        let rb = rb.inspect_err(|_| self.failed = Some(Side::B))?;
         Ok((ra, rb))
     }
 
