@@ -178,11 +178,17 @@ pub fn train_pool(
         opts.config.seed
     );
     let mut say = |m: &str| println!("  {m}");
-    let pool = PoolCascade::deploy(&fj.untrusted, &opts.config, None, &popts, &mut say)
-        .context("deploying the untrusted branch")?;
+    let job_dir = run.ck.as_ref().and_then(|c| c.dir.clone());
+    let pool = match PoolCascade::deploy(&fj.untrusted, &opts.config, None, &popts, &mut say) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            super::pool::remember_unreachable(job_dir.as_ref(), &e);
+            return Err(e.context("deploying the untrusted branch"));
+        }
+    };
     let mut m = ForkJoinModel::new(pool, fj, opts.engine, &opts.config, sb.as_ref())?;
     let JobRun { ck, observer, .. } = run;
-    let job_dir = ck.as_ref().and_then(|c| c.dir.clone());
     let around = Around {
         ck,
         export,

@@ -115,6 +115,18 @@ pub fn remember_failed(job: &JobDir, ids: &[[u8; 32]]) {
     }
 }
 
+/// Records the nodes a deployment gave up on as unreachable (its error
+/// names them), so a resume of the job avoids them from the start.
+pub fn remember_unreachable(job: Option<&JobDir>, e: &anyhow::Error) {
+    use mixnn_designer::DesignerError;
+    use mixnn_designer::pool::PoolError;
+    if let (Some(job), Some(DesignerError::Job(PoolError::TooManyUnreachable { ids, .. }))) =
+        (job, e.downcast_ref::<DesignerError>())
+    {
+        remember_failed(job, ids);
+    }
+}
+
 /// How a pool job checkpoints and who watches it.
 pub struct JobRun<'a> {
     /// Checkpoints (and a resume); `None`: none, a failure ends the job.
@@ -167,8 +179,14 @@ pub fn train_on_pool_job(
         opts.batch,
         opts.config.seed
     );
-    let mut deployed =
-        Deployed::deploy(&shards, opts, sb.as_ref(), popts).context("deploying the job")?;
+    let job_dir = run.ck.as_ref().and_then(|c| c.dir.clone());
+    let mut deployed = match Deployed::deploy(&shards, opts, sb.as_ref(), popts) {
+        Ok(d) => d,
+        Err(e) => {
+            remember_unreachable(job_dir.as_ref(), &e);
+            return Err(e.context("deploying the job"));
+        }
+    };
     let show = |net: &NetworkReport, what: &str| {
         println!(
             "{what}: {} (packets of {} bytes)",
@@ -188,7 +206,6 @@ pub fn train_on_pool_job(
         }
     }
     let JobRun { ck, observer, .. } = run;
-    let job_dir = ck.as_ref().and_then(|c| c.dir.clone());
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();
         let cascade = deployed.model();

@@ -38,6 +38,8 @@ pub(super) trait Hops {
     fn unreachable(&mut self, failure: &DesignerError) -> Result<Option<usize>, DesignerError>;
     /// Hop `t` and its node, for the log and the error.
     fn describe(&self, t: usize) -> String;
+    /// The identity of hop `t`'s node.
+    fn node_id(&self, t: usize) -> [u8; 32];
     /// Marks hop `t`'s node failed and gives the hop another node.
     fn replace(&mut self, t: usize) -> Result<(), DesignerError>;
 }
@@ -50,6 +52,7 @@ pub(super) fn bring_up(
     max: usize,
 ) -> Result<usize, DesignerError> {
     let mut dropped: Vec<String> = Vec::new();
+    let mut ids: Vec<[u8; 32]> = Vec::new();
     loop {
         let failure = match h.attempt(&pending) {
             Ok(()) => return Ok(dropped.len()),
@@ -59,10 +62,12 @@ pub(super) fn bring_up(
             return Err(failure);
         };
         dropped.push(format!("{}: {failure}", h.describe(t)));
+        ids.push(h.node_id(t));
         if dropped.len() > max {
             return Err(PoolError::TooManyUnreachable {
                 tried: dropped.len(),
                 nodes: dropped.join("; "),
+                ids,
             }
             .into());
         }
@@ -106,6 +111,10 @@ impl Hops for PoolCascade {
     fn describe(&self, t: usize) -> String {
         let h = &self.hops[t];
         format!("hop {} ({}, node {})", t + 1, describe_role(h.role), h.peer)
+    }
+
+    fn node_id(&self, t: usize) -> [u8; 32] {
+        self.hops[t].node.0
     }
 
     fn replace(&mut self, t: usize) -> Result<(), DesignerError> {

@@ -276,6 +276,9 @@ pub enum PoolError {
         tried: usize,
         /// Each one: its hop, node and why.
         nodes: String,
+        /// Their identities, in the same order: a job directory records
+        /// them so a resume avoids them.
+        ids: Vec<[u8; 32]>,
     },
     /// The hop to repair lies beyond what a probe route can reach.
     #[error(

@@ -183,6 +183,10 @@ impl bringup::Hops for Fake {
         format!("hop {} (node {})", t + 1, self.hops[t].peer)
     }
 
+    fn node_id(&self, t: usize) -> [u8; 32] {
+        self.hops[t].node.0
+    }
+
     fn replace(&mut self, t: usize) -> Result<(), DesignerError> {
         self.spares.mark_failed(self.hops[t].node.0);
         let d = self
@@ -292,4 +296,11 @@ fn bring_up_gives_up_clearly_and_only_on_unreachable_nodes() {
     );
     assert_eq!(said.matches("connection refused").count(), 3, "{said}");
     assert_eq!(f.spares.failed().len(), 2);
+    // The error carries the three nodes, for the job directory.
+    let DesignerError::Job(PoolError::TooManyUnreachable { ids, .. }) = e else {
+        unreachable!()
+    };
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| f.down.contains(id)), "{ids:?}");
+    assert_eq!(&ids[..2], &f.spares.failed()[..]);
 }
