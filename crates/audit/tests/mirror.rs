@@ -1,0 +1,79 @@
+//! The decoder mirrors the layers before a cut, or says which node it
+//! cannot mirror and why: a prefix with a window it has no transpose for
+//! is a clear error before any training.
+
+// Tests fail by panicking: unwrap, expect and panic! are how they report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use mixnn_audit::{SplitAt, cut, decoder};
+use mixnn_shard::pb;
+
+fn lenet_prefix() -> mixnn_audit::Cut {
+    let model = mixnn_shard::lenet5(1, 4, mixnn_shard::Form::Gemm);
+    cut(&model, &SplitAt::Shards(2)).unwrap()
+}
+
+fn set_ints(model: &mut pb::ModelProto, op: &str, name: &str, values: &[i64]) {
+    let g = model.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.op_type == op).unwrap();
+    n.attribute.retain(|a| a.name != name);
+    n.attribute.push(pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    });
+}
+
+#[test]
+fn a_plain_prefix_mirrors_and_odd_windows_are_named() {
+    let c = lenet_prefix();
+    decoder(&c.prefix, &c.input_shape, &c.z_shape, 4).expect("LeNet-5's first two layers mirror");
+
+    let cases: [(&str, &str, &[i64], &str); 3] = [
+        (
+            "Conv",
+            "dilations",
+            &[2, 2],
+            "dilated windows are not mirrored",
+        ),
+        ("MaxPool", "ceil_mode", &[], "ceil mode is not mirrored"),
+        (
+            "Conv",
+            "group",
+            &[],
+            "grouped convolutions are not mirrored",
+        ),
+    ];
+    for (op, attr, values, want) in cases {
+        let mut prefix = c.prefix.clone();
+        if values.is_empty() {
+            // An int attribute set to a value the mirror refuses.
+            let g = prefix.graph.as_mut().unwrap();
+            let n = g.node.iter_mut().find(|n| n.op_type == op).unwrap();
+            n.attribute.retain(|a| a.name != attr);
+            n.attribute.push(pb::AttributeProto {
+                name: attr.into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: 2,
+                ..Default::default()
+            });
+        } else {
+            set_ints(&mut prefix, op, attr, values);
+        }
+        let e = decoder(&prefix, &c.input_shape, &c.z_shape, 4)
+            .expect_err(want)
+            .to_string();
+        assert!(e.contains(want) && e.contains(op), "{attr}: {e}");
+    }
+}
+
+#[test]
+fn images_of_another_shape_than_the_model_takes_are_refused() {
+    let c = lenet_prefix();
+    // Flat vectors where the first layer wants (channels, height, width).
+    let e = decoder(&c.prefix, &[784], &c.z_shape, 4)
+        .expect_err("a flat input cannot be mirrored by windows")
+        .to_string();
+    assert!(e.contains("cannot mirror"), "{e}");
+}
