@@ -8,8 +8,8 @@
 //! Reported as the attack's result, that measures a failed optimiser, not a
 //! safe cut: the audit would understate the attacker. It happened three
 //! times in docs/audit.md's runs, twice dead from the first epoch (loss
-//! stuck at E\[x²\], the loss of predicting 0) and once killed in the fifth
-//! epoch by a large Adam step on noisy Z_K.
+//! stuck at E\[x²\], the loss of predicting 0) and once, at σ = 4, dead in
+//! the fifth epoch after its loss had reached 0.015.
 //!
 //! The check after training ([`Health::measure`]) runs the decoder on check
 //! images from the auxiliary set and calls it collapsed ([`Collapse`]) when
@@ -28,13 +28,13 @@
 //!   flagged too; the report then says so with the numbers, and that
 //!   attacker is no stronger than the mean image anyway.
 //!
-//! Why: the collapses come from the start. `mixnn-layer` draws a 1-D
+//! Why most collapses come from the start: `mixnn-layer` draws a 1-D
 //! parameter from U(±1/√len), so the decoder's single-channel last bias
 //! is U(−1, 1) (PyTorch's would be U(±0.2)); at relu2 seeds 1, 2 and 3
 //! draw −0.43, −0.98 and −0.11, and the final ReLU is dead on random
-//! inputs from the first step. Adam's first steps, about one step size
-//! each for every weight in the direction that darkens the mostly black
-//! target, can also push a live one under. Hence detect, then retry with
+//! inputs from the first step. A live decoder can also be pushed under
+//! later (σ = 4; Adam moves every weight by about one step size at once,
+//! which a smaller step makes less violent). Hence detect, then retry with
 //! the cause removed ([`crate::InverseNet::train`]): the next seed, the last
 //! bias started at the mean pixel value, half the step size. Only a
 //! collapsed run is retried, so every healthy figure already published
