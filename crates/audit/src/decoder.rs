@@ -9,7 +9,8 @@
 //! in the limit (its gradient vanishes on the way), and a background left
 //! at 0.01 halves SSIM's luminance term there. With a Sigmoid the conv1
 //! inverse stalled at 31.9 dB / SSIM 0.81; with the ReLU it reaches
-//! 62.9 dB / 1.000 (docs/audit.md):
+//! 62.9 dB / 1.000 (docs/audit.md). The price is that the final ReLU can
+//! die; [`crate::collapse`] detects it and the training retries:
 //!
 //! | before the cut | in the decoder |
 //! |---|---|

@@ -13,7 +13,8 @@
 //!   the first part on auxiliary data and trains a decoder
 //!   ([`decoder`]: transposed convolutions mirroring the layers before the
 //!   cut) from Z_K back to x with a mean-squared-error loss, as a `Layer`
-//!   with Adam;
+//!   with Adam, checked for a collapse ([`collapse`]: dead ReLUs drawing
+//!   the same black image for every input) and retrained when collapsed;
 //! - [`rmle`]: the white-box regularised maximum-likelihood attack
 //!   (gradient descent on x through the first part's backward graph, with a
 //!   total-variation prior);
@@ -25,6 +26,7 @@
 //!
 //! [`Layer`]: mixnn_layer::Layer
 
+pub mod collapse;
 pub mod cut;
 pub mod decoder;
 pub mod inverse;
@@ -32,9 +34,10 @@ pub mod metrics;
 pub mod rmle;
 pub mod victim;
 
+pub use collapse::{Collapse, Health};
 pub use cut::{Cut, SplitAt, cut};
 pub use decoder::decoder;
-pub use inverse::{InverseNet, InverseNetConfig};
+pub use inverse::{Attempt, InverseNet, InverseNetConfig};
 pub use metrics::{MetricsError, psnr, ssim};
 pub use rmle::{RmleConfig, rmle};
 pub use victim::{Observed, Victim};

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use defence::Defence;
-use mixnn_audit::{InverseNet, InverseNetConfig, RmleConfig, SplitAt, Victim};
+use mixnn_audit::{Attempt, InverseNet, InverseNetConfig, RmleConfig, SplitAt, Victim};
 use mixnn_shard::pb::ModelProto;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -60,6 +60,13 @@ pub struct AuditArgs {
     /// Inverse network: Adam step size.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f32,
+    /// Inverse network: trainings at most. A decoder that collapsed (dead
+    /// ReLUs: the same, usually black, image for every input, or no better
+    /// than the mean image) is retrained with the next seed, its last bias
+    /// started at the mean pixel value and half the step size; every try
+    /// is reported.
+    #[arg(long, default_value_t = InverseNetConfig::default().tries)]
+    pub tries: usize,
     /// rMLE: descent steps.
     #[arg(long, default_value_t = RmleConfig::default().steps)]
     pub rmle_steps: usize,
@@ -126,9 +133,18 @@ struct AttackReport {
     /// Attacked images with SSIM < 0.3 (unrecognisable, He et al.).
     unrecognisable: usize,
     seconds: f64,
-    /// Inverse network only: mean training MSE per epoch.
+    /// Inverse network only: mean training MSE per epoch (of the decoder
+    /// kept).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     epoch_loss: Vec<f64>,
+    /// Inverse network only: every training of the decoder, in order, with
+    /// its collapse check; more than one means the earlier ones collapsed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tries: Vec<serde_json::Value>,
+    /// Inverse network only: set when every try collapsed, with why; the
+    /// figures then measure a failed attacker, not a safe cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapsed: Option<String>,
     /// The attack's parameters, as run.
     settings: serde_json::Value,
 }
@@ -281,19 +297,24 @@ fn audit_one(
     let mut reports = Vec::new();
     for attack in &a.attack {
         let start = Instant::now();
-        let (recon, epoch_loss, settings) = attack_one(a, *attack, &cut, &mut victim, mnist, &z)?;
-        let report = score(
-            *attack,
-            originals,
-            &recon,
-            (rows, cols),
-            start,
-            epoch_loss,
-            settings,
-        )?;
+        let outcome = attack_one(a, *attack, &cut, &mut victim, mnist, &z)?;
+        let recon = outcome.recon.clone();
+        let report = score(*attack, originals, (rows, cols), start, outcome)?;
         eprintln!(
-            "{:?}: mean PSNR {:.2} dB, mean SSIM {:.4} ({} of {} images below SSIM 0.3)",
-            attack, report.mean_psnr_db, report.mean_ssim, report.unrecognisable, a.count
+            "{:?}: mean PSNR {:.2} dB, mean SSIM {:.4} ({} of {} images below SSIM 0.3){}",
+            attack,
+            report.mean_psnr_db,
+            report.mean_ssim,
+            report.unrecognisable,
+            a.count,
+            match (&report.collapsed, report.tries.len()) {
+                (Some(why), n) => format!(
+                    "\nWARNING: the decoder collapsed in all {n} tries ({why}): \
+                     these figures measure a failed attacker, not a safe cut"
+                ),
+                (None, n) if n > 1 => format!(" [decoder kept from try {n}]"),
+                _ => String::new(),
+            }
         );
         if let Some(dir) = out.or(a.out.as_deref()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -320,8 +341,21 @@ fn audit_one(
     })
 }
 
-/// One attack: the reconstructions, the inverse network's loss per epoch,
-/// and the settings as run.
+/// What one attack produced.
+struct Outcome {
+    recon: Vec<f32>,
+    /// Inverse network: the kept decoder's loss per epoch.
+    epoch_loss: Vec<f64>,
+    /// The settings as run.
+    settings: serde_json::Value,
+    /// Inverse network: every training and its check.
+    tries: Vec<serde_json::Value>,
+    /// Inverse network: why the kept decoder is still collapsed.
+    collapsed: Option<String>,
+}
+
+/// One attack: the reconstructions, the inverse network's loss per epoch
+/// and tries, and the settings as run.
 fn attack_one(
     a: &AuditArgs,
     attack: Attack,
@@ -329,7 +363,7 @@ fn attack_one(
     victim: &mut Victim,
     mnist: &mixnn_data::Mnist,
     z: &[f32],
-) -> Result<(Vec<f32>, Vec<f64>, serde_json::Value)> {
+) -> Result<Outcome> {
     let per = victim.input_len();
     Ok(match attack {
         Attack::InverseNet => {
@@ -339,6 +373,7 @@ fn attack_one(
                 batch: a.batch,
                 learning_rate: a.lr,
                 seed: a.seed,
+                tries: a.tries,
             };
             eprintln!(
                 "inverse network: {} {:?} auxiliary images, {} epochs",
@@ -346,14 +381,25 @@ fn attack_one(
                 a.aux,
                 a.epochs
             );
-            let mut net = InverseNet::train(cut, victim, &aux, &cfg)
+            let mut tried = 0;
+            let mut on_try = |t: &Attempt| {
+                tried += 1;
+                eprintln!("{}", try_line(t, tried, cfg.tries));
+            };
+            let mut net = InverseNet::train(cut, victim, &aux, &cfg, &mut on_try)
                 .context("training the inverse network")?;
             let recon = net.invert(z)?;
             let settings = serde_json::json!({
                 "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
-                "batch": a.batch, "lr": a.lr, "seed": a.seed,
+                "batch": a.batch, "lr": a.lr, "seed": a.seed, "max_tries": a.tries,
             });
-            (recon, net.epoch_loss.clone(), settings)
+            Outcome {
+                recon,
+                epoch_loss: net.epoch_loss.clone(),
+                settings,
+                tries: net.attempts.iter().map(try_json).collect(),
+                collapsed: net.collapse().map(|c| c.to_string()),
+            }
         }
         Attack::Rmle => {
             let cfg = RmleConfig {
@@ -367,8 +413,56 @@ fn attack_one(
                 "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
                 "start": cfg.start,
             });
-            (recon, Vec::new(), settings)
+            Outcome {
+                recon,
+                epoch_loss: Vec::new(),
+                settings,
+                tries: Vec::new(),
+                collapsed: None,
+            }
         }
+    })
+}
+
+/// The progress line of one inverse-network training.
+fn try_line(t: &Attempt, n: usize, of: usize) -> String {
+    let h = &t.health;
+    let verdict = match (t.collapse, t.dead_after) {
+        (None, _) => "healthy".to_string(),
+        (Some(c), dead) => format!(
+            "COLLAPSED: {c}{}{}",
+            dead.map_or(String::new(), |e| format!(
+                "; stopped after epoch {e}, dead"
+            )),
+            if n < of { "; retrying" } else { "" }
+        ),
+    };
+    format!(
+        "inverse network try {n}/{of} (seed {}, lr {}{}): check MSE {:.5} on {} aux images \
+         (mean image {:.5}), output spread {:.4}: {verdict}",
+        t.seed,
+        t.learning_rate,
+        if t.alive_start { ", alive start" } else { "" },
+        h.mse,
+        h.images,
+        h.mean_image_mse,
+        h.spread
+    )
+}
+
+/// One inverse-network training in the JSON report.
+fn try_json(t: &Attempt) -> serde_json::Value {
+    serde_json::json!({
+        "seed": t.seed,
+        "lr": t.learning_rate,
+        "alive_start": t.alive_start,
+        "epoch_loss": t.epoch_loss,
+        "stopped_dead_after_epoch": t.dead_after,
+        "check_images": t.health.images,
+        "check_mse": t.health.mse,
+        "mean_image_mse": t.health.mean_image_mse,
+        "output_spread": t.health.spread,
+        "collapsed": t.collapse.map(|c| c.to_string()),
     })
 }
 
@@ -421,12 +515,11 @@ fn aux_images(a: &AuditArgs, mnist: &mixnn_data::Mnist, per: usize) -> Result<Ve
 fn score(
     attack: Attack,
     originals: &[f32],
-    recon: &[f32],
     (rows, cols): (usize, usize),
     start: Instant,
-    epoch_loss: Vec<f64>,
-    settings: serde_json::Value,
+    outcome: Outcome,
 ) -> Result<AttackReport> {
+    let recon = &outcome.recon;
     let per = rows * cols;
     if recon.len() != originals.len() {
         bail!(
@@ -453,8 +546,10 @@ fn score(
         mean_ssim: ssim / n as f64,
         unrecognisable: bad,
         seconds: start.elapsed().as_secs_f64(),
-        epoch_loss,
-        settings,
+        epoch_loss: outcome.epoch_loss,
+        settings: outcome.settings,
+        tries: outcome.tries,
+        collapsed: outcome.collapsed,
     })
 }
 
