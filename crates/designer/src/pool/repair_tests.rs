@@ -302,5 +302,5 @@ fn bring_up_gives_up_clearly_and_only_on_unreachable_nodes() {
     };
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|id| f.down.contains(id)), "{ids:?}");
-    assert_eq!(&ids[..2], &f.spares.failed()[..]);
+    assert_eq!(&ids[..2], f.spares.failed());
 }

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, bail};
 
 use super::super::SandboxArgs;
-use super::chaos::{self, KillAt};
 use super::DemoArgs;
+use super::chaos::{self, KillAt};
 
 /// The demo's model: `--model`, or the MixNN paper's MLP; and its name.
 pub fn demo_model(a: &DemoArgs) -> Result<(mixnn_shard::pb::ModelProto, String)> {
@@ -73,7 +73,10 @@ pub fn warm_guest_cache(sandbox: &SandboxArgs) -> Result<()> {
 /// The job's payload class (the designer's own rule, for a cascade with
 /// both ends on the pool) and its packet length. The demo passes the class
 /// to the job; cover uses every public class.
-pub fn job_class(shards: &[mixnn_shard::pb::ModelProto], batches: &[usize]) -> Result<(usize, usize)> {
+pub fn job_class(
+    shards: &[mixnn_shard::pb::ModelProto],
+    batches: &[usize],
+) -> Result<(usize, usize)> {
     let g = mixnn_sphinx::Geometry::default();
     let class = mixnn_designer::pool::payload_class(&g, shards, 0, shards.len(), batches)?;
     let len = g.packet_len(class).context("packet length of the class")?;
