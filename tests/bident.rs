@@ -297,3 +297,43 @@ fn a_pytorch_fork_join_trains_unedited_and_bad_flags_are_clear() {
     let err = String::from_utf8_lossy(&bad.stderr).into_owned();
     assert!(err.contains("chain, not a fork-join"), "{err}");
 }
+
+/// `mixnn bident-table` on a sliver of MNIST: one row per network asked
+/// for, written as it goes, and a bad merge name refused up front.
+#[test]
+fn the_bident_table_command_reports_every_network_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("table.json");
+    let r = report.to_str().unwrap();
+    let run = mixnn(&[
+        "bident-table",
+        "--epochs-max",
+        "1",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "100",
+        "--merges",
+        "max,avg",
+        "--shapes",
+        "asymmetric",
+        "--report",
+        r,
+    ]);
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(text.contains("| max asymmetric | > 1 |"), "{text}");
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["params_untrusted"].as_u64(), Some(30_136));
+    assert_eq!(rows[1]["params_trusted"].as_u64(), Some(5_626));
+    assert_eq!(rows[0]["epochs"].as_array().unwrap().len(), 1);
+    let bad = mixnn(&["bident-table", "--merges", "nope"]);
+    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+    assert!(!bad.status.success() && err.contains("`nope`"), "{err}");
+}

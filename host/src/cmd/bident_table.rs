@@ -154,56 +154,7 @@ pub fn run(a: BidentTableArgs) -> Result<()> {
         EngineArg::Wasm => EngineKind::Wasm,
         EngineArg::Native => EngineKind::Native,
     };
-    let mut rows = Vec::new();
-    for (i, (m, merge, s, shape)) in nets.iter().enumerate() {
-        println!("\n[{}/{}] bident {m} {s}", i + 1, nets.len());
-        let model = mixnn_shard::bident(*merge, *shape, a.seed, a.batch);
-        let fj =
-            mixnn_shard::fork_join(&model, None)?.context("the Bident model is not a fork-join")?;
-        let opts = TrainOptions {
-            engine,
-            epochs: a.epochs_max,
-            batch: a.batch,
-            config: TrainConfig {
-                optimizer: OptimizerKind::Adam,
-                learning_rate: a.lr,
-                seed: a.seed,
-                host_kernels: a.sandbox.host_kernels(),
-                ..TrainConfig::default()
-            },
-            train_limit: a.train_limit,
-            test_limit: a.test_limit,
-            eval_batch: 1000,
-            model_name: format!("bident-{m}-{s}"),
-        };
-        let mut obs = UntilTarget {
-            target: a.target,
-            reached: None,
-        };
-        let run = LocalRun {
-            export: None,
-            ck: None,
-            noise: None,
-            trusted_branch: None,
-        };
-        let (report, _) =
-            super::fork::train_local_with(&model, &fj, &data, &opts, &a.sandbox, run, &mut obs)?;
-        let n = report.epochs.len().max(1) as f64;
-        rows.push(Row {
-            merge: m.clone(),
-            shape: s.clone(),
-            epochs_to_target: obs.reached,
-            final_test_accuracy: report.final_test_accuracy,
-            best_test_accuracy: (report.epochs.iter())
-                .map(|e| e.test_accuracy)
-                .fold(0.0, f64::max),
-            params_untrusted: param_count(&fj.untrusted)?,
-            params_trusted: param_count(&fj.trusted)? + param_count(&fj.head)?,
-            seconds_per_epoch: report.epochs.iter().map(|e| e.seconds).sum::<f64>() / n,
-            epochs: report.epochs,
-        });
-    }
-    let table = Table {
+    let mut table = Table {
         target: a.target,
         epochs_max: a.epochs_max,
         batch: a.batch,
@@ -212,14 +163,77 @@ pub fn run(a: BidentTableArgs) -> Result<()> {
         engine: engine.to_string(),
         train_samples: a.train_limit,
         test_samples: a.test_limit,
-        rows,
+        rows: Vec::new(),
     };
+    for (i, (m, merge, s, shape)) in nets.iter().enumerate() {
+        println!("\n[{}/{}] bident {m} {s}", i + 1, nets.len());
+        let row = train_one(&a, engine, &data, (m, *merge), (s, *shape))?;
+        table.rows.push(row);
+        // After every network, so a long run stopped midway keeps its rows.
+        if let Some(p) = &a.report {
+            super::write_json(p, &table)?;
+        }
+    }
     println!("\n{}", render(&table));
     if let Some(p) = &a.report {
-        super::write_json(p, &table)?;
         println!("report written to {}", p.display());
     }
     Ok(())
+}
+
+/// Trains one network to the target (or the epoch limit): its row.
+fn train_one(
+    a: &BidentTableArgs,
+    engine: EngineKind,
+    data: &mixnn_data::Mnist,
+    (m, merge): (&str, BidentMerge),
+    (s, shape): (&str, BidentShape),
+) -> Result<Row> {
+    let model = mixnn_shard::bident(merge, shape, a.seed, a.batch);
+    let fj =
+        mixnn_shard::fork_join(&model, None)?.context("the Bident model is not a fork-join")?;
+    let opts = TrainOptions {
+        engine,
+        epochs: a.epochs_max,
+        batch: a.batch,
+        config: TrainConfig {
+            optimizer: OptimizerKind::Adam,
+            learning_rate: a.lr,
+            seed: a.seed,
+            host_kernels: a.sandbox.host_kernels(),
+            ..TrainConfig::default()
+        },
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        eval_batch: 1000,
+        model_name: format!("bident-{m}-{s}"),
+    };
+    let mut obs = UntilTarget {
+        target: a.target,
+        reached: None,
+    };
+    let run = LocalRun {
+        export: None,
+        ck: None,
+        noise: None,
+        trusted_branch: None,
+    };
+    let (report, _) =
+        super::fork::train_local_with(&model, &fj, data, &opts, &a.sandbox, run, &mut obs)?;
+    let n = report.epochs.len().max(1) as f64;
+    Ok(Row {
+        merge: m.to_owned(),
+        shape: s.to_owned(),
+        epochs_to_target: obs.reached,
+        final_test_accuracy: report.final_test_accuracy,
+        best_test_accuracy: (report.epochs.iter())
+            .map(|e| e.test_accuracy)
+            .fold(0.0, f64::max),
+        params_untrusted: param_count(&fj.untrusted)?,
+        params_trusted: param_count(&fj.trusted)? + param_count(&fj.head)?,
+        seconds_per_epoch: report.epochs.iter().map(|e| e.seconds).sum::<f64>() / n,
+        epochs: report.epochs,
+    })
 }
 
 /// The table as Markdown (docs/bident.md takes it as is).
