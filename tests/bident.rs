@@ -178,6 +178,18 @@ fn a_bident_job_on_the_pool_is_bit_identical_to_local_wasm_and_hides_the_join() 
     pool.shutdown();
 }
 
+/// `mixnn args`, which must succeed; its stdout.
+fn mixnn_ok(args: &[&str]) -> String {
+    let run = mixnn(args);
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "mixnn {args:?}: {text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    text
+}
+
 fn mixnn(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
         .args(args)
@@ -200,7 +212,7 @@ fn a_pytorch_fork_join_trains_unedited_and_bad_flags_are_clear() {
         "/../crates/shard/tests/fixtures/torch_fork_concat.onnx"
     );
     let (o, r) = (out.to_str().unwrap(), report.to_str().unwrap());
-    let run = mixnn(&[
+    let text = mixnn_ok(&[
         "train",
         "--local",
         "--engine",
@@ -222,12 +234,6 @@ fn a_pytorch_fork_join_trains_unedited_and_bad_flags_are_clear() {
         "--report",
         r,
     ]);
-    let text = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert!(
         text.contains("merge") && text.contains("Concat"),
         "no plan:\n{text}"
@@ -305,7 +311,7 @@ fn the_bident_table_command_reports_every_network_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("table.json");
     let r = report.to_str().unwrap();
-    let run = mixnn(&[
+    let text = mixnn_ok(&[
         "bident-table",
         "--epochs-max",
         "1",
@@ -320,12 +326,6 @@ fn the_bident_table_command_reports_every_network_asked_for() {
         "--report",
         r,
     ]);
-    let text = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert!(text.contains("| max asymmetric | > 1 |"), "{text}");
     let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let rows = t["rows"].as_array().unwrap();

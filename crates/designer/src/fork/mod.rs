@@ -244,19 +244,37 @@ fn overlap<A: Send, B>(
     })
 }
 
-impl<U: Branch> Model for ForkJoinModel<U> {
-    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
-        let step = Instant::now();
+/// A branch's output with its wall time.
+type Timed = (Result<Tensor, DesignerError>, f64);
+
+impl<U: Branch> ForkJoinModel<U> {
+    /// Both branches' forward on `x` at the same time (the trusted one on
+    /// a second thread): a training forward, or the test phase's.
+    fn forward_both(&mut self, x: Tensor, train: bool) -> (Timed, Timed) {
         let xt = x.clone();
         let trusted = &mut self.trusted;
         let untrusted = &mut self.untrusted;
-        let ((t, ts), (u, us)) = overlap(
+        overlap(
             move || match trusted.as_mut() {
-                Some(c) => c.forward_train(xt),
+                Some(c) if train => c.forward_train(xt),
+                Some(c) => c.infer(xt),
                 None => Ok(xt),
             },
-            || untrusted.forward_train(x),
-        );
+            || {
+                if train {
+                    untrusted.forward_train(x)
+                } else {
+                    untrusted.infer(x)
+                }
+            },
+        )
+    }
+}
+
+impl<U: Branch> Model for ForkJoinModel<U> {
+    fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
+        let step = Instant::now();
+        let ((t, ts), (u, us)) = self.forward_both(x, true);
         let (t, u) = (t?, u?);
         let mh = Instant::now();
         let (a, b) = ordered(self.untrusted_slot, &u, &t);
@@ -295,16 +313,7 @@ impl<U: Branch> Model for ForkJoinModel<U> {
     }
 
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
-        let xt = x.clone();
-        let trusted = &mut self.trusted;
-        let untrusted = &mut self.untrusted;
-        let ((t, _), (u, _)) = overlap(
-            move || match trusted.as_mut() {
-                Some(c) => c.infer(xt),
-                None => Ok(xt),
-            },
-            || untrusted.infer(x),
-        );
+        let ((t, _), (u, _)) = self.forward_both(x, false);
         let (t, u) = (t?, u?);
         let (a, b) = ordered(self.untrusted_slot, &u, &t);
         let m = merge::forward(self.merge, a, b)?;
