@@ -96,6 +96,12 @@ pub struct NodeConfig {
     /// Payload class of send slots (bytes; 0: the smallest public class).
     /// Real packets of other classes go out at once.
     pub slot_class: u32,
+    /// Carry packets over direct Noise connections to neighbours (one TCP
+    /// connection each, next to the libp2p one; crates/p2p `direct`),
+    /// falling back to libp2p streams where there is none. Off: every
+    /// packet takes its libp2p stream (slower; for a firewall that admits
+    /// one port only).
+    pub direct_links: bool,
 }
 
 impl Default for NodeConfig {
@@ -131,6 +137,7 @@ impl Default for NodeConfig {
             cover_bytes_per_sec: 64 << 10,
             slot_ms: 0,
             slot_class: 0,
+            direct_links: true,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! function of the packet and the node's state; and the node's cover
 //! traffic (loops and drops, see `cover`).
 
+pub mod bench;
 pub mod config;
 mod cover;
 pub mod hop;

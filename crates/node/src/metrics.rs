@@ -129,7 +129,7 @@ impl Metrics {
 
     /// The node's identity and its link-level families (packets, bytes,
     /// drops, streams, peers).
-    fn link_families(&self) -> [Family; 9] {
+    fn link_families(&self) -> [Family; 10] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let info = format!(
             "{{peer_id=\"{}\",version=\"{}\"}}",
@@ -170,6 +170,12 @@ impl Metrics {
                 "counter",
                 "Packets written to neighbour streams.",
                 one(g(&self.packets_out)),
+            ),
+            (
+                "mixnn_direct_packets_out_total",
+                "counter",
+                "Of the packets written, those on direct connections (not libp2p streams).",
+                one(g(&self.direct_out)),
             ),
             (
                 "mixnn_packet_bytes_in_total",

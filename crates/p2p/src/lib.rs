@@ -7,6 +7,7 @@
 
 pub mod behaviour;
 pub mod clock;
+pub mod direct;
 pub mod identity;
 pub mod link_metrics;
 pub mod link_trace;
@@ -20,6 +21,7 @@ pub use behaviour::{
     build_swarm,
 };
 pub use clock::unix_now;
+pub use direct::{DirectSink, RemoteIps};
 pub use link_metrics::{DropReason, LinkMetrics};
 pub use link_trace::{LinkTrace, TraceEntry};
 pub use packets::{

@@ -78,6 +78,9 @@ pub struct LinkMetrics {
     pub packets_in: AtomicU64,
     /// Packets written to a neighbour's stream.
     pub packets_out: AtomicU64,
+    /// Of `packets_out`, those written on a direct connection
+    /// ([`crate::direct`]) rather than a libp2p stream.
+    pub direct_out: AtomicU64,
     /// Bytes of the packets counted in `packets_in` (packet bytes, not
     /// framing).
     pub bytes_in: AtomicU64,
@@ -111,6 +114,24 @@ impl LinkMetrics {
     /// Reads one of the public counters (relaxed load).
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts a packet received from `from` (counters, lengths, trace).
+    pub(crate) fn count_in(&self, from: libp2p::PeerId, len: usize) {
+        self.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.count_length(len, 1);
+        self.trace.record(false, from, len);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a packet written to `to` on a direct link (counters,
+    /// lengths, trace).
+    pub(crate) fn count_out(&self, to: libp2p::PeerId, len: usize) {
+        self.packets_out.fetch_add(1, Ordering::Relaxed);
+        self.direct_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(len as u64, Ordering::Relaxed);
+        self.count_length(len, 1);
+        self.trace.record(true, to, len);
     }
 
     pub(crate) fn count_length(&self, len: usize, n: u64) {

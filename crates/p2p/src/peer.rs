@@ -215,6 +215,8 @@ pub fn split_p2p(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
 struct Task {
     swarm: Swarm<PeerBehaviour>,
     metrics: Arc<LinkMetrics>,
+    /// Where connected peers are reached (the direct plane dials there).
+    remotes: Arc<crate::direct::RemoteIps>,
     requests: HashMap<OutboundRequestId, DirectoryReply>,
     finds: HashMap<QueryId, (PeerId, oneshot::Sender<bool>)>,
     dial_errors: HashMap<PeerId, String>,
@@ -225,12 +227,14 @@ struct Task {
 pub fn spawn(
     swarm: Swarm<PeerBehaviour>,
     metrics: Arc<LinkMetrics>,
+    remotes: Arc<crate::direct::RemoteIps>,
     mut stop: watch::Receiver<bool>,
 ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel(256);
     let mut task = Task {
         swarm,
         metrics,
+        remotes,
         requests: HashMap::new(),
         finds: HashMap::new(),
         dial_errors: HashMap::new(),
@@ -331,9 +335,11 @@ impl Task {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 self.dial_errors.remove(&peer_id);
+                (self.remotes).connected(peer_id, endpoint.get_remote_address());
                 if num_established.get() == 1 {
                     self.metrics.peers_connected.fetch_add(1, Ordering::Relaxed);
                 }
@@ -346,6 +352,7 @@ impl Task {
             } => {
                 if num_established == 0 {
                     self.metrics.peers_connected.fetch_sub(1, Ordering::Relaxed);
+                    self.remotes.disconnected(&peer_id);
                 }
                 debug!(%peer_id, "disconnected");
             }

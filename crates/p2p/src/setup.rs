@@ -179,6 +179,9 @@ pub struct PeerSetup<'a> {
     pub metrics: Arc<LinkMetrics>,
     /// Every task started here ends when this changes.
     pub stop: watch::Receiver<bool>,
+    /// Carry packets over direct connections where both ends can
+    /// ([`crate::direct`]); off, every packet takes its libp2p stream.
+    pub direct: bool,
 }
 
 /// A started pool peer.
@@ -212,6 +215,9 @@ pub enum SetupError {
     /// Packet streams were accepted already on this swarm.
     #[error("packet streams: {0}")]
     Streams(#[from] libp2p_stream::AlreadyRegistered),
+    /// The direct plane did not start.
+    #[error(transparent)]
+    Direct(#[from] crate::direct::DirectError),
 }
 
 /// Builds the swarm, listens, spawns the swarm task, dials the bootstraps,
@@ -224,18 +230,39 @@ pub async fn start_pool_peer(setup: PeerSetup<'_>) -> Result<PoolPeer, SetupErro
         .stream_control()
         .ok_or(SetupError::NoPackets(setup.role))?;
     let listen_addrs = listen(&mut swarm, setup.listen, setup.settle).await?;
-    let (handle, swarm_task) = peer::spawn(swarm, setup.metrics.clone(), setup.stop.clone());
+    let remotes = Arc::new(crate::direct::RemoteIps::default());
+    let (handle, swarm_task) = peer::spawn(
+        swarm,
+        setup.metrics.clone(),
+        remotes.clone(),
+        setup.stop.clone(),
+    );
     for b in setup.bootstraps {
         handle.add_addresses(b.peer, vec![b.addr.clone()]).await;
         handle.dial(b.full.clone()).await;
     }
-    let (inbox, inbound_task) = packets::start_inbound(
+    let (mut inbox, inbound_task, queue) = packets::start_inbound(
         control.clone(),
         setup.sizes.clone(),
         setup.inbound,
         setup.metrics.clone(),
         setup.stop.clone(),
     )?;
+    let direct = if setup.direct {
+        let d = crate::direct::Direct::start(crate::direct::DirectSetup {
+            listen_ip: listen_addrs.iter().find_map(ip_of),
+            queue,
+            sizes: setup.sizes.clone(),
+            metrics: setup.metrics.clone(),
+            remotes,
+            control: control.clone(),
+            stop: setup.stop.clone(),
+        })?;
+        inbox.direct = Some(d.clone());
+        Some(d)
+    } else {
+        None
+    };
     let sender = PacketSender::new(
         control.clone(),
         handle.clone(),
@@ -243,6 +270,7 @@ pub async fn start_pool_peer(setup: PeerSetup<'_>) -> Result<PoolPeer, SetupErro
         setup.outbound,
         setup.metrics,
         setup.stop,
+        direct,
     );
     Ok(PoolPeer {
         listen_addrs,
@@ -251,5 +279,15 @@ pub async fn start_pool_peer(setup: PeerSetup<'_>) -> Result<PoolPeer, SetupErro
         sender,
         inbox,
         tasks: vec![swarm_task, inbound_task],
+    })
+}
+
+/// The IP address of a bound listen address (the direct plane listens on
+/// the same one).
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(a) => Some(a.into()),
+        libp2p::multiaddr::Protocol::Ip6(a) => Some(a.into()),
+        _ => None,
     })
 }

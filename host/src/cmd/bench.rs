@@ -13,6 +13,25 @@ pub enum BenchCommand {
     /// Per shard and batch size: forward/backward medians, native tract vs
     /// the wasm guest under the sandbox's limits, and their ratio.
     Guest(GuestBenchArgs),
+    /// The hop's latency budget: one hop crossing over real loopback
+    /// sockets, stage by stage (receive, Noise, Sphinx unwrap, payload
+    /// open, job payload, seal, send) at several packet classes, against
+    /// the crypto-only floor (one X25519 and two ChaCha20-Poly1305 passes)
+    /// measured in the same run.
+    Hop(HopBenchArgs),
+}
+
+#[derive(Args)]
+pub struct HopBenchArgs {
+    /// Payload classes in bytes, comma-separated (each a public class).
+    #[arg(long, value_delimiter = ',', default_values_t = [2048usize, 65536, 262144])]
+    pub classes: Vec<usize>,
+    /// Timed crossings per class, after 10 warm-up crossings.
+    #[arg(long, default_value_t = 400)]
+    pub iterations: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -45,7 +64,49 @@ pub struct GuestBenchArgs {
 pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Guest(a) => guest(a),
+        BenchCommand::Hop(a) => hop(a),
     }
+}
+
+fn hop(a: HopBenchArgs) -> Result<()> {
+    let mut out = Vec::new();
+    for &class in &a.classes {
+        eprintln!("timing {} crossings at the {class}-byte class", a.iterations);
+        out.push(mixnn_node::bench::hop_budget(class, a.iterations.max(1))?);
+    }
+    print!("{}", render_hop(&out));
+    if let Some(p) = &a.report {
+        super::write_json(p, &out)?;
+    }
+    Ok(())
+}
+
+/// One column per class: each stage's median, their sum, the measured
+/// crossing, the floor and the ratio.
+fn render_hop(b: &[mixnn_node::bench::HopBudget]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("hop latency budget, medians in microseconds\n");
+    let _ = write!(s, "{:<28}", "stage \\ class (bytes)");
+    for x in b {
+        let _ = write!(s, "{:>12}", x.class);
+    }
+    s.push('\n');
+    let mut row = |name: &str, f: &dyn Fn(&mixnn_node::bench::HopBudget) -> f64| {
+        let _ = write!(s, "{name:<28}");
+        for x in b {
+            let _ = write!(s, "{:>12.1}", f(x));
+        }
+        s.push('\n');
+    };
+    for i in 0..8 {
+        let name = b.first().map_or("", |x| mixnn_node::bench::stages(x)[i].0);
+        row(name, &|x| mixnn_node::bench::stages(x)[i].1);
+    }
+    row("sum of stages", &|x| x.total_us);
+    row("crossing (measured)", &|x| x.crossing_us);
+    row("floor (X25519 + 2 AEAD)", &|x| x.floor_us);
+    row("crossing / floor", &|x| x.ratio);
+    s
 }
 
 fn guest(a: GuestBenchArgs) -> Result<()> {

@@ -73,6 +73,11 @@ pub struct NodeArgs {
     /// smallest public class.
     #[arg(long, value_name = "BYTES")]
     pub slot_class: Option<u32>,
+    /// Carry every packet on libp2p streams: no direct Noise connection
+    /// per neighbour on a port of its own (slower; for a firewall that
+    /// admits the libp2p port only).
+    #[arg(long)]
+    pub no_direct_links: bool,
     /// Where compiled guests are cached (default: $MIXNN_CACHE_DIR,
     /// $XDG_CACHE_HOME/mixnn or ~/.cache/mixnn).
     #[arg(long, value_name = "DIR")]
@@ -141,6 +146,9 @@ impl NodeArgs {
         }
         if let Some(c) = self.slot_class {
             cfg.slot_class = c;
+        }
+        if self.no_direct_links {
+            cfg.direct_links = false;
         }
         if let Some(k) = self.guest_kernels {
             cfg.host_kernels = k == super::KernelsArg::Host;

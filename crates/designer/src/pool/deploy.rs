@@ -11,7 +11,7 @@ use mixnn_sphinx::Geometry;
 
 use super::detect::Detect;
 use super::endpoint::Endpoint;
-use super::mask;
+use super::{mask, prebuild};
 use super::onion::{self, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
@@ -90,6 +90,7 @@ impl PoolCascade {
                 packet_len: g.packet_len(class).map_err(PoolError::from)?,
                 ..Default::default()
             },
+            prebuilt: prebuild::Prebuilder::start(g.clone()),
             ep,
             g,
             class,

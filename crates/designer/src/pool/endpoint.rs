@@ -84,6 +84,7 @@ impl Endpoint {
                 },
                 metrics: metrics.clone(),
                 stop: stop_rx,
+                direct: true,
             }))
             .map_err(err)?;
         Ok(Endpoint {

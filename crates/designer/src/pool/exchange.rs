@@ -232,12 +232,23 @@ impl PoolCascade {
         let what = describe_exchange(phase, batch, slots.len(), target);
         let witnessed = tensor.is_some() && self.witness.is_some();
         let sent_tag = (self.witness.as_ref()).map(|w| w.tag(tensor.as_ref()));
+        let pattern = super::prebuild::key(&slots, &self.hops);
+        let header = match self.prebuilt.as_ref().and_then(|p| p.take(&pattern)) {
+            Some(h) => h,
+            None => onion::header(
+                &self.g,
+                self.class,
+                &self.hops,
+                &slots,
+                self.ep.node_id(),
+                &mut self.rng,
+            )?,
+        };
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
-            &self.hops,
+            header,
             slots,
-            self.ep.node_id(),
             tensor,
             e2e,
             section,
@@ -245,6 +256,11 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
+        // The next message of this pattern gets its header built while
+        // this one is in flight.
+        if let Some(p) = &self.prebuilt {
+            p.request(pattern, self.class, &self.hops, &sent.slots, self.ep.node_id());
+        }
         let (bound, rule) = self.detect.bound(kind);
         let answer = self.await_answer(&sent, bound, start, &what, &rule.to_string())?;
         let payload = onion::open(&self.g, &sent, answer)?;

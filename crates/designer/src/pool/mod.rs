@@ -32,6 +32,7 @@ pub mod mask;
 mod onion;
 mod phases;
 mod placement;
+mod prebuild;
 mod rekey;
 mod repair;
 mod replica;
@@ -166,6 +167,9 @@ pub struct PoolCascade {
     /// Deployed as a fork-join branch ([`PoolOptions::branch`]).
     branch: bool,
     rng: ChaCha20Rng,
+    /// Headers built ahead while messages are in flight (`None`: the
+    /// thread could not start; every message builds its own).
+    prebuilt: Option<prebuild::Prebuilder>,
     net: NetworkReport,
     /// End-to-end section length of packets without a tensor (control).
     control_section: usize,

@@ -77,26 +77,25 @@ pub struct Sent {
     pub witness_mask: Option<Vec<u8>>,
 }
 
-/// Builds the packet for `slots` carrying `tensor` and, for the slot at
-/// `e2e.0`, the end-to-end message `e2e.1`, sealed into a section of
-/// `section_len` bytes (random bytes of that length when the packet has no
-/// message: every hop sees a section of the same length either way). With
-/// `witness` the last [`witness::WITNESS_AREA`] bytes of the section are a
-/// witness area (§12.9): a random mask under the layer of every slot that
-/// will layer it, so what comes back is the mask over the hops' tags.
-#[allow(clippy::too_many_arguments)]
-pub fn build<R: RngCore + CryptoRng>(
+/// A packet's route and header, built before its payload: the costly part
+/// of a message (two scalar multiplications per slot), independent of
+/// what the message carries, so it can be built ahead ([`super::prebuild`]).
+pub struct Header {
+    links: Vec<LinkKey>,
+    packet: mixnn_sphinx::Packet,
+    state: DesignerState,
+}
+
+/// Builds the route and header for `slots` (fresh link keys, fresh relay
+/// handles, a fresh ephemeral key).
+pub fn header<R: RngCore + CryptoRng>(
     g: &Geometry,
     class: usize,
     hops: &[Hop],
-    slots: Vec<Slot>,
+    slots: &[Slot],
     designer: NodeId,
-    tensor: Option<WireTensor>,
-    e2e: Option<(usize, ToHop)>,
-    section_len: usize,
-    witness: bool,
     rng: &mut R,
-) -> Result<(Vec<u8>, Sent), DesignerError> {
+) -> Result<Header, DesignerError> {
     let links: Vec<LinkKey> = (0..=slots.len()).map(|_| LinkKey::random(rng)).collect();
     let route: Vec<RouteHop> = slots
         .iter()
@@ -125,6 +124,38 @@ pub fn build<R: RngCore + CryptoRng>(
         rng,
     )
     .map_err(|e| err(format!("building a packet: {e}")))?;
+    Ok(Header {
+        links,
+        packet,
+        state,
+    })
+}
+
+/// Builds the packet for `slots` (whose route and header are `header`,
+/// built for these slots) carrying `tensor` and, for the slot at
+/// `e2e.0`, the end-to-end message `e2e.1`, sealed into a section of
+/// `section_len` bytes (random bytes of that length when the packet has no
+/// message: every hop sees a section of the same length either way). With
+/// `witness` the last [`witness::WITNESS_AREA`] bytes of the section are a
+/// witness area (§12.9): a random mask under the layer of every slot that
+/// will layer it, so what comes back is the mask over the hops' tags.
+#[allow(clippy::too_many_arguments)]
+pub fn build<R: RngCore + CryptoRng>(
+    g: &Geometry,
+    class: usize,
+    header: Header,
+    slots: Vec<Slot>,
+    tensor: Option<WireTensor>,
+    e2e: Option<(usize, ToHop)>,
+    section_len: usize,
+    witness: bool,
+    rng: &mut R,
+) -> Result<(Vec<u8>, Sent), DesignerError> {
+    let Header {
+        links,
+        packet,
+        state,
+    } = header;
     let area = if witness { witness::WITNESS_AREA } else { 0 };
     let sealed_len = section_len.saturating_sub(area);
     let target = e2e.as_ref().map(|(t, _)| *t);

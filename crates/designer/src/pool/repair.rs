@@ -277,12 +277,19 @@ impl PoolCascade {
             .into());
         }
         let start = Instant::now();
-        let (bytes, sent) = onion::build(
+        let header = onion::header(
             &self.g,
             self.class,
             &self.hops,
-            slots,
+            &slots,
             self.ep.node_id(),
+            &mut self.rng,
+        )?;
+        let (bytes, sent) = onion::build(
+            &self.g,
+            self.class,
+            header,
+            slots,
             None,
             None,
             self.control_section,

@@ -84,6 +84,7 @@ pub(super) async fn start_peer(
         },
         metrics: link.clone(),
         stop: stop.clone(),
+        direct: cfg.direct_links,
     })
     .await
     .map_err(|e| match e {

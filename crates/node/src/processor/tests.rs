@@ -72,6 +72,7 @@ fn harness_on(rt: &Runtime, dir: &Path, max_tags: usize, keys: MixKeys) -> Harne
             },
             metrics: Arc::new(LinkMetrics::default()),
             stop,
+            direct: false,
         }))
         .unwrap();
     let metrics = Arc::new(Metrics::new("test".into()));

@@ -9,6 +9,12 @@
 //! holds at most [`GUEST_QUEUE_PER_JOB`] packets: the rest of a flooding or
 //! stalled job's packets are counted drops (`guest_queue_full`), and other
 //! jobs keep their place.
+//!
+//! Packets from direct connections skip the relay queue: the connection's
+//! reader thread does the relay worker's part itself ([`Pools::dispatch`]),
+//! so a relayed packet crosses the node without a hand-off between
+//! threads. Each reader thread serves one neighbour, so a slow neighbour
+//! stalls only its own link, as on a libp2p stream.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -68,6 +74,45 @@ impl Waiting {
 /// The two worker pools; [`Pools::submit`] feeds them.
 pub struct Pools {
     relay: SyncSender<(PeerId, Vec<u8>)>,
+    /// What [`Pools::dispatch`] needs: the relay worker's part on the
+    /// caller's thread.
+    inline: Dispatch,
+}
+
+/// A relay worker's part: open, serve what needs no guest, queue the rest.
+#[derive(Clone)]
+struct Dispatch {
+    processor: Arc<Processor>,
+    guests: SyncSender<Job>,
+    waiting: Arc<Waiting>,
+}
+
+impl Dispatch {
+    /// `false` once the guest workers are gone.
+    fn run(&self, from: PeerId, bytes: Vec<u8>) -> bool {
+        let processor = &self.processor;
+        let Some(peeled) = processor.peel(from, bytes) else {
+            return true;
+        };
+        if !peeled.needs_guest() {
+            processor.serve(from, peeled);
+            return true;
+        }
+        let job = peeled.job();
+        if !self.waiting.take(job) {
+            processor.metrics.drop_processed("guest_queue_full");
+            return true;
+        }
+        match self.guests.try_send((from, peeled)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.waiting.give_back(&job);
+                processor.metrics.drop_processed("guest_queue_full");
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
 }
 
 impl Pools {
@@ -86,14 +131,26 @@ impl Pools {
         }
         let (relay_tx, relay_rx) = sync_channel::<(PeerId, Vec<u8>)>(RELAY_QUEUE);
         let relay_rx = Arc::new(Mutex::new(relay_rx));
+        let inline = Dispatch {
+            processor,
+            guests: guest_tx,
+            waiting,
+        };
         for i in 0..relay_workers.max(1) {
-            let (processor, rx) = (processor.clone(), relay_rx.clone());
-            let (guests, waiting) = (guest_tx.clone(), waiting.clone());
-            thread(format!("mixnn-relay-{i}"), move || {
-                relay_loop(&processor, &rx, &guests, &waiting);
-            });
+            let (d, rx) = (inline.clone(), relay_rx.clone());
+            thread(format!("mixnn-relay-{i}"), move || relay_loop(&d, &rx));
         }
-        Pools { relay: relay_tx }
+        Pools {
+            relay: relay_tx,
+            inline,
+        }
+    }
+
+    /// Does a relay worker's part for one packet on the calling thread
+    /// (a direct connection's reader): Sphinx, then the relay or the
+    /// queue to the guest workers.
+    pub fn dispatch(&self, from: PeerId, bytes: Vec<u8>) {
+        self.inline.run(from, bytes);
     }
 
     /// Queues a packet for the relay workers, waiting while their queue is
@@ -115,34 +172,12 @@ fn thread(name: String, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn relay_loop(
-    processor: &Processor,
-    rx: &Mutex<Receiver<(PeerId, Vec<u8>)>>,
-    guests: &SyncSender<Job>,
-    waiting: &Waiting,
-) {
+fn relay_loop(d: &Dispatch, rx: &Mutex<Receiver<(PeerId, Vec<u8>)>>) {
     loop {
         let next = lock(rx).recv();
         let Ok((from, bytes)) = next else { return };
-        let Some(peeled) = processor.peel(from, bytes) else {
-            continue;
-        };
-        if !peeled.needs_guest() {
-            processor.serve(from, peeled);
-            continue;
-        }
-        let job = peeled.job();
-        if !waiting.take(job) {
-            processor.metrics.drop_processed("guest_queue_full");
-            continue;
-        }
-        match guests.try_send((from, peeled)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                waiting.give_back(&job);
-                processor.metrics.drop_processed("guest_queue_full");
-            }
-            Err(TrySendError::Disconnected(_)) => return,
+        if !d.run(from, bytes) {
+            return;
         }
     }
 }
@@ -170,6 +205,8 @@ pub fn spawn(
         relay_workers,
         guest_workers,
     ));
+    let direct = pools.clone();
+    inbox.set_direct_sink(Arc::new(move |from, data| direct.dispatch(from, data)));
     tokio::spawn(async move {
         let mut sync = tokio::time::interval(SYNC_EVERY);
         loop {

@@ -37,6 +37,7 @@ pub const MAX_STREAMS_PER_PEER: usize = 4;
 pub struct PacketInbox {
     rx: mpsc::Receiver<InboundPacket>,
     budget: Arc<Budget>,
+    pub(crate) direct: Option<Arc<crate::direct::Direct>>,
 }
 
 impl PacketInbox {
@@ -46,29 +47,30 @@ impl PacketInbox {
         self.budget.give_back(p.data.len());
         Some(p)
     }
+
+    /// Hands packets from direct connections to `sink` on their reader
+    /// thread instead of queueing them here (a node's hop: no hand-off
+    /// between threads); `false` if a sink was set before or the peer has
+    /// no direct plane.
+    pub fn set_direct_sink(&self, sink: crate::direct::DirectSink) -> bool {
+        self.direct.as_ref().is_some_and(|d| d.set_sink(sink))
+    }
 }
 
 /// What the inbound side shares between stream readers.
 #[derive(Clone)]
-struct InboundQueue {
+pub(crate) struct InboundQueue {
     tx: mpsc::Sender<InboundPacket>,
-    budget: Arc<Budget>,
+    pub(crate) budget: Arc<Budget>,
     metrics: Arc<LinkMetrics>,
 }
 
 impl InboundQueue {
     /// Queues a packet whose length the reader already took from the budget.
-    fn push(&self, p: InboundPacket) {
+    pub(crate) fn push(&self, p: InboundPacket) {
         let (len, from) = (p.data.len(), p.from);
         match self.tx.try_send(p) {
-            Ok(()) => {
-                self.metrics.packets_in.fetch_add(1, Ordering::Relaxed);
-                self.metrics.count_length(len, 1);
-                self.metrics.trace.record(false, from, len);
-                self.metrics
-                    .bytes_in
-                    .fetch_add(len as u64, Ordering::Relaxed);
-            }
+            Ok(()) => self.metrics.count_in(from, len),
             Err(e) => {
                 self.budget.give_back(len);
                 self.metrics.drop_packet(match e {
@@ -81,14 +83,18 @@ impl InboundQueue {
 }
 
 /// Creates the inbound queue and starts accepting packet streams; the task
-/// ends when `stop` changes.
-pub fn start_inbound(
+/// ends when `stop` changes. The queue is returned too, for the direct
+/// plane to feed.
+pub(crate) fn start_inbound(
     mut control: libp2p_stream::Control,
     sizes: SizeClasses,
     limits: QueueLimits,
     metrics: Arc<LinkMetrics>,
     stop: watch::Receiver<bool>,
-) -> Result<(PacketInbox, tokio::task::JoinHandle<()>), libp2p_stream::AlreadyRegistered> {
+) -> Result<
+    (PacketInbox, tokio::task::JoinHandle<()>, InboundQueue),
+    libp2p_stream::AlreadyRegistered,
+> {
     let mut incoming = control.accept(protocol())?;
     let (tx, rx) = mpsc::channel(limits.packets);
     let budget = Budget::new(limits.bytes);
@@ -97,6 +103,7 @@ pub fn start_inbound(
         budget: budget.clone(),
         metrics,
     };
+    let fed = queue.clone();
     let mut stop_accept = stop.clone();
     let open = StreamCounts::default();
     let task = tokio::spawn(async move {
@@ -122,7 +129,12 @@ pub fn start_inbound(
             }
         }
     });
-    Ok((PacketInbox { rx, budget }, task))
+    let inbox = PacketInbox {
+        rx,
+        budget,
+        direct: None,
+    };
+    Ok((inbox, task, fed))
 }
 
 /// Open inbound streams per peer; an entry leaves when its count is zero.

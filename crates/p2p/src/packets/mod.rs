@@ -31,11 +31,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use libp2p::{PeerId, StreamProtocol};
 
 mod frame;
-mod inbound;
+pub(crate) mod inbound;
 mod link;
 mod sender;
 
-pub use inbound::{PacketInbox, start_inbound};
+pub(crate) use inbound::{FRAME_DEADLINE, InboundQueue, start_inbound};
+pub use inbound::PacketInbox;
 pub use sender::{DEFAULT_MAX_LINKS, PacketSender};
 
 /// The protocol of packet streams.
@@ -94,7 +95,7 @@ impl SizeClasses {
 }
 
 /// A byte budget shared by producers and consumers of a queue.
-struct Budget {
+pub(crate) struct Budget {
     used: AtomicUsize,
     limit: usize,
 }
@@ -106,14 +107,14 @@ impl Budget {
             limit,
         })
     }
-    fn try_take(&self, n: usize) -> bool {
+    pub(crate) fn try_take(&self, n: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 (u + n <= self.limit).then_some(u + n)
             })
             .is_ok()
     }
-    fn give_back(&self, n: usize) {
+    pub(crate) fn give_back(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
     #[cfg(test)]

@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::link::run_link;
 use super::{Budget, SendError, SizeClasses};
+use crate::direct::Direct;
 use crate::link_metrics::{DropReason, LinkMetrics};
 use crate::peer::SwarmHandle;
 use crate::setup::QueueLimits;
@@ -68,6 +69,8 @@ pub(super) struct SenderInner {
     pub(super) budget: Arc<Budget>,
     pub(super) metrics: Arc<LinkMetrics>,
     pub(super) stop: watch::Receiver<bool>,
+    /// The direct plane, tried before the libp2p link.
+    direct: Option<Arc<Direct>>,
 }
 
 /// Queues packets on neighbour links; cheap to clone.
@@ -76,14 +79,16 @@ pub struct PacketSender(Arc<SenderInner>);
 
 impl PacketSender {
     /// A sender whose links queue up to `limits.packets` each and
-    /// `limits.bytes` all together.
-    pub fn new(
+    /// `limits.bytes` all together; packets go over `direct` connections
+    /// where there are some.
+    pub(crate) fn new(
         control: libp2p_stream::Control,
         swarm: SwarmHandle,
         sizes: SizeClasses,
         limits: QueueLimits,
         metrics: Arc<LinkMetrics>,
         stop: watch::Receiver<bool>,
+        direct: Option<Arc<Direct>>,
     ) -> Self {
         Self(Arc::new(SenderInner {
             control,
@@ -96,6 +101,7 @@ impl PacketSender {
             budget: Budget::new(limits.bytes),
             metrics,
             stop,
+            direct,
         }))
     }
 
@@ -109,6 +115,19 @@ impl PacketSender {
         let len = packet.len();
         if !inner.sizes.contains(len) {
             return Err(SendError::BadLength(len));
+        }
+        if let Some(direct) = &inner.direct {
+            match direct.link(&to) {
+                Some(link) => match link.send(&packet) {
+                    Ok(()) => {
+                        inner.metrics.count_out(to, len);
+                        return Ok(());
+                    }
+                    // The packet goes the libp2p way below.
+                    Err(_) => direct.failed(&link),
+                },
+                None => direct.ensure(to),
+            }
         }
         if !inner.budget.try_take(len) {
             inner.metrics.drop_packet(DropReason::OutboundQueueFull);
@@ -153,6 +172,11 @@ impl PacketSender {
         if *self.0.stop.borrow() {
             return Err(SendError::Closed);
         }
+        if let Some(direct) = &self.0.direct
+            && direct.link(&peer).is_none()
+        {
+            direct.ensure(peer);
+        }
         let mut up = {
             let mut links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
             match self.live_link(&mut links, peer, true) {
@@ -179,6 +203,12 @@ impl PacketSender {
     pub fn link_up(&self, peer: PeerId) -> Option<watch::Receiver<bool>> {
         let links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
         links.get(&peer).map(|l| l.up.clone())
+    }
+
+    /// Whether a direct connection to `peer` carries packets now (see
+    /// [`crate::direct`]).
+    pub fn direct_up(&self, peer: &PeerId) -> bool {
+        self.0.direct.as_ref().is_some_and(|d| d.link(peer).is_some())
     }
 
     /// Links to at most `n` neighbours from now on (at least one); links
@@ -279,6 +309,7 @@ mod tests {
             },
             metrics: metrics.clone(),
             stop,
+            direct: true,
         })
         .await
         .unwrap();
