@@ -11,7 +11,9 @@
 //! Noise messages and writes them to the next connection. Each stage is
 //! timed on the hop thread; "receive" runs from the upstream `write` call
 //! to the hop having the packet's last byte (the kernel's copy and the
-//! hop thread's wake-up). The floor is what the issue names as the
+//! hop thread's wake-up); "send" is the hop's `write` call, with the
+//! next hop not yet reading (so the call is not cut short by the reader
+//! taking its core). The floor is what the issue names as the
 //! crypto a crossing cannot avoid: one X25519 and two ChaCha20-Poly1305
 //! passes over the payload (link payload and Noise), timed alone.
 
@@ -160,6 +162,10 @@ pub fn hop_budget(class: usize, n: usize) -> Result<HopBudget, BenchError> {
     let (mut up, mut into_hop) = loopback()?;
     let (mut out_of_hop, mut down) = loopback()?;
     let (t0_tx, t0_rx) = mpsc::channel::<Instant>();
+    // The downstream end reads only once the hop's write returned, so the
+    // write wakes nobody who could take the hop's core mid-call (in a
+    // pool the next hop runs in another process, often on the other core).
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let h = g.header_len();
     let hop = std::thread::spawn(move || -> Result<Vec<[Duration; 9]>, BenchError> {
         let mut replay = ReplayCache::new(1 << 20);
@@ -193,6 +199,7 @@ pub fn hop_budget(class: usize, n: usize) -> Result<HopBudget, BenchError> {
             }
             d[8] = t8 - t0;
             times.push(d);
+            done_tx.send(()).map_err(|e| err("downstream", e))?;
         }
         Ok(times)
     });
@@ -201,6 +208,7 @@ pub fn hop_budget(class: usize, n: usize) -> Result<HopBudget, BenchError> {
         up.seal(p)?;
         t0_tx.send(Instant::now()).map_err(|e| err("hop", e))?;
         up.write()?;
+        done_rx.recv().map_err(|e| err("hop", e))?;
         down.read(packet_len)?;
         down.open(&mut sink)?;
     }

@@ -29,11 +29,29 @@ pub fn node_id_of(identity_key: &[u8; 32]) -> NodeId {
 }
 
 /// The peer a NodeId names, if it is an ed25519 key.
+///
+/// Memoised: decoding the key decompresses a curve point (a field
+/// inversion, ~10 µs), once per packet otherwise, while a node forwards
+/// to a handful of neighbours. The memo is bounded (cleared when full),
+/// since the next hop is chosen by whoever built the packet.
 pub fn peer_of(id: &NodeId) -> Option<PeerId> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&id.0).ok()?;
-    Some(PeerId::from_public_key(&libp2p::identity::PublicKey::from(
-        key,
-    )))
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    const MAX: usize = 4096;
+    static MEMO: LazyLock<Mutex<HashMap<[u8; 32], Option<PeerId>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    if let Some(p) = MEMO.lock().unwrap_or_else(|p| p.into_inner()).get(&id.0) {
+        return *p;
+    }
+    let peer = libp2p::identity::ed25519::PublicKey::try_from_bytes(&id.0)
+        .ok()
+        .map(|key| PeerId::from_public_key(&libp2p::identity::PublicKey::from(key)));
+    let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    if memo.len() >= MAX {
+        memo.clear();
+    }
+    memo.insert(id.0, peer);
+    peer
 }
 
 /// The metrics label of an op (`mixnn_packets_handled_total{op=…}`).

@@ -58,6 +58,7 @@ pub fn loopback() -> Result<(BenchSender, BenchReceiver), BenchError> {
     let kb = noise::builder()?.generate_keypair().map_err(NoiseError::from)?;
     let responder = std::thread::spawn(move || -> Result<_, BenchError> {
         let (mut s, _) = l.accept()?;
+        noise::tune(&s)?;
         let hs = noise::builder()?
             .local_private_key(&kb.private)
             .and_then(snow::Builder::build_responder)
@@ -67,7 +68,7 @@ pub fn loopback() -> Result<(BenchSender, BenchReceiver), BenchError> {
     });
     let ka = noise::builder()?.generate_keypair().map_err(NoiseError::from)?;
     let mut c = TcpStream::connect(addr)?;
-    c.set_nodelay(true)?;
+    noise::tune(&c)?;
     let hs = noise::builder()?
         .local_private_key(&ka.private)
         .and_then(snow::Builder::build_initiator)

@@ -47,7 +47,6 @@ impl Link {
     ) -> std::io::Result<Arc<Self>> {
         let w = stream.try_clone()?;
         w.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        w.set_nodelay(true)?;
         Ok(Arc::new(Self {
             peer,
             transport,

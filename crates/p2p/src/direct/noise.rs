@@ -43,6 +43,22 @@ pub(crate) enum NoiseError {
     Framing(&'static str),
 }
 
+/// Socket buffers of a direct connection, each way: a few packets of the
+/// largest class. Why set them: Linux starts a send buffer at 16 KiB and
+/// grows it only as the connection proves itself, so a 64 KiB packet's
+/// `write` would wait for the neighbour to read; with room for whole
+/// packets the writer returns once the kernel has the bytes.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Sets a connected socket up for packets: no Nagle delay, buffers of
+/// [`SOCKET_BUFFER`] (the kernel caps them at its maximum).
+pub(crate) fn tune(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let r = socket2::SockRef::from(s);
+    r.set_send_buffer_size(SOCKET_BUFFER)?;
+    r.set_recv_buffer_size(SOCKET_BUFFER)
+}
+
 /// Builder for this process's direct-plane key pair and handshakes.
 pub(crate) fn builder() -> Result<snow::Builder<'static>, NoiseError> {
     let params = PATTERN

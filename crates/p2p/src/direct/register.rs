@@ -157,7 +157,7 @@ async fn register(direct: &Direct, peer: PeerId) -> std::io::Result<Option<(u16,
 /// and adopts the link.
 fn dial(direct: &Arc<Direct>, peer: PeerId, addr: SocketAddr, key: [u8; 32]) -> Result<(), NoiseError> {
     let mut s = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT)?;
-    s.set_nodelay(true)?;
+    noise::tune(&s)?;
     let hs = noise::builder()?
         .local_private_key(&direct.secret)?
         .build_initiator()?;
@@ -185,7 +185,7 @@ fn accept(
     direct: &Direct,
     mut s: TcpStream,
 ) -> Result<(Arc<super::Link>, noise::Opener), NoiseError> {
-    s.set_nodelay(true)?;
+    noise::tune(&s)?;
     let hs = noise::builder()?
         .local_private_key(&direct.secret)?
         .build_responder()?;
