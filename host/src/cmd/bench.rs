@@ -13,6 +13,11 @@ pub enum BenchCommand {
     /// Per shard and batch size: forward/backward medians, native tract vs
     /// the wasm guest under the sandbox's limits, and their ratio.
     Guest(GuestBenchArgs),
+    /// A pool of 30–60 node processes on this machine with cover traffic
+    /// at several rates, a training job through it: per node packets and
+    /// bytes per second, CPU share, memory, drops, and the job's step time
+    /// (figures: docs/scale.md).
+    Scale(super::bench_scale::ScaleBenchArgs),
 }
 
 #[derive(Args)]
@@ -45,6 +50,7 @@ pub struct GuestBenchArgs {
 pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Guest(a) => guest(a),
+        BenchCommand::Scale(a) => super::bench_scale::run(a),
     }
 }
 

@@ -286,6 +286,19 @@ impl LocalPool {
     /// Stops every process now (the same as dropping the pool).
     pub fn stop(self) {}
 
+    /// Process ids, the bootstrap's first, then the nodes' in start order;
+    /// `None` for one that has exited. `mixnn bench scale` reads each
+    /// one's CPU time from /proc and tells a node that died from one that
+    /// is slow.
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        (lock(&self.inner).procs.iter_mut())
+            .map(|p| match p.child.try_wait() {
+                Ok(None) => Some(p.child.id()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether process `i` (0 is the bootstrap, node `k` is `k + 1`) has
     /// exited, e.g. killed by `--kill`.
     fn exited(&self, i: usize) -> bool {
