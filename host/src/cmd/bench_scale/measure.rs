@@ -117,7 +117,10 @@ pub fn window(pool: &LocalPool, a: &Sample, b: &Sample) -> Window {
     let share = |x: Option<f64>, y: Option<f64>| Some((y? - x?).max(0.0) / secs);
     let mut w = Window {
         seconds: secs,
-        bootstrap_cpu_share: share(a.cpu.first().copied().flatten(), b.cpu.first().copied().flatten()),
+        bootstrap_cpu_share: share(
+            a.cpu.first().copied().flatten(),
+            b.cpu.first().copied().flatten(),
+        ),
         designer_cpu_share: share(a.own_cpu, b.own_cpu),
         ..Window::default()
     };
@@ -125,7 +128,9 @@ pub fn window(pool: &LocalPool, a: &Sample, b: &Sample) -> Window {
         let (Some(Some(x)), Some(Some(y))) = (a.counters.get(i), b.counters.get(i)) else {
             continue;
         };
-        let d = |series: &str| (y.get(series).copied().unwrap_or(0.0) - x.get(series).copied().unwrap_or(0.0)).max(0.0);
+        let d = |series: &str| {
+            (y.get(series).copied().unwrap_or(0.0) - x.get(series).copied().unwrap_or(0.0)).max(0.0)
+        };
         let cover = |kind: &str| d(&format!("mixnn_cover_packets_total{{kind=\"{kind}\"}}"));
         let cpu = |s: &Sample| s.cpu.get(i + 1).copied().flatten();
         let load = Load {
