@@ -360,7 +360,7 @@ impl TrainObserver for StepLines {
 /// inherit this process's limit, raised here up to the hard limit when
 /// needed) and ephemeral ports (one per connection between two nodes).
 fn preflight(nodes: usize) -> Result<()> {
-    let fds = 4 * nodes as u64 + 256;
+    let fds = 4 * nodes + 256;
     raise_fd_limit(fds)?;
     if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
         let v: Vec<u64> = range
@@ -381,7 +381,8 @@ fn preflight(nodes: usize) -> Result<()> {
 }
 
 #[cfg(unix)]
-fn raise_fd_limit(need: u64) -> Result<()> {
+fn raise_fd_limit(need: usize) -> Result<()> {
+    let need = need as libc::rlim_t;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -390,17 +391,17 @@ fn raise_fd_limit(need: u64) -> Result<()> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         bail!("reading the open-file limit (RLIMIT_NOFILE)");
     }
-    if lim.rlim_cur as u64 >= need {
+    if lim.rlim_cur >= need {
         return Ok(());
     }
-    if (lim.rlim_max as u64) < need {
+    if lim.rlim_max < need {
         bail!(
             "the pool needs about {need} open files per process but the hard limit is {}: \
              raise it (ulimit -Hn) or start fewer nodes",
             lim.rlim_max
         );
     }
-    lim.rlim_cur = need as libc::rlim_t;
+    lim.rlim_cur = need;
     // SAFETY: setrlimit reads the struct we own; raising the soft limit up
     // to the hard one is always permitted.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
@@ -410,7 +411,7 @@ fn raise_fd_limit(need: u64) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn raise_fd_limit(_need: u64) -> Result<()> {
+fn raise_fd_limit(_need: usize) -> Result<()> {
     Ok(())
 }
 

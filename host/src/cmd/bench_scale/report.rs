@@ -121,11 +121,8 @@ pub fn render(r: &ScaleReport) -> String {
             format!("{}K", c.bytes_per_sec / 1024)
         );
         let _ = writeln!(s, "{head} {}", row("idle", &run.idle, None));
-        match (&run.job, &run.figures) {
-            (Some(w), f) => {
-                let _ = writeln!(s, "{:>27} {}", "", row("job", w, f.as_ref()));
-            }
-            (None, _) => {}
+        if let Some(w) = &run.job {
+            let _ = writeln!(s, "{:>27} {}", "", row("job", w, run.figures.as_ref()));
         }
         if let Some(e) = &run.error {
             let _ = writeln!(s, "{:>27} job failed: {e}", "");
