@@ -235,28 +235,33 @@ fn stat_cpu(stat: &str) -> Option<f64> {
 }
 
 /// The kernel's clock ticks per second, the unit of `/proc/PID/stat`.
-#[cfg(unix)]
 fn ticks_per_second() -> Option<f64> {
-    // SAFETY: sysconf reads a constant of the system; no memory is shared.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (t > 0).then_some(t as f64)
-}
-
-#[cfg(not(unix))]
-fn ticks_per_second() -> Option<f64> {
-    None
+    sysconf(Unit::Ticks)
 }
 
 /// Bytes per memory page, the unit of `/proc/PID/statm`.
-#[cfg(unix)]
 fn page_size() -> Option<f64> {
+    sysconf(Unit::Page)
+}
+
+enum Unit {
+    Ticks,
+    Page,
+}
+
+#[cfg(unix)]
+fn sysconf(unit: Unit) -> Option<f64> {
+    let name = match unit {
+        Unit::Ticks => libc::_SC_CLK_TCK,
+        Unit::Page => libc::_SC_PAGESIZE,
+    };
     // SAFETY: sysconf reads a constant of the system; no memory is shared.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (p > 0).then_some(p as f64)
+    let v = unsafe { libc::sysconf(name) };
+    (v > 0).then_some(v as f64)
 }
 
 #[cfg(not(unix))]
-fn page_size() -> Option<f64> {
+fn sysconf(_unit: Unit) -> Option<f64> {
     None
 }
 
