@@ -73,8 +73,10 @@ fn a_small_pool_reports_cover_load_cpu_and_step_time() {
             assert!(num(run, &format!("/{w}/mean/cpu_share")) > 0.0);
             assert!(num(run, &format!("/{w}/max/rss_mib")) > 0.0);
         }
-        // The job's packets went through the nodes.
+        // The job's packets went through the nodes: 3 layers + 2 dummies.
         assert!(num(run, "/job/mean/packets_out_per_s") > 0.0);
+        assert_eq!(num(run, "/job_split/cascade_nodes"), 5.0);
+        assert!(num(run, "/job_split/cascade/packets_out_per_s") > 0.0);
     }
     let (off, on) = (&runs[0], &runs[1]);
     assert_eq!(num(off, "/cover/bytes_per_sec"), 0.0);

@@ -99,27 +99,8 @@ pub fn run(a: ScaleBenchArgs) -> Result<()> {
     super::harness::exit_on_interrupt()?;
     check_args(&a)?;
     preflight(a.nodes)?;
+    let (model, name, shards) = job_model(&a)?;
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;
-    let (model, name) = match a.model {
-        ScaleModel::Mlp => (
-            mixnn_shard::mlp(a.seed, a.batch, mixnn_shard::Form::Gemm),
-            "paper MLP",
-        ),
-        ScaleModel::Lenet5 => (
-            mixnn_shard::lenet5(a.seed, a.batch, mixnn_shard::Form::Gemm),
-            "LeNet-5",
-        ),
-    };
-    let shards = mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?;
-    if a.nodes < shards.len() + a.dummies {
-        bail!(
-            "--nodes {}: the job needs {} distinct nodes ({} layers + {} dummies)",
-            a.nodes,
-            shards.len() + a.dummies,
-            shards.len(),
-            a.dummies
-        );
-    }
     let (class, packet_len) = job_class(&shards, &[a.batch])?;
     let base = CoverRate {
         multiple: 1.0,
@@ -174,6 +155,38 @@ pub fn run(a: ScaleBenchArgs) -> Result<()> {
         println!("report written to {}", p.display());
     }
     Ok(())
+}
+
+/// The job's model, its name, and its shards; checks the pool can hold
+/// the cascade (layers and dummies on distinct nodes).
+fn job_model(
+    a: &ScaleBenchArgs,
+) -> Result<(
+    mixnn_shard::pb::ModelProto,
+    &'static str,
+    Vec<mixnn_shard::pb::ModelProto>,
+)> {
+    let (model, name) = match a.model {
+        ScaleModel::Mlp => (
+            mixnn_shard::mlp(a.seed, a.batch, mixnn_shard::Form::Gemm),
+            "paper MLP",
+        ),
+        ScaleModel::Lenet5 => (
+            mixnn_shard::lenet5(a.seed, a.batch, mixnn_shard::Form::Gemm),
+            "LeNet-5",
+        ),
+    };
+    let shards = mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?;
+    if a.nodes < shards.len() + a.dummies {
+        bail!(
+            "--nodes {}: the job needs {} distinct nodes ({} layers + {} dummies)",
+            a.nodes,
+            shards.len() + a.dummies,
+            shards.len(),
+            a.dummies
+        );
+    }
+    Ok((model, name, shards))
 }
 
 fn check_args(a: &ScaleBenchArgs) -> Result<()> {
@@ -246,6 +259,10 @@ fn run_rate(
     };
     let s2 = measure::sample(&pool, &rt);
     let job = measure::window(&pool, &s1, &s2);
+    let job_split = (figures.as_ref()).map(|f: &JobFigures| {
+        let peers: Vec<String> = f.cascade.iter().map(|(_, p)| p.clone()).collect();
+        measure::split(&job, &peers)
+    });
     let pids = pool.pids();
     let nodes_exited = (1..pids.len())
         .filter(|&i| pids[i].is_none())
@@ -258,6 +275,7 @@ fn run_rate(
         start_seconds,
         idle,
         job: Some(job),
+        job_split,
         figures,
         error,
         nodes_exited,

@@ -170,6 +170,32 @@ pub fn window(pool: &LocalPool, a: &Sample, b: &Sample) -> Window {
     w
 }
 
+/// A job's window seen in two parts: the cascade's nodes, which carry the
+/// job's packets, and the others, which carry only cover (their own and
+/// what they relay).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Split {
+    pub cascade_nodes: usize,
+    pub cascade: Load,
+    pub cascade_max: Load,
+    pub others: Load,
+    pub others_max: Load,
+}
+
+/// Splits `w` by the cascade's peer ids.
+pub fn split(w: &Window, cascade: &[String]) -> Split {
+    let (hops, rest): (Vec<NodeWindow>, Vec<NodeWindow>) =
+        (w.nodes.iter().cloned()).partition(|n| cascade.contains(&n.peer_id));
+    let ((cascade, cascade_max), (others, others_max)) = (summarise(&hops), summarise(&rest));
+    Split {
+        cascade_nodes: hops.len(),
+        cascade,
+        cascade_max,
+        others,
+        others_max,
+    }
+}
+
 /// Mean and maximum of every column over the nodes.
 fn summarise(nodes: &[NodeWindow]) -> (Load, Load) {
     let n = nodes.len().max(1) as f64;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::measure::Window;
+use super::measure::{Load, Split, Window};
 
 /// The cover settings of every node of one run.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -64,6 +64,8 @@ pub struct RateRun {
     pub idle: Window,
     /// While the job ran (deployment, training, test, export, close).
     pub job: Option<Window>,
+    /// The job's window, the cascade's nodes apart from the others.
+    pub job_split: Option<Split>,
     pub figures: Option<JobFigures>,
     /// Why the job failed, if it did (the bench goes on to the next rate).
     pub error: Option<String>,
@@ -90,8 +92,10 @@ pub struct ScaleReport {
     pub runs: Vec<RateRun>,
 }
 
-/// The table: one row per rate and window; loads are per node (mean, and
-/// the busiest node in brackets).
+/// The table: per rate, cover alone (all nodes), then the job's window for
+/// the nodes outside the cascade (cover only) and for the cascade's nodes
+/// (cover and the job); loads are per node, the mean and the busiest node
+/// in brackets.
 pub fn render(r: &ScaleReport) -> String {
     let mut s = format!(
         "{} nodes, {}, {} dummies, batch {}, {} steps; cover loads per node: mean [max]\n",
@@ -120,9 +124,21 @@ pub fn render(r: &ScaleReport) -> String {
             format!("{}/{} ms", c.loop_ms, c.drop_ms),
             format!("{}K", c.bytes_per_sec / 1024)
         );
-        let _ = writeln!(s, "{head} {}", row("idle", &run.idle, None));
-        if let Some(w) = &run.job {
-            let _ = writeln!(s, "{:>27} {}", "", row("job", w, run.figures.as_ref()));
+        let idle = &run.idle;
+        let all = (&idle.mean, &idle.max);
+        let _ = writeln!(s, "{head} {}", row("idle", all, idle, None));
+        match (&run.job, &run.job_split) {
+            (Some(w), Some(sp)) => {
+                let rest = (&sp.others, &sp.others_max);
+                let hops = (&sp.cascade, &sp.cascade_max);
+                let _ = writeln!(s, "{:>27} {}", "", row("others", rest, w, None));
+                let f = run.figures.as_ref();
+                let _ = writeln!(s, "{:>27} {}", "", row("hops", hops, w, f));
+            }
+            (Some(w), None) => {
+                let _ = writeln!(s, "{:>27} {}", "", row("job", (&w.mean, &w.max), w, None));
+            }
+            _ => {}
         }
         if let Some(e) = &run.error {
             let _ = writeln!(s, "{:>27} job failed: {e}", "");
@@ -134,9 +150,11 @@ pub fn render(r: &ScaleReport) -> String {
     s
 }
 
-fn row(label: &str, w: &Window, f: Option<&JobFigures>) -> String {
+/// One row: per-node loads (mean [max]) of some of the window's nodes;
+/// the pool's CPU and the drops are the whole window's.
+fn row(label: &str, (mean, max): (&Load, &Load), w: &Window, f: Option<&JobFigures>) -> String {
     let pair = |m: f64, x: f64, scale: f64| format!("{:.1} [{:.1}]", m / scale, x / scale);
-    let cpu = match (w.mean.cpu_share, w.max.cpu_share) {
+    let cpu = match (mean.cpu_share, max.cpu_share) {
         (Some(m), Some(x)) => pair(m * 100.0, x * 100.0, 1.0),
         _ => "-".into(),
     };
@@ -146,9 +164,9 @@ fn row(label: &str, w: &Window, f: Option<&JobFigures>) -> String {
     });
     format!(
         "{label:>6} {:>17} {:>17} {:>19} {:>15} {pool:>6} {step:>8} {hop:>8}  {}",
-        pair(w.mean.packets_out_per_s, w.max.packets_out_per_s, 1.0),
-        pair(w.mean.packets_in_per_s, w.max.packets_in_per_s, 1.0),
-        pair(w.mean.bytes_out_per_s, w.max.bytes_out_per_s, 1000.0),
+        pair(mean.packets_out_per_s, max.packets_out_per_s, 1.0),
+        pair(mean.packets_in_per_s, max.packets_in_per_s, 1.0),
+        pair(mean.bytes_out_per_s, max.bytes_out_per_s, 1000.0),
         cpu,
         drops(&w.drops)
     )
