@@ -51,6 +51,8 @@ fn a_small_pool_reports_cover_load_cpu_and_step_time() {
         "0,2",
         "--idle-s",
         "3",
+        "--settle-s",
+        "1",
         "--report",
         path.to_str().unwrap(),
     ];

@@ -73,6 +73,11 @@ pub struct ScaleBenchArgs {
     /// Seconds of cover alone measured before each job.
     #[arg(long, default_value_t = 20, value_name = "SECS")]
     pub idle_s: u64,
+    /// Seconds to wait after the pool is up before measuring: nodes keep
+    /// dialling, publishing and filling their routing tables for a while
+    /// after they joined, which is start-up cost, not cover's.
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub settle_s: u64,
     /// How long the bootstrap and all nodes may take to come up.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub start_timeout_s: u64,
@@ -129,6 +134,7 @@ pub fn run(a: ScaleBenchArgs) -> Result<()> {
         batch: a.batch,
         steps: a.steps,
         idle_seconds: a.idle_s,
+        settle_seconds: a.settle_s,
         base,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_before: load_average(),
@@ -237,6 +243,10 @@ fn run_rate(
     let start_seconds = started.elapsed().as_secs_f64();
     println!("  {} nodes up in {start_seconds:.1} s", a.nodes);
     let rt = measure::runtime()?;
+    if a.settle_s > 0 {
+        println!("  letting the pool settle for {} s", a.settle_s);
+        std::thread::sleep(Duration::from_secs(a.settle_s));
+    }
     let s0 = measure::sample(&pool, &rt);
     println!("  cover alone for {} s", a.idle_s);
     std::thread::sleep(Duration::from_secs(a.idle_s));

@@ -82,6 +82,8 @@ pub struct ScaleReport {
     pub batch: usize,
     pub steps: usize,
     pub idle_seconds: u64,
+    /// Seconds each pool ran before the idle window began.
+    pub settle_seconds: u64,
     /// The base every multiple scales (the node's defaults unless given).
     pub base: CoverRate,
     /// CPUs this process may run on.
