@@ -142,14 +142,15 @@ pub fn run(a: ScaleBenchArgs) -> Result<()> {
     };
     for (i, &m) in a.cover_rates.iter().enumerate() {
         let rate = CoverRate::scaled(m, base);
-        println!(
-            "\n[{}/{}] cover x{m}: loops every {} ms, drops every {} ms, budget {} B/s per node",
-            i + 1,
-            a.cover_rates.len(),
-            rate.loop_ms,
-            rate.drop_ms,
-            rate.bytes_per_sec
-        );
+        let what = if rate.bytes_per_sec == 0 {
+            "off".to_string()
+        } else {
+            format!(
+                "loops every {} ms, drops every {} ms, budget {} B/s per node",
+                rate.loop_ms, rate.drop_ms, rate.bytes_per_sec
+            )
+        };
+        println!("\n[{}/{}] cover x{m}: {what}", i + 1, a.cover_rates.len());
         let run = run_rate(&a, rate, &model, &data, class)?;
         report.runs.push(run);
         if let Some(p) = &a.report {
@@ -226,6 +227,7 @@ fn run_rate(
     data: &mixnn_data::Mnist,
     class: usize,
 ) -> Result<RateRun> {
+    let load_before = load_average();
     let started = Instant::now();
     let pool = LocalPool::start(
         &LocalPoolOptions {
@@ -282,6 +284,7 @@ fn run_rate(
     pool.stop();
     Ok(RateRun {
         cover: rate,
+        load_before,
         start_seconds,
         idle,
         job: Some(job),

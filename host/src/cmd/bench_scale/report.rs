@@ -58,6 +58,9 @@ pub struct JobFigures {
 #[derive(Clone, Debug, Serialize)]
 pub struct RateRun {
     pub cover: CoverRate,
+    /// 1-minute load average before this rate's pool started (the
+    /// machine's other work: step times move with it).
+    pub load_before: Option<f64>,
     /// Seconds from the first process started to every node in the directory.
     pub start_seconds: f64,
     /// Cover alone (no job): what the rate costs an idle pool.
