@@ -45,7 +45,7 @@ pub struct ScaleBenchArgs {
     /// (comma-separated): loop and drop intervals divided by the multiple,
     /// the byte budget multiplied by it, so the budget never stretches a
     /// rate. 0 = cover off, the baseline.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1.0, 2.0, 4.0], value_name = "X")]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1.0, 2.0, 4.0, 8.0], value_name = "X")]
     pub cover_rates: Vec<f64>,
     /// Base mean interval between loop cover packets, ms (default: the node's).
     #[arg(long, default_value_t = mixnn_node::NodeConfig::default().cover_loop_ms, value_name = "MS")]
@@ -57,8 +57,10 @@ pub struct ScaleBenchArgs {
     #[arg(long, default_value_t = mixnn_node::NodeConfig::default().cover_bytes_per_sec, value_name = "BYTES")]
     pub cover_bytes_per_sec: u64,
     /// Training steps of the job (one epoch of `steps × batch` samples).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     pub steps: usize,
+    /// Training (and test) batch size of the job; its packets are sized
+    /// for it.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// The job's model (the MixNN paper's MLP, or LeNet-5).
@@ -71,7 +73,7 @@ pub struct ScaleBenchArgs {
     #[arg(long, default_value_t = 640)]
     pub test_limit: usize,
     /// Seconds of cover alone measured before each job.
-    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub idle_s: u64,
     /// Seconds to wait after the pool is up before measuring: nodes keep
     /// dialling, publishing and filling their routing tables for a while
@@ -81,6 +83,8 @@ pub struct ScaleBenchArgs {
     /// How long the bootstrap and all nodes may take to come up.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub start_timeout_s: u64,
+    /// Seeds the model's initial parameters and the data order: every
+    /// rate trains the same job, so only the time may differ.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// MNIST directory. Default: the bundled copy.
