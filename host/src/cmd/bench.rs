@@ -19,6 +19,11 @@ pub enum BenchCommand {
     /// the crypto-only floor (one X25519 and two ChaCha20-Poly1305 passes)
     /// measured in the same run.
     Hop(HopBenchArgs),
+    /// A pool of 30–60 node processes on this machine with cover traffic
+    /// at several rates, a training job through it: per node packets and
+    /// bytes per second, CPU share, memory, drops, and the job's step time
+    /// (figures: docs/scale.md).
+    Scale(super::bench_scale::ScaleBenchArgs),
 }
 
 #[derive(Args)]
@@ -65,6 +70,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Guest(a) => guest(a),
         BenchCommand::Hop(a) => hop(a),
+        BenchCommand::Scale(a) => super::bench_scale::run(a),
     }
 }
 

@@ -22,7 +22,7 @@
 //! whether the job still ended on the single-process run's parameters.
 
 mod chaos;
-mod setup;
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -216,20 +216,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // Kills and lies fire from the training loop's step observer; a job
     // with either (or replicas) keeps checkpoints in memory to repair.
     let mut chaos = Chaos::new(a.kills.clone(), a.lies.clone(), pool.killer());
+    // The class printed above (cover uses every public class).
     let pool_args = PoolArgs {
-        pool: vec![pool.bootstrap_addr().to_string()],
-        quorum: None,
-        // Every node listens on 127.0.0.1: one host, told apart by port.
-        local_pool: true,
-        dummies: a.dummies,
         keep_first: a.keep_first,
         keep_last: a.keep_last,
-        // The class printed above (cover uses every public class).
-        class: Some(class),
-        timeout_s: 60,
-        wait_for_nodes_s: 30,
         verify_replicas: verify,
-        held_out: 256,
+        ..PoolArgs::local(pool.bootstrap_addr(), a.dummies, class)
     };
     let (distributed, _) = if a.kills.is_empty() && !verify {
         let popts = super::pool::pool_options(&pool_args, &opts);

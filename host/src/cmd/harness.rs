@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +37,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 /// Loopback only, port chosen by the system.
 const LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+/// The nodes' metrics endpoints: loopback, port chosen by each node.
+const METRICS: &str = "127.0.0.1:0";
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -182,26 +184,17 @@ impl LocalPool {
         })?;
         progress(&format!("bootstrap at {}", pool.bootstrap));
 
-        // Free ports for the metrics endpoints: every listener is held
-        // until all are chosen, so the ports differ.
-        let listeners = (0..opts.nodes)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("finding free ports for the metrics endpoints")?;
-        let ports = listeners
-            .iter()
-            .map(TcpListener::local_addr)
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("reading the free ports")?;
-        drop(listeners);
-
-        for (i, metrics) in ports.iter().enumerate() {
+        // Metrics endpoints on port 0: each node binds a port of its own
+        // and prints it. (Ports picked here and handed over raced with
+        // the nodes' own connections, which take ports from the same
+        // range: one node in a few 40-node starts failed to bind.)
+        for i in 0..opts.nodes {
             let name = format!("node-{}", i + 1);
             let mut pairs: Vec<(&str, OsString)> = vec![
                 ("--bootstrap", pool.bootstrap.clone().into()),
                 ("--listen", LISTEN.into()),
                 ("--data-dir", root.join(&name).into()),
-                ("--metrics", metrics.to_string().into()),
+                ("--metrics", METRICS.into()),
                 ("--cover-loop-ms", opts.cover_loop_ms.to_string().into()),
                 ("--cover-drop-ms", opts.cover_drop_ms.to_string().into()),
             ];
@@ -219,12 +212,8 @@ impl LocalPool {
             if opts.chaos_lie {
                 args.push("--chaos-lie-on-signal".into());
             }
-            progress(&format!("starting {name} (metrics on {metrics})"));
+            progress(&format!("starting {name}"));
             pool.spawn(&exe, &name, &args, &root)?;
-            pool.nodes.push(NodeProcess {
-                peer_id: String::new(),
-                metrics: *metrics,
-            });
         }
         progress(&format!(
             "waiting for {} nodes to publish their descriptors to the directory",
@@ -232,16 +221,28 @@ impl LocalPool {
         ));
         for i in 0..opts.nodes {
             // The metrics line comes after the banner and the addresses.
-            let peer = pool.wait_for(i + 1, deadline, |lines| {
-                lines.iter().find(|l| l.starts_with("metrics: "))?;
-                lines.iter().find_map(|l| {
+            let node = pool.wait_for(i + 1, deadline, |lines| {
+                let metrics = lines.iter().find_map(|l| {
+                    l.strip_prefix("metrics: http://")?
+                        .split_once("/metrics")?
+                        .0
+                        .parse()
+                        .ok()
+                })?;
+                let peer_id = lines.iter().find_map(|l| {
                     l.strip_prefix("node ")?
                         .strip_suffix(" listening on:")
                         .map(str::to_string)
-                })
+                })?;
+                Some(NodeProcess { peer_id, metrics })
             })?;
-            progress(&format!("node-{} up: {peer}", i + 1));
-            pool.nodes[i].peer_id = peer;
+            progress(&format!(
+                "node-{} up: {} (metrics on {})",
+                i + 1,
+                node.peer_id,
+                node.metrics
+            ));
+            pool.nodes.push(node);
         }
         Ok(pool)
     }
@@ -285,6 +286,19 @@ impl LocalPool {
 
     /// Stops every process now (the same as dropping the pool).
     pub fn stop(self) {}
+
+    /// Process ids, the bootstrap's first, then the nodes' in start order;
+    /// `None` for one that has exited. `mixnn bench scale` reads each
+    /// one's CPU time from /proc and tells a node that died from one that
+    /// is slow.
+    pub fn pids(&self) -> Vec<Option<u32>> {
+        (lock(&self.inner).procs.iter_mut())
+            .map(|p| match p.child.try_wait() {
+                Ok(None) => Some(p.child.id()),
+                _ => None,
+            })
+            .collect()
+    }
 
     /// Whether process `i` (0 is the bootstrap, node `k` is `k + 1`) has
     /// exited, e.g. killed by `--kill`.
@@ -378,8 +392,12 @@ impl LocalPool {
         let stderr = root.join(format!("{name}.log"));
         let create =
             |p: &Path| File::create(p).with_context(|| format!("creating {}", p.display()));
+        // A child's error must be the end of its log (the harness quotes
+        // the tail): no anyhow backtrace after it, even when this process
+        // runs with RUST_BACKTRACE set (panics still get theirs).
         let child = Command::new(exe)
             .args(args)
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(create(&stdout)?)
             .stderr(create(&stderr)?)

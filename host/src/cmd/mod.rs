@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_scale;
 pub mod bident_table;
 pub mod bootstrap;
 pub mod demo;

@@ -138,6 +138,25 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
+    /// A job on the local harness's pool (`demo`, `bench scale`): one
+    /// bootstrap, every node on 127.0.0.1 (told apart by port), the given
+    /// class, no kept layers, no replicas.
+    pub fn local(bootstrap: &str, dummies: usize, class: usize) -> PoolArgs {
+        PoolArgs {
+            pool: vec![bootstrap.to_string()],
+            quorum: None,
+            local_pool: true,
+            dummies,
+            keep_first: false,
+            keep_last: false,
+            class: Some(class),
+            timeout_s: 60,
+            wait_for_nodes_s: 30,
+            verify_replicas: false,
+            held_out: 256,
+        }
+    }
+
     /// The held-out check `--held-out` asks for.
     pub fn held_out_check(&self) -> Option<mixnn_designer::HeldOut> {
         (self.held_out > 0).then(|| mixnn_designer::HeldOut {
