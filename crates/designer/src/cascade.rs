@@ -193,6 +193,20 @@ pub trait Model {
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError>;
     /// Test-phase forward through every layer.
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
+
+    /// The test-phase forward of a stream of batches: `done(i, y)` gets
+    /// the output of batch `i` (counted from 0), in any order. The test
+    /// phase changes no weight, so a model may keep several batches in
+    /// flight (the pool's pipelined test phase); each output is the one
+    /// [`Model::infer`] gives for that batch, bit for bit. This default is
+    /// one batch at a time. The first error ends the stream.
+    fn infer_stream(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Tensor, DesignerError>>,
+        done: &mut dyn FnMut(usize, Tensor) -> Result<(), DesignerError>,
+    ) -> Result<(), DesignerError> {
+        infer_each(self, batches, done)
+    }
     /// Parameters of every layer, in shard order.
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError>;
 
@@ -272,4 +286,18 @@ pub trait Model {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(mixnn_shard::merge(&trained)?)
     }
+}
+
+/// The test phase one batch at a time ([`Model::infer_stream`]'s default,
+/// and what a pool cascade does with a window of 1).
+pub fn infer_each<M: Model + ?Sized>(
+    model: &mut M,
+    batches: &mut dyn Iterator<Item = Result<Tensor, DesignerError>>,
+    done: &mut dyn FnMut(usize, Tensor) -> Result<(), DesignerError>,
+) -> Result<(), DesignerError> {
+    for (i, x) in batches.enumerate() {
+        let y = model.infer(x?)?;
+        done(i, y)?;
+    }
+    Ok(())
 }

@@ -37,6 +37,17 @@ pub enum Kind {
     Train(usize),
     /// A test message of this batch size.
     Test(usize),
+    /// A test message of this batch size sent with up to `window` messages
+    /// in flight (the pipelined test phase, `pool/pipeline.rs`): its answer
+    /// time includes the wait behind the batches ahead of it, so it is
+    /// measured apart from one-at-a-time messages, whose shorter bound it
+    /// would otherwise trip (and whose bound it would stretch).
+    Window {
+        /// Samples per batch.
+        batch: usize,
+        /// Most messages in flight at once.
+        window: usize,
+    },
 }
 
 impl Kind {

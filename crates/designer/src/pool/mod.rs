@@ -31,6 +31,7 @@ mod exchange;
 pub mod mask;
 mod onion;
 mod phases;
+mod pipeline;
 mod placement;
 mod rekey;
 mod repair;
@@ -49,6 +50,7 @@ pub use class::payload_class;
 pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
+pub use pipeline::MAX_TEST_WINDOW;
 use onion::{Hop, Role, Slot};
 pub use replica::{Replicated, Side};
 pub use witness::Finding;
@@ -188,6 +190,8 @@ pub struct PoolCascade {
     /// The witnesses read since [`PoolCascade::take_readings`] last took
     /// them.
     readings: Vec<witness::Reading>,
+    /// Test batches kept in flight (`pool/pipeline.rs`; 1: one at a time).
+    test_window: usize,
 }
 
 impl PoolCascade {
