@@ -20,6 +20,7 @@
 //! answer counts as lost, and `repair` locates the failed hop with probes
 //! and puts a fresh node in its place.
 
+mod attach;
 mod bringup;
 mod class;
 mod deploy;
@@ -46,6 +47,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{EngineKind, LayerBackend};
+pub use attach::{DEPLOYMENT_VERSION, DeployedHop, Deployment};
 pub use class::payload_class;
 pub use directory::Distinct;
 use endpoint::Endpoint;
