@@ -135,6 +135,32 @@ pub struct JobRun<'a> {
     pub observer: &'a mut dyn TrainObserver,
     /// A fork-join's `--trusted-branch`.
     pub trusted_branch: Option<String>,
+    /// The test phase's window and what happens to the cascade after.
+    pub serve: Serve<'a>,
+}
+
+/// The test phase and the cascade after training.
+#[derive(Default)]
+pub struct Serve<'a> {
+    /// Test batches in flight (`--test-window`; 0 or 1: one at a time).
+    pub test_window: usize,
+    /// Leave the cascade deployed and record it in the job directory.
+    pub keep_deployed: bool,
+    /// After training, run the test set through the still-deployed
+    /// cascade one batch at a time and with the window, and put the
+    /// comparison here (`mixnn demo`).
+    pub compare: Option<&'a mut Option<super::infer::WindowComparison>>,
+}
+
+impl Serve<'_> {
+    /// What the `--pool` flags ask for.
+    pub fn of(pool: &PoolArgs) -> Self {
+        Serve {
+            test_window: pool.test_window,
+            keep_deployed: pool.keep_deployed,
+            compare: None,
+        }
+    }
 }
 
 /// Splits the model, deploys it on the pool, trains with a test pass per
@@ -205,7 +231,12 @@ pub fn train_on_pool_job(
             show(&r.network_b(), "replica B");
         }
     }
-    let JobRun { ck, observer, .. } = run;
+    let JobRun {
+        ck, observer, serve, ..
+    } = run;
+    if let Deployed::One(c) = &mut deployed {
+        c.set_test_window(serve.test_window);
+    }
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();
         let cascade = deployed.model();
@@ -221,6 +252,10 @@ pub fn train_on_pool_job(
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("trained model exported to {}", path.display());
         }
+        if let (Some(out), Deployed::One(c)) = (serve.compare, &mut deployed) {
+            let w = serve.test_window;
+            *out = Some(super::infer::compare_windows(c, data, &sample, opts, w)?);
+        }
         report.engine = "pool".into();
         report.network = Some(deployed.network());
         Ok((report, shards.len()))
@@ -228,8 +263,34 @@ pub fn train_on_pool_job(
     if let Some(job) = &job_dir {
         deployed.remember_failed(job);
     }
-    deployed.close();
+    match (&deployed, &job_dir) {
+        (Deployed::One(c), Some(job)) if serve.keep_deployed && result.is_ok() => {
+            keep_deployed(c, job)?
+        }
+        _ => {
+            deployed.close();
+            if let Some(job) = &job_dir {
+                super::infer::forget_deployed(job);
+            }
+        }
+    }
     result
+}
+
+/// Records the cascade in the job directory and leaves it running: its
+/// hops hold the state of the job's latest checkpoint (the last one
+/// training wrote, at the end of its last epoch).
+fn keep_deployed(c: &PoolCascade, job: &JobDir) -> Result<()> {
+    let (cp, _) = (job.latest_valid()).context("--keep-deployed: the job has no valid checkpoint")?;
+    let step = cp.position.step;
+    job.write_deployed(&c.deployment(step))
+        .context("recording the deployed cascade")?;
+    println!(
+        "cascade left deployed (state of step {step}): `mixnn infer --job {}` serves inference \
+         from it; its nodes forget the job after 15 minutes idle",
+        job.path().display()
+    );
+    Ok(())
 }
 
 fn short(peer: &str) -> &str {
