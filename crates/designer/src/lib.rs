@@ -24,7 +24,8 @@ pub use cascade::{Cascade, Model};
 pub use report::{CheckpointReport, Detection, EpochReport, Repair, TrainReport, params_sha256};
 pub use train::{
     Checkpointing, DEFAULT_MAX_REPAIRS, HeldOut, Quiet, StepProgress, TrainEvent, TrainObserver,
-    TrainOptions, evaluate, infer_dataset, sample_shape, train_checkpointed, train_local, train_model,
+    TrainOptions, evaluate, infer_dataset, sample_shape, train_checkpointed, train_local,
+    train_model,
 };
 
 /// Everything the designer's library can fail with.

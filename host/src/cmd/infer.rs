@@ -250,12 +250,19 @@ fn open_job(a: &InferArgs) -> Result<Job> {
         );
     };
     if pool.branch || recipe.trusted_branch.is_some() {
-        bail!("{}: a fork-join job is not served by `mixnn infer` yet", a.job.display());
+        bail!(
+            "{}: a fork-join job is not served by `mixnn infer` yet",
+            a.job.display()
+        );
     }
     if pool.verify_replicas {
-        bail!("{}: a --verify-replicas job runs two cascades; `mixnn infer` serves one", a.job.display());
+        bail!(
+            "{}: a --verify-replicas job runs two cascades; `mixnn infer` serves one",
+            a.job.display()
+        );
     }
-    let model = mixnn_shard::decode(&dir.model(&recipe)?).context("parsing the job's model.onnx")?;
+    let model =
+        mixnn_shard::decode(&dir.model(&recipe)?).context("parsing the job's model.onnx")?;
     let shards = mixnn_shard::split(&model, &mixnn_shard::plan(&model, None)?)?;
     let mut popts = pool.options(dir.secret()?);
     if !a.pool.is_empty() {
@@ -284,10 +291,18 @@ fn open_job(a: &InferArgs) -> Result<Job> {
 pub fn run(a: InferArgs) -> Result<()> {
     let job = open_job(&a)?;
     let data = super::load_mnist(&job.data_dir)?;
-    let sample = mixnn_designer::sample_shape(&job.shards, &data)
-        .with_context(|| format!("the data in {} does not fit the job's model", job.data_dir.display()))?;
+    let sample = mixnn_designer::sample_shape(&job.shards, &data).with_context(|| {
+        format!(
+            "the data in {} does not fit the job's model",
+            job.data_dir.display()
+        )
+    })?;
     let test = limited(&data.test, a.limit);
-    anyhow::ensure!(test.count > 0, "no test samples in {}", job.data_dir.display());
+    anyhow::ensure!(
+        test.count > 0,
+        "no test samples in {}",
+        job.data_dir.display()
+    );
     // The layers compute as the job trained (host kernels or pure wasm).
     let mut sandbox = a.sandbox.clone();
     sandbox.guest_kernels = match job.opts.config.host_kernels {
@@ -345,7 +360,9 @@ pub fn run(a: InferArgs) -> Result<()> {
         println!("job closed on its nodes");
     } else {
         let d = cascade.deployment(job.checkpoint.position.step);
-        job.dir.write_deployed(&d).context("recording the deployed cascade")?;
+        job.dir
+            .write_deployed(&d)
+            .context("recording the deployed cascade")?;
     }
     if let Some(p) = &a.report {
         super::write_json(p, &report)?;
@@ -357,7 +374,11 @@ pub fn run(a: InferArgs) -> Result<()> {
 fn describe(c: &PoolCascade) -> String {
     let net = c.network();
     let hops: Vec<String> = net.cascade.iter().map(|(role, _)| role.clone()).collect();
-    format!("{} (packets of {} bytes)", hops.join(" -> "), net.packet_len)
+    format!(
+        "{} (packets of {} bytes)",
+        hops.join(" -> "),
+        net.packet_len
+    )
 }
 
 /// The cascade to serve from: the one the job left deployed, or (with
@@ -380,21 +401,42 @@ fn cascade(
                     cp.position.step
                 );
             }
-            println!("attaching to the cascade the job left deployed (step {})", d.step);
-            let c = PoolCascade::attach(&d, &job.shards, &job.opts.config, Some(sb), &job.popts, &cp.states)
-                .context("attaching to the deployed cascade")?;
+            println!(
+                "attaching to the cascade the job left deployed (step {})",
+                d.step
+            );
+            let c = PoolCascade::attach(
+                &d,
+                &job.shards,
+                &job.opts.config,
+                Some(sb),
+                &job.popts,
+                &cp.states,
+            )
+            .context("attaching to the deployed cascade")?;
             Ok((c, "attached"))
         }
         _ => {
             println!(
                 "{}: deploying the job's checkpoint of step {} on fresh nodes",
-                if a.redeploy { "--redeploy" } else { "no cascade left deployed" },
+                if a.redeploy {
+                    "--redeploy"
+                } else {
+                    "no cascade left deployed"
+                },
                 cp.position.step
             );
             let mut say = |m: &str| println!("  {m}");
-            let mut c = PoolCascade::deploy(&job.shards, &job.opts.config, Some(sb), &job.popts, &mut say)
-                .context("deploying the job")?;
-            c.load_state(&cp.states).context("loading the checkpoint into the cascade")?;
+            let mut c = PoolCascade::deploy(
+                &job.shards,
+                &job.opts.config,
+                Some(sb),
+                &job.popts,
+                &mut say,
+            )
+            .context("deploying the job")?;
+            c.load_state(&cp.states)
+                .context("loading the checkpoint into the cascade")?;
             Ok((c, "redeployed"))
         }
     }
@@ -411,7 +453,8 @@ fn single_process(
 ) -> Result<SingleProcess> {
     let cp = &job.checkpoint;
     let trained = cascade.plain_shards(&job.shards, &job.opts.config, &cp.states)?;
-    let mut local = mixnn_designer::Cascade::load(EngineKind::Wasm, &trained, &job.opts.config, Some(sb))?;
+    let mut local =
+        mixnn_designer::Cascade::load(EngineKind::Wasm, &trained, &job.opts.config, Some(sb))?;
     let r = run_test_set(&mut local, test, sample, job.opts.eval_batch)?;
     let identical = r.outputs == pooled.outputs;
     println!(

@@ -232,7 +232,10 @@ pub fn train_on_pool_job(
         }
     }
     let JobRun {
-        ck, observer, serve, ..
+        ck,
+        observer,
+        serve,
+        ..
     } = run;
     if let Deployed::One(c) = &mut deployed {
         c.set_test_window(serve.test_window);
@@ -281,7 +284,8 @@ pub fn train_on_pool_job(
 /// hops hold the state of the job's latest checkpoint (the last one
 /// training wrote, at the end of its last epoch).
 fn keep_deployed(c: &PoolCascade, job: &JobDir) -> Result<()> {
-    let (cp, _) = (job.latest_valid()).context("--keep-deployed: the job has no valid checkpoint")?;
+    let (cp, _) =
+        (job.latest_valid()).context("--keep-deployed: the job has no valid checkpoint")?;
     let step = cp.position.step;
     job.write_deployed(&c.deployment(step))
         .context("recording the deployed cascade")?;

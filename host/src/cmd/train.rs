@@ -287,7 +287,9 @@ pub fn check_keep_deployed(a: &TrainArgs) -> Result<()> {
         bail!("--keep-deployed records the cascade in the job directory: drop --no-job-dir");
     }
     if a.pool.verify_replicas {
-        bail!("--keep-deployed serves one cascade; a --verify-replicas job runs two: drop one flag");
+        bail!(
+            "--keep-deployed serves one cascade; a --verify-replicas job runs two: drop one flag"
+        );
     }
     Ok(())
 }

@@ -234,14 +234,15 @@ fn attached_hops(
             Some(i) => return Err(bad(format!("hop {} serves shard {i}", t + 1))),
             None => Role::Dummy,
         };
-        let listed = pool.iter().find(|p| p.identity_key == node).ok_or_else(|| {
-            PoolError::CascadeGone {
+        let listed = pool
+            .iter()
+            .find(|p| p.identity_key == node)
+            .ok_or_else(|| PoolError::CascadeGone {
                 hop: t + 1,
                 role: describe_role(role),
                 peer: d.peer.clone(),
                 reason: "its node is no longer in the directory (stopped?)".into(),
-            }
-        })?;
+            })?;
         // The directory's entry gives the current key; the recorded
         // handle is what the node knows the job by.
         let mut hop = placement::hop(listed, role, &mut placement::os_rng()?)?;
@@ -289,7 +290,13 @@ impl PoolCascade {
                 }
             }
             let p: Vec<_> = (params.iter())
-                .map(|t| (t.name.clone(), t.tensor.shape.clone(), t.tensor.data.clone()))
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.tensor.shape.clone(),
+                        t.tensor.data.clone(),
+                    )
+                })
                 .collect();
             out.push(mixnn_shard::set_params(shard, &p)?);
         }

@@ -52,8 +52,8 @@ pub use class::payload_class;
 pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
-pub use pipeline::MAX_TEST_WINDOW;
 use onion::{Hop, Role, Slot};
+pub use pipeline::MAX_TEST_WINDOW;
 pub use replica::{Replicated, Side};
 pub use witness::Finding;
 

@@ -150,10 +150,7 @@ impl PoolCascade {
     /// Waits for the first answer to any batch in `flight`, until the
     /// earliest deadline among them; removes that batch and returns its
     /// index and output.
-    fn answer_one(
-        &mut self,
-        flight: &mut Vec<InFlight>,
-    ) -> Result<(usize, Tensor), DesignerError> {
+    fn answer_one(&mut self, flight: &mut Vec<InFlight>) -> Result<(usize, Tensor), DesignerError> {
         let ends = self.end_links();
         let due = (flight.iter().enumerate())
             .min_by_key(|(_, f)| f.start + f.bound)
