@@ -270,22 +270,27 @@ pub trait Model {
         let trained = shards
             .iter()
             .zip(&params)
-            .map(|(shard, p)| {
-                let p: Vec<_> = p
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.name.clone(),
-                            t.tensor.shape.clone(),
-                            t.tensor.data.clone(),
-                        )
-                    })
-                    .collect();
-                mixnn_shard::set_params(shard, &p)
-            })
+            .map(|(shard, p)| with_params(shard, p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(mixnn_shard::merge(&trained)?)
     }
+}
+
+/// `shard` with its parameters set to `params` (a layer's export).
+pub(crate) fn with_params(
+    shard: &pb::ModelProto,
+    params: &[NamedTensor],
+) -> Result<pb::ModelProto, DesignerError> {
+    let p: Vec<_> = (params.iter())
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.tensor.shape.clone(),
+                t.tensor.data.clone(),
+            )
+        })
+        .collect();
+    Ok(mixnn_shard::set_params(shard, &p)?)
 }
 
 /// The test phase one batch at a time ([`Model::infer_stream`]'s default,

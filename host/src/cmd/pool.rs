@@ -255,12 +255,14 @@ pub fn train_on_pool_job(
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("trained model exported to {}", path.display());
         }
+        report.engine = "pool".into();
+        report.network = Some(deployed.network());
+        // After the report's figures: the comparison's passes are not the
+        // job's test phase.
         if let (Some(out), Deployed::One(c)) = (serve.compare, &mut deployed) {
             let w = serve.test_window;
             *out = Some(super::infer::compare_windows(c, data, &sample, opts, w)?);
         }
-        report.engine = "pool".into();
-        report.network = Some(deployed.network());
         Ok((report, shards.len()))
     })();
     if let Some(job) = &job_dir {

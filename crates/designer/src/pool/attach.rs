@@ -148,13 +148,9 @@ impl PoolCascade {
         let g = Geometry::default();
         let ep = Endpoint::start(&opts.bootstrap, &g)?;
         let quorum = directory::resolve_quorum(opts.quorum, ep.bootstraps())?;
-        let pool = ep.directory(
-            dep.hops.len(),
-            quorum,
-            opts.distinct,
-            opts.wait_for_nodes,
-            &[],
-        )?;
+        // One node listed is enough to read: each hop is then looked up
+        // by identity, and a missing one is named (not waited for).
+        let pool = ep.directory(1, quorum, opts.distinct, opts.wait_for_nodes, &[])?;
         let hops = attached_hops(dep, &pool)?;
         let roles: Vec<Role> = hops.iter().map(|h| h.role).collect();
         let secret = JobSecret::new(opts.job_secret)?;
@@ -289,16 +285,7 @@ impl PoolCascade {
                     fold.apply_to_params(&mut params, m);
                 }
             }
-            let p: Vec<_> = (params.iter())
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        t.tensor.shape.clone(),
-                        t.tensor.data.clone(),
-                    )
-                })
-                .collect();
-            out.push(mixnn_shard::set_params(shard, &p)?);
+            out.push(crate::cascade::with_params(shard, &params)?);
         }
         Ok(out)
     }
