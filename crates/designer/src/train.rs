@@ -280,6 +280,9 @@ pub fn evaluate(
     Ok(correct as f64 / test.count.max(1) as f64)
 }
 
+/// What [`infer_dataset`] hands each batch to: its index, labels, output.
+pub type BatchSink<'a> = dyn FnMut(usize, &[i64], &Tensor) -> Result<(), DesignerError> + 'a;
+
 /// Runs `test` through `model`'s test phase ([`Model::infer_stream`]:
 /// pipelined on the pool) in batches of `eval_batch`, in order, and hands
 /// `done` each batch's index, labels and output, checked to hold one row
@@ -290,7 +293,7 @@ pub fn infer_dataset(
     test: &Dataset,
     sample: &[usize],
     eval_batch: usize,
-    done: &mut dyn FnMut(usize, &[i64], &Tensor) -> Result<(), DesignerError>,
+    done: &mut BatchSink<'_>,
 ) -> Result<(), DesignerError> {
     let order: Vec<usize> = (0..test.count).collect();
     let chunks: Vec<&[usize]> = order.chunks(eval_batch.max(1)).collect();
