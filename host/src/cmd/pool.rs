@@ -213,24 +213,7 @@ pub fn train_on_pool_job(
             return Err(e.context("deploying the job"));
         }
     };
-    let show = |net: &NetworkReport, what: &str| {
-        println!(
-            "{what}: {} (packets of {} bytes)",
-            net.cascade
-                .iter()
-                .map(|(role, peer)| format!("{role} @ {}", short(peer)))
-                .collect::<Vec<_>>()
-                .join(" -> "),
-            net.packet_len
-        )
-    };
-    match &deployed {
-        Deployed::One(c) => show(&c.network(), "cascade"),
-        Deployed::Two(r) => {
-            show(&deployed.network(), "replica A");
-            show(&r.network_b(), "replica B");
-        }
-    }
+    deployed.show();
     let JobRun {
         ck,
         observer,
@@ -265,21 +248,51 @@ pub fn train_on_pool_job(
         }
         Ok((report, shards.len()))
     })();
-    if let Some(job) = &job_dir {
-        deployed.remember_failed(job);
-    }
-    match (&deployed, &job_dir) {
-        (Deployed::One(c), Some(job)) if serve.keep_deployed && result.is_ok() => {
-            keep_deployed(c, job)?
-        }
-        _ => {
-            deployed.close();
-            if let Some(job) = &job_dir {
-                super::infer::forget_deployed(job);
+    deployed.finish(job_dir.as_ref(), serve.keep_deployed && result.is_ok())?;
+    result
+}
+
+impl Deployed {
+    /// Prints the cascade (each replica's).
+    fn show(&self) {
+        let show = |net: &NetworkReport, what: &str| {
+            println!(
+                "{what}: {} (packets of {} bytes)",
+                net.cascade
+                    .iter()
+                    .map(|(role, peer)| format!("{role} @ {}", short(peer)))
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
+                net.packet_len
+            )
+        };
+        match self {
+            Deployed::One(c) => show(&c.network(), "cascade"),
+            Deployed::Two(r) => {
+                show(&self.network(), "replica A");
+                show(&r.network_b(), "replica B");
             }
         }
     }
-    result
+
+    /// After training: records the failed nodes, then leaves the cascade
+    /// deployed and recorded (`keep`, one cascade, a job directory) or
+    /// closes the job on its nodes and forgets any earlier record.
+    fn finish(&mut self, job_dir: Option<&JobDir>, keep: bool) -> Result<()> {
+        if let Some(job) = job_dir {
+            self.remember_failed(job);
+        }
+        match (&*self, job_dir) {
+            (Deployed::One(c), Some(job)) if keep => keep_deployed(c, job),
+            _ => {
+                self.close();
+                if let Some(job) = job_dir {
+                    super::infer::forget_deployed(job);
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Records the cascade in the job directory and leaves it running: its
