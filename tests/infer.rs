@@ -146,24 +146,22 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-#[test]
-fn infer_on_a_kept_cascade_gives_the_training_runs_accuracy() {
-    let pool = support::start_pool(5, |_, cfg| cfg);
-    let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let (model, job) = (p("mlp.onnx"), p("job"));
+/// Trains the MLP on `pool` with `--keep-deployed` and `extra` flags into
+/// `dir/job`, then runs `mixnn infer` on it (attaching); checks that the
+/// inference has the training run's final accuracy and the single-process
+/// model's outputs, bit for bit. Returns the job directory and accuracy.
+fn train_kept_then_infer(pool: &support::Pool, dir: &Path, extra: &[&str]) -> (String, f64) {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (model, job, train, infer) = (p("mlp.onnx"), p("job"), p("train.json"), p("infer.json"));
     ok(&["model", "mlp", "--out", &model, "--seed", "2"]);
     let boot = pool.bootstrap_addrs().join(",");
-    let (train, infer, again) = (p("train.json"), p("infer.json"), p("again.json"));
-    ok(&[
+    let mut args = vec![
         "train",
         "--pool",
         &boot,
         "--local-pool",
         "--model",
         &model,
-        "--dummies",
-        "1",
         "--seed",
         "4",
         "--train-limit",
@@ -177,7 +175,15 @@ fn infer_on_a_kept_cascade_gives_the_training_runs_accuracy() {
         "4",
         "--report",
         &train,
-    ]);
+        // Bounds for failure, not speed checks: on a loaded machine the
+        // nodes' first compile alone has taken over a minute.
+        "--timeout-s",
+        "300",
+        "--wait-for-nodes-s",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
     let trained = json(Path::new(&train))["final_test_accuracy"]
         .as_f64()
         .unwrap();
@@ -195,8 +201,18 @@ fn infer_on_a_kept_cascade_gives_the_training_runs_accuracy() {
     assert_eq!(single["accuracy"].as_f64().unwrap(), trained, "{out}");
     assert_eq!(single["identical_outputs"], true, "{out}");
     assert!(r["ratio_to_single_process"].as_f64().unwrap() > 0.0);
+    (job, trained)
+}
 
-    let (success, text) = mixnn(&["infer", "--job", &job, "--data", &p("no-data")]);
+#[test]
+fn infer_on_a_kept_cascade_gives_the_training_runs_accuracy() {
+    let pool = support::start_pool(5, |_, cfg| cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let (job, trained) = train_kept_then_infer(&pool, dir.path(), &["--dummies", "1"]);
+    let again = dir.path().join("again.json").to_string_lossy().into_owned();
+
+    let no_data = dir.path().join("no-data").to_string_lossy().into_owned();
+    let (success, text) = mixnn(&["infer", "--job", &job, "--data", &no_data]);
     assert!(!success);
     assert!(text.contains("loading MNIST from"), "{text}");
 
@@ -220,6 +236,18 @@ fn infer_on_a_kept_cascade_gives_the_training_runs_accuracy() {
         !Path::new(&job).join("deployed.json").exists(),
         "closed: forgotten"
     );
+    pool.shutdown();
+}
+
+/// The designer's kept ends are rebuilt from the checkpoint and the job
+/// secret (the dummy's sign mask folded into the last shard) when a new
+/// process attaches.
+#[test]
+fn infer_attaches_to_a_cascade_whose_ends_the_designer_keeps() {
+    let pool = support::start_pool(3, |_, cfg| cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--dummies", "1", "--keep-first", "--keep-last"];
+    train_kept_then_infer(&pool, dir.path(), &flags);
     pool.shutdown();
 }
 
