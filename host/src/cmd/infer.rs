@@ -35,7 +35,10 @@ pub struct InferArgs {
     /// The job directory of a `train --pool` job (`--job-dir`, or the
     /// `./mixnn-jobs/<time>` it printed). Its recipe, model, secret and
     /// latest checkpoint are read; with `--keep-deployed` it also records
-    /// the cascade this command attaches to.
+    /// the cascade this command attaches to. The layers here compute as
+    /// the job trained (its recipe's kernel mode, whatever
+    /// `--guest-kernels` says), so the single-process outputs can be
+    /// compared bit for bit.
     #[arg(long, value_name = "JOB_DIR")]
     pub job: PathBuf,
     /// MNIST directory whose test set is run. Default: the job's own data
