@@ -112,6 +112,10 @@ pub enum DesignerError {
     /// Building a batch tensor from the data failed.
     #[error("data: {0}")]
     Batch(mixnn_layer::TensorError),
+    /// A model's streamed test phase gave an output for a batch index it
+    /// was never given ([`Model::infer_stream`]).
+    #[error("the test phase answered batch {0}, which was not sent")]
+    UnknownBatch(usize),
     /// A benchmark that cannot run as asked.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),

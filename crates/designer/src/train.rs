@@ -301,7 +301,7 @@ pub fn infer_dataset(
         .iter()
         .map(|idx| batch_tensor(test, idx, sample).map(|(x, _)| x));
     model.infer_stream(&mut batches, &mut |i, out| {
-        let idx = chunks.get(i).ok_or(DesignerError::OutputShape(vec![i]))?;
+        let idx = chunks.get(i).ok_or(DesignerError::UnknownBatch(i))?;
         let classes = out.shape.get(1).copied().unwrap_or(0);
         if classes == 0 || out.data.len() != idx.len() * classes {
             return Err(DesignerError::OutputShape(out.shape));
