@@ -31,6 +31,12 @@ enum Command {
     /// Performance figures measured against a baseline in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Inference of a test set through a pool cascade: the one `train --pool
+    /// --keep-deployed` left running (attached to again from the job
+    /// directory), or the job's latest checkpoint deployed afresh
+    /// (`--redeploy`); test batches pipelined, accuracy and inferences per
+    /// second beside the same model in one process.
+    Infer(cmd::infer::InferArgs),
     /// The paper's MNIST experiment end to end on the bundled data.
     Demo(cmd::demo::DemoArgs),
     /// Run a bootstrap peer: Kademlia entry point and pool directory of signed node descriptors.
@@ -58,6 +64,7 @@ fn main() -> Result<()> {
         Command::Split(a) => cmd::split::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Infer(a) => cmd::infer::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bootstrap(a) => cmd::bootstrap::run(a),
         Command::Node(a) => cmd::node::run(a),

@@ -193,6 +193,20 @@ pub trait Model {
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError>;
     /// Test-phase forward through every layer.
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError>;
+
+    /// The test-phase forward of a stream of batches: `done(i, y)` gets
+    /// the output of batch `i` (counted from 0), in any order. The test
+    /// phase changes no weight, so a model may keep several batches in
+    /// flight (the pool's pipelined test phase); each output is the one
+    /// [`Model::infer`] gives for that batch, bit for bit. This default is
+    /// one batch at a time. The first error ends the stream.
+    fn infer_stream(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Tensor, DesignerError>>,
+        done: &mut dyn FnMut(usize, Tensor) -> Result<(), DesignerError>,
+    ) -> Result<(), DesignerError> {
+        infer_each(self, batches, done)
+    }
     /// Parameters of every layer, in shard order.
     fn export_params(&mut self) -> Result<Vec<Vec<NamedTensor>>, DesignerError>;
 
@@ -256,20 +270,39 @@ pub trait Model {
         let trained = shards
             .iter()
             .zip(&params)
-            .map(|(shard, p)| {
-                let p: Vec<_> = p
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.name.clone(),
-                            t.tensor.shape.clone(),
-                            t.tensor.data.clone(),
-                        )
-                    })
-                    .collect();
-                mixnn_shard::set_params(shard, &p)
-            })
+            .map(|(shard, p)| with_params(shard, p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(mixnn_shard::merge(&trained)?)
     }
+}
+
+/// `shard` with its parameters set to `params` (a layer's export).
+pub(crate) fn with_params(
+    shard: &pb::ModelProto,
+    params: &[NamedTensor],
+) -> Result<pb::ModelProto, DesignerError> {
+    let p: Vec<_> = (params.iter())
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.tensor.shape.clone(),
+                t.tensor.data.clone(),
+            )
+        })
+        .collect();
+    Ok(mixnn_shard::set_params(shard, &p)?)
+}
+
+/// The test phase one batch at a time ([`Model::infer_stream`]'s default,
+/// and what a pool cascade does with a window of 1).
+pub fn infer_each<M: Model + ?Sized>(
+    model: &mut M,
+    batches: &mut dyn Iterator<Item = Result<Tensor, DesignerError>>,
+    done: &mut dyn FnMut(usize, Tensor) -> Result<(), DesignerError>,
+) -> Result<(), DesignerError> {
+    for (i, x) in batches.enumerate() {
+        let y = model.infer(x?)?;
+        done(i, y)?;
+    }
+    Ok(())
 }

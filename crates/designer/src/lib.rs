@@ -24,7 +24,8 @@ pub use cascade::{Cascade, Model};
 pub use report::{CheckpointReport, Detection, EpochReport, Repair, TrainReport, params_sha256};
 pub use train::{
     Checkpointing, DEFAULT_MAX_REPAIRS, HeldOut, Quiet, StepProgress, TrainEvent, TrainObserver,
-    TrainOptions, evaluate, sample_shape, train_checkpointed, train_local, train_model,
+    TrainOptions, evaluate, infer_dataset, sample_shape, train_checkpointed, train_local,
+    train_model,
 };
 
 /// Everything the designer's library can fail with.
@@ -111,6 +112,10 @@ pub enum DesignerError {
     /// Building a batch tensor from the data failed.
     #[error("data: {0}")]
     Batch(mixnn_layer::TensorError),
+    /// A model's streamed test phase gave an output for a batch index it
+    /// was never given ([`Model::infer_stream`]).
+    #[error("the test phase answered batch {0}, which was not sent")]
+    UnknownBatch(usize),
     /// A benchmark that cannot run as asked.
     #[error(transparent)]
     Bench(#[from] bench::BenchError),

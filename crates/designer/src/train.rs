@@ -267,22 +267,48 @@ pub fn evaluate(
     sample: &[usize],
     eval_batch: usize,
 ) -> Result<f64, DesignerError> {
-    let order: Vec<usize> = (0..test.count).collect();
     let mut correct = 0usize;
-    for idx in order.chunks(eval_batch) {
-        let (x, labels) = batch_tensor(test, idx, sample)?;
-        let out = cascade.infer(x)?;
+    infer_dataset(cascade, test, sample, eval_batch, &mut |_, labels, out| {
         let classes = out.shape.get(1).copied().unwrap_or(0);
-        if classes == 0 || out.data.len() != idx.len() * classes {
-            return Err(DesignerError::OutputShape(out.shape));
-        }
-        for (row, &label) in out.data.chunks(classes).zip(&labels) {
+        for (row, &label) in out.data.chunks(classes).zip(labels) {
             if argmax(row) == label as usize {
                 correct += 1;
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(correct as f64 / test.count.max(1) as f64)
+}
+
+/// What [`infer_dataset`] hands each batch to: its index, labels, output.
+pub type BatchSink<'a> = dyn FnMut(usize, &[i64], &Tensor) -> Result<(), DesignerError> + 'a;
+
+/// Runs `test` through `model`'s test phase ([`Model::infer_stream`]:
+/// pipelined on the pool) in batches of `eval_batch`, in order, and hands
+/// `done` each batch's index, labels and output, checked to hold one row
+/// per sample. Outputs may come out of order; each is matched to its batch
+/// by index, so what `done` computes is the sequential test phase's.
+pub fn infer_dataset(
+    model: &mut dyn Model,
+    test: &Dataset,
+    sample: &[usize],
+    eval_batch: usize,
+    done: &mut BatchSink<'_>,
+) -> Result<(), DesignerError> {
+    let order: Vec<usize> = (0..test.count).collect();
+    let chunks: Vec<&[usize]> = order.chunks(eval_batch.max(1)).collect();
+    let mut batches = chunks
+        .iter()
+        .map(|idx| batch_tensor(test, idx, sample).map(|(x, _)| x));
+    model.infer_stream(&mut batches, &mut |i, out| {
+        let idx = chunks.get(i).ok_or(DesignerError::UnknownBatch(i))?;
+        let classes = out.shape.get(1).copied().unwrap_or(0);
+        if classes == 0 || out.data.len() != idx.len() * classes {
+            return Err(DesignerError::OutputShape(out.shape));
+        }
+        let labels: Vec<i64> = idx.iter().map(|&j| i64::from(test.labels[j])).collect();
+        done(i, &labels, &out)
+    })
 }
 
 fn argmax(row: &[f32]) -> usize {

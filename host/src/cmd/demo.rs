@@ -97,6 +97,11 @@ pub struct DemoArgs {
     /// packets in place of cover, in the job's class (0 = off).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub slot_ms: u64,
+    /// Test batches in flight in the distributed run's test phase. After
+    /// training, the test set also goes through the cascade one batch at a
+    /// time and with this window; the report's `test_phase` compares them.
+    #[arg(long, default_value_t = super::train::DEFAULT_TEST_WINDOW, value_name = "W")]
+    pub test_window: usize,
     /// MNIST directory. Default: the bundled copy.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -164,6 +169,9 @@ pub struct DemoReport {
     pub detections: Vec<DemoDetection>,
     /// Nodes killed by `--kill` or made to lie by `--lie`, in order.
     pub kills: Vec<KillReport>,
+    /// The test set through the trained cascade one batch at a time and
+    /// with `--test-window` in flight (a run without kills or replicas).
+    pub test_phase: Option<super::infer::WindowComparison>,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -221,8 +229,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         keep_first: a.keep_first,
         keep_last: a.keep_last,
         verify_replicas: verify,
+        test_window: a.test_window,
         ..PoolArgs::local(pool.bootstrap_addr(), a.dummies, class)
     };
+    let mut test_phase = None;
     let (distributed, _) = if a.kills.is_empty() && !verify {
         let popts = super::pool::pool_options(&pool_args, &opts);
         let mut printer = super::progress::Printer::new();
@@ -230,6 +240,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             ck: None,
             observer: &mut printer,
             trusted_branch: a.trusted_branch.clone(),
+            serve: super::pool::Serve {
+                compare: Some(&mut test_phase),
+                ..super::pool::Serve::of(&pool_args)
+            },
         };
         super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?
     } else {
@@ -242,6 +256,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             }),
             observer: &mut observer,
             trusted_branch: a.trusted_branch.clone(),
+            serve: super::pool::Serve::of(&pool_args),
         };
         let out =
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?;
@@ -294,6 +309,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         },
     )?;
     report.kills = kills;
+    report.test_phase = test_phase;
     print_comparison(&report);
     plot(&report, &a.plot)?;
     println!("plot written to {}", a.plot.display());
@@ -355,6 +371,7 @@ fn compare(
             .map(DemoDetection::from)
             .collect(),
         kills: Vec::new(),
+        test_phase: None,
         time_ratio_wasm: distributed.train_seconds / wasm.train_seconds,
         time_ratio_native: distributed.train_seconds / native.train_seconds,
         per_hop_overhead_us,

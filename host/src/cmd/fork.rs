@@ -162,6 +162,10 @@ pub fn train_pool(
         !popts.witness,
         "--verify-replicas does not run fork-join jobs yet"
     );
+    anyhow::ensure!(
+        !run.serve.keep_deployed,
+        "--keep-deployed serves chains only: a fork-join's merge and head run here, so there is no cascade to serve alone"
+    );
     let popts = PoolOptions {
         branch: true,
         ..popts.clone()

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod demo;
 pub mod fork;
 pub mod harness;
+pub mod infer;
 pub mod model;
 pub mod node;
 pub mod pool;

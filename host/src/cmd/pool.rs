@@ -135,6 +135,32 @@ pub struct JobRun<'a> {
     pub observer: &'a mut dyn TrainObserver,
     /// A fork-join's `--trusted-branch`.
     pub trusted_branch: Option<String>,
+    /// The test phase's window and what happens to the cascade after.
+    pub serve: Serve<'a>,
+}
+
+/// The test phase and the cascade after training.
+#[derive(Default)]
+pub struct Serve<'a> {
+    /// Test batches in flight (`--test-window`; 0 or 1: one at a time).
+    pub test_window: usize,
+    /// Leave the cascade deployed and record it in the job directory.
+    pub keep_deployed: bool,
+    /// After training, run the test set through the still-deployed
+    /// cascade one batch at a time and with the window, and put the
+    /// comparison here (`mixnn demo`).
+    pub compare: Option<&'a mut Option<super::infer::WindowComparison>>,
+}
+
+impl Serve<'_> {
+    /// What the `--pool` flags ask for.
+    pub fn of(pool: &PoolArgs) -> Self {
+        Serve {
+            test_window: pool.test_window,
+            keep_deployed: pool.keep_deployed,
+            compare: None,
+        }
+    }
 }
 
 /// Splits the model, deploys it on the pool, trains with a test pass per
@@ -187,25 +213,16 @@ pub fn train_on_pool_job(
             return Err(e.context("deploying the job"));
         }
     };
-    let show = |net: &NetworkReport, what: &str| {
-        println!(
-            "{what}: {} (packets of {} bytes)",
-            net.cascade
-                .iter()
-                .map(|(role, peer)| format!("{role} @ {}", short(peer)))
-                .collect::<Vec<_>>()
-                .join(" -> "),
-            net.packet_len
-        )
-    };
-    match &deployed {
-        Deployed::One(c) => show(&c.network(), "cascade"),
-        Deployed::Two(r) => {
-            show(&deployed.network(), "replica A");
-            show(&r.network_b(), "replica B");
-        }
+    deployed.show();
+    let JobRun {
+        ck,
+        observer,
+        serve,
+        ..
+    } = run;
+    if let Deployed::One(c) = &mut deployed {
+        c.set_test_window(serve.test_window);
     }
-    let JobRun { ck, observer, .. } = run;
     let result = (|| -> Result<(TrainReport, usize)> {
         let n = shards.len();
         let cascade = deployed.model();
@@ -223,13 +240,76 @@ pub fn train_on_pool_job(
         }
         report.engine = "pool".into();
         report.network = Some(deployed.network());
+        // After the report's figures: the comparison's passes are not the
+        // job's test phase.
+        if let (Some(out), Deployed::One(c)) = (serve.compare, &mut deployed) {
+            let w = serve.test_window;
+            *out = Some(super::infer::compare_windows(c, data, &sample, opts, w)?);
+        }
         Ok((report, shards.len()))
     })();
-    if let Some(job) = &job_dir {
-        deployed.remember_failed(job);
-    }
-    deployed.close();
+    deployed.finish(job_dir.as_ref(), serve.keep_deployed && result.is_ok())?;
     result
+}
+
+impl Deployed {
+    /// Prints the cascade (each replica's).
+    fn show(&self) {
+        let show = |net: &NetworkReport, what: &str| {
+            println!(
+                "{what}: {} (packets of {} bytes)",
+                net.cascade
+                    .iter()
+                    .map(|(role, peer)| format!("{role} @ {}", short(peer)))
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
+                net.packet_len
+            )
+        };
+        match self {
+            Deployed::One(c) => show(&c.network(), "cascade"),
+            Deployed::Two(r) => {
+                show(&self.network(), "replica A");
+                show(&r.network_b(), "replica B");
+            }
+        }
+    }
+
+    /// After training: records the failed nodes, then leaves the cascade
+    /// deployed and recorded (`keep`, one cascade, a job directory) or
+    /// closes the job on its nodes and forgets any earlier record.
+    fn finish(&mut self, job_dir: Option<&JobDir>, keep: bool) -> Result<()> {
+        if let Some(job) = job_dir {
+            self.remember_failed(job);
+        }
+        match (&*self, job_dir) {
+            (Deployed::One(c), Some(job)) if keep => keep_deployed(c, job),
+            _ => {
+                self.close();
+                if let Some(job) = job_dir {
+                    super::infer::forget_deployed(job);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Records the cascade in the job directory and leaves it running: its
+/// hops hold the state of the job's latest checkpoint (the last one
+/// training wrote, at the end of its last epoch).
+fn keep_deployed(c: &PoolCascade, job: &JobDir) -> Result<()> {
+    let (cp, _) =
+        (job.latest_valid()).context("--keep-deployed: the job has no valid checkpoint")?;
+    let step = cp.position.step;
+    job.write_deployed(&c.deployment(step))
+        .context("recording the deployed cascade")?;
+    println!(
+        "cascade left deployed (state of step {step}): `mixnn infer --job {}` serves inference \
+         from it; its nodes forget the job after 15 minutes idle",
+        job.path().display()
+    );
+    Ok(())
 }
 
 fn short(peer: &str) -> &str {

@@ -126,6 +126,7 @@ fn unix_now() -> u64 {
 
 /// `mixnn train --resume DIR`.
 pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
+    super::train::check_keep_deployed(&a)?;
     let job = JobDir::open(dir)?;
     let recipe = job.recipe()?;
     let bytes = job.model(&recipe)?;
@@ -189,6 +190,7 @@ pub fn resume(dir: &Path, a: TrainArgs) -> Result<()> {
                 ck: Some(ck),
                 observer: &mut printer,
                 trusted_branch: recipe.trusted_branch.clone(),
+                serve: super::pool::Serve::of(&a.pool),
             };
             super::pool::train_on_pool_job(&model, &data, &opts, &popts, &sandbox, export, run)?
         }

@@ -135,7 +135,25 @@ pub struct PoolArgs {
     /// an alarm (0: off).
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub held_out: usize,
+    /// Test batches kept in flight in the test phase: the next batches go
+    /// out while earlier ones still cross the cascade, and answers are
+    /// matched to their batch as they come, so the results are those of
+    /// one batch at a time (1), bit for bit. The default was measured on
+    /// the demo's pool (docs/performance.md). A `--verify-replicas` job
+    /// tests one batch at a time.
+    #[arg(long, default_value_t = DEFAULT_TEST_WINDOW, value_name = "W")]
+    pub test_window: usize,
+    /// Leave the cascade deployed after training instead of closing the
+    /// job on its nodes, and record it in the job directory, so that
+    /// `mixnn infer --job DIR` serves inference from it. Nodes forget a job
+    /// left idle for 15 minutes (their `job_idle_secs`).
+    #[arg(long)]
+    pub keep_deployed: bool,
 }
+
+/// Test batches in flight by default (measured: docs/performance.md,
+/// "Pipelined test phase and inference").
+pub const DEFAULT_TEST_WINDOW: usize = 8;
 
 impl PoolArgs {
     /// A job on the local harness's pool (`demo`, `bench scale`): one
@@ -154,6 +172,8 @@ impl PoolArgs {
             wait_for_nodes_s: 30,
             verify_replicas: false,
             held_out: 256,
+            test_window: DEFAULT_TEST_WINDOW,
+            keep_deployed: false,
         }
     }
 
@@ -252,6 +272,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             // on every machine.
             opts.config.host_kernels = false;
         }
+        check_keep_deployed(&a)?;
         let mut popts = super::pool::pool_options(&a.pool, &opts);
         let ck = new_job.create(&opts, Some(&mut popts))?.map(|mut ck| {
             ck.held_out = a.pool.held_out_check();
@@ -262,6 +283,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ck,
             observer: &mut printer,
             trusted_branch: a.trusted_branch.clone(),
+            serve: super::pool::Serve::of(&a.pool),
         };
         super::pool::train_on_pool_job(
             &model,
@@ -274,6 +296,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
         )?
     };
     finish(&report, shards, a.report.as_deref())
+}
+
+/// `--keep-deployed` needs what `mixnn infer` reads: a job directory and
+/// one cascade (replicas compare two; their pairs are not served).
+pub fn check_keep_deployed(a: &TrainArgs) -> Result<()> {
+    if !a.pool.keep_deployed {
+        return Ok(());
+    }
+    if a.job.no_job_dir {
+        bail!("--keep-deployed records the cascade in the job directory: drop --no-job-dir");
+    }
+    if a.pool.verify_replicas {
+        bail!(
+            "--keep-deployed serves one cascade; a --verify-replicas job runs two: drop one flag"
+        );
+    }
+    Ok(())
 }
 
 /// Where `--noise-at` is refused: the pool's layers run on nodes, where

@@ -18,6 +18,9 @@ const JOB_FILE: &str = "job.json";
 const MODEL_FILE: &str = "model.onnx";
 const SECRET_FILE: &str = "secret";
 const FAILED_FILE: &str = "failed_nodes.json";
+/// The cascade left deployed (`train --keep-deployed`): its job handles
+/// are the job's capability on each node, hence 0600 like the secret.
+const DEPLOYED_FILE: &str = "deployed.json";
 const CHECKPOINTS: &str = "checkpoints";
 const MANIFEST: &str = "manifest.json";
 /// Prefix of a checkpoint being written (or left by a crash).
@@ -189,6 +192,34 @@ impl JobDir {
         let path = self.root.join(FAILED_FILE);
         let json = serde_json::to_vec_pretty(&hexes).map_err(|e| invalid(&path, e.to_string()))?;
         Ok(write_secret(&path, &json)?)
+    }
+
+    /// Records the cascade left deployed, for `mixnn infer` to attach to
+    /// (replacing any earlier record).
+    pub fn write_deployed(&self, d: &crate::pool::Deployment) -> Result<(), CheckpointError> {
+        let path = self.root.join(DEPLOYED_FILE);
+        let json = serde_json::to_vec_pretty(d).map_err(|e| invalid(&path, e.to_string()))?;
+        Ok(write_secret(&path, &json)?)
+    }
+
+    /// The cascade left deployed, if the job recorded one.
+    pub fn deployed(&self) -> Result<Option<crate::pool::Deployment>, CheckpointError> {
+        let path = self.root.join(DEPLOYED_FILE);
+        let Some(bytes) = read_secret(&path, MAX_JOB_BYTES as usize)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| invalid(&path, e.to_string()))
+    }
+
+    /// Forgets the deployed cascade (it was closed).
+    pub fn forget_deployed(&self) -> Result<(), CheckpointError> {
+        let path = self.root.join(DEPLOYED_FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Writes `cp` as checkpoint `checkpoints/<step>/` atomically (temporary

@@ -115,6 +115,7 @@ impl PoolCascade {
             detect: Detect::new(opts.timeout),
             witness: None,
             readings: Vec::new(),
+            test_window: 1,
         };
         if opts.witness {
             me.witness = Some(WitnessPlan::new(&me.secret, me.hops.len()));

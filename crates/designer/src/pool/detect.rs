@@ -37,6 +37,17 @@ pub enum Kind {
     Train(usize),
     /// A test message of this batch size.
     Test(usize),
+    /// A test message of this batch size sent with up to `window` messages
+    /// in flight (the pipelined test phase, `pool/pipeline.rs`): its answer
+    /// time includes the wait behind the batches ahead of it, so it is
+    /// measured apart from one-at-a-time messages, whose shorter bound it
+    /// would otherwise trip (and whose bound it would stretch).
+    Window {
+        /// Samples per batch.
+        batch: usize,
+        /// Most messages in flight at once.
+        window: usize,
+    },
 }
 
 impl Kind {
@@ -182,5 +193,29 @@ mod tests {
         assert_eq!(d.probe_bound().0, Duration::from_secs(60));
         d.reset();
         assert_eq!(d.bound(Some(k)).1, Rule::Ceiling);
+    }
+
+    /// Pipelined test answers wait behind the batches ahead of them: they
+    /// are measured per window, apart from one-at-a-time test answers, so
+    /// neither stretches nor trips the other's bound.
+    #[test]
+    fn windowed_test_answers_have_a_bound_of_their_own() {
+        let mut d = Detect::new(Duration::from_secs(600));
+        let lone = Kind::Test(64);
+        let w8 = Kind::Window {
+            batch: 64,
+            window: 8,
+        };
+        for _ in 0..MIN_SAMPLES {
+            d.record(lone, Duration::from_millis(500));
+            d.record(w8, Duration::from_secs(4));
+        }
+        assert_eq!(d.bound(Some(lone)).0, Duration::from_secs(5));
+        assert_eq!(d.bound(Some(w8)).0, Duration::from_secs(40));
+        let w16 = Kind::Window {
+            batch: 64,
+            window: 16,
+        };
+        assert_eq!(d.bound(Some(w16)).1, Rule::Ceiling, "another window");
     }
 }

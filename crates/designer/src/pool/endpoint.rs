@@ -218,7 +218,21 @@ impl Endpoint {
         bound: Duration,
         ends: &[(usize, PeerId)],
     ) -> Result<Vec<u8>, Received> {
-        let deadline = tokio::time::Instant::now() + bound;
+        self.receive_any(|a| a == alpha, Instant::now() + bound, ends)
+    }
+
+    /// The next packet whose header's exit id `wanted` accepts (one of the
+    /// messages in flight: the pipelined test phase waits for whichever of
+    /// its batches answers first); anything else is stale and dropped.
+    /// Waits until `deadline`; a closed end link fails it as in
+    /// [`Endpoint::receive`].
+    pub fn receive_any(
+        &mut self,
+        wanted: impl Fn(&[u8; 32]) -> bool,
+        deadline: Instant,
+        ends: &[(usize, PeerId)],
+    ) -> Result<Vec<u8>, Received> {
+        let deadline = tokio::time::Instant::from_std(deadline);
         let mut links: Vec<EndLink> = ends
             .iter()
             .map(|&(hop, peer)| (hop, self.sender.link_up(peer), None))
@@ -229,7 +243,8 @@ impl Endpoint {
                 tokio::select! {
                     p = tokio::time::timeout_at(deadline, inbox.recv()) => {
                         let p = p.map_err(|_| Received::TimedOut)?.ok_or(Received::Stopped)?;
-                        if p.data.get(1..33) == Some(&alpha[..]) {
+                        let exit = p.data.get(1..33).and_then(|a| <&[u8; 32]>::try_from(a).ok());
+                        if exit.is_some_and(&wanted) {
                             return Ok(p.data);
                         }
                         tracing::debug!(from = %p.from, "stray packet ignored");

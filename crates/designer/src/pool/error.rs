@@ -264,6 +264,23 @@ pub enum PoolError {
         /// Why (the dial's or the link's error).
         reason: String,
     },
+    /// A hop of a cascade left deployed (`train --keep-deployed`) is gone:
+    /// its node stopped or cannot be reached, so the cascade cannot be
+    /// attached to again.
+    #[error(
+        "the deployed cascade is gone: hop {hop} ({role}), node {peer}: {reason}; \
+         `mixnn infer --redeploy` deploys the job's latest checkpoint on fresh nodes"
+    )]
+    CascadeGone {
+        /// The hop, counting from 1.
+        hop: usize,
+        /// What it holds (`layer K` or `dummy`).
+        role: String,
+        /// Its node's peer id.
+        peer: String,
+        /// What was found.
+        reason: String,
+    },
     /// Bringing hops up replaced as many unreachable nodes as it may and
     /// the last one chosen failed too.
     #[error(

@@ -20,6 +20,7 @@
 //! answer counts as lost, and `repair` locates the failed hop with probes
 //! and puts a fresh node in its place.
 
+mod attach;
 mod bringup;
 mod class;
 mod deploy;
@@ -31,6 +32,7 @@ mod exchange;
 pub mod mask;
 mod onion;
 mod phases;
+mod pipeline;
 mod placement;
 mod prebuild;
 mod rekey;
@@ -46,11 +48,13 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{EngineKind, LayerBackend};
+pub use attach::{DEPLOYMENT_VERSION, DeployedHop, Deployment};
 pub use class::payload_class;
 pub use directory::Distinct;
 use endpoint::Endpoint;
 pub use error::PoolError;
 use onion::{Hop, Role, Slot};
+pub use pipeline::MAX_TEST_WINDOW;
 pub use replica::{Replicated, Side};
 pub use witness::Finding;
 
@@ -192,6 +196,8 @@ pub struct PoolCascade {
     /// The witnesses read since [`PoolCascade::take_readings`] last took
     /// them.
     readings: Vec<witness::Reading>,
+    /// Test batches kept in flight (`pool/pipeline.rs`; 1: one at a time).
+    test_window: usize,
 }
 
 impl PoolCascade {

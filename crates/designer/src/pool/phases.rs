@@ -174,6 +174,20 @@ impl Model for PoolCascade {
         Ok(y)
     }
 
+    /// Pipelined with a window over 1 (`pool/pipeline.rs`); one at a time
+    /// in a verified job, whose witnesses are read per packet in order.
+    fn infer_stream(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Tensor, DesignerError>>,
+        done: &mut dyn FnMut(usize, Tensor) -> Result<(), DesignerError>,
+    ) -> Result<(), DesignerError> {
+        if self.test_window > 1 && self.witness.is_none() {
+            self.infer_pipelined(batches, done)
+        } else {
+            crate::cascade::infer_each(self, batches, done)
+        }
+    }
+
     /// Replaces a hop that stopped answering (`pool/repair.rs`).
     fn repair(&mut self, failure: &DesignerError) -> Result<Option<Repair>, DesignerError> {
         self.repair_failure(failure)

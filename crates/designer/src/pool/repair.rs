@@ -196,6 +196,11 @@ impl PoolCascade {
         let Some((named, detected_after_ms)) = repairable(failure) else {
             return Ok(None);
         };
+        // A cascade attached to after deployment (`pool/attach.rs`) holds
+        // no inits to give a new node: its failures go back to the caller.
+        if self.spares.inits.is_empty() {
+            return Ok(None);
+        }
         let noticed = Instant::now();
         let t = match named {
             Some(t) if t < self.hops.len() => t,
