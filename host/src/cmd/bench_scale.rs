@@ -350,6 +350,7 @@ fn run_job(
         ck: None,
         observer: &mut observer,
         trusted_branch: None,
+        serve: super::pool::Serve::of(&pool_args),
     };
     let (report, _) =
         super::pool::train_on_pool_job(model, data, &opts, &popts, &a.sandbox, None, run)?;

@@ -175,6 +175,7 @@ impl PoolCascade {
                 ..Default::default()
             },
             control_section: onion::control_section_len(&g, dep.class)?,
+            prebuilt: super::prebuild::Prebuilder::start(g.clone()),
             ep,
             g,
             class: dep.class,

@@ -232,18 +232,7 @@ impl PoolCascade {
         let what = describe_exchange(phase, batch, slots.len(), target);
         let witnessed = tensor.is_some() && self.witness.is_some();
         let sent_tag = (self.witness.as_ref()).map(|w| w.tag(tensor.as_ref()));
-        let pattern = super::prebuild::key(&slots, &self.hops);
-        let header = match self.prebuilt.as_ref().and_then(|p| p.take(&pattern)) {
-            Some(h) => h,
-            None => onion::header(
-                &self.g,
-                self.class,
-                &self.hops,
-                &slots,
-                self.ep.node_id(),
-                &mut self.rng,
-            )?,
-        };
+        let header = self.header_for(&slots)?;
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -256,11 +245,7 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
-        // The next message of this pattern gets its header built while
-        // this one is in flight.
-        if let Some(p) = &self.prebuilt {
-            p.request(pattern, self.class, &self.hops, &sent.slots, self.ep.node_id());
-        }
+        self.build_ahead(&sent.slots);
         let (bound, rule) = self.detect.bound(kind);
         let answer = self.await_answer(&sent, bound, start, &what, &rule.to_string())?;
         let payload = onion::open(&self.g, &sent, answer)?;
@@ -282,6 +267,32 @@ impl PoolCascade {
         }
         self.account(&sent, phase, start);
         Ok((payload.tensor, reply))
+    }
+
+    /// The header for a message over `slots`: the one built ahead for
+    /// this route, or a new one.
+    pub(super) fn header_for(&mut self, slots: &[Slot]) -> Result<onion::Header, DesignerError> {
+        let pattern = super::prebuild::key(slots, &self.hops);
+        match self.prebuilt.as_ref().and_then(|p| p.take(&pattern)) {
+            Some(h) => Ok(h),
+            None => onion::header(
+                &self.g,
+                self.class,
+                &self.hops,
+                slots,
+                self.ep.node_id(),
+                &mut self.rng,
+            ),
+        }
+    }
+
+    /// Asks for the next header over `slots` to be built while the
+    /// message just sent is in flight (training repeats its routes).
+    pub(super) fn build_ahead(&self, slots: &[Slot]) {
+        if let Some(p) = &self.prebuilt {
+            let pattern = super::prebuild::key(slots, &self.hops);
+            p.request(pattern, self.class, &self.hops, slots, self.ep.node_id());
+        }
     }
 
     /// The answer to `sent` within `bound`, or the typed failure: lost

@@ -123,12 +123,12 @@ impl PoolCascade {
         self.refresh_keys(false);
         let slots = self.forward_slots(Op::Test);
         let first = self.hops[slots[0].hop].peer;
+        let header = self.header_for(&slots)?;
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
-            &self.hops,
+            header,
             slots,
-            self.ep.node_id(),
             Some(tensor),
             None,
             self.compute_section,
@@ -136,6 +136,7 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
+        self.build_ahead(&sent.slots);
         let (bound, rule) = self.detect.bound(Some(Kind::Window { batch, window }));
         Ok(InFlight {
             index,
