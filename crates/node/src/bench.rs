@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use mixnn_p2p::direct::bench::{BenchError, loopback};
 use mixnn_protocol::job::{JobPayload, TensorData, WireTensor};
 use mixnn_sphinx::{
-    Exit, Geometry, JobHandle, KeyRing, LinkKey, MixKeyPair, NodeId, Op, PayloadMode,
-    ReplayCache, RouteHop, build_packet, open_payload, process, seal_payload,
+    Exit, Geometry, JobHandle, KeyRing, LinkKey, MixKeyPair, NodeId, Op, PayloadMode, ReplayCache,
+    RouteHop, build_packet, open_payload, process, seal_payload,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -119,9 +119,17 @@ fn packets(g: &Geometry, class: usize, n: usize) -> Result<(Vec<Vec<u8>>, KeyRin
     .encode();
     let out = (0..n)
         .map(|_| {
-            build_packet(g, &route, Exit::Final, PayloadMode::Link, class, &payload, &mut rng)
-                .map(|(p, _)| p.into_bytes())
-                .map_err(|e| err("packet", e))
+            build_packet(
+                g,
+                &route,
+                Exit::Final,
+                PayloadMode::Link,
+                class,
+                &payload,
+                &mut rng,
+            )
+            .map(|(p, _)| p.into_bytes())
+            .map_err(|e| err("packet", e))
         })
         .collect::<Result<_, _>>()?;
     let ring = KeyRing::with_key(MixKeyPair::from_secret_bytes(1, *keys[0].secret_bytes()));
@@ -184,7 +192,9 @@ pub fn hop_budget(class: usize, n: usize) -> Result<HopBudget, BenchError> {
             let t4 = Instant::now();
             let encoded = JobPayload::decode(msg).map_err(|e| err("job", e))?.encode();
             let t5 = Instant::now();
-            let next = p.outgoing.ok_or_else(|| BenchError::new("no next hop".into()))?;
+            let next = p
+                .outgoing
+                .ok_or_else(|| BenchError::new("no next hop".into()))?;
             seal_payload(&p.routing.key_out, &next, &encoded, &mut buf[h..])
                 .map_err(|e| err("seal", e))?;
             let t6 = Instant::now();

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use mixnn_p2p::{LinkMetrics, PeerSetup, PoolPeer, QueueLimits, Role, SizeClasses, start_pool_peer};
+use mixnn_p2p::{
+    LinkMetrics, PeerSetup, PoolPeer, QueueLimits, Role, SizeClasses, start_pool_peer,
+};
 use tokio::sync::watch;
 
 const LEN: usize = 70_000;
@@ -38,8 +40,14 @@ async fn peer(role: Role, direct: bool, stop: &watch::Receiver<bool>) -> Peer {
         settle: None,
         bootstraps: &[],
         sizes: SizeClasses::new(&[64, LEN as u32]),
-        inbound: QueueLimits { packets: 256, bytes: 64 << 20 },
-        outbound: QueueLimits { packets: 256, bytes: 64 << 20 },
+        inbound: QueueLimits {
+            packets: 256,
+            bytes: 64 << 20,
+        },
+        outbound: QueueLimits {
+            packets: 256,
+            bytes: 64 << 20,
+        },
         metrics: metrics.clone(),
         stop: stop.clone(),
         direct,
@@ -98,10 +106,16 @@ async fn packets_move_to_the_direct_connection_and_come_back_over_it() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(client.p.sender.direct_up(&node.id), "the direct link never came up");
+    assert!(
+        client.p.sender.direct_up(&node.id),
+        "the direct link never came up"
+    );
     ping(&client, &mut node, 45, 5).await;
     let direct = client.m.direct_out.load(Ordering::Relaxed);
-    assert!(direct >= 45, "only {direct} packets took the direct connection");
+    assert!(
+        direct >= 45,
+        "only {direct} packets took the direct connection"
+    );
     // The node answers over the connection the client opened (it listens
     // nowhere), so every answer is direct.
     ping(&node, &mut client, 20, 1000).await;
@@ -120,4 +134,77 @@ async fn without_the_direct_plane_packets_take_libp2p_streams() {
     ping(&client, &mut node, 20, 0).await;
     assert_eq!(client.m.direct_out.load(Ordering::Relaxed), 0);
     assert_eq!(client.m.packets_out.load(Ordering::Relaxed), 20);
+}
+
+/// Whether a read saw the connection closed (not a read timeout: a node
+/// that kept the connection open would let the read time out).
+fn closed(r: std::io::Result<usize>) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    match r {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), WouldBlock | TimedOut),
+    }
+}
+
+/// A TCP client that was never announced over libp2p: a well-formed
+/// Noise handshake with a fresh key is refused (the connection closes and
+/// nothing reaches the inbox), as is garbage; the node keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unannounced_key_and_garbage_are_refused() {
+    use std::io::{Read as _, Write as _};
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut node = peer(Role::Node, true, &stop).await;
+    let port = node
+        .p
+        .sender
+        .direct_port()
+        .expect("the node listens for direct links");
+    let refused = tokio::task::spawn_blocking(move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // Garbage instead of a handshake.
+        let mut g = std::net::TcpStream::connect(addr).unwrap();
+        g.write_all(&[0xff; 4096]).unwrap();
+        g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 64];
+        let garbage_closed = closed(g.read(&mut b));
+        // A correct XX handshake with a key nobody announced.
+        let params: snow::params::NoiseParams = "Noise_XX_25519_ChaChaPoly_SHA256".parse().unwrap();
+        let kp = snow::Builder::new(params.clone())
+            .generate_keypair()
+            .unwrap();
+        let mut hs = snow::Builder::new(params)
+            .local_private_key(&kp.private)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut msg = vec![0u8; 1024];
+        let mut frame = |s: &mut std::net::TcpStream, m: &[u8]| {
+            let mut out = (m.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(m);
+            s.write_all(&out).unwrap();
+        };
+        let n = hs.write_message(&[], &mut msg).unwrap();
+        frame(&mut s, &msg[..n]);
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut m2 = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut m2).unwrap();
+        let mut scratch = vec![0u8; 1024];
+        hs.read_message(&m2, &mut scratch).unwrap();
+        let n = hs.write_message(&[], &mut msg).unwrap();
+        frame(&mut s, &msg[..n]);
+        let mut b = [0u8; 64];
+        let unannounced_closed = closed(s.read(&mut b));
+        (garbage_closed, unannounced_closed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, (true, true));
+    assert_eq!(node.m.packets_in.load(Ordering::Relaxed), 0);
+    // The node still takes a real neighbour's packets.
+    let client = peer(Role::Client, true, &stop).await;
+    link(&client, &node).await;
+    ping(&client, &mut node, 3, 0).await;
 }

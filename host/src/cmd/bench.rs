@@ -77,7 +77,10 @@ pub fn run(c: BenchCommand) -> Result<()> {
 fn hop(a: HopBenchArgs) -> Result<()> {
     let mut out = Vec::new();
     for &class in &a.classes {
-        eprintln!("timing {} crossings at the {class}-byte class", a.iterations);
+        eprintln!(
+            "timing {} crossings at the {class}-byte class",
+            a.iterations
+        );
         out.push(mixnn_node::bench::hop_budget(class, a.iterations.max(1))?);
     }
     print!("{}", render_hop(&out));

@@ -11,7 +11,6 @@ use mixnn_sphinx::Geometry;
 
 use super::detect::Detect;
 use super::endpoint::Endpoint;
-use super::{mask, prebuild};
 use super::onion::{self, Role};
 use super::placement::{self, Layout};
 use super::rekey::KeyWatch;
@@ -19,6 +18,7 @@ use super::repair::Spares;
 use super::witness::WitnessPlan;
 use super::{NetworkReport, PoolCascade, PoolError, PoolOptions, describe_role, payload_class};
 use super::{bringup, directory};
+use super::{mask, prebuild};
 use crate::DesignerError;
 use crate::backend::{LayerBackend, layer_config, load_layer};
 use crate::cascade::loss_for;

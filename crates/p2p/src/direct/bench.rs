@@ -55,7 +55,9 @@ impl From<std::io::Error> for BenchError {
 pub fn loopback() -> Result<(BenchSender, BenchReceiver), BenchError> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
-    let kb = noise::builder()?.generate_keypair().map_err(NoiseError::from)?;
+    let kb = noise::builder()?
+        .generate_keypair()
+        .map_err(NoiseError::from)?;
     let responder = std::thread::spawn(move || -> Result<_, BenchError> {
         let (mut s, _) = l.accept()?;
         noise::tune(&s)?;
@@ -66,7 +68,9 @@ pub fn loopback() -> Result<(BenchSender, BenchReceiver), BenchError> {
         let (t, _) = noise::handshake(&mut s, hs)?;
         Ok((s, t))
     });
-    let ka = noise::builder()?.generate_keypair().map_err(NoiseError::from)?;
+    let ka = noise::builder()?
+        .generate_keypair()
+        .map_err(NoiseError::from)?;
     let mut c = TcpStream::connect(addr)?;
     noise::tune(&c)?;
     let hs = noise::builder()?
@@ -99,7 +103,12 @@ impl BenchSender {
     /// Seals `packet` into the wire buffer (the Noise stage).
     pub fn seal(&mut self, packet: &[u8]) -> Result<(), BenchError> {
         self.wire.clear();
-        Ok(seal_packet(&self.transport, &mut self.nonce, packet, &mut self.wire)?)
+        Ok(seal_packet(
+            &self.transport,
+            &mut self.nonce,
+            packet,
+            &mut self.wire,
+        )?)
     }
 
     /// Writes the sealed bytes (the send stage).
@@ -118,6 +127,11 @@ impl BenchReceiver {
 
     /// Opens the bytes read into `out` (the Noise stage).
     pub fn open(&mut self, out: &mut Vec<u8>) -> Result<(), BenchError> {
-        Ok(open_packet(&self.transport, &mut self.nonce, &self.wire, out)?)
+        Ok(open_packet(
+            &self.transport,
+            &mut self.nonce,
+            &self.wire,
+            out,
+        )?)
     }
 }

@@ -121,12 +121,20 @@ impl Direct {
         let keys = noise::builder()
             .and_then(|b| b.generate_keypair().map_err(noise::NoiseError::from))
             .map_err(|e| DirectError::Keys(e.to_string()))?;
-        let public: [u8; 32] = keys.public.as_slice().try_into().map_err(|_| DirectError::Keys("public key length".into()))?;
+        let public: [u8; 32] = keys
+            .public
+            .as_slice()
+            .try_into()
+            .map_err(|_| DirectError::Keys("public key length".into()))?;
         let listener = match setup.listen_ip {
             Some(ip) => Some(TcpListener::bind(SocketAddr::new(ip, 0))?),
             None => None,
         };
-        let port = listener.as_ref().map(TcpListener::local_addr).transpose()?.map(|a| a.port());
+        let port = listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?
+            .map(|a| a.port());
         let mut control = setup.control.clone();
         let incoming = control.accept(register::protocol())?;
         let direct = Arc::new(Self {
@@ -151,6 +159,11 @@ impl Direct {
         }
         direct.clone().spawn_closing(setup.stop);
         Ok(direct)
+    }
+
+    /// Where this peer accepts direct connections, if it does.
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.port
     }
 
     /// Sends packets from direct connections to `sink` from now on.
@@ -285,7 +298,9 @@ impl Direct {
                 self.metrics.count_in(from, data.len());
                 sink(from, data);
             }
-            None => self.queue.push(crate::packets::InboundPacket { from, data }),
+            None => self
+                .queue
+                .push(crate::packets::InboundPacket { from, data }),
         }
     }
 
@@ -294,8 +309,12 @@ impl Direct {
     fn spawn_accepting(self: Arc<Self>, l: TcpListener, mut stop: watch::Receiver<bool>) {
         let runtime = self.runtime.clone();
         runtime.spawn(async move {
-            let Ok(()) = l.set_nonblocking(true) else { return };
-            let Ok(l) = tokio::net::TcpListener::from_std(l) else { return };
+            let Ok(()) = l.set_nonblocking(true) else {
+                return;
+            };
+            let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                return;
+            };
             loop {
                 let accepted = tokio::select! {
                     _ = stop.changed() => return,

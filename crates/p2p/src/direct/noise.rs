@@ -274,7 +274,14 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::Arc;
 
-    fn pair() -> ((StatelessTransportState, [u8; 32]), (StatelessTransportState, [u8; 32]), TcpStream, TcpStream, [u8; 32], [u8; 32]) {
+    fn pair() -> (
+        (StatelessTransportState, [u8; 32]),
+        (StatelessTransportState, [u8; 32]),
+        TcpStream,
+        TcpStream,
+        [u8; 32],
+        [u8; 32],
+    ) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let ka = builder().unwrap().generate_keypair().unwrap();
@@ -282,12 +289,22 @@ mod tests {
         let (pa, pb) = (ka.public.clone(), kb.public.clone());
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let hs = builder().unwrap().local_private_key(&kb.private).unwrap().build_responder().unwrap();
+            let hs = builder()
+                .unwrap()
+                .local_private_key(&kb.private)
+                .unwrap()
+                .build_responder()
+                .unwrap();
             let r = handshake(&mut s, hs).unwrap();
             (r, s)
         });
         let mut c = TcpStream::connect(addr).unwrap();
-        let hs = builder().unwrap().local_private_key(&ka.private).unwrap().build_initiator().unwrap();
+        let hs = builder()
+            .unwrap()
+            .local_private_key(&ka.private)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
         let a = handshake(&mut c, hs).unwrap();
         let (b, s) = t.join().unwrap();
         (a, b, c, s, pa.try_into().unwrap(), pb.try_into().unwrap())

@@ -14,8 +14,8 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use futures::StreamExt as _;
+use futures::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::watch;
 use tracing::debug;
@@ -58,11 +58,18 @@ impl RemoteIps {
 
     /// Forgets `peer` (its last connection closed).
     pub fn disconnected(&self, peer: &PeerId) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
     }
 
     fn get(&self, peer: &PeerId) -> Option<IpAddr> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(peer).copied()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .copied()
     }
 }
 
@@ -126,7 +133,8 @@ pub(super) async fn connect(direct: &Arc<Direct>, peer: PeerId) -> bool {
         return false;
     };
     let d = direct.clone();
-    let dialed = tokio::task::spawn_blocking(move || dial(&d, peer, SocketAddr::new(ip, port), key));
+    let dialed =
+        tokio::task::spawn_blocking(move || dial(&d, peer, SocketAddr::new(ip, port), key));
     match dialed.await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -155,7 +163,12 @@ async fn register(direct: &Direct, peer: PeerId) -> std::io::Result<Option<(u16,
 
 /// Connects, runs the handshake as initiator, checks the listener's key
 /// and adopts the link.
-fn dial(direct: &Arc<Direct>, peer: PeerId, addr: SocketAddr, key: [u8; 32]) -> Result<(), NoiseError> {
+fn dial(
+    direct: &Arc<Direct>,
+    peer: PeerId,
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> Result<(), NoiseError> {
     let mut s = TcpStream::connect_timeout(&addr, SETUP_TIMEOUT)?;
     noise::tune(&s)?;
     let hs = noise::builder()?
@@ -163,7 +176,9 @@ fn dial(direct: &Arc<Direct>, peer: PeerId, addr: SocketAddr, key: [u8; 32]) -> 
         .build_initiator()?;
     let (transport, remote) = noise::handshake(&mut s, hs)?;
     if remote != key {
-        return Err(NoiseError::Framing("the listener's key is not the one it announced"));
+        return Err(NoiseError::Framing(
+            "the listener's key is not the one it announced",
+        ));
     }
     let (link, opener) = direct
         .adopt(peer, s, transport)

@@ -35,8 +35,8 @@ pub(crate) mod inbound;
 mod link;
 mod sender;
 
-pub(crate) use inbound::{FRAME_DEADLINE, InboundQueue, start_inbound};
 pub use inbound::PacketInbox;
+pub(crate) use inbound::{FRAME_DEADLINE, InboundQueue, start_inbound};
 pub use sender::{DEFAULT_MAX_LINKS, PacketSender};
 
 /// The protocol of packet streams.

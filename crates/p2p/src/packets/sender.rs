@@ -208,7 +208,15 @@ impl PacketSender {
     /// Whether a direct connection to `peer` carries packets now (see
     /// [`crate::direct`]).
     pub fn direct_up(&self, peer: &PeerId) -> bool {
-        self.0.direct.as_ref().is_some_and(|d| d.link(peer).is_some())
+        self.0
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.link(peer).is_some())
+    }
+
+    /// The port this peer takes direct connections on, if it does.
+    pub fn direct_port(&self) -> Option<u16> {
+        self.0.direct.as_ref().and_then(|d| d.port())
     }
 
     /// Links to at most `n` neighbours from now on (at least one); links
