@@ -180,7 +180,7 @@ async fn an_unannounced_key_and_garbage_are_refused() {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut msg = vec![0u8; 1024];
-        let mut frame = |s: &mut std::net::TcpStream, m: &[u8]| {
+        let frame = |s: &mut std::net::TcpStream, m: &[u8]| {
             let mut out = (m.len() as u16).to_be_bytes().to_vec();
             out.extend_from_slice(m);
             s.write_all(&out).unwrap();

@@ -37,13 +37,13 @@ pub(super) fn key(slots: &[Slot], hops: &[Hop]) -> Key {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     for s in slots {
-        h.update(&(s.hop as u64).to_le_bytes());
-        h.update(&[s.op as u8, s.flags]);
+        h.update((s.hop as u64).to_le_bytes());
+        h.update([s.op as u8, s.flags]);
         if let Some(hop) = hops.get(s.hop) {
-            h.update(&hop.node.0);
-            h.update(&hop.epoch.to_le_bytes());
+            h.update(hop.node.0);
+            h.update(hop.epoch.to_le_bytes());
             h.update(hop.mix_key.to_bytes());
-            h.update(&hop.job.0);
+            h.update(hop.job.0);
         }
     }
     h.finalize().into()

@@ -274,14 +274,11 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::Arc;
 
-    fn pair() -> (
-        (StatelessTransportState, [u8; 32]),
-        (StatelessTransportState, [u8; 32]),
-        TcpStream,
-        TcpStream,
-        [u8; 32],
-        [u8; 32],
-    ) {
+    /// One end after the handshake: its transport and the peer's key.
+    type End = (StatelessTransportState, [u8; 32]);
+
+    /// Both ends, their sockets, and the two public keys.
+    fn pair() -> (End, End, TcpStream, TcpStream, [u8; 32], [u8; 32]) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let ka = builder().unwrap().generate_keypair().unwrap();
