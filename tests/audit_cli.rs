@@ -4,23 +4,8 @@
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
-fn mixnn(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(args)
-        .env("MIXNN_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("mixnn runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+mod support;
+use support::mixnn;
 
 #[test]
 fn cuts_the_audit_cannot_play_are_clear_errors() {

@@ -18,13 +18,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Command;
 
 use mixnn_designer::pool::{PoolCascade, PoolError};
 use mixnn_designer::{DesignerError, EngineKind, Model, TrainOptions};
 use mixnn_layer::TrainConfig;
 
 mod support;
+use support::mixnn;
 
 fn data() -> mixnn_data::Mnist {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist");
@@ -119,21 +119,6 @@ fn pipelined_test_batches_give_the_sequential_outputs_and_a_lost_answer_is_notic
     );
     drop(cascade);
     pool.shutdown();
-}
-
-fn mixnn(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(args)
-        .env("MIXNN_LOG", "warn")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("mixnn runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn ok(args: &[&str]) -> String {

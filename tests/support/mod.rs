@@ -215,3 +215,22 @@ pub fn demo(args: &[&str]) -> (serde_json::Value, String) {
     let json = serde_json::from_str(&written).expect("the report is JSON");
     (json, text)
 }
+
+/// Runs the `mixnn` binary from the repository root with `args` (logs at
+/// `warn`, no backtraces); returns whether it succeeded and its stdout
+/// and stderr together.
+pub fn mixnn(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
+        .args(args)
+        .env("MIXNN_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("mixnn runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
