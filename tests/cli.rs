@@ -294,3 +294,53 @@ fn bident_model_splits_into_parts() {
         text(&bad)
     );
 }
+
+/// `mixnn bench hop` times real crossings and reports every stage, the
+/// crossing and the floor (no time is asserted, only that the figures
+/// are there and consistent: the stages add up to about the crossing).
+#[test]
+fn the_hop_budget_reports_each_stage_against_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("hop.json");
+    let r = report.to_string_lossy().into_owned();
+    let out = mixnn(
+        &[
+            "bench",
+            "hop",
+            "--iterations",
+            "30",
+            "--classes",
+            "2048,65536",
+            "--report",
+            &r,
+        ],
+        &dir.path().join("cache"),
+    );
+    let printed = text(&out);
+    assert!(
+        printed.contains("sphinx unwrap") && printed.contains("crossing / floor"),
+        "{printed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, class) in rows.iter().zip([2048, 65536]) {
+        assert_eq!(row["class"], class);
+        let f = |k: &str| row[k].as_f64().unwrap();
+        for k in [
+            "receive_us",
+            "noise_open_us",
+            "sphinx_us",
+            "payload_open_us",
+            "payload_seal_us",
+            "noise_seal_us",
+            "send_us",
+            "floor_us",
+        ] {
+            assert!(f(k) > 0.0, "{k} of class {class}: {row}");
+        }
+        assert!(f("total_us") <= 2.0 * f("crossing_us") + 50.0, "{row}");
+        assert!(row["packet_len"].as_u64().unwrap() > class as u64);
+    }
+}

@@ -20,7 +20,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mixnn_p2p::direct::bench::{BenchError, loopback};
+use mixnn_p2p::direct::bench::{BenchError, BenchReceiver, BenchSender, loopback};
 use mixnn_protocol::job::{JobPayload, TensorData, WireTensor};
 use mixnn_sphinx::{
     Exit, Geometry, JobHandle, KeyRing, LinkKey, MixKeyPair, NodeId, Op, PayloadMode, ReplayCache,
@@ -161,58 +161,88 @@ fn floor(class: usize, n: usize) -> Result<f64, BenchError> {
     Ok(median(&mut dh) + 2.0 * median(&mut aead))
 }
 
+/// The hop's sockets and the channels that pace it.
+struct HopEnds {
+    into_hop: BenchReceiver,
+    out_of_hop: BenchSender,
+    t0_rx: mpsc::Receiver<Instant>,
+    done_tx: mpsc::Sender<()>,
+}
+
+/// The hop thread: `count` crossings, each stage timed; the ninth figure
+/// is the whole crossing.
+fn hop_loop(
+    g: &Geometry,
+    ring: &KeyRing,
+    ends: HopEnds,
+    packet_len: usize,
+    count: usize,
+) -> Result<Vec<[Duration; 9]>, BenchError> {
+    let HopEnds {
+        mut into_hop,
+        mut out_of_hop,
+        t0_rx,
+        done_tx,
+    } = ends;
+    let h = g.header_len();
+    let mut replay = ReplayCache::new(1 << 20);
+    let mut buf = Vec::new();
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        into_hop.read(packet_len)?;
+        let t1 = Instant::now();
+        let t0 = t0_rx.recv().map_err(|e| err("upstream", e))?;
+        into_hop.open(&mut buf)?;
+        let t2 = Instant::now();
+        let p = process(g, ring, &mut replay, &mut buf).map_err(|e| err("sphinx", e))?;
+        let t3 = Instant::now();
+        let msg = open_payload(&p.routing.key_in, &p.incoming, &mut buf[h..])
+            .map_err(|e| err("payload", e))?;
+        let t4 = Instant::now();
+        let encoded = JobPayload::decode(msg).map_err(|e| err("job", e))?.encode();
+        let t5 = Instant::now();
+        let next = p
+            .outgoing
+            .ok_or_else(|| BenchError::new("no next hop".into()))?;
+        seal_payload(&p.routing.key_out, &next, &encoded, &mut buf[h..])
+            .map_err(|e| err("seal", e))?;
+        let t6 = Instant::now();
+        out_of_hop.seal(&buf)?;
+        let t7 = Instant::now();
+        out_of_hop.write()?;
+        let t8 = Instant::now();
+        let at = [t0, t1, t2, t3, t4, t5, t6, t7, t8];
+        let mut d = [Duration::ZERO; 9];
+        for i in 0..8 {
+            d[i] = at[i + 1] - at[i];
+        }
+        d[8] = t8 - t0;
+        times.push(d);
+        done_tx.send(()).map_err(|e| err("downstream", e))?;
+    }
+    Ok(times)
+}
+
 /// Times `n` crossings at `class`.
 pub fn hop_budget(class: usize, n: usize) -> Result<HopBudget, BenchError> {
     let g = Geometry::default();
     g.packet_len(class).map_err(|e| err("class", e))?;
     let (packets, ring) = packets(&g, class, n + 10)?;
     let packet_len = packets.first().map_or(0, Vec::len);
-    let (mut up, mut into_hop) = loopback()?;
-    let (mut out_of_hop, mut down) = loopback()?;
+    let (mut up, into_hop) = loopback()?;
+    let (out_of_hop, mut down) = loopback()?;
     let (t0_tx, t0_rx) = mpsc::channel::<Instant>();
     // The downstream end reads only once the hop's write returned, so the
     // write wakes nobody who could take the hop's core mid-call (in a
     // pool the next hop runs in another process, often on the other core).
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let h = g.header_len();
-    let hop = std::thread::spawn(move || -> Result<Vec<[Duration; 9]>, BenchError> {
-        let mut replay = ReplayCache::new(1 << 20);
-        let mut buf = Vec::new();
-        let mut times = Vec::with_capacity(n + 10);
-        for _ in 0..n + 10 {
-            into_hop.read(packet_len)?;
-            let t1 = Instant::now();
-            let t0 = t0_rx.recv().map_err(|e| err("upstream", e))?;
-            into_hop.open(&mut buf)?;
-            let t2 = Instant::now();
-            let p = process(&g, &ring, &mut replay, &mut buf).map_err(|e| err("sphinx", e))?;
-            let t3 = Instant::now();
-            let msg = open_payload(&p.routing.key_in, &p.incoming, &mut buf[h..])
-                .map_err(|e| err("payload", e))?;
-            let t4 = Instant::now();
-            let encoded = JobPayload::decode(msg).map_err(|e| err("job", e))?.encode();
-            let t5 = Instant::now();
-            let next = p
-                .outgoing
-                .ok_or_else(|| BenchError::new("no next hop".into()))?;
-            seal_payload(&p.routing.key_out, &next, &encoded, &mut buf[h..])
-                .map_err(|e| err("seal", e))?;
-            let t6 = Instant::now();
-            out_of_hop.seal(&buf)?;
-            let t7 = Instant::now();
-            out_of_hop.write()?;
-            let t8 = Instant::now();
-            let at = [t0, t1, t2, t3, t4, t5, t6, t7, t8];
-            let mut d = [Duration::ZERO; 9];
-            for i in 0..8 {
-                d[i] = at[i + 1] - at[i];
-            }
-            d[8] = t8 - t0;
-            times.push(d);
-            done_tx.send(()).map_err(|e| err("downstream", e))?;
-        }
-        Ok(times)
-    });
+    let ends = HopEnds {
+        into_hop,
+        out_of_hop,
+        t0_rx,
+        done_tx,
+    };
+    let hop = std::thread::spawn(move || hop_loop(&g, &ring, ends, packet_len, n + 10));
     let mut sink = Vec::new();
     for p in &packets {
         up.seal(p)?;

@@ -205,6 +205,7 @@ pub fn train_on_pool_job(
         opts.batch,
         opts.config.seed
     );
+    println!("  {}", cut_hint(&shards, popts.keep_first));
     let job_dir = run.ck.as_ref().and_then(|c| c.dir.clone());
     let mut deployed = match Deployed::deploy(&shards, opts, sb.as_ref(), popts) {
         Ok(d) => d,
@@ -314,4 +315,23 @@ fn keep_deployed(c: &PoolCascade, job: &JobDir) -> Result<()> {
 
 fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(8)..]
+}
+
+/// What the first pool node sees, and the command that measures how much
+/// of the input it reveals (issue 14: the designer sees it before the
+/// job runs; `mixnn audit` trains the attacks, which takes minutes, so it
+/// is named here rather than run).
+fn cut_hint(shards: &[mixnn_shard::pb::ModelProto], keep_first: bool) -> String {
+    let k = usize::from(keep_first);
+    if k == 0 {
+        return "the first pool node sees the raw input (--keep-first keeps the first shard here)"
+            .into();
+    }
+    let node = (shards.get(k - 1))
+        .and_then(|s| s.graph.as_ref())
+        .and_then(|g| g.node.last())
+        .map_or_else(|| format!("shard {}", k - 1), |n| n.name.clone());
+    format!(
+        "the first pool node sees the output of `{node}`: `mixnn audit --model MODEL --split {k} --data DIR` measures how much of the input that reveals (docs/audit.md)"
+    )
 }
