@@ -2,7 +2,7 @@
 //! packet for the neighbour, read by a thread of its own that hands each
 //! packet to the peer's consumer at once.
 
-use std::io::Write as _;
+use std::io::{ErrorKind, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,6 +108,13 @@ pub(crate) fn read_loop(direct: Arc<Direct>, link: Arc<Link>, mut opener: Opener
             Err(e) => break e,
         }
     };
+    // The first byte of a packet is awaited without a deadline, so a
+    // timeout means a begun packet stalled.
+    if let NoiseError::Io(e) = &end
+        && matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
+    {
+        direct.metrics.drop_packet(DropReason::StalledFrame);
+    }
     debug!(%peer, error = %end, "direct connection ended");
     link.close();
     direct.forget(&link);

@@ -60,6 +60,9 @@ pub const MAX_DIRECT_LINKS: usize = 256;
 const MAX_PER_PEER: usize = 4;
 /// Registrations (static keys announced over libp2p, not yet connected).
 const MAX_PENDING: usize = 1024;
+/// Registrations one peer may hold at once, so one peer cannot fill the
+/// table and leave every other neighbour on libp2p streams.
+const MAX_PENDING_PER_PEER: usize = 8;
 /// How long a registration waits for its connection.
 const PENDING_TTL: Duration = Duration::from_secs(60);
 /// How long a peer that could not be reached directly is left to libp2p.
@@ -216,7 +219,10 @@ impl Direct {
         if p.len() >= MAX_PENDING {
             p.retain(|_, (_, until)| *until > now);
         }
-        if p.len() >= MAX_PENDING {
+        let mine = p
+            .values()
+            .filter(|(who, until)| *who == peer && *until > now);
+        if p.len() >= MAX_PENDING || mine.count() >= MAX_PENDING_PER_PEER {
             return false;
         }
         p.insert(key, (peer, now + PENDING_TTL));
