@@ -199,18 +199,8 @@ pub fn demo(args: &[&str]) -> (serde_json::Value, String) {
     let mut all = vec!["demo", "--cover-loop-ms", "0", "--cover-drop-ms", "0"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--report", r.as_str(), "--plot", p.as_str()]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
-        .args(&all)
-        .env("MIXNN_LOG", "info")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("mixnn runs");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "mixnn {all:?} failed:\n{text}");
+    let (ok, text) = run(&all, "info");
+    assert!(ok, "mixnn {all:?} failed:\n{text}");
     let written = std::fs::read_to_string(&report).expect("the demo's report");
     let json = serde_json::from_str(&written).expect("the report is JSON");
     (json, text)
@@ -220,15 +210,21 @@ pub fn demo(args: &[&str]) -> (serde_json::Value, String) {
 /// `warn`, no backtraces); returns whether it succeeded and its stdout
 /// and stderr together.
 pub fn mixnn(args: &[&str]) -> (bool, String) {
+    run(args, "warn")
+}
+
+/// Runs the binary with logs at `log` and no backtraces; whether it
+/// succeeded, and its stdout then its stderr.
+fn run(args: &[&str], log: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mixnn"))
         .args(args)
-        .env("MIXNN_LOG", "warn")
+        .env("MIXNN_LOG", log)
         .env("RUST_BACKTRACE", "0")
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("mixnn runs");
     let text = format!(
-        "{}{}",
+        "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -232,7 +232,7 @@ impl PoolCascade {
         let what = describe_exchange(phase, batch, slots.len(), target);
         let witnessed = tensor.is_some() && self.witness.is_some();
         let sent_tag = (self.witness.as_ref()).map(|w| w.tag(tensor.as_ref()));
-        let header = self.header_for(&slots)?;
+        let (header, pattern) = self.header_for(&slots)?;
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -245,7 +245,7 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
-        self.build_ahead(&sent.slots);
+        self.build_ahead(pattern, &sent.slots);
         let (bound, rule) = self.detect.bound(kind);
         let answer = self.await_answer(&sent, bound, start, &what, &rule.to_string())?;
         let payload = onion::open(&self.g, &sent, answer)?;
@@ -269,12 +269,17 @@ impl PoolCascade {
         Ok((payload.tensor, reply))
     }
 
-    /// The header for a message over `slots`: the one built ahead for
-    /// this route, or a new one.
-    pub(super) fn header_for(&mut self, slots: &[Slot]) -> Result<onion::Header, DesignerError> {
+    /// The header for a message over `slots` (the one built ahead for
+    /// this route, or a new one) and the route's pattern, which
+    /// [`build_ahead`](Self::build_ahead) takes back once the message is
+    /// sent (hashed once per message).
+    pub(super) fn header_for(
+        &mut self,
+        slots: &[Slot],
+    ) -> Result<(onion::Header, super::prebuild::Key), DesignerError> {
         let pattern = super::prebuild::key(slots, &self.hops);
-        match self.prebuilt.as_ref().and_then(|p| p.take(&pattern)) {
-            Some(h) => Ok(h),
+        let header = match self.prebuilt.as_ref().and_then(|p| p.take(&pattern)) {
+            Some(h) => h,
             None => onion::header(
                 &self.g,
                 self.class,
@@ -282,15 +287,15 @@ impl PoolCascade {
                 slots,
                 self.ep.node_id(),
                 &mut self.rng,
-            ),
-        }
+            )?,
+        };
+        Ok((header, pattern))
     }
 
     /// Asks for the next header over `slots` to be built while the
     /// message just sent is in flight (training repeats its routes).
-    pub(super) fn build_ahead(&self, slots: &[Slot]) {
+    pub(super) fn build_ahead(&self, pattern: super::prebuild::Key, slots: &[Slot]) {
         if let Some(p) = &self.prebuilt {
-            let pattern = super::prebuild::key(slots, &self.hops);
             p.request(pattern, self.class, &self.hops, slots, self.ep.node_id());
         }
     }

@@ -123,7 +123,7 @@ impl PoolCascade {
         self.refresh_keys(false);
         let slots = self.forward_slots(Op::Test);
         let first = self.hops[slots[0].hop].peer;
-        let header = self.header_for(&slots)?;
+        let (header, pattern) = self.header_for(&slots)?;
         let (bytes, sent) = onion::build(
             &self.g,
             self.class,
@@ -136,7 +136,7 @@ impl PoolCascade {
             &mut self.rng,
         )?;
         self.ep.send(first, bytes)?;
-        self.build_ahead(&sent.slots);
+        self.build_ahead(pattern, &sent.slots);
         let (bound, rule) = self.detect.bound(Some(Kind::Window { batch, window }));
         Ok(InFlight {
             index,
