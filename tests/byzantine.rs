@@ -18,6 +18,19 @@ use support::demo;
 /// cascade, and the job ends bit-identical to the single-process run.
 #[test]
 fn a_lying_hop_is_found_replaced_and_the_job_ends_exactly() {
+    lie_is_found_replaced_and_the_job_ends_exactly("2@8", "network");
+}
+
+/// The same with the liar in replica B: the third replica takes replica
+/// A's place, agrees with A's honest node, and so names B's node.
+#[test]
+fn a_liar_in_replica_b_is_found_replaced_and_the_job_ends_exactly() {
+    lie_is_found_replaced_and_the_job_ends_exactly("b:2@8", "network_b");
+}
+
+/// `--lie LIE` on a small job; `network` is the report's field with the
+/// liar's replica's cascade.
+fn lie_is_found_replaced_and_the_job_ends_exactly(lie: &str, network: &str) {
     let (r, text) = demo(&[
         "--train-limit",
         "1280",
@@ -26,11 +39,13 @@ fn a_lying_hop_is_found_replaced_and_the_job_ends_exactly() {
         "--dummies",
         "1",
         "--lie",
-        "2@8",
+        lie,
     ]);
     let lies = r["kills"].as_array().unwrap();
     assert_eq!(lies.len(), 1, "{text}");
     assert_eq!(lies[0]["act"], "lie");
+    let replica = if network == "network" { "A" } else { "B" };
+    assert_eq!(lies[0]["replica"], replica, "{text}");
     let liar = lies[0]["node"].as_str().unwrap();
     let found = r["detections"].as_array().unwrap();
     assert_eq!(found.len(), 1, "one verdict: {found:?}\n{text}");
@@ -48,7 +63,8 @@ fn a_lying_hop_is_found_replaced_and_the_job_ends_exactly() {
         d["how"]
     );
     assert!(!r["repairs"].as_array().unwrap().is_empty());
-    let cascade = r["distributed"]["network"]["cascade"].as_array().unwrap();
+    let cascade = r["distributed"][network]["cascade"].as_array().unwrap();
+    assert_eq!(cascade.len(), 4, "3 layers and a dummy: {text}");
     assert!(
         cascade.iter().all(|h| h[1].as_str() != Some(liar)),
         "the liar still serves: {cascade:?}"

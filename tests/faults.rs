@@ -58,6 +58,8 @@ struct Run {
     /// A repair asked for while every hop was alive (a loss of a message,
     /// no failure): probes only.
     idle: Result<Option<Repair>, String>,
+    /// Probes of the bring-up sweep (deploy), then of the idle repair.
+    deploy_probes: u64,
     idle_probes: u64,
     repair: Result<Option<Repair>, String>,
     probes: u64,
@@ -91,6 +93,7 @@ fn fail_a_hop(
         let sb = support::sandbox();
         let mut cascade =
             PoolCascade::deploy(&shards, &config, Some(&sb), &popts, &mut |_| {}).expect("deploys");
+        let deploy_probes = cascade.network().probes;
         for i in 0..6 {
             let (x, labels) = batch(&data, &sample, i);
             cascade.train_batch(x, &labels).expect("a step");
@@ -102,7 +105,7 @@ fn fail_a_hop(
             keys_refreshed: 0,
         });
         let idle = cascade.repair(&lost).map_err(|e| e.to_string());
-        let idle_probes = cascade.network().probes;
+        let idle_probes = cascade.network().probes - deploy_probes;
         to_main.send(cascade.network().cascade).unwrap();
         from_main.recv().unwrap();
         let (x, labels) = batch(&data, &sample, 6);
@@ -128,9 +131,10 @@ fn fail_a_hop(
             closed,
             lost,
             idle,
+            deploy_probes,
             idle_probes,
             repair,
-            probes: net.probes,
+            probes: net.probes - deploy_probes,
             next,
         }
     });
@@ -186,10 +190,13 @@ fn a_killed_end_hop_is_noticed_at_once_and_replaced() {
         pool.kill(&cascade[2].1);
     });
     assert!(matches!(run.idle, Ok(None)), "{:?}", run.idle);
+    assert_eq!(run.deploy_probes, 3, "the bring-up sweep: one per hop");
     assert_eq!(run.idle_probes, 3, "one probe per hop, all answered");
     assert_eq!(run.closed, Some(3), "{}", run.failure);
     replaced(&run, 2, &spare(&peers, &run.before));
-    assert_eq!(run.probes, run.idle_probes, "a closed link needs no probe");
+    // A closed link needs no probe to locate it; the repaired cascade is
+    // swept before the new node's init, one probe per hop.
+    assert_eq!(run.probes - run.idle_probes, 3);
 }
 
 /// SIGKILL to the node of the middle layer: nothing the designer is linked
@@ -209,8 +216,9 @@ fn a_killed_middle_hop_is_located_by_probes() {
         run.failure
     );
     replaced(&run, 1, &spare(&peers, &run.before));
-    // Hop 1 answered, hop 2 did not.
-    assert_eq!(run.probes - run.idle_probes, 2);
+    // Hop 1 answered, hop 2 did not; then the repaired cascade's sweep,
+    // one per hop.
+    assert_eq!(run.probes - run.idle_probes, 2 + 3);
 }
 
 /// A node stopped the clean way (as on Ctrl-C) closes its links: the
@@ -310,4 +318,56 @@ fn demo_survives_a_kill_with_both_ends_kept() {
 fn demo_survives_two_kills_in_one_epoch() {
     let r = demo(&["--dummies", "0", "--kill", "2@6", "--kill", "3@14"]);
     check_repaired(&r, 2);
+}
+
+/// A node SIGKILLed before the job starts stays listed by the bootstrap
+/// until its descriptor expires. Chosen as a middle hop, which the designer
+/// never dials, it is found by the bring-up sweep's probes (a relay needs
+/// no compiling, so each probe waits ten times the slowest before it, at
+/// least 10 s) instead of a lost init at the full timeout (here 300 s),
+/// and replaced; the job then trains. Where the dead node lands is chance
+/// (OS randomness), so the test deploys until it lands in the middle.
+#[test]
+fn a_dead_middle_hop_at_deploy_is_found_by_the_sweep_and_replaced() {
+    let mut pool = procs::Procs::start(4);
+    let dead = pool.nodes[0].1.clone();
+    pool.kill(&dead);
+    let data = data();
+    let shards = shards();
+    let sample = mixnn_designer::sample_shape(&shards, &data).expect("shape");
+    let mut popts = support::pool_options(vec![pool.bootstrap.clone()], false);
+    popts.dummies = 0;
+    let sb = support::sandbox();
+    let config = TrainConfig::default();
+    for attempt in 1..=40 {
+        let mut cascade = PoolCascade::deploy(&shards, &config, Some(&sb), &popts, &mut |_| {})
+            .expect("deploys around the dead node");
+        let net = cascade.network();
+        assert!(
+            net.cascade.iter().all(|(_, p)| *p != dead),
+            "the dead node holds a hop: {net:?}"
+        );
+        let (x, labels) = batch(&data, &sample, 0);
+        let loss = cascade.train_batch(x, &labels).expect("a step");
+        assert!(loss.is_finite());
+        cascade.close();
+        let middle = (net.unreachable.iter()).find(|u| u.starts_with("hop 2 "));
+        if let Some(found) = middle {
+            eprintln!("attempt {attempt}: {found}; {} probes", net.probes);
+            assert!(found.contains(&dead), "{found}");
+            assert!(
+                found.contains("bring-up sweep"),
+                "found by a probe: {found}"
+            );
+            // The sweep's probes: hop 1 answered, hop 2 did not; then the
+            // new cascade's: all three answered.
+            assert_eq!(net.probes, 2 + 3, "{net:?}");
+            return;
+        }
+        eprintln!(
+            "attempt {attempt}: dead node not in the middle: {:?}",
+            net.unreachable
+        );
+    }
+    panic!("the dead node never landed in the middle in 40 deploys");
 }

@@ -257,6 +257,13 @@ pub trait Model {
         None
     }
 
+    /// Every cascade that holds the job, replica A first: a verified job
+    /// (`--verify-replicas`) has two, so an observer can name a hop of
+    /// either (the demo's `--lie b:HOP@STEP`). Empty in one process.
+    fn networks(&self) -> Vec<crate::pool::NetworkReport> {
+        self.network().into_iter().collect()
+    }
+
     /// The trained model as one ONNX graph: each shard with its layer's
     /// current parameters, merged back into a chain.
     fn export_model(&mut self, shards: &[pb::ModelProto]) -> Result<pb::ModelProto, DesignerError> {

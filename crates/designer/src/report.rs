@@ -55,6 +55,10 @@ pub struct TrainReport {
     /// Network figures of a pool run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::pool::NetworkReport>,
+    /// Replica B's network figures of a verified pool run
+    /// (`--verify-replicas`; `network` is replica A's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_b: Option<crate::pool::NetworkReport>,
     /// Repairs of a pool job, in order.
     #[serde(default)]
     pub repairs: Vec<Repair>,

@@ -75,10 +75,11 @@ pub struct DemoArgs {
     /// node per kill is started.
     #[arg(long = "kill", value_name = "HOP@STEP")]
     pub kills: Vec<KillAt>,
-    /// Chaos: the node holding hop HOP (of replica A) starts corrupting
-    /// its layer's outputs after step STEP; repeatable. Implies
-    /// `--verify-replicas`, which finds, replaces and excludes it.
-    #[arg(long = "lie", value_name = "HOP@STEP")]
+    /// Chaos: the node holding hop HOP of replica A (`b:HOP`: of replica
+    /// B) starts corrupting its layer's outputs after step STEP;
+    /// repeatable. Implies `--verify-replicas`, which finds, replaces and
+    /// excludes it.
+    #[arg(long = "lie", value_name = "[b:]HOP@STEP")]
     pub lies: Vec<KillAt>,
     /// Run every layer on two nodes in pure-wasm mode and compare them hop
     /// by hop (`train --verify-replicas`); twice the nodes.

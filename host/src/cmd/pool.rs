@@ -241,6 +241,9 @@ pub fn train_on_pool_job(
         }
         report.engine = "pool".into();
         report.network = Some(deployed.network());
+        if let Deployed::Two(r) = &deployed {
+            report.network_b = Some(r.network_b());
+        }
         // After the report's figures: the comparison's passes are not the
         // job's test phase.
         if let (Some(out), Deployed::One(c)) = (serve.compare, &mut deployed) {

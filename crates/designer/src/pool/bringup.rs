@@ -16,8 +16,18 @@
 //! starts the hop's job afresh) are sent it again. At most
 //! [`MAX_REPLACEMENTS`] nodes are replaced per bring-up, so a directory
 //! full of dead entries ends in a clear error rather than a long hunt.
+//!
+//! Before the inits go out, the cascade is swept with the repair's probes
+//! (outward from hop 0, each relaying only): an init may wait the whole
+//! configured timeout (a hop compiles its layer), but a relay needs no
+//! compiling, so each probe waits only ten times the slowest one before it
+//! (at least [`super::detect::SWEEP_FLOOR`]). A dead middle hop, which the
+//! designer cannot dial (it talks to the ends alone), is so found within
+//! that bound, where it used to cost a lost init at the full timeout and
+//! then probes at the full timeout again.
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use super::deploy::CONNECT_WAIT;
 use super::repair::repairable;
@@ -45,17 +55,18 @@ pub(super) trait Hops {
 }
 
 /// Brings the `pending` hops up, replacing the node of any hop that proves
-/// unreachable (at most `max` of them); returns how many were replaced.
+/// unreachable (at most `max` of them); returns those replaced, each as
+/// `hop N (role, node P): why`.
 pub(super) fn bring_up(
     h: &mut dyn Hops,
     mut pending: BTreeSet<usize>,
     max: usize,
-) -> Result<usize, DesignerError> {
+) -> Result<Vec<String>, DesignerError> {
     let mut dropped: Vec<String> = Vec::new();
     let mut ids: Vec<[u8; 32]> = Vec::new();
     loop {
         let failure = match h.attempt(&pending) {
-            Ok(()) => return Ok(dropped.len()),
+            Ok(()) => return Ok(dropped),
             Err(e) => e,
         };
         let Some(t) = h.unreachable(&failure)? else {
@@ -89,6 +100,7 @@ impl Hops for PoolCascade {
                 self.connect_hop(t)?;
             }
         }
+        self.sweep()?;
         let inits = (0..n)
             .map(|t| {
                 pending
@@ -124,6 +136,37 @@ impl Hops for PoolCascade {
 }
 
 impl PoolCascade {
+    /// Probes every hop (outward from hop 0) before the inits: a hop whose
+    /// probe goes unanswered is returned as unreachable. A cascade too long
+    /// for a probe's route skips the rest of the sweep (its inits then find
+    /// a dead hop as before).
+    fn sweep(&mut self) -> Result<(), DesignerError> {
+        let start = Instant::now();
+        let found = match self.locate() {
+            Err(DesignerError::Job(PoolError::ProbeTooLong { .. })) => None,
+            other => other?,
+        };
+        let Some(t) = found else {
+            tracing::debug!(
+                hops = self.hops.len(),
+                ms = start.elapsed().as_millis() as u64,
+                "bring-up sweep: every hop relays"
+            );
+            return Ok(());
+        };
+        let h = &self.hops[t];
+        Err(PoolError::Unreachable {
+            hop: t + 1,
+            role: describe_role(h.role),
+            peer: h.peer.to_base58(),
+            reason: format!(
+                "no answer to a probe within {} ms of the bring-up sweep",
+                start.elapsed().as_millis()
+            ),
+        }
+        .into())
+    }
+
     /// Opens the packet link to hop `t`, an end of the cascade (the
     /// designer talks to the ends alone).
     fn connect_hop(&self, t: usize) -> Result<(), DesignerError> {

@@ -165,10 +165,13 @@ impl PoolCascade {
         self.spares.inits = inits;
         let all = (0..self.hops.len()).collect();
         let replaced = bringup::bring_up(self, all, bringup::MAX_REPLACEMENTS)?;
-        if replaced > 0 {
+        if !replaced.is_empty() {
             progress(&format!(
-                "{replaced} node(s) could not be reached and were replaced"
+                "{} node(s) could not be reached and were replaced: {}",
+                replaced.len(),
+                replaced.join("; ")
             ));
+            self.net.unreachable.extend(replaced);
             self.net.cascade = (self.hops.iter())
                 .map(|h| (describe_role(h.role), h.peer.to_base58()))
                 .collect();

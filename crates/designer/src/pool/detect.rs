@@ -26,6 +26,12 @@ pub const WINDOW: usize = 32;
 pub const FACTOR: u32 = 10;
 /// ...and never less than this: scheduling noise on a loaded machine.
 pub const FLOOR: Duration = Duration::from_secs(4);
+/// The floor of a probe sent before any training answer was measured (at
+/// bring-up): `FACTOR ×` the slowest probe of the same sweep answered so
+/// far, never less than this. Higher than [`FLOOR`] because the first
+/// packets over a fresh cascade also pay each hop's first dial to the next
+/// (TCP, Noise, yamux), on a machine that may be starting many processes.
+pub const SWEEP_FLOOR: Duration = Duration::from_secs(10);
 /// Kinds of exchanges measured at once (a job has a handful: training and
 /// test, each at its full and last partial batch size).
 const MAX_KINDS: usize = 16;
@@ -75,6 +81,12 @@ pub enum Rule {
     },
     /// The configured timeout: nothing measured yet for this kind.
     Ceiling,
+    /// A probe before any training answer: `FACTOR ×` the slowest probe of
+    /// the sweep answered so far (or [`SWEEP_FLOOR`]).
+    Sweep {
+        /// The slowest earlier probe of the sweep, ms (0: the first).
+        slowest_ms: u64,
+    },
 }
 
 impl std::fmt::Display for Rule {
@@ -86,6 +98,11 @@ impl std::fmt::Display for Rule {
                 FLOOR.as_secs()
             ),
             Rule::Ceiling => write!(f, "the configured timeout: not measured yet"),
+            Rule::Sweep { slowest_ms } => write!(
+                f,
+                "bound max({} s, {FACTOR} x the slowest earlier probe, {slowest_ms} ms)",
+                SWEEP_FLOOR.as_secs()
+            ),
         }
     }
 }
@@ -147,15 +164,26 @@ impl Detect {
     }
 
     /// The bound for a probe (relaying only, shorter than a step): that of
-    /// the training kind measured most, else the ceiling.
-    pub fn probe_bound(&self) -> (Duration, Rule) {
+    /// the training kind measured most. Before any training answer was
+    /// measured (a bring-up, or the first steps), the probes of one sweep
+    /// outward from hop 0 measure each other: a probe to hop k crosses two
+    /// links more than the one to hop k−1, so it waits `FACTOR ×` the
+    /// slowest probe answered so far (`slowest`), at least [`SWEEP_FLOOR`],
+    /// never more than the ceiling. A dead hop at bring-up is then found in
+    /// seconds, not after the ceiling meant for compiling a layer.
+    pub fn probe_bound(&self, slowest: Duration) -> (Duration, Rule) {
         let best = self
             .times
             .iter()
-            .filter(|(k, _)| matches!(k, Kind::Train(_)))
+            .filter(|(k, w)| matches!(k, Kind::Train(_)) && w.len() >= MIN_SAMPLES)
             .max_by_key(|(_, w)| w.len())
             .map(|(k, _)| *k);
-        self.bound(best)
+        if best.is_some() {
+            return self.bound(best);
+        }
+        let bound = (slowest * FACTOR).max(SWEEP_FLOOR).min(self.ceiling);
+        let slowest_ms = slowest.as_millis() as u64;
+        (bound, Rule::Sweep { slowest_ms })
     }
 }
 
@@ -190,9 +218,39 @@ mod tests {
         assert_eq!(d.bound(Some(Kind::Train(32))).1, Rule::Ceiling);
         assert_eq!(d.bound(Some(Kind::Test(64))).1, Rule::Ceiling);
         assert_eq!(d.bound(None).1, Rule::Ceiling);
-        assert_eq!(d.probe_bound().0, Duration::from_secs(60));
+        assert_eq!(d.probe_bound(Duration::ZERO).0, Duration::from_secs(60));
         d.reset();
         assert_eq!(d.bound(Some(k)).1, Rule::Ceiling);
+    }
+
+    /// Before training answers are measured, probes bound each other: the
+    /// sweep's floor first, then ten times the slowest answered, within
+    /// the ceiling; once training is measured its bound applies.
+    #[test]
+    fn probes_before_training_bound_each_other() {
+        let mut d = Detect::new(Duration::from_secs(60));
+        let first = d.probe_bound(Duration::ZERO);
+        assert_eq!(first, (SWEEP_FLOOR, Rule::Sweep { slowest_ms: 0 }));
+        assert_eq!(d.probe_bound(Duration::from_millis(30)).0, SWEEP_FLOOR);
+        assert_eq!(
+            d.probe_bound(Duration::from_secs(2)).0,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            d.probe_bound(Duration::from_secs(9)).0,
+            Duration::from_secs(60),
+            "the ceiling"
+        );
+        let k = Kind::Train(64);
+        for _ in 0..MIN_SAMPLES - 1 {
+            d.record(k, Duration::from_millis(200));
+        }
+        assert!(matches!(
+            d.probe_bound(Duration::ZERO).1,
+            Rule::Sweep { .. }
+        ));
+        d.record(k, Duration::from_millis(200));
+        assert_eq!(d.probe_bound(Duration::from_secs(9)).0, FLOOR);
     }
 
     /// Pipelined test answers wait behind the batches ahead of them: they

@@ -145,9 +145,14 @@ pub struct NetworkReport {
     /// Hop mix keys replaced during the job (nodes rotate them per epoch).
     #[serde(default)]
     pub key_refreshes: u64,
-    /// Probe messages sent to locate failed hops.
+    /// Probe messages sent to locate failed hops, and to sweep a cascade
+    /// before its inits (`pool/bringup.rs`).
     #[serde(default)]
     pub probes: u64,
+    /// Nodes a bring-up (deploy, resume, or a repair's new node) found
+    /// unreachable and replaced, in order: `hop N (role, node P): why`.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 #[derive(Clone, Copy)]

@@ -26,7 +26,7 @@
 //! into every layer and replays the data order from there.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mixnn_protocol::NodeDescriptor;
 use mixnn_protocol::job::LayerSpec;
@@ -250,11 +250,15 @@ impl PoolCascade {
     }
 
     /// The first hop, probing outward from hop 0, that does not answer;
-    /// `None` if every hop does.
+    /// `None` if every hop does. Each probe waits the bound of
+    /// [`super::detect::Detect::probe_bound`], given the slowest probe of
+    /// this sweep answered so far.
     pub(super) fn locate(&mut self) -> Result<Option<usize>, DesignerError> {
+        let mut slowest = Duration::ZERO;
         for k in 0..self.hops.len() {
-            match self.probe(k)? {
-                Probe::Answered => {}
+            let start = Instant::now();
+            match self.probe(k, slowest)? {
+                Probe::Answered => slowest = slowest.max(start.elapsed()),
                 Probe::Silent => return Ok(Some(k)),
                 Probe::Closed(h) => return Ok(Some(h)),
             }
@@ -266,7 +270,7 @@ impl PoolCascade {
     /// `0..=k` and back by `k-1..=0` (with the last layer kept here, or in
     /// a branch, the probe of the last hop goes on to the designer, as a
     /// forward pass does).
-    pub(super) fn probe(&mut self, k: usize) -> Result<Probe, DesignerError> {
+    pub(super) fn probe(&mut self, k: usize, slowest: Duration) -> Result<Probe, DesignerError> {
         let n = self.hops.len();
         let mut slots: Vec<Slot> = (0..=k).map(|j| Slot::new(j, Op::Relay)).collect();
         let one_way = (self.last.is_some() || self.branch) && k + 1 == n;
@@ -303,7 +307,7 @@ impl PoolCascade {
         )?;
         self.ep.send(self.hops[0].peer, bytes)?;
         self.net.probes += 1;
-        let (bound, rule) = self.detect.probe_bound();
+        let (bound, rule) = self.detect.probe_bound(slowest);
         let what = format!("probe to hop {}", k + 1);
         match self.await_answer(&sent, bound, start, &what, &rule.to_string()) {
             Ok(answer) => {
@@ -328,7 +332,8 @@ impl PoolCascade {
     /// returns its peer id.
     pub(super) fn replace_hop(&mut self, t: usize) -> Result<String, DesignerError> {
         self.take_spare(t)?;
-        bringup::bring_up(self, BTreeSet::from([t]), bringup::MAX_REPLACEMENTS)?;
+        let replaced = bringup::bring_up(self, BTreeSet::from([t]), bringup::MAX_REPLACEMENTS)?;
+        self.net.unreachable.extend(replaced);
         self.refresh_keys(true);
         let peer = self.hops[t].peer;
         tracing::info!(hop = t + 1, %peer, "hop replaced");

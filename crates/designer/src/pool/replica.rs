@@ -402,4 +402,8 @@ impl Model for Replicated {
     fn network(&self) -> Option<NetworkReport> {
         Some(self.a.network())
     }
+
+    fn networks(&self) -> Vec<NetworkReport> {
+        vec![self.a.network(), self.b.network()]
+    }
 }

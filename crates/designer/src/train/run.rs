@@ -366,6 +366,7 @@ impl<'a> Run<'a> {
             final_test_accuracy,
             params_sha256: params_sha256(params),
             network: None,
+            network_b: None,
             repairs: self.repairs,
             checkpoints: self.ck.is_some().then_some(self.cost),
             detections: self.detections,

@@ -12,6 +12,10 @@
 //! plug. The rest of the pool keeps running, with spare nodes for the
 //! repairs. Each kill fires once, so the steps the job replays after a
 //! repair do not kill again.
+//!
+//! A verified job (`--verify-replicas`, implied by `--lie`) runs two
+//! cascades; HOP names replica A's hop unless prefixed `b:` (`--lie
+//! b:2@300`), so the liar can sit in either replica.
 
 use std::str::FromStr;
 
@@ -43,11 +47,14 @@ impl std::fmt::Display for Target {
 }
 
 /// One `--kill HOP@STEP`: HOP is a hop number from 1, `dummy` (the first
-/// dummy hop, wherever it was placed) or `layerK`.
+/// dummy hop, wherever it was placed) or `layerK`, optionally prefixed
+/// `a:` or `b:` for the replica (A when none is named).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KillAt {
     /// The hop to kill.
     pub target: Target,
+    /// In replica B's cascade (a verified job's second one).
+    pub replica_b: bool,
     /// Global training step (from 1, counted over the whole job).
     pub step: u64,
 }
@@ -58,11 +65,18 @@ impl FromStr for KillAt {
     fn from_str(s: &str) -> Result<KillAt, String> {
         let bad = || {
             format!(
-                "{s:?}: expected HOP@STEP, e.g. 2@300 (hop from 1, or dummy, or layerK; step from 1)"
+                "{s:?}: expected [a:|b:]HOP@STEP, e.g. 2@300 or b:2@300 (hop from 1, or dummy, \
+                 or layerK, in replica A unless prefixed b:; step from 1)"
             )
         };
         let (hop, step) = s.split_once('@').ok_or_else(bad)?;
         let hop = hop.trim();
+        let (replica_b, hop) = match hop.split_once(':') {
+            Some(("a" | "A", h)) => (false, h.trim()),
+            Some(("b" | "B", h)) => (true, h.trim()),
+            Some(_) => return Err(bad()),
+            None => (false, hop),
+        };
         let target = if hop == "dummy" {
             Target::Dummy
         } else if let Some(k) = hop.strip_prefix("layer") {
@@ -77,11 +91,28 @@ impl FromStr for KillAt {
         if step == 0 {
             return Err(bad());
         }
-        Ok(KillAt { target, step })
+        Ok(KillAt {
+            target,
+            replica_b,
+            step,
+        })
+    }
+}
+
+impl std::fmt::Display for KillAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let replica = if self.replica_b { "b:" } else { "" };
+        write!(f, "{replica}{}@{}", self.target, self.step)
     }
 }
 
 impl KillAt {
+    /// The cascade this kill aims into among `cascades` (replica A's
+    /// first), if the job has it.
+    fn cascade<'c>(&self, cascades: &'c [Cascade]) -> Option<&'c Cascade> {
+        cascades.get(usize::from(self.replica_b))
+    }
+
     /// The hop (from 0) this kill aims at in `cascade` (role, peer per hop).
     fn resolve(&self, cascade: &[(String, String)]) -> Option<usize> {
         match &self.target {
@@ -102,6 +133,9 @@ pub enum Act {
     Lie,
 }
 
+/// One cascade as the model reports it: role and peer id per hop.
+pub type Cascade = Vec<(String, String)>;
+
 /// A kill (or lie) that was carried out, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct KillReport {
@@ -109,6 +143,9 @@ pub struct KillReport {
     pub act: Act,
     /// Hop of the cascade, from 1.
     pub hop: usize,
+    /// The replica whose cascade holds the hop: `A` (the only one of an
+    /// unverified job) or `B`.
+    pub replica: char,
     /// The step asked for.
     pub step: u64,
     /// The step the designer was at when the node was killed.
@@ -141,20 +178,21 @@ impl Chaos {
     }
 
     /// [`ChaosObserver`] calls this after each training step with the
-    /// global step just done and the cascade as it is now
-    /// (`Model::network().cascade`: role and peer id per hop). Kills every
-    /// pending node whose step has come.
-    pub fn step(&mut self, step: u64, cascade: &[(String, String)]) -> Result<()> {
+    /// global step just done and the cascades as they are now
+    /// (`Model::networks()`, replica A first). Kills every pending node
+    /// whose step has come.
+    pub fn step(&mut self, step: u64, cascades: &[Cascade]) -> Result<()> {
         while let Some((act, k)) = self.pending.first().cloned() {
             if k.step > step {
                 break;
             }
             self.pending.remove(0);
+            let Some(cascade) = k.cascade(cascades) else {
+                bail!("{k}: the job has no replica B (it needs --verify-replicas or --lie)");
+            };
             let Some(t) = k.resolve(cascade) else {
                 bail!(
-                    "--kill {}@{}: no such hop in the cascade ({})",
-                    k.target,
-                    k.step,
+                    "{k}: no such hop in the cascade ({})",
                     (cascade.iter().map(|(r, _)| r.as_str()))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -165,13 +203,20 @@ impl Chaos {
                 Act::Kill => (self.killer.kill(peer)?, "SIGKILL"),
                 Act::Lie => (self.killer.make_lie(peer)?, "SIGUSR1 (lie from now on)"),
             };
+            let replica = if k.replica_b { 'B' } else { 'A' };
+            let of = if cascades.len() > 1 {
+                format!(" of replica {replica}")
+            } else {
+                String::new()
+            };
             println!(
-                "  chaos: step {step}: {signal} to {process} ({role} on hop {}, node {peer})",
+                "  chaos: step {step}: {signal} to {process} ({role} on hop {}{of}, node {peer})",
                 t + 1
             );
             self.done.push(KillReport {
                 act,
                 hop: t + 1,
+                replica,
                 step: k.step,
                 at_step: step,
                 node: peer.clone(),
@@ -231,8 +276,8 @@ impl TrainObserver for ChaosObserver<'_> {
         if self.error.is_some() {
             return;
         }
-        let cascade = model.network().map(|n| n.cascade).unwrap_or_default();
-        if let Err(e) = self.chaos.step(step, &cascade) {
+        let cascades: Vec<Cascade> = (model.networks().into_iter()).map(|n| n.cascade).collect();
+        if let Err(e) = self.chaos.step(step, &cascades) {
             self.error = Some(e);
         }
         self.printer.step(step, model);
@@ -309,10 +354,17 @@ mod tests {
             k("2@300"),
             Ok(KillAt {
                 target: Target::Hop(2),
+                replica_b: false,
                 step: 300
             })
         );
-        for bad in ["2", "0@3", "2@0", "a@3", "2@-1", "layer@3", ""] {
+        let b = k("b:layer1@7").expect("replica B");
+        assert!(b.replica_b && b.target == Target::Layer(1));
+        assert_eq!(b.to_string(), "b:layer1@7");
+        assert!(!k("a:2@3").expect("replica A").replica_b);
+        for bad in [
+            "2", "0@3", "2@0", "a@3", "2@-1", "layer@3", "", "c:2@3", "b:@3",
+        ] {
             assert!(k(bad).is_err(), "{bad}");
         }
         let cascade: Vec<(String, String)> = ["layer 0", "dummy", "layer 1", "layer 2"]
@@ -325,5 +377,9 @@ mod tests {
         assert_eq!(at("layer2@1"), Some(3));
         assert_eq!(at("5@1"), None);
         assert_eq!(at("layer3@1"), None);
+        let b = k("b:2@1").expect("parses");
+        assert!(b.cascade(std::slice::from_ref(&cascade)).is_none());
+        let two = [cascade.clone(), cascade[..2].to_vec()];
+        assert_eq!(b.cascade(&two).map(Vec::len), Some(2), "replica B's");
     }
 }

@@ -43,11 +43,10 @@ pub fn pool_nodes(a: &DemoArgs, shards: usize) -> Result<usize> {
     }
     let beyond = |k: &&KillAt| matches!(k.target, chaos::Target::Hop(n) if n > hops);
     if let Some(k) = a.kills.iter().chain(&a.lies).find(beyond) {
-        bail!(
-            "--kill {}@{}: the cascade has {hops} hops",
-            k.target,
-            k.step
-        );
+        bail!("--kill/--lie {k}: the cascade has {hops} hops");
+    }
+    if let Some(k) = a.kills.iter().find(|k| k.replica_b && !verify) {
+        bail!("--kill {k}: replica B exists only with --verify-replicas (or --lie)");
     }
     Ok(nodes)
 }
