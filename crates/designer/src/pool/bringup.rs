@@ -17,20 +17,23 @@
 //! [`MAX_REPLACEMENTS`] nodes are replaced per bring-up, so a directory
 //! full of dead entries ends in a clear error rather than a long hunt.
 //!
-//! Before the inits go out, the cascade is swept with the repair's probes
-//! (outward from hop 0, each relaying only): an init may wait the whole
-//! configured timeout (a hop compiles its layer), but a relay needs no
-//! compiling, so each probe waits only ten times the slowest one before it
-//! (at least [`super::detect::SWEEP_FLOOR`]). A dead middle hop, which the
-//! designer cannot dial (it talks to the ends alone), is so found within
-//! that bound, where it used to cost a lost init at the full timeout and
-//! then probes at the full timeout again.
+//! Before the inits go out, the cascade is swept with one of the repair's
+//! probes, to the last hop and back (every hop relays it, as every hop
+//! relays a training step's round trip, so it shows no hop its position).
+//! An init may wait the whole configured timeout (a hop compiles its
+//! layer), but a relay needs no compiling, so the probe waits only
+//! [`super::detect::SWEEP_FLOOR`]. Unanswered, the repair's probes outward
+//! from hop 0 name the silent hop, each waiting ten times the slowest
+//! before it (at least that floor). A dead middle hop, which the designer
+//! cannot dial (it talks to the ends alone), is so found in about two
+//! floors, where it used to cost a lost init at the full timeout and then
+//! probes at the full timeout again.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::deploy::CONNECT_WAIT;
-use super::repair::repairable;
+use super::repair::{Probe, repairable};
 use super::{PoolCascade, PoolError, describe_role};
 use crate::DesignerError;
 
@@ -136,15 +139,23 @@ impl Hops for PoolCascade {
 }
 
 impl PoolCascade {
-    /// Probes every hop (outward from hop 0) before the inits: a hop whose
-    /// probe goes unanswered is returned as unreachable. A cascade too long
-    /// for a probe's route skips the rest of the sweep (its inits then find
-    /// a dead hop as before).
+    /// Probes the whole cascade before the inits; if that goes unanswered,
+    /// locates the silent hop and returns it as unreachable. A cascade too
+    /// long for a probe's route is not swept (its inits then find a dead
+    /// hop as before); one whose hops all answer the second time goes on.
     fn sweep(&mut self) -> Result<(), DesignerError> {
+        if self.hops.is_empty() {
+            return Ok(());
+        }
         let start = Instant::now();
-        let found = match self.locate() {
-            Err(DesignerError::Job(PoolError::ProbeTooLong { .. })) => None,
+        let whole = match self.probe(self.hops.len() - 1, Duration::ZERO) {
+            Err(DesignerError::Job(PoolError::ProbeTooLong { .. })) => return Ok(()),
             other => other?,
+        };
+        let found = match whole {
+            Probe::Answered => None,
+            Probe::Closed(h) => Some(h),
+            Probe::Silent => self.locate()?,
         };
         let Some(t) = found else {
             tracing::debug!(
