@@ -135,7 +135,7 @@ fn packet(i: u32) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_packets_arrive_in_order_and_are_counted() {
+async fn a_thousand_packets_arrive_whole_and_are_counted() {
     init_logs();
     bounded(90, async {
         let b = bootstrap().await;
@@ -159,10 +159,17 @@ async fn a_thousand_packets_arrive_in_order_and_are_counted() {
         for i in 0..1000 {
             sender.send(n2.peer_id(), packet(i)).unwrap();
         }
-        for i in 0..1000 {
+        // Each arrives once and unaltered. Not necessarily in order: the
+        // first packets take the libp2p stream while the direct link is
+        // set up, and later ones on the direct link may overtake them
+        // (PROTOCOL.md §15; nothing in the job protocol relies on order).
+        let mut seen = vec![false; 1000];
+        for _ in 0..1000 {
             let p = inbox2.recv().await.unwrap();
             assert_eq!(p.from, n1.peer_id());
-            assert_eq!(p.data, packet(i), "packet {i} out of order or altered");
+            let i = u32::from_be_bytes(p.data[..4].try_into().unwrap());
+            assert_eq!(p.data, packet(i), "packet {i} altered");
+            assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
         }
 
         // n2 -> n3 without telling n2 any address: found through Kademlia.

@@ -34,10 +34,10 @@ pub const KAD_PROTOCOL: &str = "/mixnn/kad/1.0.0";
 /// Identify protocol version string; peers of another network are ignored.
 pub const IDENTIFY_PROTOCOL: &str = "/mixnn/id/1.0.0";
 /// Long-lived packet streams between neighbours.
-pub const PACKET_PROTOCOL: &str = "/mixnn/packet/1.0.0";
+pub const PACKET_PROTOCOL: &str = "/mixnn/packet/2.0.0";
 /// Registration of a direct data-plane connection (static keys swapped
 /// over the authenticated libp2p connection; crates/p2p `direct`).
-pub const DIRECT_PROTOCOL: &str = "/mixnn/direct/1.0.0";
+pub const DIRECT_PROTOCOL: &str = "/mixnn/direct/2.0.0";
 
 /// The software version a node puts in its descriptor.
 pub const SOFTWARE_VERSION: &str = concat!("mixnn/", env!("CARGO_PKG_VERSION"));

@@ -21,7 +21,7 @@ pub(crate) const CTX_PI: &str = "mixnn-sphinx v1 payload layer key";
 pub(crate) const CTX_E2E: &str = "mixnn-sphinx v1 end-to-end key";
 pub(crate) const CTX_BLIND: &str = "mixnn-sphinx v1 blinding scalar";
 pub(crate) const CTX_TAG: &str = "mixnn-sphinx v1 replay tag";
-pub(crate) const CTX_PAYLOAD: &str = "mixnn-sphinx v1 payload aead key";
+pub(crate) const CTX_PAYLOAD: &str = "mixnn-sphinx v2 payload aes-256-gcm key";
 
 /// Bytes of a replay tag: 128 bits, so tag collisions among the at most a few
 /// million packets of one epoch have probability below 2^-80.

@@ -16,8 +16,8 @@ pub enum BenchCommand {
     /// The hop's latency budget: one hop crossing over real loopback
     /// sockets, stage by stage (receive, Noise, Sphinx unwrap, payload
     /// open, job payload, seal, send) at several packet classes, against
-    /// the crypto-only floor (one X25519 and two ChaCha20-Poly1305 passes)
-    /// measured in the same run.
+    /// the crypto-only floor measured in the same run (one X25519 and two
+    /// ChaCha20-Poly1305 passes, and the same with the AES-256-GCM in use).
     Hop(HopBenchArgs),
     /// A pool of 30–60 node processes on this machine with cover traffic
     /// at several rates, a training job through it: per node packets and
@@ -113,8 +113,10 @@ fn render_hop(b: &[mixnn_node::bench::HopBudget]) -> String {
     }
     row("sum of stages", &|x| x.total_us);
     row("crossing (measured)", &|x| x.crossing_us);
-    row("floor (X25519 + 2 AEAD)", &|x| x.floor_us);
+    row("floor (X25519 + 2 ChaCha)", &|x| x.floor_us);
     row("crossing / floor", &|x| x.ratio);
+    row("floor in use (+ 2 AES-GCM)", &|x| x.floor_in_use_us);
+    row("crossing / floor in use", &|x| x.ratio_in_use);
     s
 }
 
