@@ -186,6 +186,8 @@ fn train_kept_then_infer(pool: &support::Pool, dir: &Path, extra: &[&str]) -> (S
     assert_eq!(single["accuracy"].as_f64().unwrap(), trained, "{out}");
     assert_eq!(single["identical_outputs"], true, "{out}");
     assert!(r["ratio_to_single_process"].as_f64().unwrap() > 0.0);
+    // Not a terminal: plain progress lines, one per tenth of the batches.
+    assert!(out.contains("  9/10 batches (90%), "), "{out}");
     (job, trained)
 }
 

@@ -93,18 +93,25 @@ impl TestRun {
     }
 }
 
-/// Runs `test` through `model`'s test phase in batches of `batch`.
+/// Runs `test` through `model`'s test phase in batches of `batch`; with
+/// `show`, shows its progress ([`super::progress::BatchProgress`]).
 pub fn run_test_set(
     model: &mut dyn Model,
     test: &Dataset,
     sample: &[usize],
     batch: usize,
+    show: bool,
 ) -> Result<TestRun> {
     let batches = test.count.div_ceil(batch.max(1));
     let mut outputs = vec![Vec::new(); batches];
     let mut correct = 0usize;
+    let mut progress =
+        show.then(|| super::progress::BatchProgress::new("inference", batches, batch));
     let start = Instant::now();
     mixnn_designer::infer_dataset(model, test, sample, batch, &mut |i, labels, y| {
+        if let Some(p) = progress.as_mut() {
+            p.batch_done();
+        }
         let classes = y.shape.get(1).copied().unwrap_or(1).max(1);
         for (row, &label) in y.data.chunks(classes).zip(labels) {
             let best = (0..row.len()).fold(0, |b, k| if row[k] > row[b] { k } else { b });
@@ -115,6 +122,9 @@ pub fn run_test_set(
         }
         Ok(())
     })?;
+    if let Some(p) = progress {
+        p.finish();
+    }
     Ok(TestRun {
         seconds: start.elapsed().as_secs_f64(),
         correct,
@@ -152,9 +162,9 @@ pub fn compare_windows(
     let test = limited(&data.test, opts.test_limit);
     let before = c.test_window();
     c.set_test_window(1);
-    let seq = run_test_set(c, &test, sample, opts.eval_batch);
+    let seq = run_test_set(c, &test, sample, opts.eval_batch, false);
     c.set_test_window(window);
-    let pipe = run_test_set(c, &test, sample, opts.eval_batch);
+    let pipe = run_test_set(c, &test, sample, opts.eval_batch, false);
     c.set_test_window(before);
     let (seq, pipe) = (seq?, pipe?);
     println!(
@@ -322,7 +332,7 @@ pub fn run(a: InferArgs) -> Result<()> {
         cascade.test_window(),
         describe(&cascade)
     );
-    let pooled = run_test_set(&mut cascade, &test, &sample, batch);
+    let pooled = run_test_set(&mut cascade, &test, &sample, batch, true);
     let pooled = match pooled {
         Ok(r) => r,
         Err(e) => {
@@ -458,7 +468,7 @@ fn single_process(
     let trained = cascade.plain_shards(&job.shards, &job.opts.config, &cp.states)?;
     let mut local =
         mixnn_designer::Cascade::load(EngineKind::Wasm, &trained, &job.opts.config, Some(sb))?;
-    let r = run_test_set(&mut local, test, sample, job.opts.eval_batch)?;
+    let r = run_test_set(&mut local, test, sample, job.opts.eval_batch, false)?;
     let identical = r.outputs == pooled.outputs;
     println!(
         "one process (wasm): accuracy {:.2}%, {:.2}s, {:.0} inferences/s; pool/one process {:.2}x; \

@@ -8,6 +8,72 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use mixnn_designer::{EpochReport, Model, StepProgress, TrainEvent, TrainObserver};
 
+/// Progress of a run over batches that are not training steps (`mixnn
+/// infer`): on a terminal a bar of the batches answered with
+/// inferences/s; otherwise a plain line at every tenth of the batches, so
+/// a long run into a log file still says how far it got.
+pub struct BatchProgress {
+    bar: Option<ProgressBar>,
+    total: usize,
+    batch: usize,
+    done: usize,
+    start: std::time::Instant,
+}
+
+impl BatchProgress {
+    /// Progress over `total` batches of `batch` samples, described as
+    /// `what` (e.g. `inference`).
+    pub fn new(what: &str, total: usize, batch: usize) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let b = ProgressBar::new(total as u64);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} batches  {msg}  ({eta} left)",
+            ) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_prefix(what.to_string());
+            b
+        });
+        BatchProgress {
+            bar,
+            total,
+            batch,
+            done: 0,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// One more batch answered.
+    pub fn batch_done(&mut self) {
+        self.done += 1;
+        let rate = (self.done * self.batch) as f64 / self.start.elapsed().as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(b) => {
+                b.set_position(self.done as u64);
+                b.set_message(format!("{rate:.0} inferences/s"));
+            }
+            None => {
+                let tenth = self.total.div_ceil(10).max(1);
+                if self.done.is_multiple_of(tenth) && self.done < self.total {
+                    println!(
+                        "  {}/{} batches ({}%), {rate:.0} inferences/s",
+                        self.done,
+                        self.total,
+                        100 * self.done / self.total.max(1)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Removes the bar (the caller prints the summary).
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// One line per epoch on stdout.
 pub fn print_epoch(e: &EpochReport) {
     println!(
