@@ -26,6 +26,14 @@
 //! pool in ceil mode) the audit stops with [`AuditError::CannotMirror`].
 //! The weights are declared without values, so the layer seeds them
 //! (PyTorch's default uniform init).
+//!
+//! [`DecoderOutput::Linear`] drops the final ReLU, as He et al.'s own MNIST
+//! decoders end (a transposed convolution with no activation, the image
+//! clipped to its range only when it is saved and scored). It is the
+//! weaker attacker: its background is regressed towards 0 from both sides
+//! instead of cut at exactly 0, and the noise left there lowers SSIM. It
+//! exists to compare with the paper (docs/audit.md), not as the audit's
+//! default.
 
 use mixnn_onnx::{attr_int, attr_ints, i64_tensor, node, value_info};
 use mixnn_shard::pb;
@@ -189,14 +197,38 @@ fn window(
     Ok((vec![channels_out, spatial[0], spatial[1]], stage))
 }
 
-/// The decoder for `prefix` (see the module docs): input `z` of shape
-/// `[batch] + z_shape`, output `x` of shape `[batch] + input_shape`; its
-/// parameters are graph inputs without values.
+/// What follows the decoder's last layer (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderOutput {
+    /// A ReLU, as after every other layer: the background lands on exactly
+    /// 0 (the stronger attacker, the audit's default).
+    #[default]
+    Relu,
+    /// Nothing: the last transposed layer's output as it is, clamped to
+    /// `[0, 1]` only when the reconstruction is scored (He et al.'s MNIST
+    /// decoders).
+    Linear,
+}
+
+/// The decoder for `prefix` (see the module docs) with a final ReLU:
+/// input `z` of shape `[batch] + z_shape`, output `x` of shape
+/// `[batch] + input_shape`; its parameters are graph inputs without values.
 pub fn decoder(
     prefix: &pb::ModelProto,
     input_shape: &[usize],
     z_shape: &[usize],
     batch: usize,
+) -> Result<pb::ModelProto, AuditError> {
+    decoder_with(prefix, input_shape, z_shape, batch, DecoderOutput::Relu)
+}
+
+/// [`decoder`] with the choice of what follows its last layer.
+pub fn decoder_with(
+    prefix: &pb::ModelProto,
+    input_shape: &[usize],
+    z_shape: &[usize],
+    batch: usize,
+    output: DecoderOutput,
 ) -> Result<pb::ModelProto, AuditError> {
     let stages = stages(prefix, input_shape)?;
     if !stages.iter().any(|s| !matches!(s, Stage::Flatten { .. })) {
@@ -215,13 +247,18 @@ pub fn decoder(
         shape: z_shape.to_vec(),
         layer: 0,
     };
-    for stage in stages.iter().rev() {
+    // The decoder's last layer with parameters mirrors the prefix's first.
+    let last = stages
+        .iter()
+        .position(|s| !matches!(s, Stage::Flatten { .. }));
+    for (i, stage) in stages.iter().enumerate().rev() {
         match stage {
             Stage::Flatten { shape } => b.reshape(shape),
             Stage::Dense { inputs, outputs } => b.dense(*outputs, *inputs),
             Stage::Window { .. } => b.transposed(stage)?,
         }
-        if !matches!(stage, Stage::Flatten { .. }) {
+        let skip = output == DecoderOutput::Linear && Some(i) == last;
+        if !matches!(stage, Stage::Flatten { .. }) && !skip {
             b.unary("Relu");
         }
     }

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
 use crate::collapse::{Collapse, Health, mean_image};
-use crate::{AuditError, Cut, Victim};
+use crate::{AuditError, Cut, DecoderOutput, Victim};
 
 /// Auxiliary images the collapse check runs the decoder on (rounded down
 /// to whole batches): enough for a per-pixel spread, cheap next to an epoch.
@@ -51,6 +51,8 @@ pub struct InverseNetConfig {
     /// Trainings at most: a collapsed decoder is retrained until one is
     /// healthy or this many ran (see the module docs); at least 1.
     pub tries: usize,
+    /// What follows the decoder's last layer ([`DecoderOutput`]).
+    pub output: DecoderOutput,
 }
 
 impl Default for InverseNetConfig {
@@ -62,6 +64,7 @@ impl Default for InverseNetConfig {
             learning_rate: 1e-3,
             seed: 1,
             tries: 3,
+            output: DecoderOutput::Relu,
         }
     }
 }
@@ -283,7 +286,13 @@ impl InverseNet {
     ) -> Result<InverseNet, AuditError> {
         let per = victim.input_len();
         let n = aux.len() / per.max(1);
-        let model = crate::decoder(&cut.prefix, &cut.input_shape, &cut.z_shape, cfg.batch)?;
+        let model = crate::decoder_with(
+            &cut.prefix,
+            &cut.input_shape,
+            &cut.z_shape,
+            cfg.batch,
+            cfg.output,
+        )?;
         let train_cfg = TrainConfig {
             optimizer: OptimizerKind::Adam,
             learning_rate,
@@ -442,6 +451,7 @@ mod tests {
             learning_rate: 3e-3,
             seed: 1,
             tries,
+            output: DecoderOutput::Relu,
         }
     }
 

@@ -5,7 +5,7 @@
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mixnn_audit::{SplitAt, cut, decoder};
+use mixnn_audit::{DecoderOutput, SplitAt, cut, decoder, decoder_with};
 use mixnn_shard::pb;
 
 fn lenet_prefix() -> mixnn_audit::Cut {
@@ -76,4 +76,46 @@ fn images_of_another_shape_than_the_model_takes_are_refused() {
         .expect_err("a flat input cannot be mirrored by windows")
         .to_string();
     assert!(e.contains("cannot mirror"), "{e}");
+}
+
+#[test]
+fn a_linear_output_drops_only_the_final_relu() {
+    let c = lenet_prefix();
+    let ops = |m: &pb::ModelProto| -> Vec<String> {
+        let g = m.graph.as_ref().unwrap();
+        // The graph ends in an Identity naming its output; skip it.
+        g.node
+            .iter()
+            .map(|n| n.op_type.clone())
+            .filter(|op| op != "Identity")
+            .collect()
+    };
+    let relu = decoder_with(
+        &c.prefix,
+        &c.input_shape,
+        &c.z_shape,
+        4,
+        DecoderOutput::Relu,
+    );
+    let linear = decoder_with(
+        &c.prefix,
+        &c.input_shape,
+        &c.z_shape,
+        4,
+        DecoderOutput::Linear,
+    );
+    let (relu, linear) = (ops(&relu.unwrap()), ops(&linear.unwrap()));
+    assert_eq!(relu.last().map(String::as_str), Some("Relu"), "{relu:?}");
+    assert_eq!(
+        linear.last().map(String::as_str),
+        Some("ConvTranspose"),
+        "{linear:?}"
+    );
+    assert_eq!(
+        &relu[..relu.len() - 1],
+        &linear[..],
+        "only the last ReLU goes"
+    );
+    let plain = decoder(&c.prefix, &c.input_shape, &c.z_shape, 4).unwrap();
+    assert_eq!(ops(&plain), relu, "decoder() keeps the final ReLU");
 }

@@ -38,7 +38,7 @@ pub use fork_plan::render_fork_plan;
 pub use graph::node_label;
 pub use guard::validate;
 pub use merge::{Param, get_params, merge, set_params};
-pub use models::{Form, lenet5, mlp};
+pub use models::{Form, lenet5, lenet5_he, mlp};
 pub use plan::{Plan, ShardInfo, plan, render_plan};
 pub use split::split;
 

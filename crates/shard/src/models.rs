@@ -225,3 +225,22 @@ pub fn lenet5(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
     b.classifier(&[400, 120, 84, 10], 3);
     b.finish("lenet5", batch)
 }
+
+/// The LeNet that He, Zhang and Lee attack on MNIST (their released
+/// `net.py`): Conv 8@5x5 without padding, ReLU, MaxPool 2/2, Conv 16@5x5,
+/// ReLU, MaxPool 2/2, Flatten (256), 256-120 ReLU, 120-84 ReLU, 84-10,
+/// LogSoftmax. Its second ReLU writes 16x8x8 values where [`lenet5`]'s
+/// writes 16x10x10, so the audit can compare with the paper's figures on
+/// the model they were measured on (docs/audit.md).
+pub fn lenet5_he(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
+    let mut b = Builder::new(seed, form);
+    b.conv("conv1", 1, 8, 5, 0);
+    b.relu("relu1");
+    b.maxpool("pool1");
+    b.conv("conv2", 8, 16, 5, 0);
+    b.relu("relu2");
+    b.maxpool("pool2");
+    b.flatten();
+    b.classifier(&[256, 120, 84, 10], 3);
+    b.finish("lenet5_he", batch)
+}

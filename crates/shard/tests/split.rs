@@ -8,7 +8,9 @@
 mod common;
 
 use common::{max_rel_diff, random_input, run, run_chain};
-use mixnn_shard::{Form, Plan, decode, encode, lenet5, merge, mlp, pb, plan, render_plan, split};
+use mixnn_shard::{
+    Form, Plan, decode, encode, lenet5, lenet5_he, merge, mlp, pb, plan, render_plan, split,
+};
 
 type Builder = fn(u64, usize, Form) -> pb::ModelProto;
 
@@ -142,6 +144,27 @@ fn lenet5_plan_shapes_and_params() {
     assert!(
         table.contains("5 shard(s), 61706 parameters in total"),
         "{table}"
+    );
+}
+
+#[test]
+fn he_lenet_plan_shapes_and_params() {
+    check_equivalence("lenet5_he", lenet5_he, 5);
+    let p = plan(&lenet5_he(1, 4, Form::Gemm), None).expect("plan");
+    let got: Vec<(Vec<usize>, usize)> = p
+        .shards
+        .iter()
+        .map(|s| (s.output_shape.clone(), s.param_count))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (vec![4, 8, 12, 12], 8 * 25 + 8),
+            (vec![4, 256], 16 * 8 * 25 + 16),
+            (vec![4, 120], 256 * 120 + 120),
+            (vec![4, 84], 120 * 84 + 84),
+            (vec![4, 10], 84 * 10 + 10),
+        ]
     );
 }
 

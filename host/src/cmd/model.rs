@@ -12,6 +12,9 @@ pub enum Arch {
     Mlp,
     /// Conv 6@5x5 pad 2, pool, conv 16@5x5, pool, 120, 84, 10, LogSoftmax.
     Lenet5,
+    /// He et al.'s MNIST LeNet: conv 8@5x5 (no pad), pool, conv 16@5x5,
+    /// pool, 120, 84, 10 (docs/audit.md).
+    LenetHe,
     /// The Bident paper's fork-join CNN: two branches on the same input,
     /// merged (--merge), then a dense layer to 10 logits (docs/bident.md).
     Bident,
@@ -81,6 +84,7 @@ pub fn run(a: ModelArgs) -> Result<()> {
     let m = match a.arch {
         Arch::Mlp => mixnn_shard::mlp(a.seed, a.batch, form),
         Arch::Lenet5 => mixnn_shard::lenet5(a.seed, a.batch, form),
+        Arch::LenetHe => mixnn_shard::lenet5_he(a.seed, a.batch, form),
         Arch::Bident => {
             if form != Form::Gemm {
                 bail!("the bident models are written in the Gemm form only");

@@ -67,6 +67,11 @@ pub struct AuditArgs {
     /// is reported.
     #[arg(long, default_value_t = InverseNetConfig::default().tries)]
     pub tries: usize,
+    /// Inverse network: what follows its last layer: a ReLU (background at
+    /// exactly 0, the stronger attacker) or nothing (`linear`, He et al.'s
+    /// MNIST decoders; clamped to [0, 1] only when scored).
+    #[arg(long, value_enum, default_value_t = DecoderOut::Relu)]
+    pub decoder_output: DecoderOut,
     /// rMLE: descent steps.
     #[arg(long, default_value_t = RmleConfig::default().steps)]
     pub rmle_steps: usize,
@@ -114,6 +119,13 @@ pub struct AuditArgs {
 pub enum Attack {
     InverseNet,
     Rmle,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderOut {
+    Relu,
+    Linear,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -374,6 +386,10 @@ fn attack_one(
                 learning_rate: a.lr,
                 seed: a.seed,
                 tries: a.tries,
+                output: match a.decoder_output {
+                    DecoderOut::Relu => mixnn_audit::DecoderOutput::Relu,
+                    DecoderOut::Linear => mixnn_audit::DecoderOutput::Linear,
+                },
             };
             eprintln!(
                 "inverse network: {} {:?} auxiliary images, {} epochs",
@@ -392,6 +408,7 @@ fn attack_one(
             let settings = serde_json::json!({
                 "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
                 "batch": a.batch, "lr": a.lr, "seed": a.seed, "max_tries": a.tries,
+                "decoder_output": a.decoder_output,
             });
             Outcome {
                 recon,
