@@ -19,14 +19,6 @@
 //!   more than [`CONSTANT_SPREAD`] (standard deviation across the check
 //!   images) — a dead last layer gives exactly 0, a dead inner layer the
 //!   constant its biases make; or
-//! - it is *partly* dead: of the pixels that vary in the check images
-//!   (standard deviation over [`VARYING`]), more than [`DEAD_SHARE`] come
-//!   out constant. A transposed convolution of stride 2 writes each output
-//!   pixel from one of four kernel phases; when the ReLUs of three die,
-//!   the decoder draws the digits as a checkerboard whose error can still
-//!   be a little under the mean image's (found on a victim trained 10
-//!   epochs, relu2, seed 1: 3 of 4 phases dead, check MSE 0.0568 against
-//!   the mean image's 0.0662, SSIM 0.61 where the retry reached 0.95); or
 //! - its error is no lower than that of the mean auxiliary image, the
 //!   attacker who ignores Z_K altogether. Any decoder whose gradient still
 //!   flows beats that easily (the weakest healthy run in docs/audit.md,
@@ -59,15 +51,6 @@ use crate::AuditError;
 /// level, so no rendered reconstruction would differ.
 pub const CONSTANT_SPREAD: f64 = 1e-4;
 
-/// A pixel whose standard deviation across the check images' *targets* is
-/// above this varies (digit strokes: 0.3–0.45; MNIST's border: 0).
-pub const VARYING: f64 = 0.1;
-
-/// More than this share of the varying pixels constant in the output is a
-/// partly dead decoder: a healthy one draws every part of the digit area,
-/// and a checkerboard with three of four phases dead scores 0.75.
-pub const DEAD_SHARE: f64 = 0.5;
-
 /// Why a trained decoder is judged collapsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collapse {
@@ -75,8 +58,6 @@ pub enum Collapse {
     Diverged,
     /// It draws the same image whatever Z_K it gets.
     Constant,
-    /// Most pixels that vary in the images come out constant.
-    PartlyDead,
     /// Its error is no lower than the mean auxiliary image's.
     NoBetterThanMean,
 }
@@ -86,9 +67,6 @@ impl std::fmt::Display for Collapse {
         f.write_str(match self {
             Collapse::Diverged => "diverged: its outputs are not finite",
             Collapse::Constant => "constant output: the same image for every input (dead ReLUs)",
-            Collapse::PartlyDead => {
-                "partly dead: most pixels that vary in the images come out constant (dead ReLUs)"
-            }
             Collapse::NoBetterThanMean => "no better than predicting the mean auxiliary image",
         })
     }
@@ -106,9 +84,6 @@ pub struct Health {
     /// The largest, over pixels, standard deviation of its output across
     /// the check images.
     pub spread: f64,
-    /// Of the pixels that vary in the targets (over [`VARYING`]), the share
-    /// whose output is constant (at most [`CONSTANT_SPREAD`]).
-    pub dead_share: f64,
 }
 
 impl Health {
@@ -134,7 +109,6 @@ impl Health {
         let n = targets.len() / per;
         let (mut se, mut mean_se) = (0.0f64, 0.0f64);
         let (mut sum, mut sum2) = (vec![0.0f64; per], vec![0.0f64; per]);
-        let (mut tsum, mut tsum2) = (vec![0.0f64; per], vec![0.0f64; per]);
         for (o, t) in outputs.chunks_exact(per).zip(targets.chunks_exact(per)) {
             for p in 0..per {
                 let (o, t, m) = (f64::from(o[p]), f64::from(t[p]), f64::from(mean_image[p]));
@@ -142,28 +116,24 @@ impl Health {
                 mean_se += (m - t) * (m - t);
                 sum[p] += o;
                 sum2[p] += o * o;
-                tsum[p] += t;
-                tsum2[p] += t * t;
             }
         }
         let count = (n * per) as f64;
-        let spreads = std_devs(&sum, &sum2, n);
-        let spread = (spreads.iter().copied())
+        let spread = sum
+            .iter()
+            .zip(&sum2)
+            .map(|(s, s2)| {
+                let mean = s / n as f64;
+                // Rounding can make the variance a hair negative.
+                (s2 / n as f64 - mean * mean).max(0.0).sqrt()
+            })
             // NaN propagates: `f64::max` would drop it.
             .fold(0.0f64, |a, b| if b.is_nan() || b > a { b } else { a });
-        let varying: Vec<bool> = (std_devs(&tsum, &tsum2, n).iter())
-            .map(|&s| s > VARYING)
-            .collect();
-        let live = varying.iter().filter(|&&v| v).count();
-        let dead = (spreads.iter().zip(&varying))
-            .filter(|&(&s, &v)| v && s <= CONSTANT_SPREAD)
-            .count();
         Ok(Health {
             images: n,
             mse: se / count,
             mean_image_mse: mean_se / count,
             spread,
-            dead_share: dead as f64 / live.max(1) as f64,
         })
     }
 
@@ -173,27 +143,12 @@ impl Health {
             Some(Collapse::Diverged)
         } else if self.spread <= CONSTANT_SPREAD {
             Some(Collapse::Constant)
-        } else if self.dead_share > DEAD_SHARE {
-            Some(Collapse::PartlyDead)
         } else if self.mse >= self.mean_image_mse {
             Some(Collapse::NoBetterThanMean)
         } else {
             None
         }
     }
-}
-
-/// Per-pixel standard deviations over `n` images from the sums of values
-/// and of squares.
-fn std_devs(sum: &[f64], sum2: &[f64], n: usize) -> Vec<f64> {
-    let n = n.max(1) as f64;
-    (sum.iter().zip(sum2))
-        .map(|(s, s2)| {
-            let mean = s / n;
-            // Rounding can make the variance a hair negative.
-            (s2 / n - mean * mean).max(0.0).sqrt()
-        })
-        .collect()
 }
 
 /// The per-pixel mean of `images` (`n × per` values), accumulated in f64.
@@ -258,42 +213,6 @@ mod tests {
         nan[3] = f32::NAN;
         let d = Health::measure(&nan, &t, &mean).unwrap();
         assert_eq!(d.collapse(), Some(Collapse::Diverged));
-    }
-
-    /// Eight 4-pixel images whose every pixel varies; a decoder that
-    /// draws pixels 0 and 2 right and 1 and 3 dead (its two phases of
-    /// four) is partly dead; one with a single dead pixel is not.
-    #[test]
-    fn a_checkerboard_of_dead_phases_is_partly_dead() {
-        let t: Vec<f32> = (0..32).map(|i| ((i * 7 % 11) as f32) / 10.0).collect();
-        let mean = mean_image(&t, 4);
-        let mut board = t.clone();
-        for img in board.chunks_exact_mut(4) {
-            img[1] = 0.0;
-            img[3] = 0.0;
-        }
-        let mut three = t.clone();
-        for img in three.chunks_exact_mut(4) {
-            img[1] = 0.0;
-            img[2] = 0.0;
-            img[3] = 0.0;
-        }
-        let h = Health::measure(&three, &t, &mean).unwrap();
-        assert_eq!(h.dead_share, 0.75, "{h:?}");
-        assert_eq!(h.collapse(), Some(Collapse::PartlyDead));
-        let b = Health::measure(&board, &t, &mean).unwrap();
-        assert_eq!(b.dead_share, 0.5);
-        assert_ne!(
-            b.collapse(),
-            Some(Collapse::PartlyDead),
-            "half is the limit"
-        );
-        let mut one = t.clone();
-        for img in one.chunks_exact_mut(4) {
-            img[3] = 0.0;
-        }
-        let o = Health::measure(&one, &t, &mean).unwrap();
-        assert_eq!((o.dead_share, o.collapse()), (0.25, None));
     }
 
     #[test]
