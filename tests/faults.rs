@@ -278,6 +278,22 @@ fn check_repaired(r: &serde_json::Value, kills: usize) {
         }
     }
     assert_eq!(r["detections"], serde_json::json!([]));
+    // The counted training time leaves out what the faults cost (a
+    // rollback restores the checkpoint's clock); the wall time has it.
+    let d = &r["distributed"];
+    let waited: u64 = (repairs.iter())
+        .map(|x| {
+            x["detected_after_ms"].as_u64().unwrap() + x["repaired_after_ms"].as_u64().unwrap()
+        })
+        .sum();
+    let (wall, train) = (
+        d["wall_seconds"].as_f64().unwrap(),
+        d["train_seconds"].as_f64().unwrap(),
+    );
+    assert!(
+        wall >= train + waited as f64 / 1e3,
+        "wall {wall} s, training {train} s, faults {waited} ms"
+    );
 }
 
 /// The middle layer of a 3-hop cascade killed mid-epoch.

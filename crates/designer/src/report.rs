@@ -55,6 +55,13 @@ pub struct TrainReport {
     /// Network figures of a pool run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::pool::NetworkReport>,
+    /// Wall-clock seconds of this process's run: training, test passes,
+    /// checkpoints, and any detection, repair and replay. `train_seconds`
+    /// is the epochs' training time as the finished run counts it (a
+    /// rollback restores the checkpoint's), so the difference shows what
+    /// faults cost.
+    #[serde(default)]
+    pub wall_seconds: f64,
     /// Replica B's network figures of a verified pool run
     /// (`--verify-replicas`; `network` is replica A's).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -475,6 +475,15 @@ fn print_comparison(r: &DemoReport) {
             "matches the undisturbed run",
             yes(r.matches_undisturbed).to_string(),
         );
+        let d = &r.distributed;
+        row(
+            "wall time of the distributed run",
+            format!(
+                "{:.1} s (of which training as counted: {:.1} s; tests, checkpoints, detection, \
+                 repair and replay: the rest)",
+                d.wall_seconds, d.train_seconds
+            ),
+        );
         for d in &r.detections {
             let hop = d.hop.map(|h| format!(" hop {h}")).unwrap_or_default();
             row(&format!("lie at step {}{hop}", d.step), d.how.clone());

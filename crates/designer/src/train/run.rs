@@ -42,6 +42,8 @@ pub(super) struct Run<'a> {
     detections: Vec<Detection>,
     /// The held-out check's last measure.
     held: Option<super::alarm::Measure>,
+    /// When this process began the run (for the report's wall time).
+    began: Instant,
 }
 
 impl<'a> Run<'a> {
@@ -68,6 +70,7 @@ impl<'a> Run<'a> {
             ..CheckpointReport::default()
         };
         Ok(Run {
+            began: Instant::now(),
             opts,
             sample,
             shard_count,
@@ -362,6 +365,7 @@ impl<'a> Run<'a> {
             train_samples: self.train.count,
             test_samples: self.test.count,
             train_seconds: self.epochs.iter().map(|e| e.seconds).sum(),
+            wall_seconds: self.began.elapsed().as_secs_f64(),
             epochs: self.epochs,
             final_test_accuracy,
             params_sha256: params_sha256(params),
