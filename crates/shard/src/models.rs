@@ -214,16 +214,7 @@ pub fn mlp(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
 /// LogSoftmax. Convolutions are the same in both forms; `form` only changes
 /// the fully-connected layers.
 pub fn lenet5(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
-    let mut b = Builder::new(seed, form);
-    b.conv("conv1", 1, 6, 5, 2);
-    b.relu("relu1");
-    b.maxpool("pool1");
-    b.conv("conv2", 6, 16, 5, 0);
-    b.relu("relu2");
-    b.maxpool("pool2");
-    b.flatten();
-    b.classifier(&[400, 120, 84, 10], 3);
-    b.finish("lenet5", batch)
+    lenet("lenet5", 6, 2, seed, batch, form)
 }
 
 /// The LeNet that He, Zhang and Lee attack on MNIST (their released
@@ -233,14 +224,30 @@ pub fn lenet5(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
 /// writes 16x10x10, so the audit can compare with the paper's figures on
 /// the model they were measured on (docs/audit.md).
 pub fn lenet5_he(seed: u64, batch: usize, form: Form) -> pb::ModelProto {
+    lenet("lenet5_he", 8, 0, seed, batch, form)
+}
+
+/// A LeNet on 28x28 inputs whose first convolution has `filters` 5x5
+/// filters and `pad` padding; the rest is LeNet-5's (the two models above
+/// differ only there, and in the flattened width that follows from it).
+fn lenet(
+    name: &str,
+    filters: usize,
+    pad: usize,
+    seed: u64,
+    batch: usize,
+    form: Form,
+) -> pb::ModelProto {
     let mut b = Builder::new(seed, form);
-    b.conv("conv1", 1, 8, 5, 0);
+    b.conv("conv1", 1, filters, 5, pad);
     b.relu("relu1");
     b.maxpool("pool1");
-    b.conv("conv2", 8, 16, 5, 0);
+    b.conv("conv2", filters, 16, 5, 0);
     b.relu("relu2");
     b.maxpool("pool2");
     b.flatten();
-    b.classifier(&[256, 120, 84, 10], 3);
-    b.finish("lenet5_he", batch)
+    // 28 + 2·pad − 4, halved; − 4, halved: the side of conv2's pooled map.
+    let side = ((28 + 2 * pad - 4) / 2 - 4) / 2;
+    b.classifier(&[16 * side * side, 120, 84, 10], 3);
+    b.finish(name, batch)
 }

@@ -280,6 +280,16 @@ mod tests {
     /// One end after the handshake: its transport and the peer's key.
     type End = (StatelessTransportState, [u8; 32]);
 
+    /// A handshake state with the static key `private`.
+    fn state(private: &[u8], initiator: bool) -> HandshakeState {
+        let b = builder().unwrap().local_private_key(private).unwrap();
+        if initiator {
+            b.build_initiator().unwrap()
+        } else {
+            b.build_responder().unwrap()
+        }
+    }
+
     /// Both ends, their sockets, and the two public keys.
     fn pair() -> (End, End, TcpStream, TcpStream, [u8; 32], [u8; 32]) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -289,23 +299,11 @@ mod tests {
         let (pa, pb) = (ka.public.clone(), kb.public.clone());
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let hs = builder()
-                .unwrap()
-                .local_private_key(&kb.private)
-                .unwrap()
-                .build_responder()
-                .unwrap();
-            let r = handshake(&mut s, hs).unwrap();
+            let r = handshake(&mut s, state(&kb.private, false)).unwrap();
             (r, s)
         });
         let mut c = TcpStream::connect(addr).unwrap();
-        let hs = builder()
-            .unwrap()
-            .local_private_key(&ka.private)
-            .unwrap()
-            .build_initiator()
-            .unwrap();
-        let a = handshake(&mut c, hs).unwrap();
+        let a = handshake(&mut c, state(&ka.private, true)).unwrap();
         let (b, s) = t.join().unwrap();
         (a, b, c, s, pa.try_into().unwrap(), pb.try_into().unwrap())
     }

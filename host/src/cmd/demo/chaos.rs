@@ -226,6 +226,11 @@ impl Chaos {
         Ok(())
     }
 
+    /// Whether a kill or lie is due once step `step` is done.
+    pub fn due(&self, step: u64) -> bool {
+        self.pending.first().is_some_and(|(_, k)| k.step <= step)
+    }
+
     /// Kills and lies not carried out (the job ended before their step).
     pub fn pending(&self) -> Vec<KillAt> {
         self.pending.iter().map(|(_, k)| k.clone()).collect()
@@ -276,9 +281,14 @@ impl TrainObserver for ChaosObserver<'_> {
         if self.error.is_some() {
             return;
         }
-        let cascades: Vec<Cascade> = (model.networks().into_iter()).map(|n| n.cascade).collect();
-        if let Err(e) = self.chaos.step(step, &cascades) {
-            self.error = Some(e);
+        // The cascades are copies of the model's reports: taken only when
+        // a kill or lie is due, not after every step.
+        if self.chaos.due(step) {
+            let cascades: Vec<Cascade> =
+                (model.networks().into_iter()).map(|n| n.cascade).collect();
+            if let Err(e) = self.chaos.step(step, &cascades) {
+                self.error = Some(e);
+            }
         }
         self.printer.step(step, model);
     }
