@@ -58,10 +58,15 @@ async fn peer(role: Role, direct: bool, stop: &watch::Receiver<bool>) -> Peer {
 }
 
 /// `client` dials `node` and keeps a link to it (which also sets up the
-/// direct connection when both ends have the plane).
+/// direct connection when both ends have the plane). The node's address
+/// is made known first (and awaited): a `dial` is only queued, and a link
+/// opened before it was handled found no address for the peer.
 async fn link(client: &Peer, node: &Peer) {
-    let addr = node.p.listen_addrs[0].clone().with(Protocol::P2p(node.id));
-    client.p.swarm.dial(addr).await;
+    let addr = node.p.listen_addrs[0].clone();
+    (client.p.swarm)
+        .add_addresses(node.id, vec![addr.clone()])
+        .await;
+    client.p.swarm.dial(addr.with(Protocol::P2p(node.id))).await;
     client
         .p
         .sender
