@@ -210,6 +210,49 @@ pub enum DecoderOutput {
     Linear,
 }
 
+/// Which layers the decoder has (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderShape {
+    /// Every layer before the cut mirrored, a pool by a learned unpooling.
+    #[default]
+    Mirror,
+    /// The shape of He et al.'s released MNIST decoders: only the
+    /// convolutions (and fully-connected layers) are mirrored; a pool is
+    /// folded into the stride of the transposed convolution that mirrors
+    /// the convolution before it. For LeNet cut at relu2 that is their
+    /// `ConvTranspose(16→8, 5)`, ReLU, `ConvTranspose(8→1, 5, stride 2)`;
+    /// cut at conv1, one 5×5 layer. Fewer parameters, and no unpooling
+    /// layer of its own to learn the pool's inverse.
+    Compact,
+}
+
+impl Stage {
+    fn is_pool(&self) -> bool {
+        matches!(self, Stage::Window { op, .. } if op != "Conv")
+    }
+}
+
+/// In a compact decoder, whether the pool at `i` folds into the Conv
+/// before it (pools in between fold too): the Conv's mirror takes the
+/// pool's stride.
+fn folds(stages: &[Stage], i: usize) -> bool {
+    stages[i].is_pool()
+        && matches!(
+            stages[..i].iter().rev().find(|s| !s.is_pool()),
+            Some(Stage::Window { .. })
+        )
+}
+
+/// `stage` with its strides multiplied by `by`.
+fn strided(stage: &Stage, by: [usize; 2]) -> Stage {
+    let mut s = stage.clone();
+    if let Stage::Window { strides, .. } = &mut s {
+        strides[0] *= by[0];
+        strides[1] *= by[1];
+    }
+    s
+}
+
 /// The decoder for `prefix` (see the module docs) with a final ReLU:
 /// input `z` of shape `[batch] + z_shape`, output `x` of shape
 /// `[batch] + input_shape`; its parameters are graph inputs without values.
@@ -219,16 +262,18 @@ pub fn decoder(
     z_shape: &[usize],
     batch: usize,
 ) -> Result<pb::ModelProto, AuditError> {
-    decoder_with(prefix, input_shape, z_shape, batch, DecoderOutput::Relu)
+    let spec = (DecoderShape::Mirror, DecoderOutput::Relu);
+    decoder_with(prefix, input_shape, z_shape, batch, spec)
 }
 
-/// [`decoder`] with the choice of what follows its last layer.
+/// [`decoder`] with the choice of its layers and of what follows its last
+/// layer.
 pub fn decoder_with(
     prefix: &pb::ModelProto,
     input_shape: &[usize],
     z_shape: &[usize],
     batch: usize,
-    output: DecoderOutput,
+    (layers, output): (DecoderShape, DecoderOutput),
 ) -> Result<pb::ModelProto, AuditError> {
     let stages = stages(prefix, input_shape)?;
     if !stages.iter().any(|s| !matches!(s, Stage::Flatten { .. })) {
@@ -251,11 +296,23 @@ pub fn decoder_with(
     let last = stages
         .iter()
         .position(|s| !matches!(s, Stage::Flatten { .. }));
+    // Compact: the product of the strides of the pools waiting to fold
+    // into the next Conv mirrored.
+    let mut fold = [1usize, 1];
     for (i, stage) in stages.iter().enumerate().rev() {
         match stage {
             Stage::Flatten { shape } => b.reshape(shape),
             Stage::Dense { inputs, outputs } => b.dense(*outputs, *inputs),
-            Stage::Window { .. } => b.transposed(stage)?,
+            Stage::Window { strides, .. }
+                if layers == DecoderShape::Compact && folds(&stages, i) =>
+            {
+                fold = [fold[0] * strides[0], fold[1] * strides[1]];
+                continue;
+            }
+            Stage::Window { .. } => {
+                b.transposed(&strided(stage, fold))?;
+                fold = [1, 1];
+            }
         }
         let skip = output == DecoderOutput::Linear && Some(i) == last;
         if !matches!(stage, Stage::Flatten { .. }) && !skip {

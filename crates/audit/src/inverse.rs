@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
 use crate::collapse::{Collapse, Health, mean_image};
-use crate::{AuditError, Cut, DecoderOutput, Victim};
+use crate::{AuditError, Cut, DecoderOutput, DecoderShape, Victim};
 
 /// Auxiliary images the collapse check runs the decoder on (rounded down
 /// to whole batches): enough for a per-pixel spread, cheap next to an epoch.
@@ -51,8 +51,12 @@ pub struct InverseNetConfig {
     /// Trainings at most: a collapsed decoder is retrained until one is
     /// healthy or this many ran (see the module docs); at least 1.
     pub tries: usize,
+    /// The decoder's layers ([`DecoderShape`]).
+    pub shape: DecoderShape,
     /// What follows the decoder's last layer ([`DecoderOutput`]).
     pub output: DecoderOutput,
+    /// Adam's epsilon (He et al.'s code: 1e-3).
+    pub adam_epsilon: f32,
 }
 
 impl Default for InverseNetConfig {
@@ -64,7 +68,9 @@ impl Default for InverseNetConfig {
             learning_rate: 1e-3,
             seed: 1,
             tries: 3,
+            shape: DecoderShape::Mirror,
             output: DecoderOutput::Relu,
+            adam_epsilon: TrainConfig::default().epsilon,
         }
     }
 }
@@ -291,11 +297,12 @@ impl InverseNet {
             &cut.input_shape,
             &cut.z_shape,
             cfg.batch,
-            cfg.output,
+            (cfg.shape, cfg.output),
         )?;
         let train_cfg = TrainConfig {
             optimizer: OptimizerKind::Adam,
             learning_rate,
+            epsilon: cfg.adam_epsilon,
             seed,
             loss: LossKind::None,
             need_input_grad: false,
@@ -452,6 +459,7 @@ mod tests {
             seed: 1,
             tries,
             output: DecoderOutput::Relu,
+            ..InverseNetConfig::default()
         }
     }
 

@@ -36,7 +36,7 @@ pub mod victim;
 
 pub use collapse::{Collapse, Health};
 pub use cut::{Cut, SplitAt, cut};
-pub use decoder::{DecoderOutput, decoder, decoder_with};
+pub use decoder::{DecoderOutput, DecoderShape, decoder, decoder_with};
 pub use inverse::{Attempt, InverseNet, InverseNetConfig};
 pub use metrics::{MetricsError, psnr, ssim};
 pub use rmle::{RmleConfig, rmle};

@@ -5,7 +5,10 @@
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mixnn_audit::{DecoderOutput, SplitAt, cut, decoder, decoder_with};
+use mixnn_audit::{
+    DecoderOutput, DecoderShape, InverseNet, InverseNetConfig, SplitAt, Victim, cut, decoder,
+    decoder_with,
+};
 use mixnn_shard::pb;
 
 fn lenet_prefix() -> mixnn_audit::Cut {
@@ -95,14 +98,14 @@ fn a_linear_output_drops_only_the_final_relu() {
         &c.input_shape,
         &c.z_shape,
         4,
-        DecoderOutput::Relu,
+        (DecoderShape::Mirror, DecoderOutput::Relu),
     );
     let linear = decoder_with(
         &c.prefix,
         &c.input_shape,
         &c.z_shape,
         4,
-        DecoderOutput::Linear,
+        (DecoderShape::Mirror, DecoderOutput::Linear),
     );
     let (relu, linear) = (ops(&relu.unwrap()), ops(&linear.unwrap()));
     assert_eq!(relu.last().map(String::as_str), Some("Relu"), "{relu:?}");
@@ -118,4 +121,51 @@ fn a_linear_output_drops_only_the_final_relu() {
     );
     let plain = decoder(&c.prefix, &c.input_shape, &c.z_shape, 4).unwrap();
     assert_eq!(ops(&plain), relu, "decoder() keeps the final ReLU");
+}
+
+fn ints_of(n: &pb::NodeProto, name: &str) -> Vec<i64> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.clone())
+        .unwrap_or_default()
+}
+
+/// He et al.'s relu2 decoder: two transposed convolutions, the pool folded
+/// into the second one's stride, a ReLU between, none after; and it trains.
+#[test]
+fn a_compact_decoder_folds_the_pool_into_a_stride_and_trains() {
+    let model = mixnn_shard::lenet5(1, 4, mixnn_shard::Form::Gemm);
+    let c = cut(&model, &SplitAt::Node("relu2".into())).unwrap();
+    let spec = (DecoderShape::Compact, DecoderOutput::Linear);
+    let d = decoder_with(&c.prefix, &c.input_shape, &c.z_shape, 4, spec).unwrap();
+    let g = d.graph.as_ref().unwrap();
+    let layers: Vec<_> = g.node.iter().filter(|n| n.op_type != "Identity").collect();
+    let ops: Vec<_> = layers.iter().map(|n| n.op_type.as_str()).collect();
+    assert_eq!(ops, ["ConvTranspose", "Relu", "ConvTranspose"]);
+    assert_eq!(ints_of(layers[0], "strides"), [1, 1]);
+    assert_eq!(ints_of(layers[2], "strides"), [2, 2]);
+    assert_eq!(ints_of(layers[2], "output_padding"), [1, 1]);
+
+    // Random bright squares, 3 epochs: the loss falls (tract runs the
+    // shapes the builder computed).
+    let mut victim = Victim::new(&c).unwrap();
+    let mut aux = vec![0.0f32; 256 * 784];
+    for (i, img) in aux.chunks_exact_mut(784).enumerate() {
+        let (r, col) = ((i * 7) % 20, (i * 13) % 20);
+        for y in r..r + 8 {
+            img[y * 28 + col..y * 28 + col + 8].fill(1.0);
+        }
+    }
+    let cfg = InverseNetConfig {
+        epochs: 3,
+        batch: 32,
+        learning_rate: 3e-3,
+        shape: DecoderShape::Compact,
+        output: DecoderOutput::Linear,
+        ..InverseNetConfig::default()
+    };
+    let net = InverseNet::train(&c, &mut victim, &aux, &cfg, &mut |_| {}).unwrap();
+    let loss = &net.epoch_loss;
+    assert!(loss.last() < loss.first(), "{loss:?}");
 }

@@ -5,136 +5,22 @@
 //! beside reconstructions per attack and a JSON report. The attacks live in
 //! `mixnn-audit`; this module reads files, picks the data and writes.
 
+mod args;
 mod defence;
 
-use std::path::{Path, PathBuf};
+pub use args::AuditArgs;
+use args::{Attack, Aux};
+
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
 use defence::Defence;
-use mixnn_audit::{Attempt, InverseNet, InverseNetConfig, RmleConfig, SplitAt, Victim};
+use mixnn_audit::{Attempt, InverseNet, InverseNetConfig, RmleConfig, Victim};
 use mixnn_shard::pb::ModelProto;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-
-#[derive(Args, Debug)]
-pub struct AuditArgs {
-    /// The model (ONNX) whose cut is audited.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Trained weights for `--model` (e.g. `train --export`); without it
-    /// the model's own initializers are used.
-    #[arg(long)]
-    pub trained: Option<PathBuf>,
-    /// Where the model is cut: a shard count K of the automatic plan (the
-    /// adversary holds shard K+1) or a node name (`conv1`, `relu2`, or the
-    /// full `/conv1/Conv`).
-    /// Required unless `--defence keep-first:N` places the cut.
-    #[arg(long)]
-    pub split: Option<SplitAt>,
-    /// MNIST-format data directory (train and t10k IDX files).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Attacks to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Attack::InverseNet, Attack::Rmle])]
-    pub attack: Vec<Attack>,
-    /// The inverse network's auxiliary data: the training set (`same-set`),
-    /// the second half of the test set, disjoint from the attacked images
-    /// (`same-dist`), or uniform noise images (`random`).
-    #[arg(long, value_enum, default_value_t = Aux::SameSet)]
-    pub aux: Aux,
-    /// Auxiliary images the attacker queries (at most what the set holds).
-    #[arg(long, default_value_t = 60_000)]
-    pub aux_count: usize,
-    /// Test images attacked (the first N of the test set; at most 5000).
-    #[arg(long, default_value_t = 100)]
-    pub count: usize,
-    /// Inverse network: passes over the auxiliary data.
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
-    /// Inverse network: mini-batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Inverse network: Adam step size.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f32,
-    /// Inverse network: trainings at most. A decoder that collapsed (dead
-    /// ReLUs: the same, usually black, image for every input, or no better
-    /// than the mean image) is retrained with the next seed, its last bias
-    /// started at the mean pixel value and half the step size; every try
-    /// is reported.
-    #[arg(long, default_value_t = InverseNetConfig::default().tries)]
-    pub tries: usize,
-    /// Inverse network: what follows its last layer: a ReLU (background at
-    /// exactly 0, the stronger attacker) or nothing (`linear`, He et al.'s
-    /// MNIST decoders; clamped to [0, 1] only when scored).
-    #[arg(long, value_enum, default_value_t = DecoderOut::Relu)]
-    pub decoder_output: DecoderOut,
-    /// rMLE: descent steps.
-    #[arg(long, default_value_t = RmleConfig::default().steps)]
-    pub rmle_steps: usize,
-    /// rMLE: weight λ of the total-variation prior.
-    #[arg(long, default_value_t = RmleConfig::default().lambda)]
-    pub rmle_lambda: f32,
-    /// rMLE: Adam step size on the pixels.
-    #[arg(long, default_value_t = RmleConfig::default().learning_rate)]
-    pub rmle_lr: f32,
-    /// The defence in place: `none`, `keep-first:N` (the designer keeps
-    /// the first N shards, so the cut moves after them), or noise on Z_K in
-    /// training and inference: `gaussian:σ`, `laplace:b`, `dropout:p`
-    /// (also at inference) or `dropout-train:p` (training only). Without
-    /// `--trained` the audit first trains `--model` with the defence in
-    /// place (`--train-epochs`).
-    #[arg(long, default_value = "none")]
-    pub defence: defence::Defence,
-    /// Audit each of these defence levels (comma-separated, e.g.
-    /// `none,gaussian:0.5,gaussian:1`) and draw the trade-off figure
-    /// (`tradeoff.png` in `--out`): test accuracy against SSIM, one point
-    /// per level and attack. Replaces `--defence`.
-    #[arg(long, value_delimiter = ',', conflicts_with = "defence")]
-    pub sweep: Vec<defence::Defence>,
-    /// Training epochs when the audit trains the model (no `--trained`;
-    /// Adam 1e-3, batch 64, the seed below); 0 audits `--model`'s initial
-    /// weights as they are.
-    #[arg(long, default_value_t = 2)]
-    pub train_epochs: usize,
-    /// The accuracy line of the trade-off figure, in percent.
-    #[arg(long, default_value_t = 95.0)]
-    pub accuracy_target: f64,
-    /// Seeds the decoder, the epoch order and the random auxiliary images.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Write the figures as JSON here.
-    #[arg(long)]
-    pub report: Option<PathBuf>,
-    /// Write one PNG grid per attack here (`<attack>.png`).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Attack {
-    InverseNet,
-    Rmle,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DecoderOut {
-    Relu,
-    Linear,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aux {
-    SameSet,
-    SameDist,
-    Random,
-}
 
 /// Figures of one attack.
 #[derive(Serialize, Debug)]
@@ -380,16 +266,16 @@ fn attack_one(
     Ok(match attack {
         Attack::InverseNet => {
             let aux = aux_images(a, mnist, per)?;
+            let (shape, output) = a.decoder_spec();
             let cfg = InverseNetConfig {
                 epochs: a.epochs,
                 batch: a.batch,
                 learning_rate: a.lr,
                 seed: a.seed,
                 tries: a.tries,
-                output: match a.decoder_output {
-                    DecoderOut::Relu => mixnn_audit::DecoderOutput::Relu,
-                    DecoderOut::Linear => mixnn_audit::DecoderOutput::Linear,
-                },
+                shape,
+                output,
+                adam_epsilon: a.adam_eps,
             };
             eprintln!(
                 "inverse network: {} {:?} auxiliary images, {} epochs",
@@ -408,7 +294,9 @@ fn attack_one(
             let settings = serde_json::json!({
                 "aux": a.aux, "aux_images": aux.len() / per, "epochs": a.epochs,
                 "batch": a.batch, "lr": a.lr, "seed": a.seed, "max_tries": a.tries,
-                "decoder_output": a.decoder_output,
+                "decoder": a.decoder,
+                "decoder_output": format!("{output:?}").to_lowercase(),
+                "adam_eps": a.adam_eps,
             });
             Outcome {
                 recon,
@@ -524,6 +412,13 @@ fn aux_images(a: &AuditArgs, mnist: &mixnn_data::Mnist, per: usize) -> Result<Ve
             let mut r = ChaCha8Rng::seed_from_u64(a.seed ^ 0x5EED);
             (0..a.aux_count * per)
                 .map(|_| r.gen_range(0.0..1.0))
+                .collect()
+        }
+        Aux::Gaussian => {
+            let mut r = ChaCha8Rng::seed_from_u64(a.seed ^ 0x5EED);
+            let normal = rand_distr::StandardNormal;
+            (0..a.aux_count * per)
+                .map(|_| 0.5 + 0.5 * r.sample::<f32, _>(normal))
                 .collect()
         }
     })
