@@ -38,7 +38,7 @@ pub use collapse::{Collapse, Health};
 pub use cut::{Cut, SplitAt, cut};
 pub use decoder::{DecoderOutput, DecoderShape, decoder, decoder_with};
 pub use inverse::{Attempt, InverseNet, InverseNetConfig};
-pub use metrics::{MetricsError, psnr, ssim};
+pub use metrics::{MetricsError, psnr, reconstruction_range, ssim, ssim_with_range};
 pub use rmle::{RmleConfig, rmle};
 pub use victim::{Observed, Victim};
 

@@ -18,7 +18,7 @@ pub const K1: f64 = 0.01;
 pub const K2: f64 = 0.03;
 
 /// Why two images cannot be compared.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MetricsError {
     /// The pixel buffers do not match the stated `height × width`.
     #[error("images of {a} and {b} pixels for a {height}x{width} grid")]
@@ -32,6 +32,10 @@ pub enum MetricsError {
         /// Stated width.
         width: usize,
     },
+    /// SSIM's data range is not finite and positive (e.g. the range of a
+    /// constant image).
+    #[error("SSIM data range {0} is not positive (a constant reconstruction?)")]
+    Range(f64),
     /// The image is smaller than the SSIM window on some side.
     #[error("a {height}x{width} image is smaller than the {WINDOW}x{WINDOW} SSIM window")]
     TooSmall {
@@ -71,13 +75,32 @@ fn check(a: &[f32], b: &[f32], height: usize, width: usize) -> Result<(), Metric
 ///
 /// Computed in f64. A result is in `[-1, 1]`; identical images give 1.
 pub fn ssim(a: &[f32], b: &[f32], height: usize, width: usize) -> Result<f64, MetricsError> {
+    ssim_with_range(a, b, height, width, 1.0)
+}
+
+/// [`ssim`] with the constants scaled to `data_range` instead of 1:
+/// `C1 = (0.01 · data_range)²`, `C2 = (0.03 · data_range)²`, as
+/// scikit-image's `structural_similarity(a, b, data_range=...)`. He et
+/// al.'s code passes the reconstruction's own range (`b.max() - b.min()`,
+/// see [`reconstruction_range`]); a range that is not finite and positive
+/// is [`MetricsError::Range`].
+pub fn ssim_with_range(
+    a: &[f32],
+    b: &[f32],
+    height: usize,
+    width: usize,
+    data_range: f64,
+) -> Result<f64, MetricsError> {
     check(a, b, height, width)?;
+    if !(data_range.is_finite() && data_range > 0.0) {
+        return Err(MetricsError::Range(data_range));
+    }
     if height < WINDOW || width < WINDOW {
         return Err(MetricsError::TooSmall { height, width });
     }
     let np = (WINDOW * WINDOW) as f64;
     let cov_norm = np / (np - 1.0);
-    let (c1, c2) = (K1 * K1, K2 * K2);
+    let (c1, c2) = ((K1 * data_range).powi(2), (K2 * data_range).powi(2));
     let mut total = 0.0;
     let mut count = 0usize;
     for top in 0..=height - WINDOW {
@@ -105,6 +128,17 @@ pub fn ssim(a: &[f32], b: &[f32], height: usize, width: usize) -> Result<f64, Me
         }
     }
     Ok(total / count as f64)
+}
+
+/// `max − min` of an image's pixels: the `data_range` He et al.'s code
+/// gives SSIM (the reconstruction's, after clipping to `[0, 1]`).
+pub fn reconstruction_range(b: &[f32]) -> f64 {
+    let (lo, hi) = b
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    f64::from(hi) - f64::from(lo)
 }
 
 /// Peak signal-to-noise ratio in dB for data range 1:

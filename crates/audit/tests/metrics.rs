@@ -7,7 +7,7 @@
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use mixnn_audit::{psnr, ssim};
+use mixnn_audit::{MetricsError, psnr, reconstruction_range, ssim, ssim_with_range};
 use serde_json::Value;
 
 #[test]
@@ -40,6 +40,20 @@ fn ssim_and_psnr_match_scikit_image() {
             (got_psnr - want_psnr).abs() < 1e-5,
             "{name}: PSNR {got_psnr} vs scikit-image {want_psnr}"
         );
+        // He et al.'s convention: the reconstruction's own range.
+        match p["ssim_reconstruction_range"].as_f64() {
+            Some(want) => {
+                let got = ssim_with_range(&a, &b, 28, 28, reconstruction_range(&b)).unwrap();
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{name}: SSIM (range of b) {got} vs scikit-image {want}"
+                );
+            }
+            None => {
+                let e = ssim_with_range(&a, &b, 28, 28, reconstruction_range(&b));
+                assert!(matches!(e, Err(MetricsError::Range(_))), "{name}: {e:?}");
+            }
+        }
         // Symmetric, as the definition is.
         assert!((ssim(&b, &a, 28, 28).unwrap() - got_ssim).abs() < 1e-12);
     }

@@ -43,6 +43,16 @@ pub struct AuditArgs {
     /// Test images attacked (the first N of the test set; at most 5000).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
+    /// Which test images are attacked: the first `--count` (`first`), or
+    /// the first image of each class, ten in all, as He et al.'s code
+    /// picks them (`per-class`; `--count` is then ignored).
+    #[arg(long, value_enum, default_value_t = Images::First)]
+    pub images: Images,
+    /// SSIM's data range: 1, the images' range (`one`), or each
+    /// reconstruction's own max − min after clipping to [0, 1]
+    /// (`reconstruction`), as He et al.'s code scores. PSNR always uses 1.
+    #[arg(long, value_enum, default_value_t = SsimRange::One)]
+    pub ssim_range: SsimRange,
     /// Inverse network: passes over the auxiliary data.
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
@@ -131,6 +141,20 @@ pub enum Attack {
 pub enum DecoderOut {
     Relu,
     Linear,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Images {
+    First,
+    PerClass,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SsimRange {
+    One,
+    Reconstruction,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -9,7 +9,7 @@ mod args;
 mod defence;
 
 pub use args::AuditArgs;
-use args::{Attack, Aux};
+use args::{Attack, Aux, Images, SsimRange};
 
 use std::path::Path;
 use std::time::Instant;
@@ -59,6 +59,9 @@ struct Report {
     cut_node: String,
     z_shape: Vec<usize>,
     attacked_images: usize,
+    /// Which test images (`--images`) and SSIM's data range (`--ssim-range`).
+    images: Images,
+    ssim_range: SsimRange,
     attacks: Vec<AttackReport>,
 }
 
@@ -188,7 +191,9 @@ fn audit_one(
             cut.input_shape
         );
     }
-    let originals = &mnist.test.images[..a.count * per];
+    let attacked = attacked_images(a, &mnist.test, per)?;
+    let originals = &attacked[..];
+    let count = originals.len() / per;
     let z = victim
         .query(originals)
         .context("querying the part before the cut")?;
@@ -197,14 +202,20 @@ fn audit_one(
         let start = Instant::now();
         let outcome = attack_one(a, *attack, &cut, &mut victim, mnist, &z)?;
         let recon = outcome.recon.clone();
-        let report = score(*attack, originals, (rows, cols), start, outcome)?;
+        let report = score(
+            *attack,
+            originals,
+            (rows, cols, a.ssim_range),
+            start,
+            outcome,
+        )?;
         eprintln!(
             "{:?}: mean PSNR {:.2} dB, mean SSIM {:.4} ({} of {} images below SSIM 0.3){}",
             attack,
             report.mean_psnr_db,
             report.mean_ssim,
             report.unrecognisable,
-            a.count,
+            count,
             match (&report.collapsed, report.tries.len()) {
                 (Some(why), n) => format!(
                     "\nWARNING: the decoder collapsed in all {n} tries ({why}): \
@@ -234,7 +245,9 @@ fn audit_one(
         trained_by_audit: defended.trained_here,
         cut_node: cut.node.clone(),
         z_shape: cut.z_shape.clone(),
-        attacked_images: a.count,
+        attacked_images: count,
+        images: a.images,
+        ssim_range: a.ssim_range,
         attacks: reports,
     })
 }
@@ -394,6 +407,25 @@ fn load_model(model: &Path, trained: Option<&Path>) -> Result<mixnn_shard::pb::M
     }
 }
 
+/// The test images attacked (module docs of `args`: `--images`), all from
+/// the first half of the test set.
+fn attacked_images(a: &AuditArgs, test: &mixnn_data::Dataset, per: usize) -> Result<Vec<f32>> {
+    Ok(match a.images {
+        Images::First => test.images[..a.count * per].to_vec(),
+        Images::PerClass => {
+            let mut out = Vec::with_capacity(10 * per);
+            for class in 0..10u8 {
+                let i = test.labels[..HALF_TEST]
+                    .iter()
+                    .position(|&l| l == class)
+                    .with_context(|| format!("no test image of class {class}"))?;
+                out.extend_from_slice(&test.images[i * per..(i + 1) * per]);
+            }
+            out
+        }
+    })
+}
+
 /// The auxiliary images the inverse-network attacker queries.
 fn aux_images(a: &AuditArgs, mnist: &mixnn_data::Mnist, per: usize) -> Result<Vec<f32>> {
     if a.aux_count == 0 {
@@ -427,7 +459,7 @@ fn aux_images(a: &AuditArgs, mnist: &mixnn_data::Mnist, per: usize) -> Result<Ve
 fn score(
     attack: Attack,
     originals: &[f32],
-    (rows, cols): (usize, usize),
+    (rows, cols, range): (usize, usize, SsimRange),
     start: Instant,
     outcome: Outcome,
 ) -> Result<AttackReport> {
@@ -443,7 +475,13 @@ fn score(
     let (mut psnr, mut ssim, mut bad) = (0.0, 0.0, 0);
     let n = originals.len() / per;
     for (o, r) in originals.chunks_exact(per).zip(recon.chunks_exact(per)) {
-        let s = mixnn_audit::ssim(o, r, rows, cols)?;
+        let s = match range {
+            SsimRange::One => mixnn_audit::ssim(o, r, rows, cols)?,
+            SsimRange::Reconstruction => {
+                let dr = mixnn_audit::reconstruction_range(r);
+                mixnn_audit::ssim_with_range(o, r, rows, cols, dr)?
+            }
+        };
         // An exact reconstruction has infinite PSNR: cap it at 100 dB so the
         // mean stays a number.
         psnr += mixnn_audit::psnr(o, r, rows, cols)?.min(100.0);
