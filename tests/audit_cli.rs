@@ -54,3 +54,65 @@ fn cuts_the_audit_cannot_play_are_clear_errors() {
         );
     }
 }
+
+/// He et al.'s setup end to end, small: their decoder shape, their noise,
+/// one image of each class, SSIM over the reconstruction's range; the
+/// report says what ran.
+#[test]
+fn the_papers_setup_runs_and_the_report_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let lenet = dir.path().join("lenet-he.onnx");
+    let report = dir.path().join("r.json");
+    let (l, r) = (lenet.to_str().unwrap(), report.to_str().unwrap());
+    assert!(mixnn(&["model", "lenet-he", "--out", l]).0);
+    let (ok, text) = mixnn(&[
+        "audit",
+        "--model",
+        l,
+        "--train-epochs",
+        "0",
+        "--split",
+        "relu2",
+        "--data",
+        "data/mnist",
+        "--attack",
+        "inverse-net,rmle",
+        "--rmle-steps",
+        "5",
+        "--aux",
+        "gaussian",
+        "--aux-count",
+        "256",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--decoder",
+        "compact",
+        "--adam-eps",
+        "1e-3",
+        "--images",
+        "per-class",
+        "--ssim-range",
+        "reconstruction",
+        "--report",
+        r,
+    ]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["attacked_images"], 10, "one image per class");
+    assert_eq!(v["images"], "per-class");
+    assert_eq!(v["ssim_range"], "reconstruction");
+    let inv = &v["attacks"][0];
+    assert_eq!(inv["settings"]["decoder"], "compact");
+    assert_eq!(
+        inv["settings"]["decoder_output"], "linear",
+        "compact ends linear"
+    );
+    assert_eq!(inv["settings"]["aux"], "gaussian");
+    for a in v["attacks"].as_array().unwrap() {
+        let s = a["mean_ssim"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&s), "{a}");
+    }
+}
