@@ -42,6 +42,28 @@ enum Deployed {
     Two(Box<Replicated>),
 }
 
+/// The deploy's first line: what goes where, for how long.
+fn announce(shards: usize, opts: &TrainOptions, popts: &PoolOptions) {
+    println!(
+        "deploying {} shards on the pool ({} dummies{}{}), {} epochs, batch {}, seed {}",
+        shards,
+        popts.dummies,
+        if popts.keep_first {
+            ", first shard kept here"
+        } else {
+            ""
+        },
+        if popts.keep_last {
+            ", last shard kept here"
+        } else {
+            ""
+        },
+        opts.epochs,
+        opts.batch,
+        opts.config.seed
+    );
+}
+
 impl Deployed {
     fn deploy(
         shards: &[mixnn_shard::pb::ModelProto],
@@ -187,24 +209,7 @@ pub fn train_on_pool_job(
         (true, EngineKind::Wasm) => Some(sandbox.sandbox()?),
         _ => None,
     };
-    println!(
-        "deploying {} shards on the pool ({} dummies{}{}), {} epochs, batch {}, seed {}",
-        shards.len(),
-        popts.dummies,
-        if popts.keep_first {
-            ", first shard kept here"
-        } else {
-            ""
-        },
-        if popts.keep_last {
-            ", last shard kept here"
-        } else {
-            ""
-        },
-        opts.epochs,
-        opts.batch,
-        opts.config.seed
-    );
+    announce(shards.len(), opts, popts);
     println!("  {}", cut_hint(&shards, popts.keep_first));
     let job_dir = run.ck.as_ref().and_then(|c| c.dir.clone());
     let mut deployed = match Deployed::deploy(&shards, opts, sb.as_ref(), popts) {
