@@ -34,6 +34,11 @@
 //! instead of cut at exactly 0, and the noise left there lowers SSIM. It
 //! exists to compare with the paper (docs/audit.md), not as the audit's
 //! default.
+//!
+//! [`DecoderShape::Compact`] is the shape of He et al.'s released MNIST
+//! decoders: the table's Conv and Gemm rows only, each pool folded into
+//! the stride of the transposed convolution that mirrors the Conv before
+//! it (the same `output_padding` rule then lands it on the Conv's input).
 
 use mixnn_onnx::{attr_int, attr_ints, i64_tensor, node, value_info};
 use mixnn_shard::pb;
