@@ -57,6 +57,9 @@ pub struct InverseNetConfig {
     pub output: DecoderOutput,
     /// Adam's epsilon (He et al.'s code: 1e-3).
     pub adam_epsilon: f32,
+    /// Adam (the default, as He et al.'s released code) or SGD with
+    /// momentum 0.9 (as their paper's text says).
+    pub optimizer: OptimizerKind,
 }
 
 impl Default for InverseNetConfig {
@@ -71,6 +74,7 @@ impl Default for InverseNetConfig {
             shape: DecoderShape::Mirror,
             output: DecoderOutput::Relu,
             adam_epsilon: TrainConfig::default().epsilon,
+            optimizer: OptimizerKind::Adam,
         }
     }
 }
@@ -300,7 +304,7 @@ impl InverseNet {
             (cfg.shape, cfg.output),
         )?;
         let train_cfg = TrainConfig {
-            optimizer: OptimizerKind::Adam,
+            optimizer: cfg.optimizer,
             learning_rate,
             epsilon: cfg.adam_epsilon,
             seed,

@@ -26,6 +26,12 @@ pub struct RmleConfig {
     pub learning_rate: f32,
     /// Value of every pixel of the starting image.
     pub start: f32,
+    /// Adam's epsilon (He et al.'s code: 1e-3 on their [−1, 1] pixels,
+    /// i.e. 2e-3 on ours).
+    pub adam_epsilon: f32,
+    /// Keep x in `[0, 1]` after every step (the audit's default), or only
+    /// clip the final image, as He et al.'s code does.
+    pub clamp_each_step: bool,
 }
 
 impl Default for RmleConfig {
@@ -35,6 +41,8 @@ impl Default for RmleConfig {
             lambda: 0.05,
             learning_rate: 0.02,
             start: 0.5,
+            adam_epsilon: 1e-8,
+            clamp_each_step: true,
         }
     }
 }
@@ -81,9 +89,10 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
         || cfg.learning_rate <= 0.0
         || cfg.lambda.is_nan()
         || cfg.lambda < 0.0
+        || !(cfg.adam_epsilon.is_finite() && cfg.adam_epsilon > 0.0)
     {
         return Err(AuditError::Config(
-            "rMLE: steps and learning rate must be positive, λ ≥ 0".into(),
+            "rMLE: steps, learning rate and Adam epsilon must be positive, λ ≥ 0".into(),
         ));
     }
     let shape = victim.input_shape().to_vec();
@@ -93,7 +102,9 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
     };
     let n = z.len() / z_len;
     let mut x = vec![cfg.start.clamp(0.0, 1.0); n * per];
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let (b1, b2, eps) = (0.9f32, 0.999f32, cfg.adam_epsilon);
+    let lo = if cfg.clamp_each_step { 0.0 } else { f32::MIN };
+    let hi = if cfg.clamp_each_step { 1.0 } else { f32::MAX };
     let mut m = vec![0.0f32; x.len()];
     let mut v = vec![0.0f32; x.len()];
     let data_scale = 1.0 / z_len as f32;
@@ -107,9 +118,10 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
             m[i] = b1 * m[i] + (1.0 - b1) * g[i];
             v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
             let step = cfg.learning_rate * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
-            x[i] = (x[i] - step).clamp(0.0, 1.0);
+            x[i] = (x[i] - step).clamp(lo, hi);
         }
     }
+    x.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
     Ok(x)
 }
 

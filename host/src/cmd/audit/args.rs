@@ -82,6 +82,10 @@ pub struct AuditArgs {
     /// for `--decoder mirror`, `linear` for `compact`.
     #[arg(long, value_enum)]
     pub decoder_output: Option<DecoderOut>,
+    /// Inverse network: its optimizer, Adam (He et al.'s released code) or
+    /// SGD with momentum 0.9 (their paper's text); `--lr` is its step.
+    #[arg(long, value_enum, default_value_t = DecoderOptimizer::Adam)]
+    pub decoder_optimizer: DecoderOptimizer,
     /// Inverse network: Adam's epsilon. He et al.'s released code trains
     /// its decoders with 1e-3, which turns Adam into a damped SGD wherever
     /// gradients are small.
@@ -96,6 +100,14 @@ pub struct AuditArgs {
     /// rMLE: Adam step size on the pixels.
     #[arg(long, default_value_t = RmleConfig::default().learning_rate)]
     pub rmle_lr: f32,
+    /// rMLE: Adam's epsilon. He et al.'s code: 1e-3 on their [-1, 1]
+    /// pixels, which is 2e-3 on the audit's [0, 1] pixels.
+    #[arg(long, default_value_t = RmleConfig::default().adam_epsilon)]
+    pub rmle_adam_eps: f32,
+    /// rMLE: let x leave [0, 1] during the descent and clip only the final
+    /// image, as He et al.'s code does (default: clamp after every step).
+    #[arg(long)]
+    pub rmle_clip_at_end: bool,
     /// The defence in place: `none`, `keep-first:N` (the designer keeps
     /// the first N shards, so the cut moves after them), or noise on Z_K in
     /// training and inference: `gaussian:σ`, `laplace:b`, `dropout:p`
@@ -141,6 +153,13 @@ pub enum Attack {
 pub enum DecoderOut {
     Relu,
     Linear,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderOptimizer {
+    Adam,
+    Sgd,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -9,7 +9,7 @@ mod args;
 mod defence;
 
 pub use args::AuditArgs;
-use args::{Attack, Aux, Images, SsimRange};
+use args::{Attack, Aux, DecoderOptimizer, Images, SsimRange};
 
 use std::path::Path;
 use std::time::Instant;
@@ -289,6 +289,10 @@ fn attack_one(
                 shape,
                 output,
                 adam_epsilon: a.adam_eps,
+                optimizer: match a.decoder_optimizer {
+                    DecoderOptimizer::Adam => mixnn_layer::OptimizerKind::Adam,
+                    DecoderOptimizer::Sgd => mixnn_layer::OptimizerKind::Sgd,
+                },
             };
             eprintln!(
                 "inverse network: {} {:?} auxiliary images, {} epochs",
@@ -309,7 +313,7 @@ fn attack_one(
                 "batch": a.batch, "lr": a.lr, "seed": a.seed, "max_tries": a.tries,
                 "decoder": a.decoder,
                 "decoder_output": format!("{output:?}").to_lowercase(),
-                "adam_eps": a.adam_eps,
+                "adam_eps": a.adam_eps, "optimizer": a.decoder_optimizer,
             });
             Outcome {
                 recon,
@@ -324,12 +328,15 @@ fn attack_one(
                 steps: a.rmle_steps,
                 lambda: a.rmle_lambda,
                 learning_rate: a.rmle_lr,
+                adam_epsilon: a.rmle_adam_eps,
+                clamp_each_step: !a.rmle_clip_at_end,
                 ..RmleConfig::default()
             };
             let recon = mixnn_audit::rmle(victim, z, &cfg).context("rMLE")?;
             let settings = serde_json::json!({
                 "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
-                "start": cfg.start,
+                "start": cfg.start, "adam_eps": cfg.adam_epsilon,
+                "clamp_each_step": cfg.clamp_each_step,
             });
             Outcome {
                 recon,
