@@ -150,4 +150,34 @@ mod tests {
         }
         assert!(base > 0.0);
     }
+
+    /// He et al.'s variant (clipped only at the end) still returns an
+    /// image in [0, 1] and takes a different path; a zero epsilon is
+    /// refused.
+    #[test]
+    fn clip_at_end_returns_images_in_range_and_bad_epsilon_is_refused() {
+        let model = mixnn_shard::lenet5(1, 1, mixnn_shard::Form::Gemm);
+        let cut = crate::cut(&model, &crate::SplitAt::Node("conv1".into())).unwrap();
+        let mut victim = Victim::new(&cut).unwrap();
+        let x: Vec<f32> = (0..784).map(|i| ((i * 37) % 11) as f32 / 10.0).collect();
+        let z = victim.query(&x).unwrap();
+        let each = RmleConfig {
+            steps: 20,
+            learning_rate: 0.2,
+            ..RmleConfig::default()
+        };
+        let end = RmleConfig {
+            clamp_each_step: false,
+            ..each.clone()
+        };
+        let a = rmle(&mut victim, &z, &each).unwrap();
+        let b = rmle(&mut victim, &z, &end).unwrap();
+        assert!(b.iter().all(|p| (0.0..=1.0).contains(p)));
+        assert_ne!(a, b, "clamping each step changes the descent");
+        let bad = RmleConfig {
+            adam_epsilon: 0.0,
+            ..each
+        };
+        assert!(rmle(&mut victim, &z, &bad).is_err());
+    }
 }
