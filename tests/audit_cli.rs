@@ -84,6 +84,10 @@ fn the_papers_setup_runs_and_the_report_says_so() {
         "--aux-count",
         "256",
         "--epochs",
+        "2",
+        "--decoder-optimizer",
+        "amsgrad",
+        "--lr-halve-every",
         "1",
         "--batch",
         "32",
@@ -111,6 +115,9 @@ fn the_papers_setup_runs_and_the_report_says_so() {
         "compact ends linear"
     );
     assert_eq!(inv["settings"]["aux"], "gaussian");
+    assert_eq!(inv["settings"]["optimizer"], "amsgrad");
+    let loss = inv["epoch_loss"].as_array().unwrap();
+    assert_eq!(loss.len(), 2, "two epochs, the second at half the step");
     for a in v["attacks"].as_array().unwrap() {
         let s = a["mean_ssim"].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&s), "{a}");

@@ -30,6 +30,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
+use crate::amsgrad::AmsGrad;
 use crate::collapse::{Collapse, Health, mean_image};
 use crate::{AuditError, Cut, DecoderOutput, DecoderShape, Victim};
 
@@ -60,6 +61,12 @@ pub struct InverseNetConfig {
     /// Adam (the default, as He et al.'s released code) or SGD with
     /// momentum 0.9 (as their paper's text says).
     pub optimizer: OptimizerKind,
+    /// Adam with AMSGrad instead (He et al.'s code; `optimizer` is then
+    /// ignored), run by the audit ([`crate::amsgrad`]).
+    pub amsgrad: bool,
+    /// Halve the step size after every this many epochs (0: never; He et
+    /// al.'s code: 10 or 20).
+    pub halve_every: usize,
 }
 
 impl Default for InverseNetConfig {
@@ -75,6 +82,8 @@ impl Default for InverseNetConfig {
             output: DecoderOutput::Relu,
             adam_epsilon: TrainConfig::default().epsilon,
             optimizer: OptimizerKind::Adam,
+            amsgrad: false,
+            halve_every: 0,
         }
     }
 }
@@ -336,7 +345,13 @@ impl InverseNet {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut order: Vec<usize> = (0..n).collect();
         let mut x = Vec::with_capacity(cfg.batch * per);
+        let mut ams = cfg.amsgrad.then(|| AmsGrad::new(cfg.adam_epsilon));
+        let mut lr = learning_rate;
         for epoch in 1..=cfg.epochs {
+            if cfg.halve_every > 0 && epoch > 1 && (epoch - 1) % cfg.halve_every == 0 {
+                lr /= 2.0;
+                net.decoder.set_learning_rate(lr)?;
+            }
             order.shuffle(&mut rng);
             let (mut total, mut steps) = (0.0, 0usize);
             let mut alive = false;
@@ -353,7 +368,10 @@ impl InverseNet {
                 let grad =
                     Tensor::new(x_shape.clone(), grad).map_err(mixnn_layer::LayerError::from)?;
                 net.decoder.backward(grad)?;
-                net.decoder.step()?;
+                match ams.as_mut() {
+                    Some(a) => a.step(&mut net.decoder, lr)?,
+                    None => net.decoder.step()?,
+                }
                 total += loss;
                 steps += 1;
             }

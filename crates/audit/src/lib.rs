@@ -26,6 +26,7 @@
 //!
 //! [`Layer`]: mixnn_layer::Layer
 
+mod amsgrad;
 pub mod collapse;
 pub mod cut;
 pub mod decoder;

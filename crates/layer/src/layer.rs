@@ -1,6 +1,8 @@
 //! The layer state machine: load → (forward → [loss] → backward → step)* ,
 //! with `infer` and parameter export/import at any time.
 
+mod external;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -82,10 +82,15 @@ pub struct AuditArgs {
     /// for `--decoder mirror`, `linear` for `compact`.
     #[arg(long, value_enum)]
     pub decoder_output: Option<DecoderOut>,
-    /// Inverse network: its optimizer, Adam (He et al.'s released code) or
-    /// SGD with momentum 0.9 (their paper's text); `--lr` is its step.
+    /// Inverse network: its optimizer, Adam, Adam with AMSGrad (He et
+    /// al.'s released code) or SGD with momentum 0.9 (their paper's
+    /// text); `--lr` is its step.
     #[arg(long, value_enum, default_value_t = DecoderOptimizer::Adam)]
     pub decoder_optimizer: DecoderOptimizer,
+    /// Inverse network: halve the step size after every N epochs (0:
+    /// never; He et al.'s code: 10 or 20).
+    #[arg(long, default_value_t = 0)]
+    pub lr_halve_every: usize,
     /// Inverse network: Adam's epsilon. He et al.'s released code trains
     /// its decoders with 1e-3, which turns Adam into a damped SGD wherever
     /// gradients are small.
@@ -160,6 +165,7 @@ pub enum DecoderOut {
 pub enum DecoderOptimizer {
     Adam,
     Sgd,
+    Amsgrad,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -290,9 +290,11 @@ fn attack_one(
                 output,
                 adam_epsilon: a.adam_eps,
                 optimizer: match a.decoder_optimizer {
-                    DecoderOptimizer::Adam => mixnn_layer::OptimizerKind::Adam,
                     DecoderOptimizer::Sgd => mixnn_layer::OptimizerKind::Sgd,
+                    _ => mixnn_layer::OptimizerKind::Adam,
                 },
+                amsgrad: a.decoder_optimizer == DecoderOptimizer::Amsgrad,
+                halve_every: a.lr_halve_every,
             };
             eprintln!(
                 "inverse network: {} {:?} auxiliary images, {} epochs",
@@ -314,6 +316,7 @@ fn attack_one(
                 "decoder": a.decoder,
                 "decoder_output": format!("{output:?}").to_lowercase(),
                 "adam_eps": a.adam_eps, "optimizer": a.decoder_optimizer,
+                "lr_halve_every": a.lr_halve_every,
             });
             Outcome {
                 recon,
