@@ -32,6 +32,9 @@ pub struct RmleConfig {
     /// Keep x in `[0, 1]` after every step (the audit's default), or only
     /// clip the final image, as He et al.'s code does.
     pub clamp_each_step: bool,
+    /// Adam with AMSGrad (the largest second moment so far), as He et
+    /// al.'s code.
+    pub amsgrad: bool,
 }
 
 impl Default for RmleConfig {
@@ -43,6 +46,7 @@ impl Default for RmleConfig {
             start: 0.5,
             adam_epsilon: 1e-8,
             clamp_each_step: true,
+            amsgrad: false,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
     let hi = if cfg.clamp_each_step { 1.0 } else { f32::MAX };
     let mut m = vec![0.0f32; x.len()];
     let mut v = vec![0.0f32; x.len()];
+    let mut v_max = vec![0.0f32; if cfg.amsgrad { x.len() } else { 0 }];
     let data_scale = 1.0 / z_len as f32;
     let tv_scale = cfg.lambda / (h * w) as f32;
     for t in 1..=cfg.steps {
@@ -117,7 +122,14 @@ pub fn rmle(victim: &mut Victim, z: &[f32], cfg: &RmleConfig) -> Result<Vec<f32>
         for i in 0..x.len() {
             m[i] = b1 * m[i] + (1.0 - b1) * g[i];
             v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            let step = cfg.learning_rate * (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
+            let second = match v_max.get_mut(i) {
+                Some(vm) => {
+                    *vm = vm.max(v[i]);
+                    *vm
+                }
+                None => v[i],
+            };
+            let step = cfg.learning_rate * (m[i] / c1) / ((second / c2).sqrt() + eps);
             x[i] = (x[i] - step).clamp(lo, hi);
         }
     }
@@ -174,6 +186,13 @@ mod tests {
         let b = rmle(&mut victim, &z, &end).unwrap();
         assert!(b.iter().all(|p| (0.0..=1.0).contains(p)));
         assert_ne!(a, b, "clamping each step changes the descent");
+        let ams = RmleConfig {
+            amsgrad: true,
+            ..end.clone()
+        };
+        let c = rmle(&mut victim, &z, &ams).unwrap();
+        assert!(c.iter().all(|p| (0.0..=1.0).contains(p)));
+        assert_ne!(b, c, "AMSGrad takes other steps");
         let bad = RmleConfig {
             adam_epsilon: 0.0,
             ..each

@@ -113,6 +113,9 @@ pub struct AuditArgs {
     /// image, as He et al.'s code does (default: clamp after every step).
     #[arg(long)]
     pub rmle_clip_at_end: bool,
+    /// rMLE: Adam with AMSGrad, as He et al.'s code.
+    #[arg(long)]
+    pub rmle_amsgrad: bool,
     /// The defence in place: `none`, `keep-first:N` (the designer keeps
     /// the first N shards, so the cut moves after them), or noise on Z_K in
     /// training and inference: `gaussian:σ`, `laplace:b`, `dropout:p`

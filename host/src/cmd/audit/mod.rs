@@ -333,13 +333,14 @@ fn attack_one(
                 learning_rate: a.rmle_lr,
                 adam_epsilon: a.rmle_adam_eps,
                 clamp_each_step: !a.rmle_clip_at_end,
+                amsgrad: a.rmle_amsgrad,
                 ..RmleConfig::default()
             };
             let recon = mixnn_audit::rmle(victim, z, &cfg).context("rMLE")?;
             let settings = serde_json::json!({
                 "steps": cfg.steps, "lambda": cfg.lambda, "lr": cfg.learning_rate,
                 "start": cfg.start, "adam_eps": cfg.adam_epsilon,
-                "clamp_each_step": cfg.clamp_each_step,
+                "clamp_each_step": cfg.clamp_each_step, "amsgrad": cfg.amsgrad,
             });
             Outcome {
                 recon,
