@@ -85,12 +85,6 @@ impl Spares {
         }
     }
 
-    /// A node marked failed was cleared (a replica check found the other
-    /// node the liar): it may be chosen again.
-    pub fn clear_failed(&mut self, id: &[u8; 32]) {
-        self.failed.retain(|f| f != id);
-    }
-
     /// The nodes that failed in this job, in the order they failed.
     pub fn failed(&self) -> &[[u8; 32]] {
         &self.failed
@@ -253,12 +247,6 @@ impl PoolCascade {
             return Err(PoolError::NoWitness.into());
         }
         self.replace_failed(t)
-    }
-
-    /// Takes back [`Self::replace_liar`]'s verdict on node `id`: a replica
-    /// check named the other replica's node instead.
-    pub(super) fn clear_liar(&mut self, id: &[u8; 32]) {
-        self.spares.clear_failed(id);
     }
 
     /// The first hop, probing outward from hop 0, that does not answer;

@@ -20,9 +20,7 @@
 //!   replaced in turn.
 //!
 //! Each verdict is a [`Detection`]; every replaced node is excluded for the
-//! rest of the job, except replica A's node of a parting that the third
-//! replica clears (B's node was the liar): it may serve again. The two
-//! replicas never share a node.
+//! rest of the job, and the two replicas never share a node.
 
 use std::time::Instant;
 
@@ -62,9 +60,6 @@ struct Pending {
     hop: usize,
     step: u64,
     a_node: String,
-    /// Replica A's node of that position, replaced on suspicion: cleared
-    /// again if replica B's node turns out the liar.
-    a_id: Option<[u8; 32]>,
     b_node: String,
 }
 
@@ -273,12 +268,6 @@ impl Replicated {
             Finding::Replicas { hop } => match self.pending.take_if(|p| p.hop == hop) {
                 Some(p) => {
                     let r = self.replace(Side::B, hop, step)?;
-                    // A's node answered as the fresh one did: it was honest.
-                    if let Some(id) = p.a_id {
-                        self.excluded.retain(|x| *x != id);
-                        self.a.clear_liar(&id);
-                        self.share_avoid();
-                    }
                     self.detections.push(Detection {
                         step: p.step,
                         hop: Some(hop),
@@ -286,11 +275,9 @@ impl Replicated {
                         how: format!(
                             "replicas parted at hop {} at step {}; a third replica on a fresh \
                              node in replica A's place parted from replica B's node again at \
-                             step {step}; replica A's first node {} is cleared and may serve \
-                             again",
+                             step {step}",
                             hop + 1,
-                            p.step,
-                            p.a_node
+                            p.step
                         ),
                     });
                     r
@@ -298,12 +285,10 @@ impl Replicated {
                 None => {
                     let (_, a_node) = self.a.describe_hop(hop);
                     let (_, b_node) = self.b.describe_hop(hop);
-                    let a_id = self.a.node_ids().get(hop).copied();
                     self.pending = Some(Pending {
                         hop,
                         step,
                         a_node,
-                        a_id,
                         b_node,
                     });
                     self.replace(Side::A, hop, step)?
