@@ -69,6 +69,18 @@ impl AmsGrad {
     }
 }
 
+/// The step size of (1-based) `epoch` when it halves after every `every`
+/// epochs (0: never), as He et al.'s code schedules it; it stops at the
+/// smallest normal f32 rather than reaching 0.
+pub fn halved(base: f32, epoch: usize, every: usize) -> f32 {
+    if every == 0 {
+        return base;
+    }
+    let halvings = epoch.saturating_sub(1) / every;
+    let shift = i32::try_from(halvings).unwrap_or(i32::MAX);
+    (base * 0.5f32.powi(shift)).max(f32::MIN_POSITIVE)
+}
+
 /// One parameter's moments.
 struct Moments<'a> {
     m: &'a mut [f32],
@@ -92,6 +104,41 @@ fn update(w: &mut [f32], g: &[f32], s: Moments<'_>, (lr, c1, c2, eps): (f32, f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Worked by hand from PyTorch's formula (lr 0.1, ε 1e-8): a gradient
+    /// of 1, then 0. Step 1: m = 0.1, v = v̂ = 0.001, w = 1 − 0.1 = 0.9.
+    /// Step 2: m = 0.09, v = 0.000999 but v̂ stays 0.001, c1 = 0.19,
+    /// c2 = √0.001999: w = 0.9 − (0.1/0.19)·0.09/(√0.001/√0.001999)
+    /// = 0.833027 (Adam, with v, would give 0.832994).
+    #[test]
+    fn two_steps_land_on_the_hand_computed_values() {
+        let (mut m, mut v, mut vm) = ([0.0f32], [0.0f32], [0.0f32]);
+        let mut w = [1.0f32];
+        let mut after = Vec::new();
+        for (t, g) in [(1i32, 1.0f32), (2, 0.0)] {
+            let c1 = 1.0 - 0.9f32.powi(t);
+            let c2 = (1.0 - 0.999f32.powi(t)).sqrt();
+            let s = Moments {
+                m: &mut m,
+                v: &mut v,
+                v_max: &mut vm,
+            };
+            update(&mut w, &[g], s, (0.1, c1, c2, 1e-8));
+            after.push(w[0]);
+        }
+        assert!((after[0] - 0.9).abs() < 1e-6, "{after:?}");
+        assert!((after[1] - 0.833_027).abs() < 2e-6, "{after:?}");
+    }
+
+    #[test]
+    fn the_step_halves_on_schedule_and_never_reaches_zero() {
+        assert_eq!(halved(1e-3, 1, 0), 1e-3);
+        assert_eq!(halved(1e-3, 50, 0), 1e-3);
+        assert_eq!(halved(1.0, 10, 10), 1.0);
+        assert_eq!(halved(1.0, 11, 10), 0.5);
+        assert_eq!(halved(1.0, 21, 10), 0.25);
+        assert!(halved(1e-3, 10_000, 1) > 0.0);
+    }
 
     /// Two steps by hand (PyTorch's formula): a gradient, then none
     /// (momentum moves on); the second step divides by the first's larger second

@@ -348,8 +348,9 @@ impl InverseNet {
         let mut ams = cfg.amsgrad.then(|| AmsGrad::new(cfg.adam_epsilon));
         let mut lr = learning_rate;
         for epoch in 1..=cfg.epochs {
-            if cfg.halve_every > 0 && epoch > 1 && (epoch - 1) % cfg.halve_every == 0 {
-                lr /= 2.0;
+            let now = crate::amsgrad::halved(learning_rate, epoch, cfg.halve_every);
+            if now != lr {
+                lr = now;
                 net.decoder.set_learning_rate(lr)?;
             }
             order.shuffle(&mut rng);

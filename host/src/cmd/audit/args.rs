@@ -50,7 +50,9 @@ pub struct AuditArgs {
     pub images: Images,
     /// SSIM's data range: 1, the images' range (`one`), or each
     /// reconstruction's own max − min after clipping to [0, 1]
-    /// (`reconstruction`), as He et al.'s code scores. PSNR always uses 1.
+    /// (`reconstruction`), as He et al.'s code scores; a constant
+    /// reconstruction, which has no range, is scored with 1. PSNR always
+    /// uses 1.
     #[arg(long, value_enum, default_value_t = SsimRange::One)]
     pub ssim_range: SsimRange,
     /// Inverse network: passes over the auxiliary data.
@@ -59,7 +61,8 @@ pub struct AuditArgs {
     /// Inverse network: mini-batch size.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Inverse network: Adam step size.
+    /// Inverse network: the optimizer's step size (Adam, AMSGrad or SGD,
+    /// `--decoder-optimizer`).
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f32,
     /// Inverse network: trainings at most. A decoder that collapsed (dead

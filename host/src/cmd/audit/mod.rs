@@ -76,7 +76,7 @@ struct SweepReport {
 const HALF_TEST: usize = 5000;
 
 pub fn run(a: AuditArgs) -> Result<()> {
-    if a.count == 0 || a.count > HALF_TEST {
+    if a.images == Images::First && (a.count == 0 || a.count > HALF_TEST) {
         bail!("--count must be in 1..={HALF_TEST} (the first half of the test set)");
     }
     let mnist = mixnn_data::load_mnist(&a.data)
@@ -489,7 +489,12 @@ fn score(
         let s = match range {
             SsimRange::One => mixnn_audit::ssim(o, r, rows, cols)?,
             SsimRange::Reconstruction => {
+                // A constant reconstruction (a collapsed decoder's black
+                // image) has no range: score it on the images' range, 1,
+                // rather than stop the audit (scikit-image would divide
+                // by zero).
                 let dr = mixnn_audit::reconstruction_range(r);
+                let dr = if dr > 0.0 { dr } else { 1.0 };
                 mixnn_audit::ssim_with_range(o, r, rows, cols, dr)?
             }
         };
