@@ -86,17 +86,11 @@ pub struct WireTensor {
 }
 
 impl WireTensor {
-    /// Encodes `data` as [`TensorData::Unit8`] when every value is exactly
-    /// `k / 255.0` for a byte k, else as f32.
+    /// Encodes `data` as [`TensorData::Unit8`] when every value is, bit for
+    /// bit, `k / 255.0` for a byte k (so `-0.0`, which equals `0.0` but is
+    /// not its bits, stays f32), else as f32.
     pub fn compact(shape: Vec<u32>, data: Vec<f32>) -> WireTensor {
-        let bytes: Option<Vec<u8>> = data
-            .iter()
-            .map(|&v| {
-                let k = (v * 255.0).round();
-                ((0.0..=255.0).contains(&k) && f32::from(k as u8) / 255.0 == v).then_some(k as u8)
-            })
-            .collect();
-        let data = match bytes {
+        let data = match unit8_bytes(&data) {
             Some(b) => TensorData::Unit8(b),
             None => TensorData::F32(data),
         };
@@ -117,6 +111,35 @@ impl WireTensor {
             TensorData::Unit8(b) => b.len(),
         }
     }
+}
+
+/// Values per block of [`unit8_bytes`]: long enough for the compiler to
+/// vectorise the block, short enough that an activation (which fails on an
+/// early value) is given up after a few hundred values, not the whole tensor.
+const UNIT8_BLOCK: usize = 256;
+
+/// The bytes k with `k / 255.0 == v` bit for bit for every value, or `None`.
+/// Every value of a block is checked without branching (no libm call, no
+/// early exit inside the block), so the designer's image batches, the one
+/// tensor that compacts in full on every step, cost a vectorised pass.
+fn unit8_bytes(data: &[f32]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; data.len()];
+    for (bytes, values) in out.chunks_mut(UNIT8_BLOCK).zip(data.chunks(UNIT8_BLOCK)) {
+        let mut exact = true;
+        for (b, &v) in bytes.iter_mut().zip(values) {
+            // The candidate byte: a saturating cast, so NaN, negatives and
+            // values past 1 give a byte the check below refuses (or, for
+            // `+0.0` and `1.0`, the right one). For v = k/255 the product is
+            // within an ulp of k, so adding a half and truncating gives k.
+            let k = (v * 255.0 + 0.5) as u8;
+            exact &= (f32::from(k) / 255.0).to_bits() == v.to_bits();
+            *b = k;
+        }
+        if !exact {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// A layer's tensor as it travels: compact ([`WireTensor::compact`]), so an

@@ -47,3 +47,51 @@ fn f32_tensors_travel_as_exact_little_endian_bytes() {
     // A truncated tensor is refused, not read short.
     assert!(JobPayload::decode(&bytes[..bytes.len() / 2]).is_err());
 }
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A compacted tensor reads back bit for bit, whichever encoding it took.
+fn round_trip(values: Vec<f32>) -> TensorData {
+    let wire = WireTensor::compact(vec![values.len() as u32], values.clone());
+    let data = wire.data.clone();
+    assert_eq!(bits(&wire.into_f32()), bits(&values));
+    data
+}
+
+#[test]
+fn every_byte_over_255_compacts_to_that_byte() {
+    let values: Vec<f32> = (0..=255u8).map(|k| f32::from(k) / 255.0).collect();
+    assert_eq!(round_trip(values), TensorData::Unit8((0..=255).collect()));
+}
+
+#[test]
+fn values_that_are_not_a_byte_over_255_stay_f32() {
+    let one_ulp_up = f32::from_bits((100.0f32 / 255.0).to_bits() + 1);
+    let off = [-0.0, f32::NAN, -1.0 / 255.0, 1.0 + f32::EPSILON, 0.5, one_ulp_up, 2.0];
+    for v in off {
+        let data = round_trip(vec![0.0, 1.0, v]);
+        assert!(matches!(data, TensorData::F32(_)), "{v:e} was compacted");
+    }
+    // One bad value past the first block, at the very end, still counts.
+    let mut long: Vec<f32> = (0..1000).map(|i| f32::from((i % 256) as u8) / 255.0).collect();
+    assert!(matches!(round_trip(long.clone()), TensorData::Unit8(_)));
+    long.push(0.25);
+    assert!(matches!(round_trip(long), TensorData::F32(_)));
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_values_compact_and_read_back_bit_for_bit(raw in proptest::collection::vec(proptest::num::u32::ANY, 0..600)) {
+        round_trip(raw.into_iter().map(f32::from_bits).collect());
+    }
+
+    #[test]
+    fn bytes_mixed_with_one_other_value_read_back(bytes in proptest::collection::vec(proptest::num::u8::ANY, 1..600), other in proptest::num::u32::ANY, at in 0usize..600) {
+        let mut values: Vec<f32> = bytes.iter().map(|&k| f32::from(k) / 255.0).collect();
+        let at = at % values.len();
+        values[at] = f32::from_bits(other);
+        round_trip(values);
+    }
+}

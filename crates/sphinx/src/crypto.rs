@@ -6,7 +6,7 @@ use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::IsIdentity;
+use curve25519_dalek::traits::{Identity, IsIdentity};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -89,7 +89,16 @@ pub(crate) fn encode_secret(p: &EdwardsPoint) -> Result<[u8; 32]> {
     if p.is_identity() {
         return Err(SphinxError::Malformed("degenerate shared secret"));
     }
-    let mut b = p.compress().to_bytes();
+    encode_compressed_secret(p.compress())
+}
+
+/// [`encode_secret`] of a point already compressed (the designer compresses
+/// α and the secret of a hop together, one field inversion for both).
+pub(crate) fn encode_compressed_secret(c: CompressedEdwardsY) -> Result<[u8; 32]> {
+    if bool::from(c.as_bytes().ct_eq(CompressedEdwardsY::identity().as_bytes())) {
+        return Err(SphinxError::Malformed("degenerate shared secret"));
+    }
+    let mut b = c.to_bytes();
     b[31] &= 0x7f;
     Ok(b)
 }

@@ -13,7 +13,10 @@ use curve25519_dalek::scalar::Scalar;
 use rand::{CryptoRng, RngCore};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::{HopKeys, decode_alpha, encode_secret, header_mac, mac_eq, xor_keystream};
+use crate::crypto::{
+    HopKeys, decode_alpha, encode_compressed_secret, encode_secret, header_mac, mac_eq,
+    xor_keystream,
+};
 use crate::error::{Result, SphinxError};
 use crate::geometry::{ALPHA_LEN, Geometry, HEADER_PREFIX_LEN, MAC_LEN};
 use crate::keys::{MixKeyPair, MixPublicKey, epoch_hint};
@@ -141,8 +144,11 @@ pub(crate) fn build_header<R: RngCore + CryptoRng + ?Sized>(
     let mut alphas = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     for hop in route {
-        let alpha = EdwardsPoint::mul_base(&c).compress().to_bytes();
-        let s = encode_secret(&(hop.mix_key.edwards() * c))?;
+        // α and the secret compressed together: one field inversion for both.
+        let [alpha, secret] =
+            EdwardsPoint::compress_batch(&[EdwardsPoint::mul_base(&c), hop.mix_key.edwards() * c]);
+        let alpha = alpha.to_bytes();
+        let s = encode_compressed_secret(secret)?;
         let k = HopKeys::derive(&s, &alpha);
         c *= k.blind;
         alphas.push(alpha);
