@@ -173,7 +173,11 @@ pub struct DemoReport {
     /// The test set through the trained cascade one batch at a time and
     /// with `--test-window` in flight (a run without kills or replicas).
     pub test_phase: Option<super::infer::WindowComparison>,
+    /// How busy the machine's cores were over the distributed run's first
+    /// epoch of training steps (an undisturbed run, on Linux).
+    pub training_cpu: Option<super::cpu::TrainingCpu>,
 }
+
 
 pub fn run(a: DemoArgs) -> Result<()> {
     super::harness::exit_on_interrupt()?;
@@ -234,19 +238,24 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ..PoolArgs::local(pool.bootstrap_addr(), a.dummies, class)
     };
     let mut test_phase = None;
+    let mut training_cpu = None;
     let (distributed, _) = if a.kills.is_empty() && !verify {
         let popts = super::pool::pool_options(&pool_args, &opts);
         let mut printer = super::progress::Printer::new();
+        let mut cpu = super::cpu::FirstEpochCpu::new(&mut printer);
         let run = super::pool::JobRun {
             ck: None,
-            observer: &mut printer,
+            observer: &mut cpu,
             trusted_branch: a.trusted_branch.clone(),
             serve: super::pool::Serve {
                 compare: Some(&mut test_phase),
                 ..super::pool::Serve::of(&pool_args)
             },
         };
-        super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?
+        let out =
+            super::pool::train_on_pool_job(&model, &data, &opts, &popts, &a.sandbox, None, run)?;
+        training_cpu = cpu.training();
+        out
     } else {
         let popts = super::pool::pool_options(&pool_args, &opts);
         let mut observer = chaos::ChaosObserver::new(&mut chaos);
@@ -311,6 +320,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     report.kills = kills;
     report.test_phase = test_phase;
+    report.training_cpu = training_cpu;
     print_comparison(&report);
     plot(&report, &a.plot)?;
     println!("plot written to {}", a.plot.display());
@@ -373,6 +383,7 @@ fn compare(
             .collect(),
         kills: Vec::new(),
         test_phase: None,
+        training_cpu: None,
         time_ratio_wasm: distributed.train_seconds / wasm.train_seconds,
         time_ratio_native: distributed.train_seconds / native.train_seconds,
         per_hop_overhead_us,
@@ -444,6 +455,15 @@ fn print_comparison(r: &DemoReport) {
             native.final_test_accuracy * 100.0
         ),
     );
+    if let Some(c) = &r.training_cpu {
+        row(
+            "cores busy while training",
+            format!(
+                "{:.2} of {}  (CPU {:.2} ms and wall {:.2} ms per step, over {} steps)",
+                c.cores.cores_busy, c.cores.cores, c.cpu_ms_per_step, c.wall_ms_per_step, c.steps
+            ),
+        );
+    }
     let yes = |b: bool| if b { "yes" } else { "no" };
     row(
         "bit-identical to wasm",

@@ -28,6 +28,8 @@ use mixnn_designer::pool::PoolCascade;
 use mixnn_designer::{EngineKind, Model, TrainOptions};
 use serde::Serialize;
 
+use super::cpu::CpuUse;
+
 use super::{KernelsArg, SandboxArgs};
 
 #[derive(Args)]
@@ -148,6 +150,14 @@ pub struct WindowComparison {
     /// Every output of the pipelined pass equals the sequential one's, bit
     /// for bit (and so the accuracy).
     pub identical_outputs: bool,
+    /// How busy the machine's cores were in each pass (absent off Linux).
+    pub sequential_cpu: Option<super::cpu::CpuUse>,
+    pub pipelined_cpu: Option<super::cpu::CpuUse>,
+    /// The speed-up a window could reach on this machine at the pipelined
+    /// pass's CPU per batch if it kept every core busy: cores × sequential
+    /// seconds ÷ pipelined CPU seconds. A speed-up close to it means the
+    /// pipelined pass is limited by CPU, not by waiting.
+    pub speedup_ceiling: Option<f64>,
 }
 
 /// Runs the test set (`opts.test_limit` of it) through `c` one batch at a
@@ -162,11 +172,18 @@ pub fn compare_windows(
     let test = limited(&data.test, opts.test_limit);
     let before = c.test_window();
     c.set_test_window(1);
+    let cpu = super::cpu::CpuSample::now();
     let seq = run_test_set(c, &test, sample, opts.eval_batch, false);
+    let seq_cpu = cpu.and_then(|s| s.until_now());
     c.set_test_window(window);
+    let cpu = super::cpu::CpuSample::now();
     let pipe = run_test_set(c, &test, sample, opts.eval_batch, false);
+    let pipe_cpu = cpu.and_then(|s| s.until_now());
     c.set_test_window(before);
     let (seq, pipe) = (seq?, pipe?);
+    let ceiling = pipe_cpu
+        .filter(|u| u.cpu_seconds > 0.0)
+        .map(|u| u.cores as f64 * seq.seconds / u.cpu_seconds);
     println!(
         "test phase of {} samples: one batch at a time {:.2}s, {} in flight {:.2}s ({:.1}x), \
          outputs identical: {}",
@@ -177,6 +194,7 @@ pub fn compare_windows(
         seq.seconds / pipe.seconds.max(1e-9),
         seq.outputs == pipe.outputs
     );
+    print_cores(test.count.div_ceil(opts.eval_batch.max(1)), seq_cpu, pipe_cpu, ceiling);
     Ok(WindowComparison {
         samples: test.count,
         batch: opts.eval_batch,
@@ -186,7 +204,27 @@ pub fn compare_windows(
         speedup: seq.seconds / pipe.seconds.max(1e-9),
         accuracy: pipe.accuracy(),
         identical_outputs: seq.outputs == pipe.outputs && seq.correct == pipe.correct,
+        sequential_cpu: seq_cpu,
+        pipelined_cpu: pipe_cpu,
+        speedup_ceiling: ceiling,
     })
+}
+
+/// The cores line under the test phase's comparison, when it was measured.
+fn print_cores(batches: usize, seq: Option<CpuUse>, pipe: Option<CpuUse>, ceiling: Option<f64>) {
+    let (Some(s), Some(p), Some(c)) = (seq, pipe, ceiling) else {
+        return;
+    };
+    let per_batch = |u: CpuUse| 1e3 * u.cpu_seconds / batches.max(1) as f64;
+    println!(
+        "  cores busy (of {}): one at a time {:.2}, in flight {:.2}; CPU per batch {:.2} ms and \
+         {:.2} ms; ceiling of a window on this machine {c:.1}x",
+        s.cores,
+        s.cores_busy,
+        p.cores_busy,
+        per_batch(s),
+        per_batch(p),
+    );
 }
 
 fn limited(d: &Dataset, n: Option<usize>) -> Dataset {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_scale;
 pub mod bident_table;
 pub mod bootstrap;
+pub mod cpu;
 pub mod demo;
 pub mod fork;
 pub mod harness;
