@@ -69,13 +69,23 @@ fn every_byte_over_255_compacts_to_that_byte() {
 #[test]
 fn values_that_are_not_a_byte_over_255_stay_f32() {
     let one_ulp_up = f32::from_bits((100.0f32 / 255.0).to_bits() + 1);
-    let off = [-0.0, f32::NAN, -1.0 / 255.0, 1.0 + f32::EPSILON, 0.5, one_ulp_up, 2.0];
+    let off = [
+        -0.0,
+        f32::NAN,
+        -1.0 / 255.0,
+        1.0 + f32::EPSILON,
+        0.5,
+        one_ulp_up,
+        2.0,
+    ];
     for v in off {
         let data = round_trip(vec![0.0, 1.0, v]);
         assert!(matches!(data, TensorData::F32(_)), "{v:e} was compacted");
     }
     // One bad value past the first block, at the very end, still counts.
-    let mut long: Vec<f32> = (0..1000).map(|i| f32::from((i % 256) as u8) / 255.0).collect();
+    let mut long: Vec<f32> = (0..1000)
+        .map(|i| f32::from((i % 256) as u8) / 255.0)
+        .collect();
     assert!(matches!(round_trip(long.clone()), TensorData::Unit8(_)));
     long.push(0.25);
     assert!(matches!(round_trip(long), TensorData::F32(_)));

@@ -95,7 +95,10 @@ pub(crate) fn encode_secret(p: &EdwardsPoint) -> Result<[u8; 32]> {
 /// [`encode_secret`] of a point already compressed (the designer compresses
 /// α and the secret of a hop together, one field inversion for both).
 pub(crate) fn encode_compressed_secret(c: CompressedEdwardsY) -> Result<[u8; 32]> {
-    if bool::from(c.as_bytes().ct_eq(CompressedEdwardsY::identity().as_bytes())) {
+    if bool::from(
+        c.as_bytes()
+            .ct_eq(CompressedEdwardsY::identity().as_bytes()),
+    ) {
         return Err(SphinxError::Malformed("degenerate shared secret"));
     }
     let mut b = c.to_bytes();

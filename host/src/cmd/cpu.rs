@@ -83,7 +83,10 @@ fn parse_proc_stat(text: &str) -> Option<(u64, u64, usize)> {
     if fields.next()? != "cpu" {
         return None;
     }
-    let v: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
     let &[user, nice, system, idle, iowait, irq, softirq, steal] = v.as_slice() else {
         return None;
     };

@@ -178,7 +178,6 @@ pub struct DemoReport {
     pub training_cpu: Option<super::cpu::TrainingCpu>,
 }
 
-
 pub fn run(a: DemoArgs) -> Result<()> {
     super::harness::exit_on_interrupt()?;
     let data = super::load_mnist(&a.data.clone().unwrap_or_else(super::default_data_dir))?;

@@ -194,7 +194,12 @@ pub fn compare_windows(
         seq.seconds / pipe.seconds.max(1e-9),
         seq.outputs == pipe.outputs
     );
-    print_cores(test.count.div_ceil(opts.eval_batch.max(1)), seq_cpu, pipe_cpu, ceiling);
+    print_cores(
+        test.count.div_ceil(opts.eval_batch.max(1)),
+        seq_cpu,
+        pipe_cpu,
+        ceiling,
+    );
     Ok(WindowComparison {
         samples: test.count,
         batch: opts.eval_batch,
