@@ -13,7 +13,10 @@
 //!
 //! After criterion's report, the bench prints a table of medians measured in
 //! one interleaved loop and the ratio ours ÷ nym (SPEC §11: ≤ 0.5×), then the
-//! relay throughput over distinct packets with one replay cache.
+//! relay throughput over distinct packets with one replay cache, and what
+//! the curve arithmetic of one hop costs alone (the floor of a hop's
+//! header work: decompress α, the shared secret, its encoding, the
+//! blinding, the next α).
 
 // Tests fail by panicking: unwrap, expect and panic! are how they report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -265,6 +268,67 @@ fn throughput() {
     }
 }
 
+/// Median µs of `f` over `n` calls (after a tenth as warm-up).
+fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let mut v: Vec<Duration> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    median(&mut v).as_secs_f64() * 1e6
+}
+
+/// The curve operations a hop's header costs, each alone, and their sum
+/// against the measured per-hop processing: what no change above the curve
+/// arithmetic can remove (PROTOCOL.md §10, docs/performance.md).
+fn curve_floor() {
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use curve25519_dalek::scalar::Scalar;
+    const N: u32 = 20_000;
+    let x = Scalar::from_bytes_mod_order([7; 32]);
+    let p = EdwardsPoint::mul_base(&x);
+    let c = p.compress();
+    let ops = [
+        (
+            "decompress α",
+            per_call(N, || _ = black_box(black_box(c).decompress())),
+        ),
+        (
+            "shared secret (clamped multiplication)",
+            per_call(N, || _ = black_box(black_box(p).mul_clamped([9; 32]))),
+        ),
+        (
+            "encode the secret (compress)",
+            per_call(N, || _ = black_box(black_box(p).compress())),
+        ),
+        (
+            "blinding (scalar multiplication)",
+            per_call(N, || _ = black_box(black_box(p) * black_box(x))),
+        ),
+        (
+            "encode the next α (compress)",
+            per_call(N, || _ = black_box(black_box(p).compress())),
+        ),
+    ];
+    println!(
+        "\ncurve work of one hop, medians of {N} calls each (the designer's fixed-base multiplication: {:.1} µs)",
+        per_call(N, || _ = black_box(EdwardsPoint::mul_base(black_box(&x))))
+    );
+    for (name, us) in &ops {
+        println!("  {name:<40} {us:>6.1} µs");
+    }
+    println!(
+        "  {:<40} {:>6.1} µs",
+        "sum",
+        ops.iter().map(|(_, us)| us).sum::<f64>()
+    );
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -275,4 +339,5 @@ fn main() {
     c.final_summary();
     ratio_table();
     throughput();
+    curve_floor();
 }

@@ -16,9 +16,12 @@ use crate::DataError;
 /// Element type code of unsigned bytes, the only one MNIST uses.
 const UBYTE: u8 = 0x08;
 
-/// Largest data payload we accept from one file (4 GiB). MNIST's largest
-/// file is 47 MB; the cap keeps a hostile header from asking for more.
-pub const MAX_IDX_BYTES: u64 = 1 << 32;
+/// Largest data payload we accept from one file (1 GiB). MNIST's largest
+/// file is 47 MB; the cap keeps a hostile header (or a small gzip file that
+/// inflates to an honest but huge header's worth) from asking for more. A
+/// data set holds its images as f32, four times the bytes, so the cap is
+/// what bounds a run's memory: at most 5 GiB while the file is converted.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
 /// Decoded IDX3 file: `count` images of `rows` x `cols` grey levels.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use mixnn_data::{DataError, Dataset, load_mnist, read_idx_images, read_idx_labels};
+use mixnn_data::{DataError, Dataset, MAX_IDX_BYTES, load_mnist, read_idx_images, read_idx_labels};
 
 fn idx(rank: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut v = vec![0, 0, 0x08, rank];
@@ -118,10 +118,17 @@ fn truncated_and_oversized_files_are_errors() {
     let huge = idx(3, &[u32::MAX, u32::MAX, u32::MAX], &[1, 2, 3]);
     let e = read_idx_images(&write(dir.path(), "huge", &huge)).expect_err("huge");
     assert!(matches!(e, DataError::TooLarge { .. }), "{e}");
-    // A header announcing 4 GiB - 1 on a tiny file: no allocation up front.
-    let big = idx(1, &[u32::MAX], &[1, 2, 3]);
+    // A header announcing the cap on a tiny file: no allocation up front.
+    let big = idx(1, &[MAX_IDX_BYTES as u32], &[1, 2, 3]);
     let e = read_idx_labels(&write(dir.path(), "big", &big)).expect_err("big");
     assert!(matches!(e, DataError::Truncated { .. }), "{e}");
+    // One byte past the cap (4 GiB - 1, which a u32 dimension allows): refused
+    // from the header, before a byte of data is read or inflated.
+    for n in [MAX_IDX_BYTES as u32 + 1, u32::MAX] {
+        let past = gz(&idx(1, &[n], &[1, 2, 3]));
+        let e = read_idx_labels(&write(dir.path(), "past", &past)).expect_err("past");
+        assert!(matches!(e, DataError::TooLarge { .. }), "{e}");
+    }
 }
 
 fn mnist_dir(dir: &Path, train_labels: &[u8], gzipped: bool) {

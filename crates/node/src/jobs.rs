@@ -22,9 +22,7 @@ use crate::metrics::Metrics;
 
 mod state;
 
-/// Bytes of parameters per export part (fits the 64 KiB class with room
-/// for the framing).
-pub const EXPORT_PART_BYTES: usize = 48 * 1024;
+pub use mixnn_protocol::job::EXPORT_PART_BYTES;
 
 /// Why a hop could not do a job's work. Each becomes a [`HopFailure`]
 /// sealed to the designer ([`JobError::to_failure`]), so the designer learns

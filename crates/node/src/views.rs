@@ -31,6 +31,35 @@ pub struct JobView {
     /// Lengths of the end-to-end sections it received, per op, with counts:
     /// what the size of the section tells a hop (PROTOCOL.md §12.3).
     pub e2e_lens: BTreeMap<(String, usize), u64>,
+    /// Distinct entries not recorded because a set of this view was full
+    /// ([`MAX_VIEW_ENTRIES`]): the view is then a lower bound.
+    pub overflow: u64,
+}
+
+/// Distinct entries kept per set of one view (peers, shapes, section
+/// lengths). Shapes, section lengths and next hops come from packets, which
+/// anyone holding the node's public mix key can build: without a cap, a
+/// stream of crafted packets under one job handle (which keeps that view
+/// the most recent one) would grow it without end. An honest job gives a
+/// hop two neighbours and a handful of shapes and lengths.
+pub const MAX_VIEW_ENTRIES: usize = 64;
+
+/// Inserts `v` unless the set is full of other values.
+fn insert_capped<T: Ord>(set: &mut BTreeSet<T>, v: T, overflow: &mut u64) {
+    if set.len() < MAX_VIEW_ENTRIES || set.contains(&v) {
+        set.insert(v);
+    } else {
+        *overflow += 1;
+    }
+}
+
+/// Counts `k` unless the map is full of other keys.
+fn count_capped<K: Ord>(map: &mut BTreeMap<K, u64>, k: K, overflow: &mut u64) {
+    if map.len() < MAX_VIEW_ENTRIES || map.contains_key(&k) {
+        *map.entry(k).or_default() += 1;
+    } else {
+        *overflow += 1;
+    }
 }
 
 /// Jobs whose views are kept at once.
@@ -63,10 +92,10 @@ impl JobViews {
     /// `shape` in the clear (if any).
     pub fn received(&self, job: &[u8; 32], from: PeerId, op: &str, shape: Option<&[u32]>) {
         self.note(job, |v| {
-            v.from.insert(from);
-            *v.ops.entry(op.into()).or_default() += 1;
+            insert_capped(&mut v.from, from, &mut v.overflow);
+            count_capped(&mut v.ops, op.into(), &mut v.overflow);
             if let Some(s) = shape {
-                v.input_shapes.insert(s.to_vec());
+                insert_capped(&mut v.input_shapes, s.to_vec(), &mut v.overflow);
             }
         });
     }
@@ -74,20 +103,20 @@ impl JobViews {
     /// A packet of `job` for `op` came with an end-to-end section of `len` bytes.
     pub fn section(&self, job: &[u8; 32], op: &str, len: usize) {
         self.note(job, |v| {
-            *v.e2e_lens.entry((op.into(), len)).or_default() += 1
+            count_capped(&mut v.e2e_lens, (op.into(), len), &mut v.overflow)
         });
     }
 
     /// This node read an end-to-end message of `kind` for `job`.
     pub fn read_e2e(&self, job: &[u8; 32], kind: &str) {
-        self.note(job, |v| *v.e2e_read.entry(kind.into()).or_default() += 1);
+        self.note(job, |v| {
+            count_capped(&mut v.e2e_read, kind.into(), &mut v.overflow)
+        });
     }
 
     /// A packet of `job` went to `to`.
     pub fn sent(&self, job: &[u8; 32], to: PeerId) {
-        self.note(job, |v| {
-            v.to.insert(to);
-        });
+        self.note(job, |v| insert_capped(&mut v.to, to, &mut v.overflow));
     }
 
     /// A copy of every job's view.
@@ -166,5 +195,38 @@ mod tests {
         assert_eq!(views.len(), 64);
         let kept = views.snapshot().into_iter().map(|v| v.ops["forward"]).max();
         assert_eq!(kept, Some(10_000), "the live job's view survives the flood");
+    }
+
+    /// Crafted packets under one job handle, each with a new shape, section
+    /// length and next hop: the view stops growing at the cap, counts what
+    /// it left out, and still records what it already knew.
+    #[test]
+    fn one_job_flooded_with_distinct_shapes_and_hops_stays_bounded() {
+        let views = JobViews::default();
+        let job = [9u8; 32];
+        let (from, to) = (PeerId::random(), PeerId::random());
+        views.received(&job, from, "forward", Some(&[64, 10]));
+        views.sent(&job, to);
+        for i in 0u32..5_000 {
+            views.received(&job, PeerId::random(), "forward", Some(&[0, i]));
+            views.section(&job, "forward", i as usize);
+            views.sent(&job, PeerId::random());
+        }
+        views.received(&job, from, "forward", Some(&[64, 10]));
+        let v = views.snapshot().pop().expect("the job's view");
+        for len in [
+            v.from.len(),
+            v.to.len(),
+            v.input_shapes.len(),
+            v.e2e_lens.len(),
+        ] {
+            assert_eq!(len, MAX_VIEW_ENTRIES);
+        }
+        assert!(v.from.contains(&from) && v.to.contains(&to));
+        assert!(v.input_shapes.contains(&vec![64, 10]));
+        assert_eq!(v.ops["forward"], 5_002);
+        // Per crafted packet: a peer, a shape, a length and a next hop, less
+        // what fitted before the sets filled.
+        assert_eq!(v.overflow, 4 * 5_000 - (4 * MAX_VIEW_ENTRIES as u64 - 3));
     }
 }

@@ -222,6 +222,19 @@ struct Task {
     dial_errors: HashMap<PeerId, String>,
 }
 
+/// Failed dials remembered at once, for the message of a directory request
+/// that fails after one. Peers to dial come from others (Kademlia answers,
+/// next hops named in packets), so the table is bounded: when full, it is
+/// emptied, which only makes a later error message less specific.
+const MAX_DIAL_ERRORS: usize = 1024;
+
+fn note_dial_error(errors: &mut HashMap<PeerId, String>, peer: PeerId, error: String) {
+    if errors.len() >= MAX_DIAL_ERRORS && !errors.contains_key(&peer) {
+        errors.clear();
+    }
+    errors.insert(peer, error);
+}
+
 /// Spawns the swarm task; it ends when `stop` changes or every handle is
 /// dropped.
 pub fn spawn(
@@ -362,7 +375,7 @@ impl Task {
                 ..
             } => {
                 debug!(%peer, %error, "outgoing connection failed");
-                self.dial_errors.insert(peer, error.to_string());
+                note_dial_error(&mut self.dial_errors, peer, error.to_string());
             }
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
             other => debug!(event = ?other, "swarm event"),
@@ -403,5 +416,28 @@ impl Task {
             // Nodes do not serve the directory (outbound support only).
             other => debug!(event = ?other, "directory event"),
         }
+    }
+}
+
+#[cfg(test)]
+mod dial_error_tests {
+    use super::*;
+
+    #[test]
+    fn failed_dials_to_made_up_peers_stay_bounded() {
+        let mut errors = HashMap::new();
+        let kept = PeerId::random();
+        note_dial_error(&mut errors, kept, "refused".into());
+        for _ in 0..3 * MAX_DIAL_ERRORS {
+            note_dial_error(&mut errors, PeerId::random(), "unreachable".into());
+            assert!(errors.len() <= MAX_DIAL_ERRORS);
+        }
+        // A peer already in the table is updated without emptying it.
+        let last = PeerId::random();
+        note_dial_error(&mut errors, last, "a".into());
+        let before = errors.len();
+        note_dial_error(&mut errors, last, "b".into());
+        assert_eq!(errors.len(), before);
+        assert_eq!(errors.get(&last).map(String::as_str), Some("b"));
     }
 }

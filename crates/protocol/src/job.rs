@@ -454,6 +454,16 @@ pub fn max_state_chunks(param_count: u64) -> u32 {
     u32::try_from(max_state_bytes(param_count) / 1024 + 1).unwrap_or(u32::MAX)
 }
 
+/// Bytes of parameters per [`FromHop::ExportPart`] (fits the 64 KiB class
+/// with room for the framing); every part but the last is this long.
+pub const EXPORT_PART_BYTES: usize = 48 * 1024;
+
+/// Most parts an export may announce: a hop's parameters are part of its
+/// state, so they never pass [`MAX_STATE_BYTES`]. The designer refuses a
+/// larger count before it asks for a single further part (a lying hop
+/// cannot make it queue billions of requests).
+pub const MAX_EXPORT_PARTS: u64 = MAX_STATE_BYTES.div_ceil(EXPORT_PART_BYTES as u64);
+
 /// Most state bytes in one [`FromHop::StatePart`] (fits the 64 KiB class).
 pub const STATE_PART_BYTES: usize = 48 * 1024;
 /// What a [`FromHop::StatePart`] adds to its bytes in CBOR (variant and

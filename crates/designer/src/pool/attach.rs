@@ -84,6 +84,28 @@ fn bad(reason: impl std::fmt::Display) -> DesignerError {
     DesignerError::Pool(format!("the deployment record: {reason}"))
 }
 
+/// The record's sizes against the geometry, before any is used to size a
+/// buffer or a batch: the record is a file (owner-only, but it can be
+/// damaged or edited), and a huge section or pad count would otherwise
+/// abort the process on allocation.
+fn check_sizes(dep: &Deployment, g: &Geometry) -> Result<(), DesignerError> {
+    let control = onion::control_section_len(g, dep.class)?;
+    if dep.compute_section == 0 || dep.compute_section > control {
+        return Err(bad(format!(
+            "a compute section of {} bytes, the class's packets hold at most {control}",
+            dep.compute_section
+        )));
+    }
+    if dep.pad_hops == 0 || dep.pad_hops > g.max_hops() {
+        return Err(bad(format!(
+            "{} hops per control round, the geometry has 1 to {}",
+            dep.pad_hops,
+            g.max_hops()
+        )));
+    }
+    Ok(())
+}
+
 fn unhex(what: &str, h: &str) -> Result<[u8; 32], DesignerError> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(h, &mut out).map_err(|e| bad(format!("{what} {h:?}: {e}")))?;
@@ -146,6 +168,7 @@ impl PoolCascade {
             )));
         }
         let g = Geometry::default();
+        check_sizes(dep, &g)?;
         let ep = Endpoint::start(&opts.bootstrap, &g)?;
         let quorum = directory::resolve_quorum(opts.quorum, ep.bootstraps())?;
         // One node listed is enough to read: each hop is then looked up
@@ -289,5 +312,44 @@ impl PoolCascade {
             out.push(crate::cascade::with_params(shard, &params)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_with_impossible_sizes_is_refused_before_use() {
+        let g = Geometry::default();
+        let class = 64 << 10;
+        let ok = Deployment {
+            version: DEPLOYMENT_VERSION,
+            hops: Vec::new(),
+            class,
+            pad_hops: g.max_hops(),
+            compute_section: onion::compute_section_len(&[64]),
+            shards: 1,
+            keep_first: false,
+            keep_last: false,
+            step: 0,
+        };
+        assert!(check_sizes(&ok, &g).is_ok());
+        for (section, pad) in [
+            (usize::MAX, g.max_hops()),
+            (0, 1),
+            (100, 0),
+            (100, usize::MAX),
+        ] {
+            let dep = Deployment {
+                compute_section: section,
+                pad_hops: pad,
+                ..ok.clone()
+            };
+            let e = check_sizes(&dep, &g).expect_err("refused").to_string();
+            assert!(e.contains("the deployment record"), "{e}");
+        }
+        let odd_class = Deployment { class: 12345, ..ok };
+        assert!(check_sizes(&odd_class, &g).is_err());
     }
 }

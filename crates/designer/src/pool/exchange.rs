@@ -95,13 +95,13 @@ impl PoolCascade {
     /// which tells each hop's part count, then the other parts in a second
     /// (PROTOCOL.md §12.5). `request(part)` is the message asking for a
     /// part; `take(hop, part, answer, bytes)` checks an answer, appends its
-    /// bytes and returns the count it claims. With `max_parts`, a count
-    /// past it, or one that changes between parts, is refused.
+    /// bytes and returns the count it claims. A count past `max_parts`, or
+    /// one that changes between parts, is refused before more is asked.
     pub(super) fn collect_parts(
         &mut self,
         request: impl Fn(u32) -> ToHop,
         take: impl Fn(usize, u32, FromHop, &mut Vec<u8>) -> Result<u32, DesignerError>,
-        max_parts: Option<u64>,
+        max_parts: u64,
     ) -> Result<Vec<Option<Vec<u8>>>, DesignerError> {
         let is_layer: Vec<bool> = (self.hops.iter())
             .map(|h| matches!(h.role, onion::Role::Layer(_)))
@@ -121,7 +121,7 @@ impl PoolCascade {
         {
             for a in answers {
                 totals[t] = take(t, 0, a, &mut bytes[t])?;
-                if max_parts.is_some_and(|m| u64::from(totals[t]) > m) {
+                if !part_count_ok(totals[t], max_parts) {
                     return Err(refused(t, totals[t]));
                 }
             }
@@ -136,7 +136,7 @@ impl PoolCascade {
         {
             for (i, a) in answers.into_iter().enumerate() {
                 let total = take(t, i as u32 + 1, a, &mut bytes[t])?;
-                if max_parts.is_some() && total != totals[t] {
+                if total != totals[t] {
                     return Err(refused(t, total));
                 }
             }
@@ -417,4 +417,31 @@ pub(super) fn unexpected(t: usize, answer: FromHop) -> DesignerError {
         answer: Box::new(answer),
     }
     .into()
+}
+
+/// Whether a hop's announced part count is one the designer will ask for:
+/// at least one part, at most `max_parts`.
+fn part_count_ok(total: u32, max_parts: u64) -> bool {
+    total >= 1 && u64::from(total) <= max_parts
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::part_count_ok;
+    use mixnn_protocol::job::{EXPORT_PART_BYTES, MAX_EXPORT_PARTS, MAX_STATE_BYTES};
+
+    #[test]
+    fn a_hop_cannot_announce_more_export_parts_than_a_state_holds() {
+        assert!(part_count_ok(1, MAX_EXPORT_PARTS));
+        assert!(part_count_ok(MAX_EXPORT_PARTS as u32, MAX_EXPORT_PARTS));
+        assert!(!part_count_ok(
+            MAX_EXPORT_PARTS as u32 + 1,
+            MAX_EXPORT_PARTS
+        ));
+        assert!(!part_count_ok(u32::MAX, MAX_EXPORT_PARTS));
+        assert!(!part_count_ok(0, MAX_EXPORT_PARTS));
+        // The cap covers the largest state a hop may hold, and no more.
+        assert!(MAX_EXPORT_PARTS * EXPORT_PART_BYTES as u64 >= MAX_STATE_BYTES);
+        assert!((MAX_EXPORT_PARTS - 1) * (EXPORT_PART_BYTES as u64) < MAX_STATE_BYTES);
+    }
 }

@@ -86,7 +86,8 @@ impl PoolCascade {
     /// in one control batch, which tells each hop's part count, then the
     /// other parts in a second (PROTOCOL.md §12.5). Dummies export nothing.
     fn export_hops(&mut self) -> Result<Vec<Option<Vec<NamedTensor>>>, DesignerError> {
-        self.collect_parts(|part| ToHop::Export { part }, take_part, None)?
+        let max = mixnn_protocol::job::MAX_EXPORT_PARTS;
+        self.collect_parts(|part| ToHop::Export { part }, take_part, max)?
             .into_iter()
             .map(|b| b.map(|b| decode_params(&b)).transpose())
             .collect()
@@ -105,7 +106,7 @@ fn take_part(
             part: p,
             total,
             bytes: b,
-        } if p == part && part < total => {
+        } if p == part && part < total && b.len() <= mixnn_protocol::job::EXPORT_PART_BYTES => {
             bytes.extend_from_slice(&b);
             Ok(total)
         }

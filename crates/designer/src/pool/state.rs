@@ -81,7 +81,7 @@ impl PoolCascade {
         self.collect_parts(
             |part| ToHop::SaveState { part },
             |t, part, answer, bytes| take_part(t, part, answer, part_len, bytes),
-            Some(max_parts),
+            max_parts,
         )
     }
 

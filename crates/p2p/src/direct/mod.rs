@@ -29,6 +29,7 @@
 //! peer that listens nowhere (the designer) is reached over the direct
 //! connections it opened.
 
+mod admit;
 pub mod bench;
 mod link;
 pub(crate) mod noise;
@@ -47,6 +48,7 @@ use zeroize::Zeroizing;
 
 use crate::link_metrics::LinkMetrics;
 use crate::packets::{InboundQueue, SizeClasses};
+use admit::Admitted;
 pub(crate) use link::Link;
 pub use register::RemoteIps;
 
@@ -289,24 +291,29 @@ impl Direct {
     }
 
     /// A buffer for an admitted packet of `len` bytes: a node's hop takes
-    /// it at once; otherwise it is taken from the inbound queue's budget.
-    fn admit(&self, len: usize) -> Option<Vec<u8>> {
-        if self.sink.get().is_none() && !self.queue.budget.try_take(len) {
-            return None;
-        }
-        Some(vec![0u8; len])
+    /// it at once; otherwise it is taken from the inbound queue's budget
+    /// (and given back if the packet is never delivered).
+    fn admit(&self, len: usize) -> Option<Admitted<'_>> {
+        let budget = self.sink.get().is_none().then_some(&*self.queue.budget);
+        Admitted::take(len, budget)
     }
 
     /// Hands an admitted packet to the sink or the inbound queue.
-    fn deliver(&self, from: PeerId, data: Vec<u8>) {
+    fn deliver(&self, from: PeerId, packet: Admitted<'_>) {
+        let (data, counted) = packet.deliver();
         match self.sink.get() {
             Some(sink) => {
+                if counted {
+                    // The sink was set after the packet was admitted.
+                    self.queue.budget.give_back(data.len());
+                }
                 self.metrics.count_in(from, data.len());
                 sink(from, data);
             }
-            None => self
+            None if counted => self
                 .queue
                 .push(crate::packets::InboundPacket { from, data }),
+            None => {} // unreachable: no sink means the budget was taken
         }
     }
 

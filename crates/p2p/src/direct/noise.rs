@@ -11,7 +11,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use snow::{HandshakeState, StatelessTransportState};
 
@@ -28,7 +28,8 @@ const TAG: usize = 16;
 pub(crate) const CHUNK: usize = MAX_MSG - TAG;
 /// Plaintext of the header message: the packet length.
 const HEADER: usize = 4;
-/// How long each handshake message may take.
+/// How long each handshake message may take; the whole handshake (three
+/// messages) must end within three times this.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a direct connection failed.
@@ -79,14 +80,38 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), NoiseError> {
     Ok(())
 }
 
-fn read_msg<'a>(s: &mut TcpStream, buf: &'a mut [u8]) -> Result<&'a [u8], NoiseError> {
+/// Fills `buf` from `s`, failing once `by` has passed with bytes still
+/// missing. Why not the socket's read timeout alone: it bounds each `read`
+/// call, so a peer that sends one byte just before each timeout could hold
+/// a connection (its thread, its slot, a packet's queue budget) for as
+/// long as it likes. The timeout still ends a read that gets nothing.
+fn read_exact_by(s: &mut TcpStream, buf: &mut [u8], by: Instant) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match s.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if at < buf.len() && Instant::now() >= by {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer sends too slowly: deadline passed mid-message",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_msg<'a>(s: &mut TcpStream, buf: &'a mut [u8], by: Instant) -> Result<&'a [u8], NoiseError> {
     let mut len = [0u8; 2];
-    s.read_exact(&mut len)?;
+    read_exact_by(s, &mut len, by)?;
     let n = usize::from(u16::from_be_bytes(len));
     let buf = buf
         .get_mut(..n)
         .ok_or(NoiseError::Framing("message too long"))?;
-    s.read_exact(buf)?;
+    read_exact_by(s, buf, by)?;
     Ok(buf)
 }
 
@@ -98,6 +123,7 @@ pub(crate) fn handshake(
 ) -> Result<(StatelessTransportState, [u8; 32]), NoiseError> {
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let by = Instant::now() + 3 * HANDSHAKE_TIMEOUT;
     let mut msg = vec![0u8; 1024];
     let mut scratch = vec![0u8; 1024];
     // XX: -> e; <- e, ee, s, es; -> s, se.
@@ -107,7 +133,7 @@ pub(crate) fn handshake(
             let n = hs.write_message(&[], &mut msg)?;
             write_msg(s, &msg[..n])?;
         } else {
-            let m = read_msg(s, &mut msg)?;
+            let m = read_msg(s, &mut msg, by)?;
             hs.read_message(m, &mut scratch)?;
         }
         mine = !mine;
@@ -189,6 +215,9 @@ pub(crate) struct Opener {
     pub(crate) transport: std::sync::Arc<StatelessTransportState>,
     nonce: u64,
     msg: Vec<u8>,
+    /// When the packet being read must be complete (set by
+    /// [`next_len`](Self::next_len)).
+    by: Instant,
 }
 
 impl Opener {
@@ -202,6 +231,7 @@ impl Opener {
             transport,
             nonce: 0,
             msg: vec![0u8; MAX_MSG],
+            by: Instant::now(),
         }
     }
 
@@ -210,13 +240,13 @@ impl Opener {
     /// returns the plaintext length.
     fn open_msg(&mut self, out: &mut [u8], want: Option<usize>) -> Result<usize, NoiseError> {
         let mut len = [0u8; 2];
-        self.stream.read_exact(&mut len)?;
+        read_exact_by(&mut self.stream, &mut len, self.by)?;
         let n = usize::from(u16::from_be_bytes(len));
         if n < TAG || want.is_some_and(|w| n != w + TAG) || n - TAG > out.len() {
             return Err(NoiseError::Framing("message of a wrong length"));
         }
         let m = &mut self.msg[..n];
-        self.stream.read_exact(m)?;
+        read_exact_by(&mut self.stream, m, self.by)?;
         let k = self.transport.read_message(self.nonce, m, out)?;
         self.nonce += 1;
         Ok(k)
@@ -230,14 +260,15 @@ impl Opener {
         let mut first = [0u8; 1];
         self.stream.read_exact(&mut first)?;
         self.stream.set_read_timeout(Some(deadline))?;
+        self.by = Instant::now() + deadline;
         let mut second = [0u8; 1];
-        self.stream.read_exact(&mut second)?;
+        read_exact_by(&mut self.stream, &mut second, self.by)?;
         let n = usize::from(u16::from_be_bytes([first[0], second[0]]));
         if n != HEADER + TAG {
             return Err(NoiseError::Framing("packet header of a wrong length"));
         }
         let m = &mut self.msg[..n];
-        self.stream.read_exact(m)?;
+        read_exact_by(&mut self.stream, m, self.by)?;
         let mut header = [0u8; HEADER];
         self.transport.read_message(self.nonce, m, &mut header)?;
         self.nonce += 1;
@@ -276,6 +307,38 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::Arc;
+
+    /// A peer that trickles bytes, each well within the socket's read
+    /// timeout, is cut off once the message's deadline passes, instead of
+    /// holding the reader for as long as it keeps trickling.
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut r, _) = l.accept().unwrap();
+        r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let writer = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if w.write_all(&[1]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        });
+        let mut buf = [0u8; 40];
+        let by = Instant::now() + Duration::from_millis(200);
+        let e = read_exact_by(&mut r, &mut buf, by).expect_err("cut off");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        drop(r);
+        writer.join().unwrap();
+        // Bytes that arrive in time are read whole.
+        let mut w = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut r, _) = l.accept().unwrap();
+        w.write_all(&[7; 40]).unwrap();
+        let by = Instant::now() + Duration::from_secs(30);
+        read_exact_by(&mut r, &mut buf, by).unwrap();
+        assert_eq!(buf, [7; 40]);
+    }
 
     /// One end after the handshake: its transport and the peer's key.
     type End = (StatelessTransportState, [u8; 32]);

@@ -101,7 +101,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
@@ -118,7 +118,7 @@ impl Budget {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
     #[cfg(test)]
-    fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 }
