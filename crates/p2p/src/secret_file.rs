@@ -117,7 +117,15 @@ pub fn read_secret(
             reason: format!("{} bytes, more than the {max_len} expected", meta.len()),
         });
     }
-    let mut buf = Zeroizing::new(Vec::with_capacity(max_len));
+    // Sized by the file, not the cap: zeroize clears the whole capacity on
+    // drop, so a cap-sized buffer would write every page of it (1 GiB for a
+    // model) whatever the file holds. Reserved up front so the secret is
+    // never copied by a reallocation (a growing file may still grow it).
+    let mut buf = Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.len())
+            .map_or(max_len, |n| n.min(max_len))
+            .saturating_add(1),
+    ));
     file.take(max_len as u64)
         .read_to_end(&mut buf)
         .map_err(io_err(path))?;

@@ -173,6 +173,10 @@ impl GuestLayer {
         let mut store = Store::new(engine, state);
         store.limiter(|s| s);
         store.set_epoch_deadline(ticks(limits.call_timeout));
+        // What the guest hands back (an output, a state export, a product's
+        // operands) may be as large as what its memory cap lets it hold;
+        // wasmtime's default of 128 MiB would trap larger layers' results.
+        store.set_hostcall_fuel(limits.memory_bytes);
         let bindings = Layer::instantiate(&mut store, &guest.component, linker).map_err(|e| {
             SandboxError::Instantiate {
                 name: guest.name.clone(),

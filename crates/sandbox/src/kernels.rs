@@ -226,7 +226,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
             };
             let state = store.data();
             let (on_host, deadline) = (state.native, state.deadline);
-            let max_values = state.memory_bytes / std::mem::size_of::<f32>();
+            // The result goes into the guest's memory: it may be at most
+            // what the cap leaves beside the guest's memory now, so a guest
+            // with no room cannot make the host allocate a cap's worth.
+            let room = state.budget.kernel_room(state.memory_bytes);
+            let max_values = room / std::mem::size_of::<f32>();
             // One validation for both modes, before either touches a number.
             let result = check(a.len(), b.len(), p, max_values).and_then(|work| {
                 if on_host {

@@ -301,3 +301,24 @@ fn calls_sharing_a_deadline_stop_at_it() {
         "{err}"
     );
 }
+
+/// A tensor of more than wasmtime's default 128 MiB of "hostcall fuel"
+/// (here 160 MiB, 40M floats) through an identity relay: what a guest
+/// returns is bounded by the instance's memory cap, not by that default,
+/// so a large layer's output or state export does not trap.
+#[test]
+fn a_result_larger_than_wasmtimes_default_transfer_limit_comes_back() {
+    let sb = sandbox(1 << 30, Duration::from_secs(60));
+    let mut relay = sb
+        .instantiate(sb.guest(GuestKind::Relay).unwrap())
+        .expect("relay instantiates");
+    relay.load(b"identity", &config()).expect("relay loads");
+    let n = 40 << 20;
+    let input = Tensor {
+        shape: vec![n / 1024, 1024],
+        data: vec![0.5; n],
+    };
+    let out = relay.forward(&input).expect("a 160 MiB result comes back");
+    assert_eq!(out.data.len(), n);
+    assert!(out.data.iter().all(|&v| v == 0.5));
+}

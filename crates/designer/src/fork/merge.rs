@@ -133,6 +133,17 @@ impl Broadcast {
             }
             st
         };
+        // Checked before anything is allocated: one input is the untrusted
+        // branch's output, whose shape the pool's last hop chose, and a
+        // lying hop's [K, 1, 1] against a trusted [B, F] would otherwise ask
+        // for K·B·F values.
+        mixnn_layer::element_count(&out).map_err(|_| {
+            DesignerError::Merge(format!(
+                "the branches' outputs {a:?} and {b:?} broadcast to {out:?}, more than the {} \
+                 values a tensor may hold",
+                mixnn_layer::MAX_ELEMENTS
+            ))
+        })?;
         let (sa, sb) = (strides_of(a), strides_of(b));
         Ok(Broadcast {
             out,
@@ -339,5 +350,18 @@ mod tests {
         assert!(e.contains("cannot concatenate"), "{e}");
         let e = backward(MergeOp::Add, &a, &a, &b).unwrap_err().to_string();
         assert!(e.contains("output gradient"), "{e}");
+    }
+
+    /// A pool answer of a shape chosen to broadcast against the trusted
+    /// branch into billions of values is refused before any allocation.
+    #[test]
+    fn a_broadcast_past_the_tensor_cap_is_refused_before_allocating() {
+        let k = 1 << 17;
+        let lying = t(&[k, 1, 1], &vec![0.0; k]);
+        let trusted = t(&[64, 1 << 12], &vec![0.0; 64 << 12]);
+        for op in [MergeOp::Add, MergeOp::Mul, MergeOp::Mean, MergeOp::Max] {
+            let e = forward(op, &lying, &trusted).unwrap_err().to_string();
+            assert!(e.contains("more than the"), "{e}");
+        }
     }
 }
