@@ -139,6 +139,16 @@ pub struct GuestLayer {
     poisoned: bool,
 }
 
+/// Host-side resources (WASI handles, pollables) one instance may hold.
+const MAX_RESOURCES: usize = 4096;
+/// Tables per instance, and elements per table. Table elements are host
+/// memory outside the memory cap (8 bytes or more each): the caps keep
+/// them to a few MiB, well above what a compiled guest's function tables
+/// hold (the standard guest, tract included, has one table of 14,466
+/// elements; the relay guest 19).
+const MAX_TABLES: usize = 8;
+const MAX_TABLE_ELEMENTS: usize = 1 << 18;
+
 impl GuestLayer {
     pub(crate) fn new(
         engine: &Engine,
@@ -148,16 +158,20 @@ impl GuestLayer {
         lend_native: bool,
         kernel_module: &KernelModule,
     ) -> Result<Self, SandboxError> {
+        // Host-side entries a guest can create (WASI handles, pollables) are
+        // host memory the memory cap does not see; a layer needs a handful.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = GuestState {
             wasi: wasi::empty_ctx(),
-            table: ResourceTable::new(),
+            table,
             budget: MemoryBudget {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(limits.memory_bytes)
                     .instances(64)
                     .memories(16)
-                    .tables(64)
-                    .table_elements(1 << 20)
+                    .tables(MAX_TABLES)
+                    .table_elements(MAX_TABLE_ELEMENTS)
                     .trap_on_grow_failure(true)
                     .build(),
                 guest_bytes: 0,
