@@ -220,7 +220,9 @@ fn check_names(graph: &pb::GraphProto) -> Result<(), ShardError> {
 }
 
 /// Values of small integer or float constants (initializers and Constant
-/// nodes), as f64, for the size checks below.
+/// nodes, from a `value` tensor or a `value_int(s)`/`value_float(s)`
+/// attribute), as f64, for the size checks below; only constants whose
+/// every value is read (at most [`SMALL`]) are in the map.
 fn constants(graph: &pb::GraphProto) -> HashMap<&str, Vec<f64>> {
     let mut out = HashMap::new();
     for t in &graph.initializer {
@@ -229,74 +231,138 @@ fn constants(graph: &pb::GraphProto) -> HashMap<&str, Vec<f64>> {
         }
     }
     for n in &graph.node {
-        if n.op_type == "Constant"
-            && let (Some(o), Some(t)) = (
-                n.output.first(),
-                n.attribute
-                    .iter()
-                    .find(|a| a.name == "value")
-                    .and_then(|a| a.t.as_ref()),
-            )
-            && let Some(v) = numbers(t)
-        {
+        if n.op_type != "Constant" {
+            continue;
+        }
+        let Some(o) = n.output.first() else { continue };
+        let value = n.attribute.iter().find_map(|a| match a.name.as_str() {
+            "value" => a.t.as_ref().and_then(numbers),
+            "value_ints" if a.ints.len() <= SMALL => {
+                Some(a.ints.iter().map(|&x| x as f64).collect())
+            }
+            "value_floats" if a.floats.len() <= SMALL => {
+                Some(a.floats.iter().map(|&x| f64::from(x)).collect())
+            }
+            "value_int" => Some(vec![a.i as f64]),
+            "value_float" => Some(vec![f64::from(a.f)]),
+            _ => None,
+        });
+        if let Some(v) = value {
             out.insert(o.as_str(), v);
         }
     }
     out
 }
 
-/// Up to 64 numbers of an int64/int32/float/double tensor.
+/// Names whose value is known before any input arrives: initializers,
+/// Constant outputs, and the outputs of nodes fed by those alone (nodes
+/// are in topological order, as ONNX requires). tract evaluates these
+/// while it analyses the model, so their sizes must be bounded up front.
+fn constant_derived(graph: &pb::GraphProto) -> HashSet<&str> {
+    let mut out: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    for n in &graph.node {
+        let fed = n
+            .input
+            .iter()
+            .filter(|i| !i.is_empty())
+            .all(|i| out.contains(i.as_str()));
+        if n.op_type == "Constant" || fed {
+            out.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    out
+}
+
+/// Most values of one constant the size checks read.
+const SMALL: usize = 64;
+
+/// All numbers of an int64/int32/float/double tensor of at most [`SMALL`]
+/// values (`None` for a larger one or another type).
 fn numbers(t: &pb::TensorProto) -> Option<Vec<f64>> {
-    const SMALL: usize = 64;
-    /// The first values of little-endian `raw_data` of `N`-byte elements.
-    fn raw<const N: usize>(raw: &[u8], to_f64: fn([u8; N]) -> f64) -> Vec<f64> {
-        raw.chunks_exact(N)
-            .take(SMALL)
-            .map(|c| to_f64(c.try_into().unwrap_or([0; N])))
-            .collect()
+    /// The values of little-endian `raw_data` of `N`-byte elements.
+    fn raw<const N: usize>(raw: &[u8], to_f64: fn([u8; N]) -> f64) -> Option<Vec<f64>> {
+        (raw.len() <= SMALL * N).then(|| {
+            raw.chunks_exact(N)
+                .map(|c| to_f64(c.try_into().unwrap_or([0; N])))
+                .collect()
+        })
+    }
+    fn few<T: Copy>(v: &[T], to_f64: fn(T) -> f64) -> Option<Vec<f64>> {
+        (v.len() <= SMALL).then(|| v.iter().map(|&x| to_f64(x)).collect())
     }
     let r = &t.raw_data;
-    let v: Vec<f64> = match DataType::try_from(t.data_type).ok()? {
+    match DataType::try_from(t.data_type).ok()? {
         DataType::Int64 if !r.is_empty() => raw(r, |b| i64::from_le_bytes(b) as f64),
-        DataType::Int64 => t.int64_data.iter().take(SMALL).map(|&x| x as f64).collect(),
+        DataType::Int64 => few(&t.int64_data, |x| x as f64),
         DataType::Int32 if !r.is_empty() => raw(r, |b| i32::from_le_bytes(b) as f64),
-        DataType::Int32 => t.int32_data.iter().take(SMALL).map(|&x| x as f64).collect(),
-        DataType::Float if !r.is_empty() => raw(r, |b| f32::from_le_bytes(b) as f64),
-        DataType::Float => t.float_data.iter().take(SMALL).map(|&x| x as f64).collect(),
-        DataType::Double => t.double_data.iter().take(SMALL).copied().collect(),
-        _ => return None,
-    };
-    Some(v)
+        DataType::Int32 => few(&t.int32_data, f64::from),
+        DataType::Float if !r.is_empty() => raw(r, |b| f64::from(f32::from_le_bytes(b))),
+        DataType::Float => few(&t.float_data, f64::from),
+        DataType::Double => few(&t.double_data, |x| x),
+        _ => None,
+    }
+}
+
+/// Elements of an initializer, from its declared dims (`None` if it is no
+/// initializer).
+fn initializer_elements(graph: &pb::GraphProto, name: &str) -> Option<f64> {
+    let t = graph.initializer.iter().find(|t| t.name == name)?;
+    Some(t.dims.iter().map(|&d| (d as f64).abs()).product())
 }
 
 /// Ops whose output size comes from a constant input are evaluated by
-/// tract's shape analysis; refuse the ones that would allocate over the cap.
+/// tract's shape analysis; refuse the ones that would allocate over the cap,
+/// and the ones whose size operand is computed from constants inside the
+/// graph (tract would fold it, and allocate, before any check could see
+/// its value). A size operand that depends on the model's input is not
+/// evaluated at analysis time and passes.
 fn check_const_sizes(graph: &pb::GraphProto) -> Result<(), ShardError> {
     let consts = constants(graph);
-    let get = |n: &pb::NodeProto, ix: usize| n.input.get(ix).and_then(|s| consts.get(s.as_str()));
+    let derived = constant_derived(graph);
     for n in &graph.node {
-        let elements: Option<f64> = match n.op_type.as_str() {
-            "ConstantOfShape" | "Expand" => {
-                let ix = if n.op_type == "Expand" { 1 } else { 0 };
-                get(n, ix).map(|v| v.iter().map(|x| x.abs()).product())
-            }
-            "Tile" => get(n, 1).map(|v| v.iter().map(|x| x.abs()).product()),
-            "OneHot" => get(n, 1).and_then(|v| v.first().map(|x| x.abs())),
-            "Range" => match (get(n, 0), get(n, 1), get(n, 2)) {
-                (Some(s), Some(l), Some(d)) => match (s.first(), l.first(), d.first()) {
-                    (Some(s), Some(l), Some(d)) if *d != 0.0 => Some(((l - s) / d).ceil().max(0.0)),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
+        let sized_by: &[usize] = match n.op_type.as_str() {
+            "ConstantOfShape" => &[0],
+            "Expand" | "Tile" | "OneHot" => &[1],
+            "Range" => &[0, 1, 2],
+            _ => continue,
         };
-        if let Some(e) = elements
-            && (e.is_nan() || e > MAX_TENSOR_ELEMENTS as f64)
-        {
+        let operand = |ix: usize| n.input.get(ix).map(String::as_str).unwrap_or_default();
+        if sized_by.iter().all(|&ix| !derived.contains(operand(ix))) {
+            continue; // sized at run time by the input
+        }
+        let values: Option<Vec<&Vec<f64>>> =
+            sized_by.iter().map(|&ix| consts.get(operand(ix))).collect();
+        let Some(values) = values else {
+            return Err(ShardError::Unsupported {
+                node: n.name.clone(),
+                op: n.op_type.clone(),
+                reason: "its size comes from constants computed inside the graph (or from a \
+                         constant of more than 64 values); fold them into plain constants first, \
+                         e.g. with onnx-simplifier"
+                    .into(),
+            });
+        };
+        let product = |v: &Vec<f64>| v.iter().map(|x| x.abs()).product::<f64>();
+        // The data operand of Expand and Tile scales the output too.
+        let data = || initializer_elements(graph, operand(0)).unwrap_or(1.0);
+        let elements = match n.op_type.as_str() {
+            "Expand" => product(values[0]).max(1.0) * data(),
+            "Tile" => product(values[0]) * data(),
+            "OneHot" => values[0].first().map_or(0.0, |x| x.abs()),
+            "Range" => match (values[0].first(), values[1].first(), values[2].first()) {
+                (Some(s), Some(l), Some(d)) if *d != 0.0 => ((l - s) / d).ceil().max(0.0),
+                _ => 0.0,
+            },
+            _ => product(values[0]),
+        };
+        if elements.is_nan() || elements > MAX_TENSOR_ELEMENTS as f64 {
             return Err(ShardError::TooLarge {
                 what: format!("the output of node '{}' ({})", n.name, n.op_type),
-                elements: if e.is_finite() { e as u128 } else { u128::MAX },
+                elements: if elements.is_finite() {
+                    elements as u128
+                } else {
+                    u128::MAX
+                },
                 cap: MAX_TENSOR_ELEMENTS,
             });
         }

@@ -166,6 +166,64 @@ fn absurd_declared_dims_are_refused_before_allocation() {
     assert_plan_fails(&m, None, &["/big/ConstantOfShape", "cap"]);
 }
 
+/// The routes around a size check that only looked at a constant operand
+/// directly: each is refused before tract would fold it (and allocate).
+#[test]
+fn constants_folded_at_analysis_are_bounded_whatever_their_route() {
+    let ints = |name: &str, v: &[i64]| pb::TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: 7,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    let then_add = |mut nodes: Vec<pb::NodeProto>, inits, out: &str| {
+        nodes.push(node("/use/Add", "Add", &["x", out], &["y"]));
+        model(nodes, inits, vinfo("x", &[1]), vinfo("y", &[1]))
+    };
+    // A Constant's `value_ints` attribute.
+    let mut c = node("/c/Constant", "Constant", &[], &["s"]);
+    c.attribute.push(pb::AttributeProto {
+        name: "value_ints".into(),
+        ints: vec![1 << 16, 1 << 16, 1 << 12],
+        r#type: 7,
+        ..Default::default()
+    });
+    let cos = node("/big/ConstantOfShape", "ConstantOfShape", &["s"], &["z"]);
+    let m = then_add(vec![c, cos.clone()], vec![], "z");
+    assert_plan_fails(&m, None, &["/big/ConstantOfShape", "cap"]);
+    // A shape of 65 values: 64 ones, then 2^32.
+    let mut long = vec![1i64; 64];
+    long.push(1 << 32);
+    let m = then_add(vec![cos.clone()], vec![ints("s", &long)], "z");
+    assert_plan_fails(&m, None, &["/big/ConstantOfShape", "64 values"]);
+    // A shape passed through another op first.
+    let m = then_add(
+        vec![node("/id", "Identity", &["s0"], &["s"]), cos],
+        vec![ints("s0", &[1 << 20, 1 << 20])],
+        "z",
+    );
+    assert_plan_fails(
+        &m,
+        None,
+        &["/big/ConstantOfShape", "computed inside the graph"],
+    );
+    // Expand of a large initializer by a small shape: the data counts too.
+    let m = then_add(
+        vec![node("/big/Expand", "Expand", &["d", "s"], &["z"])],
+        vec![init("d", &[1 << 16, 1], 0.0), ints("s", &[1, 1 << 16])],
+        "z",
+    );
+    assert_plan_fails(&m, None, &["/big/Expand", "cap"]);
+    // Tile of an initializer by repeats.
+    let m = then_add(
+        vec![node("/big/Tile", "Tile", &["d", "r"], &["z"])],
+        vec![init("d", &[1 << 16], 0.0), ints("r", &[1 << 14])],
+        "z",
+    );
+    assert_plan_fails(&m, None, &["/big/Tile", "cap"]);
+}
+
 #[test]
 fn malformed_graphs_are_errors_not_panics() {
     // Raw data that does not match the dims.
