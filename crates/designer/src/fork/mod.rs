@@ -147,8 +147,22 @@ pub struct ForkJoinModel<U: Branch> {
     merge: MergeOp,
     /// Which merge input the untrusted branch feeds.
     untrusted_slot: usize,
+    /// The untrusted branch's output shape past the batch axis, as its last
+    /// shard declares it (`None` where a dim is symbolic): the pool's
+    /// answer is checked against it before the merge uses it.
+    untrusted_out: Option<Vec<usize>>,
     head: Cascade,
     timing: ForkTiming,
+}
+
+/// A shard's output shape past the batch axis, if every dim is declared.
+fn declared_sample_shape(shard: &pb::ModelProto) -> Option<Vec<usize>> {
+    let out = shard.graph.as_ref()?.output.first()?;
+    let dims = mixnn_shard::proto::type_dims(out.r#type.as_ref()?)?;
+    dims.get(1..)?
+        .iter()
+        .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
+        .collect()
 }
 
 /// The merge's inputs in its own order, from the untrusted and trusted
@@ -184,9 +198,29 @@ impl<U: Branch> ForkJoinModel<U> {
             trusted,
             merge: fj.merge,
             untrusted_slot: fj.untrusted_slot,
+            untrusted_out: fj.untrusted.last().and_then(declared_sample_shape),
             head,
             timing: ForkTiming::default(),
         })
+    }
+
+    /// The untrusted branch's answer, refused unless it has the batch of
+    /// `x` and the shape its last shard declares: the pool's last hop
+    /// chooses the shape it sends back, and the merge would broadcast it.
+    fn checked_untrusted(&self, batch: usize, u: Tensor) -> Result<Tensor, DesignerError> {
+        let declared = self.untrusted_out.as_deref();
+        let fits =
+            u.shape.first() == Some(&batch) && declared.is_none_or(|d| u.shape.get(1..) == Some(d));
+        if fits {
+            Ok(u)
+        } else {
+            Err(DesignerError::Merge(format!(
+                "the untrusted branch answered a tensor of shape {:?}; its last shard declares \
+                 [{batch}, ..{:?}]",
+                u.shape,
+                declared.unwrap_or(&[])
+            )))
+        }
     }
 
     /// The untrusted branch (e.g. the pool cascade, to close it).
@@ -274,8 +308,9 @@ impl<U: Branch> ForkJoinModel<U> {
 impl<U: Branch> Model for ForkJoinModel<U> {
     fn train_batch(&mut self, x: Tensor, labels: &[i64]) -> Result<f32, DesignerError> {
         let step = Instant::now();
+        let batch = x.shape.first().copied().unwrap_or(0);
         let ((t, ts), (u, us)) = self.forward_both(x, true);
-        let (t, u) = (t?, u?);
+        let (t, u) = (t?, self.checked_untrusted(batch, u?)?);
         let mh = Instant::now();
         let (a, b) = ordered(self.untrusted_slot, &u, &t);
         let m = merge::forward(self.merge, a, b)?;
@@ -313,8 +348,9 @@ impl<U: Branch> Model for ForkJoinModel<U> {
     }
 
     fn infer(&mut self, x: Tensor) -> Result<Tensor, DesignerError> {
+        let batch = x.shape.first().copied().unwrap_or(0);
         let ((t, _), (u, _)) = self.forward_both(x, false);
-        let (t, u) = (t?, u?);
+        let (t, u) = (t?, self.checked_untrusted(batch, u?)?);
         let (a, b) = ordered(self.untrusted_slot, &u, &t);
         let m = merge::forward(self.merge, a, b)?;
         self.head.infer(m)

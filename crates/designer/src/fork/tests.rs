@@ -186,3 +186,26 @@ fn parts_draw_distinct_seeds() {
     );
     assert!(!part_config(&b, Part::Untrusted, 0, 2, LossKind::Nll).need_input_grad);
 }
+
+/// The untrusted branch's answer must have the batch and the shape its last
+/// shard declares: a pool hop that answers `[K, 1, 1]` is refused before
+/// the merge would broadcast it against the trusted branch.
+#[test]
+fn an_untrusted_answer_of_another_shape_is_refused_before_the_merge() {
+    let m = model(&fork(MergeOp::Add, 0));
+    assert_eq!(m.untrusted_out.as_deref(), Some(&[64][..]));
+    let ok = Tensor::new(vec![BATCH, 64], vec![0.0; BATCH * 64]).unwrap();
+    assert!(m.checked_untrusted(BATCH, ok).is_ok());
+    let k = 1 << 12;
+    for shape in [
+        vec![k, 1, 1],
+        vec![BATCH, 65],
+        vec![BATCH + 1, 64],
+        vec![BATCH, 64, 1],
+    ] {
+        let n: usize = shape.iter().product();
+        let lie = Tensor::new(shape, vec![0.0; n]).unwrap();
+        let e = m.checked_untrusted(BATCH, lie).unwrap_err().to_string();
+        assert!(e.contains("untrusted branch answered"), "{e}");
+    }
+}
