@@ -123,8 +123,12 @@ const UNIT8_BLOCK: usize = 256;
 /// early exit inside the block), so the designer's image batches, the one
 /// tensor that compacts in full on every step, cost a vectorised pass.
 fn unit8_bytes(data: &[f32]) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; data.len()];
-    for (bytes, values) in out.chunks_mut(UNIT8_BLOCK).zip(data.chunks(UNIT8_BLOCK)) {
+    // Filled block by block, so an activation (refused in its first block)
+    // costs no tensor-sized zeroed buffer.
+    let mut out = Vec::with_capacity(data.len());
+    let mut block = [0u8; UNIT8_BLOCK];
+    for values in data.chunks(UNIT8_BLOCK) {
+        let bytes = &mut block[..values.len()];
         let mut exact = true;
         for (b, &v) in bytes.iter_mut().zip(values) {
             // The candidate byte: a saturating cast, so NaN, negatives and
@@ -138,6 +142,7 @@ fn unit8_bytes(data: &[f32]) -> Option<Vec<u8>> {
         if !exact {
             return None;
         }
+        out.extend_from_slice(bytes);
     }
     Some(out)
 }

@@ -6,7 +6,7 @@ use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{Identity, IsIdentity};
+use curve25519_dalek::traits::Identity;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -86,14 +86,13 @@ impl HopKeys {
 /// though the designer may hold the hop's public key with the other sign.
 /// The identity (what a small-order α yields) is refused.
 pub(crate) fn encode_secret(p: &EdwardsPoint) -> Result<[u8; 32]> {
-    if p.is_identity() {
-        return Err(SphinxError::Malformed("degenerate shared secret"));
-    }
     encode_compressed_secret(p.compress())
 }
 
 /// [`encode_secret`] of a point already compressed (the designer compresses
 /// α and the secret of a hop together, one field inversion for both).
+/// Compression is one-to-one, so comparing with the identity's encoding is
+/// the identity check.
 pub(crate) fn encode_compressed_secret(c: CompressedEdwardsY) -> Result<[u8; 32]> {
     if bool::from(
         c.as_bytes()

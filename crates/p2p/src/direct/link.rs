@@ -131,12 +131,12 @@ fn read_one(direct: &Direct, peer: PeerId, opener: &mut Opener) -> Result<(), No
         metrics.drop_packet(DropReason::BadLength);
         return opener.skip(len);
     }
-    let Some(mut packet) = direct.admit(len) else {
+    let Some((mut data, held)) = direct.admit(len) else {
         metrics.drop_packet(DropReason::InboundQueueFull);
         return opener.skip(len);
     };
-    // On an error the packet is dropped here and gives its budget back.
-    opener.body(packet.buf())?;
-    direct.deliver(peer, packet);
+    // On an error `held` drops here and gives the bytes back.
+    opener.body(&mut data)?;
+    direct.deliver(peer, data, held);
     Ok(())
 }

@@ -29,7 +29,6 @@
 //! peer that listens nowhere (the designer) is reached over the direct
 //! connections it opened.
 
-mod admit;
 pub mod bench;
 mod link;
 pub(crate) mod noise;
@@ -47,8 +46,7 @@ use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::link_metrics::LinkMetrics;
-use crate::packets::{InboundQueue, SizeClasses};
-use admit::Admitted;
+use crate::packets::{Held, InboundQueue, SizeClasses};
 pub(crate) use link::Link;
 pub use register::RemoteIps;
 
@@ -291,29 +289,31 @@ impl Direct {
     }
 
     /// A buffer for an admitted packet of `len` bytes: a node's hop takes
-    /// it at once; otherwise it is taken from the inbound queue's budget
-    /// (and given back if the packet is never delivered).
-    fn admit(&self, len: usize) -> Option<Admitted<'_>> {
-        let budget = self.sink.get().is_none().then_some(&*self.queue.budget);
-        Admitted::take(len, budget)
+    /// it at once; otherwise its bytes are held from the inbound queue's
+    /// budget (and go back if the packet is never delivered).
+    fn admit(&self, len: usize) -> Option<(Vec<u8>, Option<Held<'_>>)> {
+        let held = match self.sink.get() {
+            Some(_) => None,
+            None => Some(self.queue.budget.hold(len)?),
+        };
+        Some((vec![0u8; len], held))
     }
 
     /// Hands an admitted packet to the sink or the inbound queue.
-    fn deliver(&self, from: PeerId, packet: Admitted<'_>) {
-        let (data, counted) = packet.deliver();
-        match self.sink.get() {
-            Some(sink) => {
-                if counted {
-                    // The sink was set after the packet was admitted.
-                    self.queue.budget.give_back(data.len());
-                }
+    fn deliver(&self, from: PeerId, data: Vec<u8>, held: Option<Held<'_>>) {
+        match (self.sink.get(), held) {
+            // (A sink set after the packet was admitted: the held bytes go
+            // back as `held` drops.)
+            (Some(sink), _) => {
                 self.metrics.count_in(from, data.len());
                 sink(from, data);
             }
-            None if counted => self
-                .queue
-                .push(crate::packets::InboundPacket { from, data }),
-            None => {} // unreachable: no sink means the budget was taken
+            (None, Some(held)) => {
+                held.keep();
+                self.queue
+                    .push(crate::packets::InboundPacket { from, data });
+            }
+            (None, None) => {} // unreachable: no sink means the bytes were held
         }
     }
 

@@ -96,17 +96,13 @@ async fn read_rest<R: AsyncRead + Unpin>(
         return Ok(Frame::Oversize(len));
     }
     if sizes.contains(len) {
-        if admit.budget.try_take(len) {
+        if let Some(held) = admit.budget.hold(len) {
             // Given back if the read fails or is cut at the deadline.
-            let taken = Taken {
-                budget: admit.budget,
-                len,
-            };
             let mut data = vec![0u8; len];
             r.read_exact(&mut data)
                 .await
                 .map_err(ReadError::Truncated)?;
-            std::mem::forget(taken);
+            held.keep();
             return Ok(Frame::Packet(data));
         }
         skip(r, len, scratch).await?;
@@ -114,18 +110,6 @@ async fn read_rest<R: AsyncRead + Unpin>(
     }
     skip(r, len, scratch).await?;
     Ok(Frame::Skipped(len))
-}
-
-/// Budget held by a frame being read; given back unless forgotten.
-struct Taken<'a> {
-    budget: &'a Budget,
-    len: usize,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.budget.give_back(self.len);
-    }
 }
 
 /// Reads `len` bytes into `scratch` (or a byte at a time without one) and

@@ -117,8 +117,55 @@ impl Budget {
     pub(crate) fn give_back(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
+    /// Takes `n` bytes held by a guard (`None` if there is no room): a
+    /// packet being read holds them, and they go back unless it is queued.
+    pub(crate) fn hold(&self, n: usize) -> Option<Held<'_>> {
+        // Built only once the bytes are taken: a guard gives back on drop.
+        self.try_take(n).then(|| Held {
+            budget: self,
+            len: n,
+        })
+    }
     #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes taken from a [`Budget`] for a packet being read: given back on
+/// drop (the read failed, was cut at its deadline, or the packet went
+/// elsewhere) unless [`Held::keep`] hands them to the queue, which gives
+/// them back when the packet is taken off it.
+pub(crate) struct Held<'a> {
+    budget: &'a Budget,
+    len: usize,
+}
+
+impl Held<'_> {
+    /// The packet is queued: its bytes stay counted.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.len);
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_that_never_arrives_gives_its_budget_back() {
+        let budget = Budget::new(100);
+        let a = budget.hold(60).expect("room");
+        assert!(budget.hold(60).is_none(), "budget full");
+        drop(a); // the body failed
+        assert_eq!(budget.used(), 0);
+        budget.hold(60).expect("room").keep();
+        assert_eq!(budget.used(), 60, "a queued packet stays counted");
     }
 }
